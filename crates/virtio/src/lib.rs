@@ -1,0 +1,45 @@
+//! `vbdev-virtio`: a user-space virtio driver library.
+//!
+//! # Overview
+//! - [`mem`]: the process-wide DMA memory domain ([`DmaDomain`], [`DmaBuf`]): memfd
+//!   regions that devices can map.
+//! - [`split`]: the driver side of a split virtqueue ([`SplitQueue`]).
+//! - [`transport`]: how a device is reached ([`Transport`]); [`transport::vhost_user`]
+//!   talks to a vhost-user target over a Unix socket.
+//! - [`device`]: feature negotiation and the status handshake ([`VirtioDevice`]).
+//! - [`blk`]: virtio-blk request formats and configuration layout.
+//!
+//! A driver connects a transport, negotiates features with [`VirtioDevice::init`],
+//! creates [`SplitQueue`]s in the DMA domain, hands their addresses to the device, and
+//! then adds descriptor chains and reaps the used ring on its own thread.
+//!
+//! # Example
+//! ```
+//! use vbdev_virtio::{DmaDomain, QueueConfig, Segment, SplitQueue};
+//!
+//! let domain = DmaDomain::global();
+//! let mut q = SplitQueue::new(domain, QueueConfig {
+//!     size: 8, event_idx: true, indirect_desc: false, indirect_max: 1,
+//! })?;
+//! let buf = domain.alloc(4096)?;
+//! // SAFETY: `buf` outlives the chain: nothing reaps it in this example.
+//! unsafe { q.try_add(&[Segment::writable(buf.iova(), 4096)], 7) }.unwrap();
+//! assert_eq!(q.len(), 1);
+//! # Ok::<(), vbdev_virtio::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod blk;
+pub mod device;
+pub mod error;
+pub mod mem;
+pub mod split;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+pub mod transport;
+
+pub use device::{VirtioDevice, features};
+pub use error::{Error, QueueError, Result};
+pub use mem::{DmaBuf, DmaConfig, DmaDomain, Iova, RegionId};
+pub use split::{AddError, QueueConfig, RingAddrs, Segment, SplitQueue, Used};
+pub use transport::{Notifier, Transport};

@@ -1,0 +1,714 @@
+//! Driver side of a split virtqueue (virtio 1.2 §2.7).
+//!
+//! [`SplitQueue`] owns its descriptor table, available ring and used ring (one
+//! [`DmaBuf`]), plus one indirect table per head when `VIRTIO_RING_F_INDIRECT_DESC` was
+//! negotiated. Everything is allocated in [`SplitQueue::new`]; `try_add`, `publish` and
+//! `pop_used` never allocate, lock or make a system call.
+//!
+//! The device is not trusted: every value it writes (used `idx`, used element `id` and
+//! `len`) is read once, checked, and a violation either fails the one request (a `len`
+//! larger than the chain's writable space) or marks the queue broken (an `id` that is out
+//! of range or not in flight, a used `idx` that jumps past what was made available).
+
+use std::sync::atomic::{AtomicU16, Ordering, fence};
+
+use crate::error::{Error, QueueError, Result};
+use crate::mem::{DmaBuf, DmaDomain, Iova};
+
+const TARGET: &str = "vbdev::virtqueue";
+
+/// Largest queue size a split virtqueue may have (virtio 1.2 §2.7).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Descriptor flag: the chain continues in `next` (virtio 1.2 §2.7.5).
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the buffer is device-writable.
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer holds an indirect descriptor table (§2.7.5.3).
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Available ring flag: the driver does not want used-buffer notifications (§2.7.7).
+pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// Used ring flag: the device does not want available-buffer notifications (§2.7.10).
+pub const VIRTQ_USED_F_NO_NOTIFY: u16 = 1;
+
+/// One descriptor of the table, as laid out in memory (virtio 1.2 §2.7.5).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Desc {
+    /// Device address of the buffer (little-endian on the wire).
+    pub addr: u64,
+    /// Length of the buffer.
+    pub len: u32,
+    /// `VIRTQ_DESC_F_*`.
+    pub flags: u16,
+    /// Next descriptor when `flags & NEXT`.
+    pub next: u16,
+}
+const _: () = assert!(size_of::<Desc>() == 16);
+const _: () = assert!(std::mem::offset_of!(Desc, len) == 8);
+const _: () = assert!(std::mem::offset_of!(Desc, flags) == 12);
+const _: () = assert!(std::mem::offset_of!(Desc, next) == 14);
+
+/// A descriptor-chain element: a buffer the device reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Device address of the buffer.
+    pub addr: Iova,
+    /// Length in bytes.
+    pub len: u32,
+    /// Whether the device writes (true) or reads (false) this buffer.
+    pub device_writable: bool,
+}
+
+impl Segment {
+    /// A buffer the device reads.
+    pub fn readable(addr: Iova, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            device_writable: false,
+        }
+    }
+    /// A buffer the device writes.
+    pub fn writable(addr: Iova, len: u32) -> Self {
+        Self {
+            addr,
+            len,
+            device_writable: true,
+        }
+    }
+}
+
+/// Where the three parts of a ring live, for the transport to tell the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingAddrs {
+    /// Queue size (number of descriptors).
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: Iova,
+    /// Available ring ("driver area").
+    pub avail: Iova,
+    /// Used ring ("device area").
+    pub used: Iova,
+}
+
+/// Options of a [`SplitQueue`]; the ring features are those negotiated with the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Number of descriptors: a power of two in `1..=32768`.
+    pub size: u16,
+    /// `VIRTIO_RING_F_EVENT_IDX` was negotiated.
+    pub event_idx: bool,
+    /// `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
+    pub indirect_desc: bool,
+    /// Entries of each indirect table (the longest chain sent indirectly), 1..=1024.
+    pub indirect_max: u16,
+}
+
+/// A completed chain, taken from the used ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// The cookie given to [`SplitQueue::try_add`].
+    pub cookie: u64,
+    /// Bytes the device says it wrote, or the error when that is more than the chain's
+    /// writable space (virtio 1.2 §2.7.8.2: the device writes at most what it was given).
+    pub written: std::result::Result<u32, QueueError>,
+}
+
+/// Why [`SplitQueue::try_add`] did not take a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddError {
+    /// Not enough free descriptors now; retry after completions.
+    Full,
+    /// The chain is empty or longer than this queue can ever hold.
+    TooLong,
+    /// The queue is broken; no more requests go out.
+    Broken,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    cookie: u64,
+    /// Descriptors of the main table this chain holds (1 when indirect).
+    ndesc: u16,
+    /// Sum of device-writable lengths.
+    writable: u64,
+    in_flight: bool,
+}
+
+/// The driver side of one split virtqueue.
+///
+/// # Invariants
+/// - `ring` holds the descriptor table at 0, the available ring at `avail_off` and the
+///   used ring at `used_off`, laid out for `size` entries (virtio 1.2 §2.7);
+/// - `next[i]` links the free descriptors starting at `free_head`; `num_free` counts them;
+/// - a head `h` with `slots[h].in_flight` owns `slots[h].ndesc` descriptors from `h` on,
+///   linked by `next`, and (if indirect) `indirect` table `h`.
+pub struct SplitQueue {
+    size: u16,
+    mask: u16,
+    ring: DmaBuf,
+    avail_off: usize,
+    used_off: usize,
+    indirect: Option<DmaBuf>,
+    indirect_max: u16,
+    event_idx: bool,
+    next: Box<[u16]>,
+    slots: Box<[Slot]>,
+    free_head: u16,
+    num_free: u16,
+    /// Heads added but not yet completed (published or not).
+    in_flight: u16,
+    /// Next available-ring index to fill.
+    avail_shadow: u16,
+    /// Value last stored to `avail.idx`.
+    avail_published: u16,
+    /// Next used-ring index to read.
+    last_used: u16,
+    /// `used.idx` as last read from the device (only ever checked values).
+    used_seen: u16,
+    interrupts: bool,
+    broken: Option<QueueError>,
+}
+
+impl std::fmt::Debug for SplitQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitQueue")
+            .field("size", &self.size)
+            .field("in_flight", &self.in_flight)
+            .field("num_free", &self.num_free)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+fn layout(size: u16) -> (usize, usize, usize) {
+    let n = usize::from(size);
+    let avail_off = 16 * n;
+    // flags, idx, ring[n], used_event: 2-byte aligned; the used ring is 4-byte aligned,
+    // and we put it on a page of its own to keep device writes off the driver's lines.
+    let used_off = (avail_off + 6 + 2 * n).next_multiple_of(4096);
+    let total = used_off + 6 + 8 * n;
+    (avail_off, used_off, total)
+}
+
+impl SplitQueue {
+    /// Allocates and zeroes a queue's memory in `domain`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidQueueSize`] for a size that is not a power of two in 1..=32768,
+    /// or a DMA allocation error.
+    pub fn new(domain: &'static DmaDomain, config: QueueConfig) -> Result<Self> {
+        let size = config.size;
+        if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+            return Err(Error::InvalidQueueSize { size: size.into() });
+        }
+        let (avail_off, used_off, total) = layout(size);
+        let ring = domain.alloc_zeroed(total, 4096)?;
+        let indirect_max = config.indirect_max.clamp(1, 1024);
+        let indirect = if config.indirect_desc {
+            Some(domain.alloc_zeroed(usize::from(size) * usize::from(indirect_max) * 16, 4096)?)
+        } else {
+            None
+        };
+        let next: Box<[u16]> = (0..size).map(|i| i.wrapping_add(1)).collect();
+        let mut q = Self {
+            size,
+            mask: size - 1,
+            ring,
+            avail_off,
+            used_off,
+            indirect,
+            indirect_max,
+            event_idx: config.event_idx,
+            next,
+            slots: vec![Slot::default(); usize::from(size)].into_boxed_slice(),
+            free_head: 0,
+            num_free: size,
+            in_flight: 0,
+            avail_shadow: 0,
+            avail_published: 0,
+            last_used: 0,
+            used_seen: 0,
+            interrupts: true,
+            broken: None,
+        };
+        q.set_interrupts(false);
+        Ok(q)
+    }
+
+    /// Ring addresses for the transport.
+    pub fn addrs(&self) -> RingAddrs {
+        let base = self.ring.iova().0;
+        RingAddrs {
+            size: self.size,
+            desc: Iova(base),
+            avail: Iova(base + self.avail_off as u64),
+            used: Iova(base + self.used_off as u64),
+        }
+    }
+
+    /// Number of descriptors.
+    pub fn capacity(&self) -> u16 {
+        self.size
+    }
+
+    /// Chains added and not yet completed.
+    pub fn len(&self) -> u16 {
+        self.in_flight
+    }
+
+    /// No chain is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight == 0
+    }
+
+    /// No descriptor is free.
+    pub fn is_full(&self) -> bool {
+        self.num_free == 0
+    }
+
+    /// Free descriptors of the main table.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// The longest chain this queue can ever take.
+    pub fn max_chain(&self) -> usize {
+        if self.indirect.is_some() {
+            usize::from(self.indirect_max).max(usize::from(self.size))
+        } else {
+            usize::from(self.size)
+        }
+    }
+
+    /// Why the queue is broken, if it is.
+    pub fn broken(&self) -> Option<QueueError> {
+        self.broken
+    }
+
+    /// Marks the queue broken: nothing more is added or reaped.
+    pub fn set_broken(&mut self, why: QueueError) {
+        if self.broken.is_none() {
+            tracing::warn!(target: TARGET, error = %why, "virtqueue broken");
+            self.broken = Some(why);
+        }
+    }
+
+    fn ptr(&self, off: usize) -> *mut u8 {
+        debug_assert!(off < self.ring.len());
+        // SAFETY: every caller passes an offset inside the layout computed in `new`, which
+        // `ring` covers (type invariant); `add` stays in the allocation.
+        unsafe { self.ring.as_ptr().add(off) }
+    }
+
+    fn avail_idx(&self) -> &AtomicU16 {
+        // SAFETY: avail.idx is at `avail_off + 2`, 2-byte aligned (avail_off is a multiple
+        // of 16), inside the ring, and lives as long as `self`; the device only reads it.
+        unsafe { AtomicU16::from_ptr(self.ptr(self.avail_off + 2).cast()) }
+    }
+
+    fn used_idx(&self) -> &AtomicU16 {
+        // SAFETY: used.idx is at `used_off + 2`, 2-byte aligned, inside the ring.
+        unsafe { AtomicU16::from_ptr(self.ptr(self.used_off + 2).cast()) }
+    }
+
+    fn used_flags(&self) -> &AtomicU16 {
+        // SAFETY: used.flags is at `used_off`, 4096-aligned, inside the ring.
+        unsafe { AtomicU16::from_ptr(self.ptr(self.used_off).cast()) }
+    }
+
+    fn avail_flags(&self) -> &AtomicU16 {
+        // SAFETY: avail.flags is at `avail_off`, 16-byte aligned, inside the ring.
+        unsafe { AtomicU16::from_ptr(self.ptr(self.avail_off).cast()) }
+    }
+
+    fn used_event(&self) -> &AtomicU16 {
+        // SAFETY: used_event follows avail.ring[size] at `avail_off + 4 + 2 * size`, 2-byte
+        // aligned, inside the ring (virtio 1.2 §2.7.6).
+        unsafe {
+            AtomicU16::from_ptr(
+                self.ptr(self.avail_off + 4 + 2 * usize::from(self.size))
+                    .cast(),
+            )
+        }
+    }
+
+    fn avail_event(&self) -> &AtomicU16 {
+        // SAFETY: avail_event follows used.ring[size] at `used_off + 4 + 8 * size`, 2-byte
+        // aligned, inside the ring (virtio 1.2 §2.7.8).
+        unsafe {
+            AtomicU16::from_ptr(
+                self.ptr(self.used_off + 4 + 8 * usize::from(self.size))
+                    .cast(),
+            )
+        }
+    }
+
+    fn write_desc(&mut self, i: u16, d: Desc) {
+        debug_assert!(i < self.size);
+        let p = self.ptr(16 * usize::from(i)).cast::<Desc>();
+        let d = Desc {
+            addr: d.addr.to_le(),
+            len: d.len.to_le(),
+            flags: d.flags.to_le(),
+            next: d.next.to_le(),
+        };
+        // SAFETY: `i < size`, so the descriptor lies in the table (16-byte aligned); the
+        // device reads it only after the Release store of avail.idx in `publish`.
+        unsafe { p.write_volatile(d) }
+    }
+
+    fn write_indirect(&mut self, table: u16, i: u16, d: Desc) {
+        let ind = self.indirect.as_ref().expect("indirect tables exist");
+        let off = (usize::from(table) * usize::from(self.indirect_max) + usize::from(i)) * 16;
+        debug_assert!(off + 16 <= ind.len());
+        let d = Desc {
+            addr: d.addr.to_le(),
+            len: d.len.to_le(),
+            flags: d.flags.to_le(),
+            next: d.next.to_le(),
+        };
+        // SAFETY: `table < size` and `i < indirect_max`, so the entry is inside the
+        // allocation of `size * indirect_max` descriptors; the table belongs to the free
+        // head `table`, so the device is not reading it.
+        unsafe { ind.as_ptr().add(off).cast::<Desc>().write_volatile(d) }
+    }
+
+    /// Adds a descriptor chain (not yet visible to the device: see [`Self::publish`]).
+    ///
+    /// Device-readable segments must come before device-writable ones (§2.7.4.2).
+    /// A chain of two or more segments goes through an indirect table when that feature
+    /// was negotiated, else it takes one descriptor per segment.
+    ///
+    /// # Errors
+    /// [`AddError::Full`] when there is no room now, [`AddError::TooLong`] when there never
+    /// will be, [`AddError::Broken`] once the queue is broken.
+    ///
+    /// # Safety
+    /// Each segment must describe memory that the device may access (read, and for
+    /// writable segments also write) until this chain's cookie comes back from
+    /// [`Self::pop_used`] or [`Self::reclaim_all`]; the caller must not use the writable
+    /// memory meanwhile.
+    pub unsafe fn try_add(
+        &mut self,
+        segs: &[Segment],
+        cookie: u64,
+    ) -> std::result::Result<(), AddError> {
+        if self.broken.is_some() {
+            return Err(AddError::Broken);
+        }
+        let n = segs.len();
+        if n == 0 || n > self.max_chain() {
+            return Err(AddError::TooLong);
+        }
+        debug_assert!(
+            segs.windows(2)
+                .all(|w| !w[0].device_writable || w[1].device_writable),
+            "readable segments must precede writable ones"
+        );
+        let use_indirect = self.indirect.is_some() && n > 1 && n <= usize::from(self.indirect_max);
+        let need = if use_indirect { 1 } else { n };
+        if need > usize::from(self.size) {
+            return Err(AddError::TooLong);
+        }
+        if need > usize::from(self.num_free) {
+            return Err(AddError::Full);
+        }
+        let head = self.free_head;
+        let writable: u64 = segs
+            .iter()
+            .filter(|s| s.device_writable)
+            .map(|s| u64::from(s.len))
+            .sum();
+        if use_indirect {
+            for (i, s) in segs.iter().enumerate() {
+                let i = i as u16; // n <= indirect_max <= 1024
+                let last = usize::from(i) + 1 == n;
+                let flags = if s.device_writable {
+                    VIRTQ_DESC_F_WRITE
+                } else {
+                    0
+                } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+                self.write_indirect(
+                    head,
+                    i,
+                    Desc {
+                        addr: s.addr.0,
+                        len: s.len,
+                        flags,
+                        next: if last { 0 } else { i + 1 },
+                    },
+                );
+            }
+            let table = self
+                .indirect
+                .as_ref()
+                .expect("indirect tables exist")
+                .iova()
+                .0
+                + (u64::from(head) * u64::from(self.indirect_max) * 16);
+            self.write_desc(
+                head,
+                Desc {
+                    addr: table,
+                    len: (n * 16) as u32, // n <= 1024
+                    flags: VIRTQ_DESC_F_INDIRECT,
+                    next: 0,
+                },
+            );
+            self.free_head = self.next[usize::from(head)];
+        } else {
+            let mut idx = head;
+            for (i, s) in segs.iter().enumerate() {
+                let last = i + 1 == n;
+                let nxt = self.next[usize::from(idx)];
+                let flags = if s.device_writable {
+                    VIRTQ_DESC_F_WRITE
+                } else {
+                    0
+                } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+                self.write_desc(
+                    idx,
+                    Desc {
+                        addr: s.addr.0,
+                        len: s.len,
+                        flags,
+                        next: if last { 0 } else { nxt },
+                    },
+                );
+                if last {
+                    self.free_head = nxt;
+                } else {
+                    idx = nxt;
+                }
+            }
+        }
+        self.num_free -= need as u16; // need <= num_free
+        self.slots[usize::from(head)] = Slot {
+            cookie,
+            ndesc: need as u16,
+            writable,
+            in_flight: true,
+        };
+        self.in_flight += 1;
+        let pos = usize::from(self.avail_shadow & self.mask);
+        let p = self.ptr(self.avail_off + 4 + 2 * pos).cast::<u16>();
+        // SAFETY: `pos < size`, so avail.ring[pos] is inside the ring; the device reads
+        // this entry only after the next Release store of avail.idx.
+        unsafe { p.write_volatile(head.to_le()) };
+        self.avail_shadow = self.avail_shadow.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Chains added since the last [`Self::publish`].
+    pub fn unpublished(&self) -> u16 {
+        self.avail_shadow.wrapping_sub(self.avail_published)
+    }
+
+    /// Makes every added chain visible to the device with one store of `avail.idx`, and
+    /// says whether the device wants an available-buffer notification for them.
+    pub fn publish(&mut self) -> bool {
+        let new = self.avail_shadow;
+        let old = self.avail_published;
+        if new == old || self.broken.is_some() {
+            return false;
+        }
+        // Release: descriptor and avail.ring writes are visible before the new idx
+        // (virtio 1.2 §2.7.13.3, "memory barrier before updating idx").
+        self.avail_idx().store(new.to_le(), Ordering::Release);
+        self.avail_published = new;
+        // The idx store must be visible before we read the device's suppression state,
+        // or we could miss a notification the device is about to ask for (§2.7.13.4);
+        // pairs with the device's barrier between reading avail.idx and writing
+        // avail_event / used.flags.
+        fence(Ordering::SeqCst);
+        if self.event_idx {
+            let event = u16::from_le(self.avail_event().load(Ordering::Relaxed));
+            need_event(event, new, old)
+        } else {
+            u16::from_le(self.used_flags().load(Ordering::Relaxed)) & VIRTQ_USED_F_NO_NOTIFY == 0
+        }
+    }
+
+    /// Asks the device for used-buffer notifications (`true`) or tells it not to bother.
+    ///
+    /// After enabling, call [`Self::has_used`] again before sleeping: a completion may
+    /// have arrived before the device saw the request (§2.7.7.2).
+    pub fn set_interrupts(&mut self, enable: bool) {
+        self.interrupts = enable;
+        if self.event_idx {
+            // With EVENT_IDX the device notifies when used.idx passes used_event; parking
+            // it one behind our position means it passes only after a full wrap.
+            let v = if enable {
+                self.last_used
+            } else {
+                self.last_used.wrapping_sub(1)
+            };
+            self.used_event().store(v.to_le(), Ordering::Relaxed);
+        } else {
+            let v = if enable {
+                0
+            } else {
+                VIRTQ_AVAIL_F_NO_INTERRUPT
+            };
+            self.avail_flags().store(v.to_le(), Ordering::Relaxed);
+        }
+        if enable {
+            // Our request for notifications must be visible before we re-check the used
+            // ring (pairs with the device's barrier in §2.7.13.4 on its side).
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the device has completed a chain that [`Self::pop_used`] has not returned.
+    pub fn has_used(&self) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.used_seen != self.last_used
+            || u16::from_le(self.used_idx().load(Ordering::Acquire)) != self.last_used
+    }
+
+    /// Takes the next completed chain off the used ring.
+    ///
+    /// Returns `None` when there is nothing new or the queue is broken (see
+    /// [`Self::broken`]); a device that writes an impossible used entry breaks the queue.
+    pub fn pop_used(&mut self) -> Option<Used> {
+        if self.broken.is_some() {
+            return None;
+        }
+        if self.used_seen == self.last_used {
+            // Acquire pairs with the device's write barrier before it bumps used.idx
+            // (virtio 1.2 §2.7.8): the entries up to idx are complete once we see it.
+            let idx = u16::from_le(self.used_idx().load(Ordering::Acquire));
+            let pending = idx.wrapping_sub(self.last_used);
+            if pending == 0 {
+                return None;
+            }
+            // The device can only have used chains it was given (§2.7.8: used.idx counts
+            // returned buffers); the published, not yet returned ones bound the step.
+            let published = self.in_flight - self.unpublished();
+            if pending > published {
+                self.set_broken(QueueError::UsedIdxJump {
+                    last: self.last_used,
+                    idx,
+                    in_flight: published,
+                });
+                return None;
+            }
+            self.used_seen = idx;
+        }
+        let pos = usize::from(self.last_used & self.mask);
+        let elem = self.ptr(self.used_off + 4 + 8 * pos);
+        // SAFETY: `pos < size`, so the element lies in the used ring (4-byte aligned);
+        // each field is read exactly once, after the Acquire load of used.idx.
+        let (id, len) = unsafe {
+            (
+                u32::from_le(elem.cast::<u32>().read_volatile()),
+                u32::from_le(elem.add(4).cast::<u32>().read_volatile()),
+            )
+        };
+        if id >= u32::from(self.size) {
+            self.set_broken(QueueError::UsedIdOutOfRange {
+                id,
+                size: self.size,
+            });
+            return None;
+        }
+        let head = id as u16; // id < size <= 32768
+        let slot = self.slots[usize::from(head)];
+        if !slot.in_flight {
+            self.set_broken(QueueError::UsedIdNotInFlight { id });
+            return None;
+        }
+        self.last_used = self.last_used.wrapping_add(1);
+        if self.event_idx && self.interrupts {
+            self.used_event()
+                .store(self.last_used.to_le(), Ordering::Relaxed);
+        } else if self.event_idx {
+            self.used_event()
+                .store(self.last_used.wrapping_sub(1).to_le(), Ordering::Relaxed);
+        }
+        self.free_chain(head, slot.ndesc);
+        let written = if u64::from(len) > slot.writable {
+            tracing::warn!(target: TARGET, id, len, writable = slot.writable, "used len beyond writable space");
+            Err(QueueError::UsedLenTooLarge {
+                id,
+                len,
+                writable: slot.writable,
+            })
+        } else {
+            Ok(len)
+        };
+        Some(Used {
+            cookie: slot.cookie,
+            written,
+        })
+    }
+
+    fn free_chain(&mut self, head: u16, ndesc: u16) {
+        let mut last = head;
+        for _ in 1..ndesc {
+            last = self.next[usize::from(last)];
+        }
+        self.next[usize::from(last)] = self.free_head;
+        self.free_head = head;
+        self.num_free += ndesc;
+        self.in_flight -= 1;
+        self.slots[usize::from(head)].in_flight = false;
+    }
+
+    /// Gives back every chain still in flight, calling `f` with each cookie, and resets
+    /// the ring to its initial state.
+    ///
+    /// # Safety
+    /// The device must no longer access this ring or any buffer of the chains (it was
+    /// reset, or its connection is closed and it can no longer write our memory).
+    pub unsafe fn reclaim_all(&mut self, mut f: impl FnMut(u64)) {
+        for h in 0..self.size {
+            let slot = self.slots[usize::from(h)];
+            if slot.in_flight {
+                self.free_chain(h, slot.ndesc);
+                f(slot.cookie);
+            }
+        }
+        debug_assert_eq!(self.num_free, self.size);
+    }
+
+    /// Forgets the broken state and all indices so the ring can be set up again
+    /// (after a device reset), keeping its memory.
+    ///
+    /// # Errors
+    /// [`Error::QueueBusy`] while chains are in flight (reclaim them first).
+    pub fn reset(&mut self) -> Result<()> {
+        if self.in_flight != 0 {
+            return Err(Error::QueueBusy {
+                in_flight: self.in_flight,
+            });
+        }
+        self.ring.fill(0);
+        for (i, n) in self.next.iter_mut().enumerate() {
+            *n = (i as u16).wrapping_add(1);
+        }
+        self.free_head = 0;
+        self.num_free = self.size;
+        self.avail_shadow = 0;
+        self.avail_published = 0;
+        self.last_used = 0;
+        self.used_seen = 0;
+        self.broken = None;
+        let interrupts = self.interrupts;
+        self.set_interrupts(interrupts);
+        Ok(())
+    }
+}
+
+/// Whether moving an index from `old` to `new` crosses `event` (virtio 1.2 §2.7.10,
+/// `vring_need_event`): all arithmetic wraps at 2^16 on purpose.
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+#[cfg(test)]
+mod tests;

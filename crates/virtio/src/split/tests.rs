@@ -1,0 +1,348 @@
+use super::*;
+use crate::testing::FakeDevice;
+use proptest::prelude::*;
+
+fn queue(size: u16, event_idx: bool, indirect: bool) -> (SplitQueue, FakeDevice) {
+    let q = SplitQueue::new(
+        DmaDomain::global(),
+        QueueConfig {
+            size,
+            event_idx,
+            indirect_desc: indirect,
+            indirect_max: 32,
+        },
+    )
+    .unwrap();
+    let dev = FakeDevice::new(q.addrs());
+    (q, dev)
+}
+
+fn segs(buf: &DmaBuf, n: usize, writable_from: usize) -> Vec<Segment> {
+    (0..n)
+        .map(|i| Segment {
+            addr: Iova(buf.iova().0 + 64 * i as u64),
+            len: 64,
+            device_writable: i >= writable_from,
+        })
+        .collect()
+}
+
+fn add(q: &mut SplitQueue, s: &[Segment], cookie: u64) -> std::result::Result<(), AddError> {
+    // SAFETY: the segments point into a DmaBuf that each test keeps alive until the end.
+    unsafe { q.try_add(s, cookie) }
+}
+
+#[test]
+fn chain_round_trips_through_the_device() {
+    let (mut q, mut dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    let s = segs(&buf, 3, 1);
+    add(&mut q, &s, 42).unwrap();
+    assert_eq!(dev.pop_avail(), None, "nothing is visible before publish");
+    assert!(q.publish());
+    let chain = dev.pop_avail().unwrap();
+    assert_eq!(chain.segs, s);
+    assert!(!chain.indirect);
+    assert_eq!(q.pop_used(), None);
+    dev.push_used(u32::from(chain.head), 100);
+    assert!(q.has_used());
+    assert_eq!(
+        q.pop_used(),
+        Some(Used {
+            cookie: 42,
+            written: Ok(100)
+        })
+    );
+    assert!(q.is_empty());
+    assert_eq!(q.num_free(), 8);
+}
+
+#[test]
+fn many_chains_one_publish() {
+    let (mut q, mut dev) = queue(16, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    for c in 0..5 {
+        add(&mut q, &segs(&buf, 2, 1), c).unwrap();
+    }
+    assert_eq!(dev.avail_idx(), 0);
+    assert!(q.publish(), "the device asked for notifications");
+    assert_eq!(dev.avail_idx(), 5);
+    assert!(!q.publish(), "nothing new: no second notification");
+    let heads: Vec<_> = std::iter::from_fn(|| dev.pop_avail())
+        .map(|c| c.head)
+        .collect();
+    assert_eq!(heads.len(), 5);
+    for h in heads.iter().rev() {
+        dev.push_used(u32::from(*h), 0);
+    }
+    let mut cookies: Vec<_> = std::iter::from_fn(|| q.pop_used())
+        .map(|u| u.cookie)
+        .collect();
+    cookies.sort();
+    assert_eq!(cookies, vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn no_notify_flag_suppresses_the_doorbell() {
+    let (mut q, dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    dev.set_used_flags(VIRTQ_USED_F_NO_NOTIFY);
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    assert!(!q.publish());
+    dev.set_used_flags(0);
+    add(&mut q, &segs(&buf, 1, 1), 2).unwrap();
+    assert!(q.publish());
+}
+
+#[test]
+fn event_idx_notifies_only_when_avail_event_is_crossed() {
+    let (mut q, dev) = queue(8, true, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    // The device wants a kick when avail.idx passes 2 (i.e. when entry 2 is added).
+    dev.set_avail_event(2);
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    assert!(!q.publish(), "0 -> 1 does not cross event 2");
+    add(&mut q, &segs(&buf, 1, 1), 2).unwrap();
+    assert!(!q.publish(), "1 -> 2 does not cross event 2");
+    add(&mut q, &segs(&buf, 1, 1), 3).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 4).unwrap();
+    assert!(q.publish(), "2 -> 4 crosses event 2");
+}
+
+#[test]
+fn interrupt_suppression_is_written_for_the_device() {
+    let (mut q, dev) = queue(8, false, false);
+    assert_eq!(
+        dev.avail_flags(),
+        VIRTQ_AVAIL_F_NO_INTERRUPT,
+        "polled by default"
+    );
+    q.set_interrupts(true);
+    assert_eq!(dev.avail_flags(), 0);
+    let (mut q, mut dev) = queue(8, true, false);
+    assert_eq!(dev.used_event(), u16::MAX, "parked one behind");
+    q.set_interrupts(true);
+    assert_eq!(dev.used_event(), 0);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    q.publish();
+    let c = dev.pop_avail().unwrap();
+    dev.push_used(u32::from(c.head), 1);
+    q.pop_used().unwrap();
+    assert_eq!(dev.used_event(), 1, "asks for the next completion");
+}
+
+#[test]
+fn indirect_chain_takes_one_descriptor() {
+    let (mut q, mut dev) = queue(4, false, true);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    let s = segs(&buf, 20, 5);
+    add(&mut q, &s, 9).unwrap();
+    assert_eq!(q.num_free(), 3);
+    q.publish();
+    let c = dev.pop_avail().unwrap();
+    assert!(c.indirect);
+    assert_eq!(c.segs, s);
+    dev.push_used(u32::from(c.head), c.writable());
+    assert_eq!(q.pop_used().unwrap().written, Ok(15 * 64));
+    assert_eq!(q.num_free(), 4);
+}
+
+#[test]
+fn full_queue_is_a_value_and_too_long_is_final() {
+    let (mut q, mut dev) = queue(4, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 2, 1), 1).unwrap();
+    add(&mut q, &segs(&buf, 2, 1), 2).unwrap();
+    assert!(q.is_full());
+    assert_eq!(add(&mut q, &segs(&buf, 1, 1), 3), Err(AddError::Full));
+    assert_eq!(add(&mut q, &segs(&buf, 5, 1), 3), Err(AddError::TooLong));
+    assert_eq!(add(&mut q, &[], 3), Err(AddError::TooLong));
+    q.publish();
+    let c = dev.pop_avail().unwrap();
+    dev.push_used(u32::from(c.head), 0);
+    q.pop_used().unwrap();
+    add(&mut q, &segs(&buf, 2, 1), 3).unwrap();
+}
+
+#[test]
+fn used_id_beyond_size_breaks_the_queue() {
+    let (mut q, mut dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    q.publish();
+    dev.push_used(8, 0);
+    assert_eq!(q.pop_used(), None);
+    assert_eq!(
+        q.broken(),
+        Some(QueueError::UsedIdOutOfRange { id: 8, size: 8 })
+    );
+    assert_eq!(add(&mut q, &segs(&buf, 1, 1), 2), Err(AddError::Broken));
+    assert!(!q.publish());
+    let mut back = vec![];
+    // SAFETY: the fake device no longer touches the ring.
+    unsafe { q.reclaim_all(|c| back.push(c)) };
+    assert_eq!(back, vec![1]);
+}
+
+#[test]
+fn duplicate_used_id_breaks_the_queue() {
+    let (mut q, mut dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 2).unwrap();
+    q.publish();
+    let c = dev.pop_avail().unwrap();
+    dev.push_used(u32::from(c.head), 0);
+    dev.push_used(u32::from(c.head), 0);
+    assert_eq!(q.pop_used().unwrap().cookie, 1);
+    assert_eq!(q.pop_used(), None);
+    assert_eq!(
+        q.broken(),
+        Some(QueueError::UsedIdNotInFlight {
+            id: u32::from(c.head)
+        })
+    );
+}
+
+#[test]
+fn id_of_a_never_used_descriptor_breaks_the_queue() {
+    let (mut q, mut dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 3, 1), 1).unwrap();
+    q.publish();
+    // Descriptor 1 is part of the chain but not its head.
+    dev.push_used(1, 0);
+    assert_eq!(q.pop_used(), None);
+    assert_eq!(q.broken(), Some(QueueError::UsedIdNotInFlight { id: 1 }));
+}
+
+#[test]
+fn absurd_length_fails_only_that_request() {
+    let (mut q, mut dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 2, 1), 1).unwrap();
+    add(&mut q, &segs(&buf, 2, 1), 2).unwrap();
+    q.publish();
+    let a = dev.pop_avail().unwrap();
+    let b = dev.pop_avail().unwrap();
+    dev.push_used(u32::from(a.head), u32::MAX);
+    dev.push_used(u32::from(b.head), 64);
+    assert_eq!(
+        q.pop_used().unwrap().written,
+        Err(QueueError::UsedLenTooLarge {
+            id: u32::from(a.head),
+            len: u32::MAX,
+            writable: 64
+        })
+    );
+    assert_eq!(q.pop_used().unwrap().written, Ok(64));
+    assert_eq!(q.broken(), None);
+}
+
+#[test]
+fn used_idx_jump_breaks_the_queue() {
+    let (mut q, mut dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 2).unwrap();
+    q.publish();
+    add(&mut q, &segs(&buf, 1, 1), 3).unwrap(); // not published: the device cannot have it
+    dev.set_used_idx(3);
+    assert_eq!(q.pop_used(), None);
+    assert_eq!(
+        q.broken(),
+        Some(QueueError::UsedIdxJump {
+            last: 0,
+            idx: 3,
+            in_flight: 2
+        })
+    );
+    let (mut q, mut dev) = queue(8, false, false);
+    dev.set_used_idx(0x8000);
+    assert_eq!(q.pop_used(), None);
+    assert!(matches!(q.broken(), Some(QueueError::UsedIdxJump { .. })));
+}
+
+#[test]
+fn indices_wrap_past_65535() {
+    let (mut q, mut dev) = queue(2, true, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    for i in 0..70_000u64 {
+        add(&mut q, &segs(&buf, 1, 1), i).unwrap();
+        q.publish();
+        let c = dev.pop_avail().unwrap();
+        dev.push_used(u32::from(c.head), 1);
+        assert_eq!(q.pop_used().unwrap().cookie, i);
+    }
+    assert_eq!(q.broken(), None);
+}
+
+#[test]
+fn queue_sizes_are_validated() {
+    let cfg = |size| QueueConfig {
+        size,
+        event_idx: false,
+        indirect_desc: false,
+        indirect_max: 1,
+    };
+    for bad in [0u16, 3, 100, 65535] {
+        assert!(matches!(
+            SplitQueue::new(DmaDomain::global(), cfg(bad)),
+            Err(Error::InvalidQueueSize { .. })
+        ));
+    }
+    let q = SplitQueue::new(DmaDomain::global(), cfg(32768)).unwrap();
+    assert_eq!(q.capacity(), 32768);
+}
+
+#[test]
+fn reset_needs_an_idle_queue() {
+    let (mut q, _dev) = queue(8, false, false);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    add(&mut q, &segs(&buf, 1, 1), 1).unwrap();
+    assert!(matches!(q.reset(), Err(Error::QueueBusy { in_flight: 1 })));
+    // SAFETY: nothing was published; the fake device never saw the chain.
+    unsafe { q.reclaim_all(|_| {}) };
+    q.reset().unwrap();
+    assert_eq!(q.num_free(), 8);
+}
+
+proptest! {
+    #[test]
+    fn need_event_matches_the_spec_formula(event: u16, old: u16, step in 0u16..1000) {
+        let new = old.wrapping_add(step);
+        // The device asked to be told when the entry at index `event` becomes available:
+        // that happens iff `event` lies in [old, new) modulo 2^16.
+        let crossed = event.wrapping_sub(old) < step;
+        prop_assert_eq!(need_event(event, new, old), crossed);
+    }
+
+    #[test]
+    fn random_completion_orders_keep_the_free_list_sound(
+        order in proptest::collection::vec(any::<prop::sample::Index>(), 1..64),
+        nsegs in 1usize..4,
+    ) {
+        let (mut q, mut dev) = queue(16, true, false);
+        let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+        let mut pending = Vec::new();
+        let mut next_cookie = 0u64;
+        for pick in order {
+            while add(&mut q, &segs(&buf, nsegs, 1), next_cookie).is_ok() {
+                next_cookie += 1;
+            }
+            q.publish();
+            while let Some(c) = dev.pop_avail() {
+                pending.push(c);
+            }
+            let c = pending.swap_remove(pick.index(pending.len()));
+            dev.push_used(u32::from(c.head), 0);
+            prop_assert!(q.pop_used().is_some());
+        }
+        prop_assert_eq!(q.broken(), None);
+        prop_assert_eq!(
+            usize::from(q.num_free()),
+            16 - pending.len() * nsegs
+        );
+    }
+}

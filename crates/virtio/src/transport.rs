@@ -1,0 +1,107 @@
+//! How a virtio device is reached: the [`Transport`] trait and the doorbell ([`Notifier`]).
+//!
+//! A transport carries any device type: it knows features, status, config space and
+//! virtqueue setup, never what the queues carry.
+
+pub mod vhost_user;
+
+use std::fmt::Debug;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::Result;
+use crate::mem::RegionId;
+use crate::split::RingAddrs;
+
+/// A virtio transport (virtio 1.2 §4): feature bits, status, config space and queues.
+pub trait Transport: Send + Sync + Debug {
+    /// A short name for logs and `info` output (`"vhost-user"`, `"pci"`).
+    fn kind(&self) -> &'static str;
+
+    /// The device's feature bits (virtio 1.2 §2.2), without transport-private bits.
+    ///
+    /// # Errors
+    /// When the device cannot be asked.
+    fn device_features(&self) -> Result<u64>;
+
+    /// Writes the driver's accepted features.
+    ///
+    /// # Errors
+    /// When the device cannot be told.
+    fn set_driver_features(&self, features: u64) -> Result<()>;
+
+    /// Reads the device status byte (virtio 1.2 §2.1).
+    ///
+    /// # Errors
+    /// When the device cannot be asked.
+    fn status(&self) -> Result<u8>;
+
+    /// Writes the device status byte; 0 resets the device.
+    ///
+    /// # Errors
+    /// When the device cannot be told.
+    fn set_status(&self, status: u8) -> Result<()>;
+
+    /// Reads `buf.len()` bytes of the device config space at `offset` (virtio 1.2 §2.5).
+    ///
+    /// # Errors
+    /// When the device does not answer or rejects the range.
+    fn read_config(&self, offset: u32, buf: &mut [u8]) -> Result<()>;
+
+    /// Number of virtqueues the device has.
+    fn num_queues(&self) -> u16;
+
+    /// Largest queue size the device takes for queue `index`.
+    fn max_queue_size(&self, index: u16) -> u16;
+
+    /// Tells the device where queue `index` lives and returns its doorbell and its
+    /// used-buffer notification eventfd.
+    ///
+    /// # Errors
+    /// When the device rejects the queue.
+    fn setup_queue(&self, index: u16, addrs: &RingAddrs) -> Result<QueueHandles>;
+
+    /// Stops queue `index` and returns the device's last available index.
+    ///
+    /// # Errors
+    /// When the device does not answer.
+    fn stop_queue(&self, index: u16) -> Result<u16>;
+
+    /// Whether buffers in DMA region `region` are visible to the device.
+    fn region_visible(&self, region: RegionId) -> bool;
+
+    /// False once the device is gone (connection closed, surprise removal).
+    fn is_alive(&self) -> bool;
+
+    /// Disconnects from the device for good; every later call fails.
+    fn shutdown(&self);
+}
+
+/// What a set-up queue needs from its transport.
+#[derive(Debug)]
+pub struct QueueHandles {
+    /// The doorbell.
+    pub notifier: Notifier,
+    /// Signalled by the device on used-buffer notifications.
+    pub call: EventFd,
+}
+
+/// A queue's doorbell (available-buffer notification, virtio 1.2 §2.7.13.3).
+#[derive(Debug)]
+pub struct Notifier {
+    kick: EventFd,
+}
+
+impl Notifier {
+    /// A doorbell that writes an eventfd (vhost-user kick).
+    pub fn eventfd(kick: EventFd) -> Self {
+        Self { kick }
+    }
+
+    /// Rings the doorbell: one `write(2)` to the kick eventfd.
+    pub fn notify(&self) {
+        // An eventfd write only fails when the counter would overflow, which means the
+        // device has not read it for 2^64 - 1 kicks: the device will still see a kick.
+        let _ = self.kick.write(1);
+    }
+}
