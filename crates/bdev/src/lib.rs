@@ -1,1 +1,39 @@
-//! placeholder
+//! `vbdev-bdev`: the block-device layer of vbdev.
+//!
+//! # Overview
+//! - [`Bdev`]: a named block device (an `Arc`, `Send + Sync`), described by [`BdevInfo`].
+//! - [`IoChannel`]: one thread's I/O queue to a bdev (`Send`, not `Sync`). [`IoChannel::submit`]
+//!   takes a [`Request`] that owns its [`DmaBuf`]; [`IoChannel::poll`] sends what was
+//!   submitted with one doorbell and returns [`Completion`]s that give the buffers back.
+//!   Requests that find the queue full wait in the channel, in order.
+//! - [`Registry`]: the bdevs of a process, by name.
+//! - [`virtio_blk`]: bdevs backed by a virtio-blk device (vhost-user today).
+//!
+//! # Example
+//! ```no_run
+//! use vbdev_bdev::{virtio_blk, Completion, Request};
+//! use vbdev_virtio::DmaBuf;
+//!
+//! let bdev = virtio_blk::attach_vhost_user("VirtioBlk0", "/tmp/vblk.sock", &Default::default())?;
+//! let mut ch = bdev.open_channel()?;
+//! let mut buf = DmaBuf::alloc(4096)?;
+//! buf.fill(0xab);
+//! ch.submit(Request::write(0, buf, 1)).map_err(|r| r.error)?;
+//! let c = ch.wait_one()?;
+//! assert!(c.status.is_success());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod bdev;
+pub mod channel;
+pub mod error;
+pub mod registry;
+pub mod virtio_blk;
+
+pub use bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
+pub use channel::{ChannelBackend, IoChannel, Rejected};
+pub use error::{Error, RejectReason, Result};
+pub use registry::Registry;
+pub use vbdev_virtio::DmaBuf;

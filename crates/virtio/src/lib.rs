@@ -42,4 +42,4 @@ pub use device::{VirtioDevice, features};
 pub use error::{Error, QueueError, Result};
 pub use mem::{DmaBuf, DmaConfig, DmaDomain, Iova, RegionId};
 pub use split::{AddError, QueueConfig, RingAddrs, Segment, SplitQueue, Used};
-pub use transport::{Notifier, Transport};
+pub use transport::{CallFd, Notifier, QueueHandles, Transport};

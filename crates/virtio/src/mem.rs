@@ -473,6 +473,29 @@ impl DmaBuf {
         self.iova
     }
 
+    /// Copies `data` into the buffer at `offset`.
+    ///
+    /// # Panics
+    /// When the range does not fit the buffer.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) {
+        self[offset..offset + data.len()].copy_from_slice(data);
+    }
+
+    /// Reads the byte at `offset` with a volatile load: for bytes a device writes while
+    /// the buffer is shared (status bytes), read once after the completion is seen.
+    ///
+    /// # Panics
+    /// When `offset` is out of range.
+    pub fn read_volatile(&self, offset: usize) -> u8 {
+        assert!(
+            offset < self.len,
+            "offset {offset} beyond buffer of {}",
+            self.len
+        );
+        // SAFETY: `offset < len`, so the byte lies in the owned, mapped range.
+        unsafe { self.ptr.as_ptr().add(offset).read_volatile() }
+    }
+
     /// A raw pointer to the first byte, for code that shares the memory with a device.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()

@@ -7,6 +7,10 @@ pub mod vhost_user;
 
 use std::fmt::Debug;
 
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::Result;
@@ -83,7 +87,50 @@ pub struct QueueHandles {
     /// The doorbell.
     pub notifier: Notifier,
     /// Signalled by the device on used-buffer notifications.
-    pub call: EventFd,
+    pub call: CallFd,
+}
+
+/// A queue's used-buffer notification eventfd ("call"), for sleeping until the device
+/// completes something (interrupt mode).
+#[derive(Debug)]
+pub struct CallFd {
+    fd: EventFd,
+    epoll: Epoll,
+}
+
+impl CallFd {
+    /// Wraps an eventfd the device signals.
+    ///
+    /// # Errors
+    /// When the epoll instance cannot be created.
+    pub fn new(fd: EventFd) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )?;
+        Ok(Self { fd, epoll })
+    }
+
+    /// The eventfd, for handing to the device.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.fd
+    }
+
+    /// Sleeps until the device signals or `timeout` passes; returns whether it signalled.
+    /// Clears the signal.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut ev = [EpollEvent::default()];
+        match self.epoll.wait(ms, &mut ev) {
+            Ok(n) if n > 0 => {
+                let _ = self.fd.read();
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A queue's doorbell (available-buffer notification, virtio 1.2 §2.7.13.3).

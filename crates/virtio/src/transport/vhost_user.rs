@@ -22,7 +22,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{Notifier, QueueHandles, Transport};
+use super::{CallFd, Notifier, QueueHandles, Transport};
 use crate::error::{Error, Result};
 use crate::mem::{DmaDomain, RegionId, RegionInfo, RegionListener};
 use crate::split::{MAX_QUEUE_SIZE, RingAddrs};
@@ -515,7 +515,8 @@ impl Transport for VhostUser {
         s.call("SET_VRING_NUM", |fe| fe.set_vring_num(i, addrs.size))?;
         s.call("SET_VRING_BASE", |fe| fe.set_vring_base(i, 0))?;
         s.call("SET_VRING_ADDR", |fe| fe.set_vring_addr(i, &cfg))?;
-        s.call("SET_VRING_CALL", |fe| fe.set_vring_call(i, &call))?;
+        let call = CallFd::new(call).map_err(io("epoll"))?;
+        s.call("SET_VRING_CALL", |fe| fe.set_vring_call(i, call.eventfd()))?;
         s.call("SET_VRING_KICK", |fe| fe.set_vring_kick(i, &kick))?;
         s.call("SET_VRING_ENABLE", |fe| fe.set_vring_enable(i, true))?;
         s.call("GET_FEATURES", |fe| fe.get_features())?;

@@ -1,0 +1,276 @@
+//! Block devices, requests and completions.
+
+use std::fmt;
+use std::sync::Arc;
+
+use vbdev_virtio::{DmaBuf, QueueError};
+
+use crate::channel::{ChannelBackend, IoChannel};
+use crate::error::Result;
+
+/// What a bdev is and what it can do; fixed at attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BdevInfo {
+    /// Unique name (SPDK naming: the attach name for virtio-blk).
+    pub name: String,
+    /// Human name of the kind of device (`"VirtioBlk Disk"`).
+    pub product_name: String,
+    /// The module that made it (`"virtio_blk"`).
+    pub driver: &'static str,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Size in blocks.
+    pub num_blocks: u64,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// FLUSH is meaningful (the device has a volatile write cache or says so).
+    pub flush: bool,
+    /// UNMAP (discard) is supported.
+    pub unmap: bool,
+    /// WRITE ZEROES is supported.
+    pub write_zeroes: bool,
+    /// Request queues: the most channels that can be open at once.
+    pub num_queues: u16,
+    /// Descriptors per queue.
+    pub queue_size: u16,
+    /// Device serial or id, when it reports one.
+    pub serial: Option<String>,
+}
+
+/// A device behind a [`Bdev`]: implemented by each module (`virtio_blk`, ...).
+pub trait BdevBackend: Send + Sync + fmt::Debug {
+    /// The bdev's description.
+    fn info(&self) -> &BdevInfo;
+
+    /// Takes a free request queue for a new channel.
+    ///
+    /// # Errors
+    /// [`Error::NoFreeQueue`](crate::Error::NoFreeQueue) when every queue has a channel,
+    /// [`Error::Removed`](crate::Error::Removed) once the device is gone.
+    fn open_channel(&self) -> Result<Box<dyn ChannelBackend>>;
+
+    /// The device is gone (disconnected, failed, detached).
+    fn is_removed(&self) -> bool;
+
+    /// Module-specific details as `(key, value)` pairs for `info` output.
+    fn details(&self) -> Vec<(&'static str, String)>;
+
+    /// Stops the device: queues are stopped and the connection is closed.
+    fn detach(&self);
+}
+
+/// A named block device: cheap to clone, shareable between threads.
+#[derive(Debug, Clone)]
+pub struct Bdev {
+    backend: Arc<dyn BdevBackend>,
+}
+
+impl Bdev {
+    /// Wraps a module's device.
+    pub fn new(backend: Arc<dyn BdevBackend>) -> Self {
+        Self { backend }
+    }
+
+    /// The bdev's description.
+    pub fn info(&self) -> &BdevInfo {
+        self.backend.info()
+    }
+
+    /// The bdev's name.
+    pub fn name(&self) -> &str {
+        &self.info().name
+    }
+
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.info().block_size
+    }
+
+    /// Size in blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.info().num_blocks
+    }
+
+    /// Opens an I/O channel on one of the device's request queues.
+    ///
+    /// # Errors
+    /// [`Error::NoFreeQueue`](crate::Error::NoFreeQueue) when all queues have channels.
+    pub fn open_channel(&self) -> Result<IoChannel> {
+        let backend = self.backend.open_channel()?;
+        Ok(IoChannel::new(self.info(), backend))
+    }
+
+    /// The device is gone.
+    pub fn is_removed(&self) -> bool {
+        self.backend.is_removed()
+    }
+
+    /// Module-specific details.
+    pub fn details(&self) -> Vec<(&'static str, String)> {
+        self.backend.details()
+    }
+
+    /// Stops the device; open channels fail their requests from now on.
+    pub fn detach(&self) {
+        self.backend.detach();
+    }
+}
+
+/// The operation of a [`Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IoOp {
+    /// Read blocks into the buffer.
+    Read,
+    /// Write the buffer to blocks.
+    Write,
+    /// Make completed writes durable.
+    Flush,
+    /// Discard blocks (virtio-blk DISCARD, SCSI UNMAP).
+    Unmap,
+    /// Set blocks to zero.
+    WriteZeroes,
+}
+
+impl IoOp {
+    /// Whether the operation changes data.
+    pub fn modifies(self) -> bool {
+        !matches!(self, IoOp::Read | IoOp::Flush)
+    }
+}
+
+impl fmt::Display for IoOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Flush => "flush",
+            IoOp::Unmap => "unmap",
+            IoOp::WriteZeroes => "write_zeroes",
+        })
+    }
+}
+
+/// A block request. It owns its buffer until its [`Completion`] hands it back.
+#[derive(Debug)]
+pub struct Request {
+    /// What to do.
+    pub op: IoOp,
+    /// First block.
+    pub offset_blocks: u64,
+    /// Number of blocks (0 for a flush of everything).
+    pub num_blocks: u64,
+    /// Data for reads and writes: exactly `num_blocks * block_size` bytes.
+    pub buf: Option<DmaBuf>,
+    /// The caller's opaque value, returned in the completion.
+    pub cookie: u64,
+}
+
+impl Request {
+    /// Reads `buf.len() / block_size` blocks at `offset_blocks` into `buf`.
+    /// The block count is filled in by [`IoChannel::submit`] from the buffer length.
+    pub fn read(offset_blocks: u64, buf: DmaBuf, cookie: u64) -> Self {
+        Self {
+            op: IoOp::Read,
+            offset_blocks,
+            num_blocks: 0,
+            buf: Some(buf),
+            cookie,
+        }
+    }
+
+    /// Writes `buf` at `offset_blocks`.
+    pub fn write(offset_blocks: u64, buf: DmaBuf, cookie: u64) -> Self {
+        Self {
+            op: IoOp::Write,
+            offset_blocks,
+            num_blocks: 0,
+            buf: Some(buf),
+            cookie,
+        }
+    }
+
+    /// Flushes the device's write cache.
+    pub fn flush(cookie: u64) -> Self {
+        Self {
+            op: IoOp::Flush,
+            offset_blocks: 0,
+            num_blocks: 0,
+            buf: None,
+            cookie,
+        }
+    }
+
+    /// Discards `num_blocks` blocks at `offset_blocks`.
+    pub fn unmap(offset_blocks: u64, num_blocks: u64, cookie: u64) -> Self {
+        Self {
+            op: IoOp::Unmap,
+            offset_blocks,
+            num_blocks,
+            buf: None,
+            cookie,
+        }
+    }
+
+    /// Zeroes `num_blocks` blocks at `offset_blocks`.
+    pub fn write_zeroes(offset_blocks: u64, num_blocks: u64, cookie: u64) -> Self {
+        Self {
+            op: IoOp::WriteZeroes,
+            offset_blocks,
+            num_blocks,
+            buf: None,
+            cookie,
+        }
+    }
+}
+
+/// Why a request failed on the device. `Copy`: it keeps the device's own status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IoError {
+    /// virtio-blk `VIRTIO_BLK_S_IOERR`.
+    #[error("device I/O error")]
+    BlkIoErr,
+    /// virtio-blk `VIRTIO_BLK_S_UNSUPP`.
+    #[error("request not supported by the device")]
+    BlkUnsupp,
+    /// A status byte the spec does not define (including none written at all).
+    #[error("invalid status byte 0x{0:02x}")]
+    BlkBadStatus(u8),
+    /// The device broke the ring protocol.
+    #[error("device protocol violation: {0}")]
+    Protocol(QueueError),
+    /// The device went away (disconnect, failure, detach) before completing.
+    #[error("device removed")]
+    Removed,
+    /// The device did not complete within the I/O timeout and was failed.
+    #[error("device timed out")]
+    TimedOut,
+}
+
+/// The outcome of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoStatus {
+    /// Done.
+    #[default]
+    Success,
+    /// Failed, with the device's reason.
+    Failed(IoError),
+}
+
+impl IoStatus {
+    /// Whether the request succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self, IoStatus::Success)
+    }
+}
+
+/// A finished request: its cookie, its outcome and its buffer.
+#[derive(Debug, Default)]
+pub struct Completion {
+    /// The request's cookie.
+    pub cookie: u64,
+    /// The outcome.
+    pub status: IoStatus,
+    /// The request's buffer, given back.
+    pub buf: Option<DmaBuf>,
+}
