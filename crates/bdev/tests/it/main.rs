@@ -1,1 +1,5 @@
+//! Integration tests of vbdev-bdev against real vhost-user targets.
 
+mod blk;
+mod qsd;
+mod util;
