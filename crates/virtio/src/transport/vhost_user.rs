@@ -259,6 +259,8 @@ impl RegionListener for Shared {
     }
 }
 
+// The struct has two more fields under the `vhost` crate's `xen` feature.
+#[allow(clippy::needless_update)]
 fn region_info(r: &RegionInfo) -> VhostUserMemoryRegionInfo {
     VhostUserMemoryRegionInfo {
         // The device sees our virtual addresses: guest physical = user address.
