@@ -1,1 +1,7 @@
+//! Integration tests of the `vbdev` binary against qemu-storage-daemon.
 
+mod io_errors;
+mod io_info;
+mod io_rw;
+mod qsd;
+mod util;
