@@ -384,3 +384,33 @@ fn block_size_4096_export() {
         .expect_err("beyond the end");
     assert!(matches!(r.error, RejectReason::OutOfRange { .. }));
 }
+
+#[test]
+fn buffers_in_a_region_created_after_attach_are_shared_with_add_mem_reg() {
+    let mut q = QsdBuilder::new(Backend::File { size: 64 * MIB }).start();
+    let bdev = attach(&q, "grow", 1, 64);
+    let before = vbdev_virtio::DmaDomain::global().regions().len();
+    // Fill the existing regions until an allocation needs a region of its own.
+    let mut filler = Vec::new();
+    let buf = loop {
+        let b = DmaBuf::alloc((4 * MIB) as usize).unwrap();
+        if usize::from(b.region().0) >= before {
+            break b;
+        }
+        filler.push(b);
+    };
+    drop(filler);
+    let mut data = buf;
+    let expected = pattern(99, data.len());
+    data.copy_from_slice(&expected);
+    let mut ch = bdev.open_channel().unwrap();
+    let c = run(&mut ch, Request::write(MIB / 512, data, 1));
+    assert_eq!(c.status, IoStatus::Success);
+    let c = run(&mut ch, Request::read(MIB / 512, c.buf.unwrap(), 2));
+    assert_eq!(c.status, IoStatus::Success);
+    assert!(c.buf.unwrap()[..] == expected[..]);
+    drop(ch);
+    bdev.detach();
+    q.stop();
+    assert!(q.read_image(MIB, (4 * MIB) as usize) == expected);
+}

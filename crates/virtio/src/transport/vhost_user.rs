@@ -239,11 +239,18 @@ impl Shared {
         }
     }
 
+    /// Shares one more region (ADD_MEM_REG), unless it is shared already.
     fn add_region(&self, r: &RegionInfo) -> Result<()> {
+        let bit = r.id.bit();
+        if self.regions_known.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return Ok(());
+        }
         let info = region_info(r);
-        self.call("ADD_MEM_REG", |fe| fe.add_mem_region(&info))?;
-        self.regions_known.fetch_or(r.id.bit(), Ordering::Release);
-        Ok(())
+        let res = self.call("ADD_MEM_REG", |fe| fe.add_mem_region(&info));
+        if res.is_err() {
+            self.regions_known.fetch_and(!bit, Ordering::AcqRel);
+        }
+        res.map(|_| ())
     }
 }
 
@@ -406,24 +413,29 @@ impl VhostUser {
         };
         s.mem_slots.store(slots, Ordering::Release);
         domain.reserve()?;
-        // Subscribing returns the existing regions atomically with registration, so a
-        // region created meanwhile reaches us through the listener instead.
-        let listener: Arc<dyn RegionListener> = self.shared.clone();
-        let mut regions = domain.subscribe(Arc::downgrade(&listener));
-        // rust-vmm backends need ascending addresses (vm-memory rejects unsorted tables).
+        // The first (up to) 8 regions go in SET_MEM_TABLE, sorted by address: rust-vmm
+        // backends reject unsorted tables, libvhost-user takes at most 8.
+        let mut regions = domain.regions();
         regions.sort_by_key(|r| r.addr);
-        let (table, rest) = regions.split_at(regions.len().min(MEM_TABLE_MAX_REGIONS));
+        let table = &regions[..regions.len().min(MEM_TABLE_MAX_REGIONS)];
         let infos: Vec<_> = table.iter().map(region_info).collect();
         s.call("SET_MEM_TABLE", |fe| fe.set_mem_table(&infos).map(|_| ()))?;
-        let mut known = table.iter().fold(0u64, |m, r| m | r.id.bit());
+        let known = table.iter().fold(0u64, |m, r| m | r.id.bit());
         s.regions_known.fetch_or(known, Ordering::Release);
-        for r in rest {
-            if !slots || u64::from(known.count_ones()) >= max_slots {
+        // Subscribe only now, so no ADD_MEM_REG can precede SET_MEM_TABLE; then share
+        // whatever else exists. A region created meanwhile may be reported both ways:
+        // `add_region` claims its bit first, so it is sent once.
+        let listener: Arc<dyn RegionListener> = self.shared.clone();
+        for r in domain.subscribe(Arc::downgrade(&listener)) {
+            if s.regions_known.load(Ordering::Acquire) & r.id.bit() != 0 {
+                continue;
+            }
+            let used = u64::from(s.regions_known.load(Ordering::Acquire).count_ones());
+            if !slots || used >= max_slots {
                 tracing::warn!(target: TARGET, region = r.id.0, "DMA region not visible to the target (no free memory slot)");
                 continue;
             }
-            s.add_region(r)?;
-            known |= r.id.bit();
+            s.add_region(&r)?;
         }
         // A target may ack a message and then drop the connection (libvhost-user acks
         // even messages it then panics on): end the phase with a real reply.
