@@ -69,8 +69,13 @@ fn blocks(bdev: &Bdev, flag: &str, bytes: u64) -> Result<u64, Failure> {
 }
 
 fn range(bdev: &Bdev, offset: u64, length: u64) -> Result<(u64, u64), Failure> {
+    range_of(bdev, offset, "--length", length)
+}
+
+/// As [`range`], naming `len_flag` for the length (`--in` when it comes from a file).
+fn range_of(bdev: &Bdev, offset: u64, len_flag: &str, length: u64) -> Result<(u64, u64), Failure> {
     let off = blocks(bdev, "--offset", offset)?;
-    let len = blocks(bdev, "--length", length)?;
+    let len = blocks(bdev, len_flag, length)?;
     if len == 0 {
         return Err(Failure::usage(anyhow!("--length must be positive")));
     }
@@ -158,7 +163,11 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
             if out.is_none() && pattern.is_none() && !json {
                 output::hexdump(*offset, &data).map_err(Failure::run)?;
             }
-            report(json, "read", *offset, *length, t, pattern_ok)?;
+            if pattern_ok != Some(false) || json {
+                // A mismatch is still a result in JSON (`pattern_ok: false`); in text,
+                // stdout stays empty and the error goes to stderr.
+                report(json, "read", *offset, *length, t, pattern_ok)?;
+            }
             if pattern_ok == Some(false) {
                 let p = pattern.expect("set");
                 let at = data.iter().position(|&b| b != p).expect("mismatch exists");
@@ -176,7 +185,7 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
             pattern,
             length,
         } => {
-            let (buf, len) = match (input, pattern, length) {
+            let (buf, len, len_flag) = match (input, pattern, length) {
                 (Some(path), _, _) => {
                     let data = std::fs::read(path)
                         .with_context(|| format!("cannot read {}", path.display()))
@@ -186,12 +195,12 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                     }
                     let mut buf = alloc(data.len() as u64)?;
                     buf.copy_from_slice(&data);
-                    (buf, data.len() as u64)
+                    (buf, data.len() as u64, "--in file size")
                 }
                 (None, Some(p), Some(len)) => {
                     let mut buf = alloc((*len).max(1))?;
                     buf.fill(*p);
-                    (buf, *len)
+                    (buf, *len, "--length")
                 }
                 _ => {
                     return Err(Failure::usage(anyhow!(
@@ -199,7 +208,7 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                     )));
                 }
             };
-            let (off, _) = range(bdev, *offset, len)?;
+            let (off, _) = range_of(bdev, *offset, len_flag, len)?;
             let (_, t) = one(&mut ch, Request::write(off, buf, 0))?;
             report(json, "write", *offset, len, t, None)
         }

@@ -1,5 +1,7 @@
 //! The tracing subscriber: stderr, EnvFilter syntax from `--log`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber; a bad filter falls back to `warn` with a note.
@@ -11,5 +13,6 @@ pub fn init(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(f)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -197,7 +197,7 @@ impl DmaDomain {
 
     /// Allocates `len` bytes aligned to [`DEFAULT_BUF_ALIGN`].
     ///
-    /// The contents are whatever the memory held before; use [`DmaBuf::fill`] to clear.
+    /// The contents are whatever the memory held before; use `fill` (through `DerefMut`) to clear.
     ///
     /// # Errors
     /// [`Error::DmaAlloc`] when no region can hold the buffer and no new one can be made.

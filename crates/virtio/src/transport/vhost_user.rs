@@ -187,10 +187,10 @@ impl Shared {
                         w.deadline = None;
                         w.fired = true;
                         drop(w);
-                        tracing::warn!(target: TARGET, "vhost-user reply deadline passed");
-                        // Unblocks the caller's read with an error; the connection is
-                        // dead from here on (a late reply would desynchronise it anyway).
-                        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+                        // Shutting the socket down unblocks the caller's read with an
+                        // error; the connection is dead from here on (a late reply would
+                        // desynchronise it anyway).
+                        self.mark_dead("no reply before the deadline");
                         continue;
                     }
                     d => d,
