@@ -252,6 +252,31 @@ impl BlkConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parse_takes_any_bytes_and_reads_only_what_features_cover(
+            raw in proptest::collection::vec(any::<u8>(), 0..128),
+            features: u64,
+        ) {
+            let c = BlkConfig::parse(&raw, features);
+            // Whatever the bytes, fields of features not negotiated stay zero...
+            if features & self::features::SEG_MAX == 0 {
+                prop_assert_eq!(c.seg_max, 0);
+            }
+            if features & self::features::MQ == 0 {
+                prop_assert_eq!(c.num_queues, 0);
+            }
+            if features & self::features::DISCARD == 0 {
+                prop_assert_eq!(c.max_discard_sectors, 0);
+            }
+            // ...and parsing the bytes that `needed_len` asks for gives the same result
+            // as parsing more.
+            let n = BlkConfig::needed_len(features).min(raw.len());
+            prop_assert_eq!(BlkConfig::parse(&raw[..n], features), c);
+        }
+    }
 
     #[test]
     fn config_keeps_only_negotiated_fields() {
