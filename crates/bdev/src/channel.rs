@@ -72,6 +72,8 @@ pub struct IoChannel {
     backend: Box<dyn ChannelBackend>,
     fifo: VecDeque<Request>,
     ready: VecDeque<Completion>,
+    /// A request went to the backend since its last flush.
+    unflushed: bool,
     block_size: u64,
     num_blocks: u64,
     read_only: bool,
@@ -86,6 +88,7 @@ impl IoChannel {
             backend,
             fifo: VecDeque::with_capacity(usize::from(info.queue_size)),
             ready: VecDeque::with_capacity(64),
+            unflushed: false,
             block_size: u64::from(info.block_size),
             num_blocks: info.num_blocks,
             read_only: info.read_only,
@@ -183,8 +186,9 @@ impl IoChannel {
             return Ok(());
         }
         if self.fifo.is_empty() {
-            if let Err(req) = self.backend.try_submit(req) {
-                self.fifo.push_back(req);
+            match self.backend.try_submit(req) {
+                Ok(()) => self.unflushed = true,
+                Err(req) => self.fifo.push_back(req),
             }
         } else {
             self.fifo.push_back(req);
@@ -203,9 +207,11 @@ impl IoChannel {
             out[n] = c;
             n += 1;
         }
-        self.backend.flush();
+        if std::mem::take(&mut self.unflushed) {
+            self.backend.flush();
+        }
         n += self.backend.reap(&mut out[n..]);
-        if self.backend.is_removed() {
+        if !self.fifo.is_empty() && self.backend.is_removed() {
             while let Some(req) = self.fifo.pop_front() {
                 self.ready.push_back(Completion {
                     cookie: req.cookie,
@@ -220,6 +226,8 @@ impl IoChannel {
                 break;
             }
         }
+        // Publishes what the FIFO moved and the children of a split request that freed
+        // slots let the backend send (cheap when there is nothing new).
         self.backend.flush();
         n
     }

@@ -236,13 +236,15 @@ impl BlkShared {
                 ),
             });
         }
+        // Blocks per discard / write-zeroes child; 0 when the device's limit is below one
+        // block, and then the operation is not offered (the limit cannot be honoured).
         let sectors_to_blocks = |s: u32| {
             let s = if s == 0 {
                 u64::from(u32::MAX)
             } else {
                 u64::from(s)
             };
-            (s * blk::SECTOR_SIZE / bs).max(1)
+            s * blk::SECTOR_SIZE / bs
         };
         let limits = Limits {
             block_size: bs,
@@ -280,8 +282,9 @@ impl BlkShared {
             num_blocks,
             read_only: f & blk::features::RO != 0,
             flush: f & blk::features::FLUSH != 0,
-            unmap: f & blk::features::DISCARD != 0,
-            write_zeroes: f & blk::features::WRITE_ZEROES != 0,
+            unmap: f & blk::features::DISCARD != 0 && limits.max_discard_blocks > 0,
+            write_zeroes: f & blk::features::WRITE_ZEROES != 0
+                && limits.max_write_zeroes_blocks > 0,
             num_queues: opts.num_queues,
             queue_size: opts.queue_size,
             serial,
@@ -320,6 +323,7 @@ impl BdevBackend for BlkDevice {
         Ok(Box::new(BlkChannel {
             q: Some(q),
             dev: Arc::clone(dev),
+            polls: 0,
         }))
     }
 
@@ -431,7 +435,9 @@ struct BlkQueue {
     ready: VecDeque<u32>,
     scratch: Vec<Segment>,
     active: usize,
-    last_progress: Instant,
+    /// When a check found requests in flight and no completion since the check before;
+    /// `None` after any progress.
+    stalled_since: Option<Instant>,
     idle_polls: u32,
     /// The caller slept since the last reap: read the clock on the next empty one.
     waited: bool,
@@ -467,7 +473,7 @@ impl BlkQueue {
             ready: VecDeque::with_capacity(n + 1),
             scratch: Vec::with_capacity(segs),
             active: 0,
-            last_progress: Instant::now(),
+            stalled_since: None,
             idle_polls: 0,
             waited: false,
             failed: false,
@@ -751,16 +757,23 @@ impl BlkQueue {
         }
         if progressed || self.active == 0 {
             self.idle_polls = 0;
-            if progressed {
-                self.last_progress = Instant::now();
-            }
+            self.stalled_since = None;
         } else if !self.failed {
             self.idle_polls += 1;
-            // Reading the clock on every empty poll would cost more than the poll; a
-            // hung device is noticed within a few thousand polls of the deadline.
+            // The clock is read only every 1024 empty polls or after a sleep, never on
+            // the I/O path: the first such check starts the stall clock, a later one
+            // past the deadline fails the queue (so a hang is caught within the timeout
+            // plus one check interval).
             let check = self.idle_polls % 1024 == 0 || std::mem::take(&mut self.waited);
-            if check && self.last_progress.elapsed() > io_timeout {
-                self.fail_all(IoError::TimedOut);
+            if check {
+                let now = Instant::now();
+                match self.stalled_since {
+                    None => self.stalled_since = Some(now),
+                    Some(t) if now.duration_since(t) > io_timeout => {
+                        self.fail_all(IoError::TimedOut);
+                    }
+                    Some(_) => {}
+                }
             }
         }
         if self.vq.broken().is_some() && !self.failed {
@@ -825,6 +838,7 @@ impl BlkQueue {
 struct BlkChannel {
     q: Option<BlkQueue>,
     dev: Arc<BlkShared>,
+    polls: u32,
 }
 
 impl BlkChannel {
@@ -843,7 +857,11 @@ impl ChannelBackend for BlkChannel {
     }
 
     fn reap(&mut self, out: &mut [Completion]) -> usize {
-        let removed = self.dev.removed();
+        // The removal flags live behind the transport; looking every 64th poll (or after
+        // a sleep) keeps them off the spin path and still notices within microseconds.
+        self.polls = self.polls.wrapping_add(1);
+        let look = self.polls % 64 == 0 || self.q.as_ref().is_some_and(|q| q.waited);
+        let removed = look && self.dev.removed();
         let timeout = self.dev.io_timeout;
         self.q().reap(out, timeout, removed)
     }
@@ -901,3 +919,6 @@ impl Drop for BlkChannel {
             .push(q);
     }
 }
+
+#[cfg(test)]
+mod tests;

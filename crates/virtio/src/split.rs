@@ -17,6 +17,9 @@ use crate::mem::{DmaBuf, DmaDomain, Iova};
 
 const TARGET: &str = "vbdev::virtqueue";
 
+/// Entries of the small per-head indirect tables (one 64-byte cache line).
+const SMALL_TABLE: usize = 4;
+
 /// Largest queue size a split virtqueue may have (virtio 1.2 §2.7).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
@@ -151,6 +154,8 @@ pub struct SplitQueue {
     avail_off: usize,
     used_off: usize,
     indirect: Option<DmaBuf>,
+    /// One cache line of indirect table per head, for the common short chains.
+    small: Option<DmaBuf>,
     indirect_max: u16,
     event_idx: bool,
     next: Box<[u16]>,
@@ -211,6 +216,11 @@ impl SplitQueue {
         } else {
             None
         };
+        let small = if config.indirect_desc {
+            Some(domain.alloc_zeroed(usize::from(size) * SMALL_TABLE * 16, 4096)?)
+        } else {
+            None
+        };
         let next: Box<[u16]> = (0..size).map(|i| i.wrapping_add(1)).collect();
         let mut q = Self {
             size,
@@ -219,6 +229,7 @@ impl SplitQueue {
             avail_off,
             used_off,
             indirect,
+            small,
             indirect_max,
             event_idx: config.event_idx,
             next,
@@ -359,27 +370,40 @@ impl SplitQueue {
         unsafe { p.write_volatile(d) }
     }
 
-    fn write_indirect(&mut self, table: u16, i: u16, d: Desc) {
-        let ind = self.indirect.as_ref().expect("indirect tables exist");
-        let off = (usize::from(table) * usize::from(self.indirect_max) + usize::from(i)) * 16;
-        debug_assert!(off + 16 <= ind.len());
+    /// The indirect table for a chain of `n` at `head`: its buffer and entry offset.
+    fn indirect_table(&self, head: u16, n: usize) -> (&DmaBuf, usize) {
+        if n <= SMALL_TABLE {
+            let small = self.small.as_ref().expect("indirect tables exist");
+            (small, usize::from(head) * SMALL_TABLE)
+        } else {
+            let big = self.indirect.as_ref().expect("indirect tables exist");
+            (big, usize::from(head) * usize::from(self.indirect_max))
+        }
+    }
+
+    fn write_indirect(&self, head: u16, n: usize, i: u16, d: Desc) {
+        let (buf, first) = self.indirect_table(head, n);
+        let off = (first + usize::from(i)) * 16;
+        debug_assert!(off + 16 <= buf.len());
         let d = Desc {
             addr: d.addr.to_le(),
             len: d.len.to_le(),
             flags: d.flags.to_le(),
             next: d.next.to_le(),
         };
-        // SAFETY: `table < size` and `i < indirect_max`, so the entry is inside the
-        // allocation of `size * indirect_max` descriptors; the table belongs to the free
-        // head `table`, so the device is not reading it.
-        unsafe { ind.as_ptr().add(off).cast::<Desc>().write_volatile(d) }
+        // SAFETY: `head < size` and `i < n`, with `n <= SMALL_TABLE` for the small tables
+        // (`size * SMALL_TABLE` entries) and `n <= indirect_max` for the big ones
+        // (`size * indirect_max` entries), so the entry is inside its allocation; the
+        // table belongs to the free head `head`, so the device is not reading it.
+        unsafe { buf.as_ptr().add(off).cast::<Desc>().write_volatile(d) }
     }
 
     /// Adds a descriptor chain (not yet visible to the device: see [`Self::publish`]).
     ///
     /// Device-readable segments must come before device-writable ones (§2.7.4.2).
-    /// A chain of two or more segments goes through an indirect table when that feature
-    /// was negotiated, else it takes one descriptor per segment.
+    /// A chain of two or more segments goes through an indirect table of its head when
+    /// `VIRTIO_RING_F_INDIRECT_DESC` was negotiated (one descriptor), else it takes one
+    /// descriptor per segment.
     ///
     /// # Errors
     /// [`AddError::Full`] when there is no room now, [`AddError::TooLong`] when there never
@@ -407,6 +431,9 @@ impl SplitQueue {
                 .all(|w| !w[0].device_writable || w[1].device_writable),
             "readable segments must precede writable ones"
         );
+        // Indirect for every multi-segment chain when negotiated: each request then takes
+        // one ring descriptor, so a ring of N holds N requests. Short chains use a
+        // one-cache-line table per head, which keeps the tables of a whole ring compact.
         let use_indirect = self.indirect.is_some() && n > 1 && n <= usize::from(self.indirect_max);
         let need = if use_indirect { 1 } else { n };
         if need > usize::from(self.size) {
@@ -432,6 +459,7 @@ impl SplitQueue {
                 } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
                 self.write_indirect(
                     head,
+                    n,
                     i,
                     Desc {
                         addr: s.addr.0,
@@ -441,13 +469,8 @@ impl SplitQueue {
                     },
                 );
             }
-            let table = self
-                .indirect
-                .as_ref()
-                .expect("indirect tables exist")
-                .iova()
-                .0
-                + (u64::from(head) * u64::from(self.indirect_max) * 16);
+            let (buf, first) = self.indirect_table(head, n);
+            let table = buf.iova().0 + first as u64 * 16;
             self.write_desc(
                 head,
                 Desc {
@@ -623,12 +646,12 @@ impl SplitQueue {
             return None;
         }
         self.last_used = self.last_used.wrapping_add(1);
+        // With interrupts off, used_event stays parked where `set_interrupts` put it: a
+        // store per completion would pull the line the device reads into our cache for
+        // nothing (at most one spurious notification per 2^16 completions).
         if self.event_idx && self.interrupts {
             self.used_event()
                 .store(self.last_used.to_le(), Ordering::Relaxed);
-        } else if self.event_idx {
-            self.used_event()
-                .store(self.last_used.wrapping_sub(1).to_le(), Ordering::Relaxed);
         }
         self.free_chain(head, slot.ndesc);
         let written = if u64::from(len) > slot.writable {

@@ -4,6 +4,8 @@
 //!
 //! Enabled for this crate's tests and, for other crates, by the `test-utils` feature.
 
+pub mod blk_transport;
+
 use std::os::fd::BorrowedFd;
 
 use crate::blk;
@@ -11,6 +13,8 @@ use crate::mem::{DmaDomain, Iova};
 use crate::split::{
     RingAddrs, Segment, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
+
+pub use blk_transport::{FakeBlk, FakeBlkConfig};
 
 /// A descriptor chain as the device sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

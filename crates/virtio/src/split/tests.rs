@@ -346,3 +346,20 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn short_and_long_indirect_chains_both_round_trip() {
+    let (mut q, mut dev) = queue(8, false, true);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    for n in [2, 3, SMALL_TABLE, SMALL_TABLE + 1, 32] {
+        let s = segs(&buf, n, 1);
+        add(&mut q, &s, n as u64).unwrap();
+        assert_eq!(q.num_free(), 7, "one ring descriptor for {n} segments");
+        q.publish();
+        let c = dev.pop_avail().unwrap();
+        assert!(c.indirect);
+        assert_eq!(c.segs, s);
+        dev.push_used(u32::from(c.head), 0);
+        assert_eq!(q.pop_used().unwrap().cookie, n as u64);
+    }
+}
