@@ -11,6 +11,10 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax, e.g. `debug` or `vbdev::vhost_user=debug`).
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
+    /// Back DMA memory with 2 MiB huge pages when enough are free (falls back to normal
+    /// pages with a warning; regions are 1 GiB, i.e. 512 pages each).
+    #[arg(long, global = true)]
+    pub hugetlb: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -31,6 +31,16 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(&cli.log);
+    if cli.hugetlb {
+        let config = vbdev_virtio::DmaConfig {
+            hugetlb: true,
+            ..vbdev_virtio::DmaConfig::default()
+        };
+        if let Err(e) = vbdev_virtio::DmaDomain::configure(config) {
+            eprintln!("vbdev: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.command {
         cli::Command::Io(args) => io::run(args),
     };

@@ -273,27 +273,27 @@ impl DmaDomain {
 
 impl Region {
     fn create(id: RegionId, size: usize, want_huge: bool) -> Result<Self> {
-        let name = format!("vbdev-dma-{}", id.0);
-        let mut hugetlb = false;
-        let fd: OwnedFd = if want_huge {
-            match rustix::fs::memfd_create(
-                &name,
-                MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
-            )
-            .and_then(|fd| rustix::fs::ftruncate(&fd, size as u64).map(|()| fd))
-            {
-                Ok(fd) => {
-                    hugetlb = true;
-                    fd
-                }
+        if want_huge {
+            match Self::map(id, size, true) {
+                Ok(r) => return Ok(r),
+                // No hugetlbfs, or not enough huge pages reserved (HugePages_Free).
                 Err(e) => {
-                    tracing::warn!(target: TARGET, error = %e, "hugetlb memfd unavailable, using normal pages");
-                    Self::plain_memfd(&name, size)?
+                    tracing::warn!(target: TARGET, region = id.0, error = %e, "huge pages unavailable, using normal pages");
                 }
             }
+        }
+        Self::map(id, size, false)
+    }
+
+    fn map(id: RegionId, size: usize, hugetlb: bool) -> Result<Self> {
+        let name = format!("vbdev-dma-{}", id.0);
+        let flags = if hugetlb {
+            MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB
         } else {
-            Self::plain_memfd(&name, size)?
+            MemfdFlags::CLOEXEC
         };
+        let fd = rustix::fs::memfd_create(&name, flags).map_err(|e| Error::DmaMap(e.into()))?;
+        rustix::fs::ftruncate(&fd, size as u64).map_err(|e| Error::DmaMap(e.into()))?;
         let map_err = |e: rustix::io::Errno| Error::DmaMap(e.into());
         // Reserve `size + REGION_ALIGN` of address space, then map the memfd over an
         // aligned window of it and give the rest back.
@@ -352,13 +352,6 @@ impl Region {
             base: NonNull::new(aligned as *mut u8).expect("mmap never returns address 0 here"),
             free: vec![(0, size)],
         })
-    }
-
-    fn plain_memfd(name: &str, size: usize) -> Result<OwnedFd> {
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
-            .map_err(|e| Error::DmaMap(e.into()))?;
-        rustix::fs::ftruncate(&fd, size as u64).map_err(|e| Error::DmaMap(e.into()))?;
-        Ok(fd)
     }
 
     /// First fit: takes `len` bytes at an `align`ed offset from the free list.
@@ -560,6 +553,22 @@ mod tests {
         let mut byte = [0u8; 1];
         rustix::io::pread(info.fd, &mut byte, off).unwrap();
         assert_eq!(byte[0], 0xa5);
+    }
+
+    #[test]
+    fn hugetlb_is_used_when_pages_are_free_and_never_required() {
+        let free: u64 = std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let r = Region::create(RegionId(63), REGION_ALIGN, true).expect("falls back");
+        if free == 0 {
+            assert!(!r.info.hugetlb, "no free huge pages, yet hugetlb claimed");
+        }
+        assert_eq!(r.info.addr % REGION_ALIGN as u64, 0);
+        assert_eq!(r.info.len, REGION_ALIGN as u64);
     }
 
     #[test]

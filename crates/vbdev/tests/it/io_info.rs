@@ -137,3 +137,49 @@ fn info_human_lists_name_block_size_and_size() {
         run.stdout
     );
 }
+
+#[test]
+fn hugetlb_flag_uses_huge_pages_when_free_and_falls_back_otherwise() {
+    let qsd = QsdBuilder::new(Backend::File { size: 8 * MIB }).start();
+    let run = io(
+        qsd.socket(),
+        &[
+            "--hugetlb",
+            "write",
+            "--offset",
+            "512",
+            "--pattern",
+            "7",
+            "--length",
+            "4096",
+        ],
+    );
+    run.expect_code(0);
+    let free: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if free < 512 {
+        // A 1 GiB region needs 512 free 2 MiB pages: vbdev says so and carries on.
+        assert!(
+            run.stderr.contains("huge pages unavailable"),
+            "{}",
+            run.stderr
+        );
+    }
+    io(
+        qsd.socket(),
+        &[
+            "read",
+            "--offset",
+            "512",
+            "--length",
+            "4096",
+            "--pattern",
+            "7",
+        ],
+    )
+    .expect_ok();
+}
