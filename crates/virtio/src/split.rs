@@ -212,7 +212,9 @@ impl SplitQueue {
         let ring = domain.alloc_zeroed(total, 4096)?;
         let indirect_max = config.indirect_max.clamp(1, 1024);
         let indirect = if config.indirect_desc {
-            Some(domain.alloc_zeroed(usize::from(size) * usize::from(indirect_max) * 16, 4096)?)
+            // Not zeroed: an entry is always written before a chain points the device at
+            // it, and untouched pages of a large table then cost no memory.
+            Some(domain.alloc_aligned(usize::from(size) * usize::from(indirect_max) * 16, 4096)?)
         } else {
             None
         };

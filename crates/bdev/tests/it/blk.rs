@@ -414,3 +414,29 @@ fn buffers_in_a_region_created_after_attach_are_shared_with_add_mem_reg() {
     q.stop();
     assert!(q.read_image(MIB, (4 * MIB) as usize) == expected);
 }
+
+#[test]
+fn queue_sizes_from_1_to_32768_carry_verified_io() {
+    let q = QsdBuilder::new(Backend::File { size: 16 * MIB }).start();
+    for (i, size) in [32768u16, 1, 2].into_iter().enumerate() {
+        let bdev = attach(&q, "qs", 1, size);
+        assert_eq!(bdev.info().queue_size, size);
+        let mut ch = bdev.open_channel().unwrap();
+        let data = pattern(i as u64, 1 << 20);
+        for k in 0..4u64 {
+            ch.submit(Request::write(k * 2048, dma(&data), k)).unwrap();
+        }
+        assert!(
+            drain(&mut ch, Duration::from_secs(30))
+                .iter()
+                .all(|c| c.status.is_success())
+        );
+        let c = run(
+            &mut ch,
+            Request::read(3 * 2048, DmaBuf::alloc(1 << 20).unwrap(), 9),
+        );
+        assert!(c.buf.unwrap()[..] == data[..], "queue size {size}");
+        drop(ch);
+        bdev.detach();
+    }
+}
