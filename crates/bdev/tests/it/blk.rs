@@ -8,7 +8,7 @@ use vbdev_bdev::{DmaBuf, Error, IoError, IoStatus, RejectReason, Request};
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
 
 use crate::qsd::{Backend, QsdBuilder};
-use crate::util::{attach, dma, drain, pattern, run};
+use crate::util::{attach, dma, drain, error_chain, pattern, run};
 
 const MIB: u64 = 1 << 20;
 
@@ -206,10 +206,7 @@ fn more_channels_than_queues_is_a_clear_error() {
     bdev.detach();
     let e = virtio_blk::attach_vhost_user("three", q.socket(), &opts).expect_err("3 > 2");
     let msg = format!("{e:#}");
-    let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let chain = error_chain(&e);
     assert!(
         chain.contains("3 request queues requested but the device has 2"),
         "{msg} / {chain}"
@@ -309,10 +306,7 @@ fn silent_target_fails_attach_with_a_timeout() {
         "took {:?}",
         start.elapsed()
     );
-    let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let chain = error_chain(&e);
     assert!(chain.contains("did not answer"), "{chain}");
 }
 
@@ -344,10 +338,7 @@ fn missing_socket_is_a_connect_error_naming_the_path() {
     let e =
         virtio_blk::attach_vhost_user("none", "/tmp/vbdev-no-such.sock", &AttachOptions::default())
             .expect_err("no socket");
-    let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let chain = error_chain(&e);
     assert!(chain.contains("/tmp/vbdev-no-such.sock"), "{chain}");
 }
 

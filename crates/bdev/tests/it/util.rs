@@ -51,3 +51,11 @@ pub fn drain(ch: &mut IoChannel, timeout: Duration) -> Vec<Completion> {
     assert!(start.elapsed() <= timeout + Duration::from_secs(1));
     all
 }
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
