@@ -614,8 +614,11 @@ impl BlkQueue {
     }
 
     fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
+        // Parents outnumber contexts, so this only waits when completions are pending.
+        let Some(p) = self.parent_free.pop() else {
+            return Err(req);
+        };
         if self.failed {
-            let p = self.parent_free.pop().expect("parents outnumber contexts");
             self.parents[p as usize] = Parent {
                 req: Some(req),
                 status: IoStatus::Failed(IoError::Removed),
@@ -626,9 +629,9 @@ impl BlkQueue {
             return Ok(());
         }
         if self.partial.is_some() || self.ctx_free.is_empty() {
+            self.parent_free.push(p);
             return Err(req);
         }
-        let p = self.parent_free.pop().expect("parents outnumber contexts");
         self.parents[p as usize] = Parent {
             req: Some(req),
             ..Parent::default()
