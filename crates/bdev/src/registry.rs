@@ -61,3 +61,40 @@ impl Registry {
         m.values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio_blk::{self, AttachOptions};
+    use std::sync::Arc;
+    use vbdev_virtio::testing::{FakeBlk, FakeBlkConfig};
+
+    fn bdev(name: &str) -> Bdev {
+        let dev = Arc::new(FakeBlk::new(FakeBlkConfig::new(1 << 20)).expect("fake device"));
+        virtio_blk::attach(name, dev, &AttachOptions::default()).expect("attach")
+    }
+
+    #[test]
+    fn names_are_unique_and_listed_in_order() {
+        let r = Registry::new();
+        r.register(bdev("b")).unwrap();
+        r.register(bdev("a")).unwrap();
+        let e = r.register(bdev("a")).expect_err("duplicate");
+        assert!(matches!(&e, Error::Exists(n) if n == "a"), "{e}");
+        assert_eq!(e.to_string(), "bdev a already exists");
+        let names: Vec<_> = r.list().iter().map(|b| b.name().to_owned()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(r.get("b").unwrap().num_blocks(), (1 << 20) / 512);
+    }
+
+    #[test]
+    fn unregister_removes_and_unknown_names_are_errors() {
+        let r = Registry::new();
+        r.register(bdev("x")).unwrap();
+        let b = r.unregister("x").unwrap();
+        assert_eq!(b.name(), "x");
+        assert!(matches!(r.get("x"), Err(Error::NotFound(n)) if n == "x"));
+        assert!(matches!(r.unregister("x"), Err(Error::NotFound(_))));
+        assert!(r.list().is_empty());
+    }
+}
