@@ -245,6 +245,13 @@ pub enum IoError {
     /// The device did not complete within the I/O timeout and was failed.
     #[error("device timed out")]
     TimedOut,
+    /// A local backend's system call failed (`malloc`, `null`, `file` modules): the
+    /// kernel's errno, or `EIO` when there was none (a file that shrank under a read).
+    #[error("backend I/O error: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Backend {
+        /// The `errno` value.
+        errno: i32,
+    },
 }
 
 /// The outcome of a request.

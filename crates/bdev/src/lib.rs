@@ -8,6 +8,9 @@
 //!   Requests that find the queue full wait in the channel, in order.
 //! - [`Registry`]: the bdevs of a process, by name.
 //! - [`virtio_blk`]: bdevs backed by a virtio-blk device (vhost-user today).
+//! - [`malloc`]: a RAM disk whose memory follows the data written.
+//! - [`null`]: a bdev that reads zeros and drops writes, for benchmarks.
+//! - [`file`](mod@file): a raw image file or block device, with direct I/O where possible.
 //!
 //! # Example
 //! ```no_run
@@ -29,6 +32,10 @@
 pub mod bdev;
 pub mod channel;
 pub mod error;
+pub mod file;
+mod local;
+pub mod malloc;
+pub mod null;
 pub mod registry;
 pub mod virtio_blk;
 

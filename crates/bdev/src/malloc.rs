@@ -1,0 +1,354 @@
+//! The `malloc` module: a RAM disk (SPDK's malloc bdev).
+//!
+//! The disk is cut into 1 MiB shards, each behind its own `RwLock`, so channels on
+//! different threads rarely contend. A shard gets memory (zeroed by the allocator, so
+//! lazily by the kernel) on its first write, and gives it back when an unmap or
+//! write-zeroes covers it whole: memory use follows the data written, not the disk size.
+//! Unmapped blocks read as zeros. Any number of channels may be open at once; requests
+//! run in the submitting thread.
+//!
+//! Each block is written atomically (a block never spans two shards); a request of
+//! several blocks is not, as on real disks.
+
+use std::io;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bdev::Bdev;
+use crate::error::{Error, Result};
+use crate::local::{self, LocalBdev, LocalDisk};
+
+const TARGET: &str = "vbdev::malloc";
+
+/// Bytes per shard: a multiple of every block size the module accepts (at most 64 KiB).
+const SHARD_BYTES: usize = 1 << 20;
+
+/// Creates RAM disk `name` of `num_blocks` blocks of `block_size` bytes, all zero.
+///
+/// Memory is taken as blocks are written, up to the disk size.
+///
+/// # Errors
+/// [`Error::InvalidOption`] when `block_size` is not a power of two from 512 to 65536,
+/// `num_blocks` is 0, or the disk would not fit in the address space.
+pub fn create(name: &str, num_blocks: u64, block_size: u32) -> Result<Bdev> {
+    local::check_block_size(block_size)?;
+    let bytes = local::disk_bytes(num_blocks, block_size)?;
+    let disk = MallocDisk::new(bytes)?;
+    let info = local::info(name, "Malloc disk", "malloc", block_size, num_blocks, false);
+    tracing::info!(target: TARGET, name, blocks = num_blocks, block_size, "malloc bdev created");
+    Ok(LocalBdev::bdev(info, disk))
+}
+
+/// One shard: `None` while all zero, else its bytes.
+type Shard = RwLock<Option<Box<[u8]>>>;
+
+/// The RAM disk's memory.
+///
+/// # Invariants
+/// Every shard but the last is [`SHARD_BYTES`] long; together they are `len` bytes.
+/// `allocated` is the sum of the lengths of the shards that hold memory.
+#[derive(Debug)]
+struct MallocDisk {
+    shards: Box<[Shard]>,
+    len: usize,
+    allocated: AtomicU64,
+}
+
+impl MallocDisk {
+    fn new(bytes: u64) -> Result<Self> {
+        let too_big = || Error::InvalidOption {
+            option: "num_blocks",
+            why: format!("a RAM disk of {bytes} bytes does not fit in memory"),
+        };
+        let len = usize::try_from(bytes).map_err(|_| too_big())?;
+        let count = len.div_ceil(SHARD_BYTES);
+        let mut shards = Vec::new();
+        shards.try_reserve_exact(count).map_err(|_| too_big())?;
+        shards.resize_with(count, || RwLock::new(None));
+        Ok(Self {
+            shards: shards.into_boxed_slice(),
+            len,
+            allocated: AtomicU64::new(0),
+        })
+    }
+
+    /// Length of shard `index`.
+    fn shard_len(&self, index: usize) -> usize {
+        // Cannot underflow: `index < shards.len()`, so `index * SHARD_BYTES < len`.
+        (self.len - index * SHARD_BYTES).min(SHARD_BYTES)
+    }
+
+    /// Splits `len` bytes at `offset` into `(shard, start in shard, length)` pieces,
+    /// in order.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the range does not lie inside the disk.
+    fn pieces(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<impl Iterator<Item = (usize, usize, usize)>> {
+        let offset = usize::try_from(offset).ok();
+        let len = usize::try_from(len).ok();
+        let (start, end) = match (offset, len) {
+            (Some(o), Some(l)) => match o.checked_add(l) {
+                Some(end) if end <= self.len => (o, end),
+                _ => return Err(io::ErrorKind::InvalidInput.into()),
+            },
+            _ => return Err(io::ErrorKind::InvalidInput.into()),
+        };
+        let mut pos = start;
+        Ok(std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let shard = pos / SHARD_BYTES;
+            let at = pos % SHARD_BYTES;
+            let n = (SHARD_BYTES - at).min(end - pos);
+            pos += n;
+            Some((shard, at, n))
+        }))
+    }
+
+    /// Zeroes a range, freeing the shards it covers whole.
+    fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        for (i, at, n) in self.pieces(offset, len)? {
+            let mut shard = self.shards[i].write().unwrap_or_else(|e| e.into_inner());
+            if at == 0 && n == self.shard_len(i) {
+                if shard.take().is_some() {
+                    self.allocated.fetch_sub(n as u64, Ordering::Relaxed);
+                }
+            } else if let Some(data) = shard.as_mut() {
+                data[at..at + n].fill(0);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LocalDisk for MallocDisk {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let mut done = 0;
+        for (i, at, n) in self.pieces(offset, buf.len() as u64)? {
+            let out = &mut buf[done..done + n];
+            match &*self.shards[i].read().unwrap_or_else(|e| e.into_inner()) {
+                Some(data) => out.copy_from_slice(&data[at..at + n]),
+                None => out.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        for (i, at, n) in self.pieces(offset, buf.len() as u64)? {
+            let mut shard = self.shards[i].write().unwrap_or_else(|e| e.into_inner());
+            let data = shard.get_or_insert_with(|| {
+                let len = self.shard_len(i);
+                self.allocated.fetch_add(len as u64, Ordering::Relaxed);
+                vec![0; len].into_boxed_slice()
+            });
+            data[at..at + n].copy_from_slice(&buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.zero(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.zero(offset, len)
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![(
+            "allocated_bytes",
+            self.allocated.load(Ordering::Relaxed).to_string(),
+        )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::{Arc, Barrier};
+
+    use crate::local::testing::{buf_with, pattern, read, run, write};
+    use crate::{IoStatus, RejectReason, Request};
+
+    fn allocated(bdev: &Bdev) -> u64 {
+        let details = bdev.details();
+        let (_, v) = details
+            .iter()
+            .find(|(k, _)| *k == "allocated_bytes")
+            .expect("allocated_bytes detail");
+        v.parse().expect("a number")
+    }
+
+    #[test]
+    fn describes_itself_like_spdk() {
+        let bdev = create("Malloc0", 2048, 512).expect("create");
+        let i = bdev.info();
+        assert_eq!(i.name, "Malloc0");
+        assert_eq!(i.product_name, "Malloc disk");
+        assert_eq!(i.driver, "malloc");
+        assert_eq!((i.block_size, i.num_blocks), (512, 2048));
+        assert!(i.flush && i.unmap && i.write_zeroes && !i.read_only);
+        assert_eq!(i.serial.as_deref(), Some("Malloc0"));
+        assert_eq!(allocated(&bdev), 0);
+    }
+
+    #[test]
+    fn bad_geometry_is_refused() {
+        for bs in [0, 256, 513, 131072] {
+            assert!(matches!(
+                create("Malloc0", 8, bs),
+                Err(Error::InvalidOption {
+                    option: "block_size",
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            create("Malloc0", 0, 512),
+            Err(Error::InvalidOption {
+                option: "num_blocks",
+                ..
+            })
+        ));
+        assert!(matches!(
+            create("Malloc0", u64::MAX / 4096, 4096),
+            Err(Error::InvalidOption {
+                option: "num_blocks",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn write_read_round_trip_with_several_block_sizes() {
+        for bs in [512usize, 1024, 4096, 65536] {
+            // 3.5 shards, so requests cross shard boundaries and the last shard is short.
+            let num_blocks = (7 * SHARD_BYTES / 2 / bs) as u64;
+            let bdev = create("Malloc0", num_blocks, bs as u32).expect("create");
+            let mut ch = bdev.open_channel().expect("channel");
+            let len = SHARD_BYTES + 3 * bs;
+            let at = (SHARD_BYTES / bs - 1) as u64;
+            let data = pattern(len, bs as u8);
+            write(&mut ch, at, &data);
+            assert_eq!(read(&mut ch, at, len), data, "block size {bs}");
+            // The last block of the disk, and the untouched first one.
+            write(&mut ch, num_blocks - 1, &data[..bs]);
+            assert_eq!(read(&mut ch, num_blocks - 1, bs), data[..bs]);
+            assert_eq!(read(&mut ch, 0, bs), vec![0; bs]);
+        }
+    }
+
+    #[test]
+    fn out_of_range_and_misaligned_requests_are_refused() {
+        let bdev = create("Malloc0", 16, 4096).expect("create");
+        let mut ch = bdev.open_channel().expect("channel");
+        let r = ch
+            .submit(Request::write(15, buf_with(&[1; 8192]), 1))
+            .expect_err("beyond the end");
+        assert!(matches!(
+            r.error,
+            RejectReason::OutOfRange {
+                offset_blocks: 15,
+                num_blocks: 2,
+                capacity: 16
+            }
+        ));
+        let r = ch
+            .submit(Request::read(0, buf_with(&[0; 512]), 2))
+            .expect_err("not a whole block");
+        assert!(matches!(
+            r.error,
+            RejectReason::BufferSize { actual: 512, .. }
+        ));
+        let r = ch
+            .submit(Request::unmap(16, 1, 3))
+            .expect_err("beyond the end");
+        assert!(matches!(r.error, RejectReason::OutOfRange { .. }));
+        let r = ch
+            .submit(Request::write_zeroes(u64::MAX, 2, 4))
+            .expect_err("overflowing range");
+        assert!(matches!(r.error, RejectReason::OutOfRange { .. }));
+        assert_eq!(ch.pending(), 0);
+    }
+
+    #[test]
+    fn unmap_and_write_zeroes_zero_exactly_their_range() {
+        let bs = 4096;
+        let blocks = 3 * SHARD_BYTES / bs;
+        let bdev = create("Malloc0", blocks as u64, bs as u32).expect("create");
+        let mut ch = bdev.open_channel().expect("channel");
+        let data = pattern(blocks * bs, 9);
+        write(&mut ch, 0, &data);
+        assert_eq!(allocated(&bdev), 3 * SHARD_BYTES as u64);
+
+        // Blocks 10..20, inside the first shard.
+        let c = run(&mut ch, Request::unmap(10, 10, 1));
+        assert_eq!(c.status, IoStatus::Success);
+        // From the last block of shard 0 through all of shard 1 to the first of shard 2.
+        let per_shard = SHARD_BYTES / bs;
+        let (wz_at, wz_len) = (per_shard - 1, per_shard + 2);
+        let c = run(
+            &mut ch,
+            Request::write_zeroes(wz_at as u64, wz_len as u64, 2),
+        );
+        assert_eq!(c.status, IoStatus::Success);
+
+        let mut expect = data.clone();
+        expect[10 * bs..20 * bs].fill(0);
+        expect[wz_at * bs..(wz_at + wz_len) * bs].fill(0);
+        assert_eq!(read(&mut ch, 0, blocks * bs), expect);
+        // Shard 1 was covered whole and gave its memory back.
+        assert_eq!(allocated(&bdev), 2 * SHARD_BYTES as u64);
+        assert_eq!(run(&mut ch, Request::flush(3)).status, IoStatus::Success);
+    }
+
+    #[test]
+    fn channels_on_several_threads_see_each_others_writes() {
+        const THREADS: usize = 8;
+        const BLOCKS_EACH: u64 = 64;
+        let bs = 512;
+        let bdev = create("Malloc0", THREADS as u64 * BLOCKS_EACH, bs as u32).expect("create");
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let bdev = bdev.clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let mut ch = bdev.open_channel().expect("channel");
+                    let mine = t as u64 * BLOCKS_EACH;
+                    for b in 0..BLOCKS_EACH {
+                        write(&mut ch, mine + b, &pattern(bs, (t as u8) ^ (b as u8)));
+                    }
+                    barrier.wait();
+                    for other in 0..THREADS {
+                        let theirs = other as u64 * BLOCKS_EACH;
+                        for b in 0..BLOCKS_EACH {
+                            assert_eq!(
+                                read(&mut ch, theirs + b, bs),
+                                pattern(bs, (other as u8) ^ (b as u8)),
+                                "thread {t} reading block {b} of thread {other}"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+    }
+}
