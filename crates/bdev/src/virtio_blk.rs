@@ -680,6 +680,12 @@ impl BlkQueue {
         self.failed = true;
         self.transport.shutdown();
         tracing::error!(target: TARGET, queue = self.index, in_flight = self.active, error = %why, "failing all requests of the queue");
+        // Completions the device published before it went are real: deliver them.
+        while let Some(used) = self.vq.pop_used() {
+            if let Some(p) = self.complete_used(used) {
+                self.ready.push_back(p);
+            }
+        }
         let mut reclaimed = std::mem::take(&mut self.scratch);
         reclaimed.clear();
         let mut ctxs: Vec<u16> = Vec::with_capacity(usize::from(self.vq.len()));
@@ -711,6 +717,28 @@ impl BlkQueue {
         }
     }
 
+    /// Accounts one completed child; returns its parent when that parent is finished.
+    fn complete_used(&mut self, used: vbdev_virtio::Used) -> Option<u32> {
+        let ctx = used.cookie as u16; // cookies are context indices < queue size
+        let status = match used.written {
+            Ok(_) => self.status_of(ctx),
+            Err(e) => IoStatus::Failed(IoError::Protocol(e)),
+        };
+        self.ctx_free.push(ctx);
+        let p = self.ctx_parent[usize::from(ctx)];
+        let parent = &mut self.parents[p as usize];
+        parent.children -= 1;
+        if parent.status.is_success() && !status.is_success() {
+            parent.status = status;
+        }
+        let units = parent
+            .req
+            .as_ref()
+            .map_or(0, |r| if r.op == IoOp::Flush { 1 } else { r.num_blocks });
+        let done = parent.cursor >= units || !parent.status.is_success();
+        (parent.children == 0 && done && self.partial != Some(p)).then_some(p)
+    }
+
     fn reap(&mut self, out: &mut [Completion], io_timeout: Duration, removed: bool) -> usize {
         if !self.failed {
             if let Some(e) = self.vq.broken() {
@@ -731,24 +759,7 @@ impl BlkQueue {
                 break;
             };
             progressed = true;
-            let ctx = used.cookie as u16; // cookies are context indices < queue size
-            let status = match used.written {
-                Ok(_) => self.status_of(ctx),
-                Err(e) => IoStatus::Failed(IoError::Protocol(e)),
-            };
-            self.ctx_free.push(ctx);
-            let p = self.ctx_parent[usize::from(ctx)];
-            let parent = &mut self.parents[p as usize];
-            parent.children -= 1;
-            if parent.status.is_success() && !status.is_success() {
-                parent.status = status;
-            }
-            let units = parent
-                .req
-                .as_ref()
-                .map_or(0, |r| if r.op == IoOp::Flush { 1 } else { r.num_blocks });
-            let done = parent.cursor >= units || !parent.status.is_success();
-            if parent.children == 0 && done && self.partial != Some(p) {
+            if let Some(p) = self.complete_used(used) {
                 out[n] = self.finish(p);
                 n += 1;
             }

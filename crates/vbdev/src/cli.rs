@@ -24,6 +24,80 @@ pub struct Cli {
 pub enum Command {
     /// One-shot I/O on a device, like qemu-io.
     Io(IoArgs),
+    /// Run an embedded vhost-user target in the foreground until SIGINT/SIGTERM.
+    Target(TargetArgs),
+}
+
+/// Device type a target serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetType {
+    /// vhost-user-blk.
+    Blk,
+    /// vhost-user-scsi.
+    Scsi,
+}
+
+/// `vbdev target`: serve a bdev over vhost-user.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Listening socket to create (removed on exit).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Device type to offer.
+    #[arg(long, value_enum, default_value = "blk")]
+    pub dev_type: TargetType,
+    /// Serve a RAM disk of this size (bytes; K, M, G, T suffixes are powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, group = "backing")]
+    pub malloc: Option<u64>,
+    /// Serve a null disk of this size (reads zeros, drops writes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, group = "backing")]
+    pub null: Option<u64>,
+    /// Serve a raw image file (O_DIRECT where the file system allows it).
+    #[arg(long, value_name = "PATH", group = "backing")]
+    pub file: Option<PathBuf>,
+    /// Logical block size in bytes.
+    #[arg(long, default_value_t = 512)]
+    pub block_size: u32,
+    /// Request queues offered.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// SCSI targets (vhost-user-scsi only).
+    #[arg(long, default_value_t = 1)]
+    pub targets: u8,
+    /// LUNs per SCSI target (vhost-user-scsi only); each LUN gets its own disk.
+    #[arg(long, default_value_t = 1)]
+    pub luns: u16,
+    /// Busy-poll the queues instead of waiting for kicks (for benchmarks).
+    #[arg(long)]
+    pub poll: bool,
+    /// Offer a read-only device.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// Parses a size: bytes, or a number with a K/M/G/T (or KiB/MiB/GiB/TiB) suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512, 64M, 1G)"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown size unit {unit:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive size that fits in 64 bits"))
 }
 
 /// Device type.
@@ -131,6 +205,18 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod cli;
 mod io;
 mod logging;
 mod output;
+mod target;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         cli::Command::Io(args) => io::run(args),
+        cli::Command::Target(args) => target::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

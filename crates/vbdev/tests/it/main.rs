@@ -4,4 +4,5 @@ mod io_errors;
 mod io_info;
 mod io_rw;
 mod qsd;
+mod target_cli;
 mod util;

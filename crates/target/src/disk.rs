@@ -1,0 +1,246 @@
+//! Synchronous block access for target request handlers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use vbdev_bdev::{Bdev, DmaBuf, IoChannel, IoStatus, RejectReason, Request};
+
+/// What a target tells its frontend about a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Size in blocks.
+    pub num_blocks: u64,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// Discard is supported.
+    pub unmap: bool,
+    /// Write-zeroes is supported.
+    pub write_zeroes: bool,
+}
+
+/// Why a block operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiskError {
+    /// Blocks beyond the end of the disk.
+    #[error("blocks {lba}+{blocks} beyond the end of the disk ({num_blocks} blocks)")]
+    OutOfRange {
+        /// First block.
+        lba: u64,
+        /// Count.
+        blocks: u64,
+        /// Disk size.
+        num_blocks: u64,
+    },
+    /// A buffer that is not a whole number of blocks.
+    #[error("buffer of {len} bytes is not a multiple of the block size {block_size}")]
+    Misaligned {
+        /// Buffer length.
+        len: usize,
+        /// Block size.
+        block_size: u32,
+    },
+    /// The disk is read-only.
+    #[error("disk is read-only")]
+    ReadOnly,
+    /// The operation is not supported.
+    #[error("operation not supported")]
+    Unsupported,
+    /// The backing device failed.
+    #[error("I/O error")]
+    Io,
+}
+
+/// Synchronous block access: what a target needs from the disk it serves. One instance
+/// per serving thread.
+pub trait BlockIo: Send {
+    /// Geometry and capabilities.
+    fn info(&self) -> DiskInfo;
+    /// Reads `buf.len()` bytes (a multiple of the block size) at block `lba`.
+    ///
+    /// # Errors
+    /// [`DiskError`] when the range or buffer is invalid or the device fails.
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+    /// Writes `buf` at block `lba`.
+    ///
+    /// # Errors
+    /// As [`BlockIo::read`], plus [`DiskError::ReadOnly`].
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError>;
+    /// Makes completed writes durable.
+    ///
+    /// # Errors
+    /// [`DiskError::Io`].
+    fn flush(&mut self) -> Result<(), DiskError>;
+    /// Discards `blocks` blocks at `lba` (they read back as zeros afterwards).
+    ///
+    /// # Errors
+    /// As [`BlockIo::write`], plus [`DiskError::Unsupported`].
+    fn unmap(&mut self, lba: u64, blocks: u64) -> Result<(), DiskError>;
+    /// Zeroes `blocks` blocks at `lba`.
+    ///
+    /// # Errors
+    /// As [`BlockIo::unmap`].
+    fn write_zeroes(&mut self, lba: u64, blocks: u64) -> Result<(), DiskError>;
+}
+
+/// [`BlockIo`] over any bdev: one [`IoChannel`], data copied through DMA buffers.
+#[derive(Debug)]
+pub struct ChannelIo {
+    ch: IoChannel,
+    info: DiskInfo,
+    /// Spare buffers by length, reused across requests.
+    spare: HashMap<usize, DmaBuf>,
+}
+
+/// How long a request to the backing bdev may take before the target reports an error.
+const IO_WAIT: Duration = Duration::from_secs(60);
+
+impl ChannelIo {
+    /// Opens a channel on `bdev`.
+    ///
+    /// # Errors
+    /// When the bdev has no free queue or is removed.
+    pub fn open(bdev: &Bdev) -> vbdev_bdev::Result<Self> {
+        let i = bdev.info();
+        let info = DiskInfo {
+            block_size: i.block_size,
+            num_blocks: i.num_blocks,
+            read_only: i.read_only,
+            unmap: i.unmap,
+            write_zeroes: i.write_zeroes,
+        };
+        Ok(Self {
+            ch: bdev.open_channel()?,
+            info,
+            spare: HashMap::new(),
+        })
+    }
+
+    fn buf(&mut self, len: usize) -> Result<DmaBuf, DiskError> {
+        match self.spare.remove(&len) {
+            Some(b) => Ok(b),
+            None => DmaBuf::alloc(len).map_err(|_| DiskError::Io),
+        }
+    }
+
+    fn check(&self, lba: u64, len: usize) -> Result<u64, DiskError> {
+        let bs = self.info.block_size;
+        if len % bs as usize != 0 {
+            return Err(DiskError::Misaligned {
+                len,
+                block_size: bs,
+            });
+        }
+        let blocks = (len / bs as usize) as u64;
+        self.range(lba, blocks)?;
+        Ok(blocks)
+    }
+
+    fn range(&self, lba: u64, blocks: u64) -> Result<(), DiskError> {
+        match lba.checked_add(blocks) {
+            Some(end) if end <= self.info.num_blocks => Ok(()),
+            _ => Err(DiskError::OutOfRange {
+                lba,
+                blocks,
+                num_blocks: self.info.num_blocks,
+            }),
+        }
+    }
+
+    /// Runs one request to completion; gives back the buffer on success.
+    fn run(&mut self, req: Request) -> Result<Option<DmaBuf>, DiskError> {
+        if let Err(r) = self.ch.submit(req) {
+            return Err(match r.error {
+                RejectReason::ReadOnly { .. } => DiskError::ReadOnly,
+                RejectReason::Unsupported { .. } => DiskError::Unsupported,
+                RejectReason::OutOfRange {
+                    offset_blocks,
+                    num_blocks,
+                    capacity,
+                } => DiskError::OutOfRange {
+                    lba: offset_blocks,
+                    blocks: num_blocks,
+                    num_blocks: capacity,
+                },
+                _ => DiskError::Io,
+            });
+        }
+        let done = self.ch.drain(IO_WAIT).map_err(|_| DiskError::Io)?;
+        let c = done.into_iter().next().ok_or(DiskError::Io)?;
+        match c.status {
+            IoStatus::Success => Ok(c.buf),
+            IoStatus::Failed(_) => Err(DiskError::Io),
+        }
+    }
+
+    fn keep(&mut self, buf: Option<DmaBuf>) {
+        if let Some(b) = buf {
+            if self.spare.len() < 16 {
+                self.spare.insert(b.len(), b);
+            }
+        }
+    }
+}
+
+impl BlockIo for ChannelIo {
+    fn info(&self) -> DiskInfo {
+        self.info
+    }
+
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.check(lba, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let dma = self.buf(buf.len())?;
+        let dma = self.run(Request::read(lba, dma, 0))?;
+        if let Some(d) = &dma {
+            buf.copy_from_slice(d);
+        }
+        self.keep(dma);
+        Ok(())
+    }
+
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
+        if self.info.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.check(lba, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut dma = self.buf(buf.len())?;
+        dma.copy_from_slice(buf);
+        let dma = self.run(Request::write(lba, dma, 0))?;
+        self.keep(dma);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DiskError> {
+        self.run(Request::flush(0)).map(|_| ())
+    }
+
+    fn unmap(&mut self, lba: u64, blocks: u64) -> Result<(), DiskError> {
+        if self.info.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.range(lba, blocks)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        self.run(Request::unmap(lba, blocks, 0)).map(|_| ())
+    }
+
+    fn write_zeroes(&mut self, lba: u64, blocks: u64) -> Result<(), DiskError> {
+        if self.info.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.range(lba, blocks)?;
+        if blocks == 0 {
+            return Ok(());
+        }
+        self.run(Request::write_zeroes(lba, blocks, 0)).map(|_| ())
+    }
+}

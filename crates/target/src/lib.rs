@@ -1,0 +1,25 @@
+//! `vbdev-target`: embedded vhost-user targets that serve any vbdev bdev.
+//!
+//! # Overview
+//! - [`disk`]: [`BlockIo`], the synchronous block access a target's request handlers use,
+//!   and [`ChannelIo`], which provides it over any [`Bdev`](vbdev_bdev::Bdev).
+//! - [`fault`]: [`Faults`], the fault-injection switchboard (off unless a test arms it).
+//! - [`server`]: serving a [`Device`] on a vhost-user socket ([`serve`], [`TargetHandle`]):
+//!   one frontend at a time, a worker per queue, event-driven or polling.
+//! - [`blk`]: the vhost-user-blk device ([`start_blk`], [`BlkTargetConfig`]).
+//! - [`scsi`]: SPC-5/SBC-4 emulation ([`scsi::ScsiTarget`], [`scsi::Lun`]).
+//!
+//! Targets run on rust-vmm `vhost-user-backend`, `virtio-queue` and `vm-memory`.
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod blk;
+pub mod disk;
+pub mod fault;
+pub mod scsi;
+pub mod server;
+
+pub use blk::{BlkTargetConfig, start_blk};
+pub use disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
+pub use fault::{BadUsed, Fault, Faults};
+pub use server::{Device, Error, Result, ServeOptions, TargetHandle, serve};

@@ -1,0 +1,238 @@
+//! INQUIRY (SPC-5 §6.7): standard data and the vital product data pages.
+
+use super::sense::Sense;
+use super::wire::{Cdb, DataIn};
+use super::{Lun, REVISION, VENDOR};
+
+/// PERIPHERAL QUALIFIER 000b, PERIPHERAL DEVICE TYPE 00h: a connected direct access
+/// block device.
+const PERIPHERAL_DISK: u8 = 0x00;
+/// PERIPHERAL QUALIFIER 011b, PERIPHERAL DEVICE TYPE 1Fh: no logical unit here.
+const PERIPHERAL_NONE: u8 = 0x7F;
+
+/// VERSION: the device claims SPC-5.
+const VERSION_SPC5: u8 = 0x07;
+/// Standard INQUIRY data length: through the version descriptors and the reserved bytes
+/// that follow them (bytes 0-95).
+const STANDARD_LEN: usize = 96;
+/// Version descriptors (SPC-5, Table "Version descriptor values"): SAM-5, SPC-5 and
+/// SBC-4, each "no version claimed".
+const VERSION_DESCRIPTORS: [u16; 3] = [0x00A0, 0x05C0, 0x0600];
+
+const VPD_SUPPORTED_PAGES: u8 = 0x00;
+const VPD_UNIT_SERIAL_NUMBER: u8 = 0x80;
+const VPD_DEVICE_IDENTIFICATION: u8 = 0x83;
+const VPD_BLOCK_LIMITS: u8 = 0xB0;
+const VPD_BLOCK_DEVICE_CHARACTERISTICS: u8 = 0xB1;
+const VPD_LOGICAL_BLOCK_PROVISIONING: u8 = 0xB2;
+
+/// Supported VPD pages, ascending as SPC-5 requires.
+const VPD_PAGES: [u8; 6] = [
+    VPD_SUPPORTED_PAGES,
+    VPD_UNIT_SERIAL_NUMBER,
+    VPD_DEVICE_IDENTIFICATION,
+    VPD_BLOCK_LIMITS,
+    VPD_BLOCK_DEVICE_CHARACTERISTICS,
+    VPD_LOGICAL_BLOCK_PROVISIONING,
+];
+
+/// Reads EVPD, PAGE CODE and ALLOCATION LENGTH.
+///
+/// # Errors
+/// INVALID FIELD IN CDB when EVPD = 0 and PAGE CODE is not 0 (SPC-5 §6.7.1).
+fn fields(cdb: Cdb<'_>) -> Result<(bool, u8, usize), Sense> {
+    let evpd = cdb.bit(1, 0x01);
+    let page = cdb.u8(2);
+    if !evpd && page != 0 {
+        return Err(Sense::invalid_field_in_cdb(2, Some(7)));
+    }
+    Ok((evpd, page, usize::from(cdb.be16(3))))
+}
+
+/// Standard INQUIRY data (SPC-5 §6.7.2).
+fn standard(out: &mut DataIn<'_>, peripheral: u8, product: &[u8; 16]) {
+    out.u8(peripheral);
+    out.u8(0x00); // RMB = 0: not removable
+    out.u8(VERSION_SPC5);
+    // NORMACA = 0, HISUP = 0, RESPONSE DATA FORMAT = 2.
+    out.u8(0x02);
+    // ADDITIONAL LENGTH (n - 4).
+    out.u8((STANDARD_LEN - 5) as u8);
+    out.u8(0x00); // SCCS, ACC, TPGS, 3PC, PROTECT
+    out.u8(0x00); // ENCSERV, MULTIP
+    out.u8(0x02); // CMDQUE: full task management model (SAM-5)
+    out.put(&VENDOR);
+    out.put(product);
+    out.put(&REVISION);
+    out.zeros(58 - 36); // vendor specific (36-55), reserved (56-57)
+    for v in VERSION_DESCRIPTORS {
+        out.be16(v);
+    }
+    out.zeros(STANDARD_LEN - 58 - 2 * VERSION_DESCRIPTORS.len());
+}
+
+/// INQUIRY to a LUN that does not exist: standard data with peripheral qualifier 011b
+/// and device type 1Fh (SPC-5 §6.7.2). Of the VPD pages only the Supported VPD Pages
+/// page exists for it, listing itself.
+pub(super) fn missing_lun(cdb: Cdb<'_>, data_in: &mut [u8]) -> Result<usize, Sense> {
+    let (evpd, page, alloc) = fields(cdb)?;
+    let mut out = DataIn::new(data_in, alloc);
+    match (evpd, page) {
+        (false, _) => standard(&mut out, PERIPHERAL_NONE, &super::PRODUCT),
+        (true, VPD_SUPPORTED_PAGES) => {
+            out.put(&[PERIPHERAL_NONE, VPD_SUPPORTED_PAGES, 0x00, 0x01]);
+            out.u8(VPD_SUPPORTED_PAGES);
+        }
+        (true, _) => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
+    }
+    Ok(out.written())
+}
+
+/// 64-bit FNV-1a: a stable hash for deriving designators from the serial.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+/// An NAA Locally Assigned designator (SPC-5 Device Identification VPD page, NAA 3h):
+/// NAA in the top 4 bits, a 60-bit locally administered value below it, here the
+/// serial's FNV-1a hash. Locally assigned, because vbdev has no IEEE company ID.
+pub(super) fn naa_locally_assigned(serial: &str) -> [u8; 8] {
+    ((fnv1a64(serial.as_bytes()) & 0x0FFF_FFFF_FFFF_FFFF) | 0x3000_0000_0000_0000).to_be_bytes()
+}
+
+impl Lun {
+    /// INQUIRY (SPC-5 §6.7).
+    ///
+    /// # Errors
+    /// INVALID FIELD IN CDB for a page code that is not supported, or a page code with
+    /// EVPD = 0.
+    pub(super) fn inquiry(&self, cdb: Cdb<'_>, data_in: &mut [u8]) -> Result<usize, Sense> {
+        let (evpd, page, alloc) = fields(cdb)?;
+        let mut out = DataIn::new(data_in, alloc);
+        if !evpd {
+            standard(&mut out, PERIPHERAL_DISK, &self.product);
+            return Ok(out.written());
+        }
+        match page {
+            VPD_SUPPORTED_PAGES => {
+                vpd_header(&mut out, page, VPD_PAGES.len());
+                out.put(&VPD_PAGES);
+            }
+            VPD_UNIT_SERIAL_NUMBER => {
+                vpd_header(&mut out, page, self.serial.len());
+                out.put(self.serial.as_bytes());
+            }
+            VPD_DEVICE_IDENTIFICATION => self.device_identification(&mut out),
+            VPD_BLOCK_LIMITS => self.block_limits(&mut out),
+            VPD_BLOCK_DEVICE_CHARACTERISTICS => {
+                // SBC-4 Block Device Characteristics VPD page, PAGE LENGTH 3Ch.
+                vpd_header(&mut out, page, 0x3C);
+                out.be16(0x0001); // MEDIUM ROTATION RATE: non-rotating medium
+                out.u8(0); // PRODUCT TYPE: not indicated
+                out.u8(0); // WABEREQ, WACEREQ, NOMINAL FORM FACTOR: not reported
+                out.zeros(0x3C - 4); // ZONED = 00b and the rest reserved
+            }
+            VPD_LOGICAL_BLOCK_PROVISIONING => self.logical_block_provisioning(&mut out),
+            _ => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
+        }
+        Ok(out.written())
+    }
+
+    /// Device Identification VPD page (SPC-5): two logical unit designators.
+    fn device_identification(&self, out: &mut DataIn<'_>) {
+        // T10 vendor ID based: T10 VENDOR IDENTIFICATION, then the vendor specific part,
+        // product identification and serial as SPC-5 suggests.
+        let t10_len = VENDOR.len() + self.product.len() + self.serial.len();
+        let naa_len = 8;
+        vpd_header(out, VPD_DEVICE_IDENTIFICATION, 4 + t10_len + 4 + naa_len);
+        // PROTOCOL IDENTIFIER 0, CODE SET 2h (ASCII); PIV 0, ASSOCIATION 00b (logical
+        // unit), DESIGNATOR TYPE 1h (T10 vendor ID based).
+        // t10_len <= 8 + 16 + MAX_SERIAL_LEN, well under 256.
+        out.put(&[0x02, 0x01, 0x00, t10_len as u8]);
+        out.put(&VENDOR);
+        out.put(&self.product);
+        out.put(self.serial.as_bytes());
+        // CODE SET 1h (binary); ASSOCIATION 00b, DESIGNATOR TYPE 3h (NAA).
+        out.put(&[0x01, 0x03, 0x00, naa_len as u8]);
+        out.put(&naa_locally_assigned(&self.serial));
+    }
+
+    /// Block Limits VPD page (SBC-4), PAGE LENGTH 3Ch.
+    fn block_limits(&self, out: &mut DataIn<'_>) {
+        let l = &self.limits;
+        let bs = self.info.block_size;
+        // Transfers of whole 4 KiB pages are best for the bdev below.
+        let granularity = match bs {
+            1..=4096 => (4096 / bs).max(1),
+            _ => 1,
+        };
+        vpd_header(out, VPD_BLOCK_LIMITS, 0x3C);
+        out.u8(0x01); // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS = 0 is refused
+        out.u8(0); // MAXIMUM COMPARE AND WRITE LENGTH: no COMPARE AND WRITE
+        // OPTIMAL TRANSFER LENGTH GRANULARITY; granularity <= 4096.
+        out.be16(granularity as u16);
+        out.be32(l.max_transfer_blocks); // MAXIMUM TRANSFER LENGTH
+        out.be32(0); // OPTIMAL TRANSFER LENGTH: not reported
+        out.be32(0); // MAXIMUM PREFETCH LENGTH
+        if self.info.unmap {
+            out.be32(l.max_unmap_blocks); // MAXIMUM UNMAP LBA COUNT
+            out.be32(l.max_unmap_descriptors); // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
+            out.be32(granularity); // OPTIMAL UNMAP GRANULARITY
+        } else {
+            // 0: UNMAP is not implemented.
+            out.zeros(12);
+        }
+        out.be32(0); // UGAVALID = 0, UNMAP GRANULARITY ALIGNMENT
+        out.be64(l.max_write_same_blocks); // MAXIMUM WRITE SAME LENGTH
+        out.zeros(0x3C - 40); // atomic transfer limits: no atomic writes
+    }
+
+    /// Logical Block Provisioning VPD page (SBC-4), PAGE LENGTH 4 (DP = 0).
+    fn logical_block_provisioning(&self, out: &mut DataIn<'_>) {
+        vpd_header(out, VPD_LOGICAL_BLOCK_PROVISIONING, 4);
+        out.u8(0); // THRESHOLD EXPONENT: no thresholds
+        if self.info.unmap {
+            // LBPU (UNMAP), LBPWS (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP),
+            // LBPRZ = 001b (BlockIo::unmap: unmapped blocks read back as zeros),
+            // ANC_SUP = 0, DP = 0.
+            out.u8(0x80 | 0x40 | 0x20 | 0x04);
+            out.u8(0x02); // PROVISIONING TYPE 010b: thin provisioned
+        } else {
+            out.u8(0x00);
+            out.u8(0x00); // PROVISIONING TYPE 000b: not reported (fully provisioned)
+        }
+        out.u8(0); // THRESHOLD PERCENTAGE
+    }
+}
+
+/// The 4-byte VPD page header of a direct access block device (SPC-5, VPD page format).
+fn vpd_header(out: &mut DataIn<'_>, page: u8, page_len: usize) {
+    out.u8(PERIPHERAL_DISK);
+    out.u8(page);
+    // Every page here is shorter than 64 KiB.
+    out.be16(page_len as u16);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naa_is_locally_assigned_and_stable() {
+        let a = naa_locally_assigned("serial-1");
+        assert_eq!(a[0] >> 4, 0x3);
+        assert_eq!(a, naa_locally_assigned("serial-1"));
+        assert_ne!(a, naa_locally_assigned("serial-2"));
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,163 @@
+//! MODE SENSE(6) and MODE SENSE(10) (SPC-5 §6.14, §6.15): the Caching and Control mode
+//! pages, read-only (MODE SELECT is not implemented, so nothing is changeable).
+
+use super::Lun;
+use super::opcode::MODE_SENSE_10;
+use super::sense::Sense;
+use super::wire::{Cdb, DataIn};
+
+const PAGE_CACHING: u8 = 0x08;
+const PAGE_CONTROL: u8 = 0x0A;
+const PAGE_ALL: u8 = 0x3F;
+/// SUBPAGE CODE FFh: all subpages.
+const SUBPAGE_ALL: u8 = 0xFF;
+
+/// Length of the Caching mode page (SBC-4): PAGE LENGTH 12h plus 2.
+const CACHING_LEN: usize = 0x14;
+/// Length of the Control mode page (SPC-5): PAGE LENGTH 0Ah plus 2.
+const CONTROL_LEN: usize = 0x0C;
+
+/// PAGE CONTROL (SPC-5 MODE SENSE, Table "PC field").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageControl {
+    Current,
+    Changeable,
+    Default,
+}
+
+/// DEVICE-SPECIFIC PARAMETER of a direct access block device (SBC-4): WP (bit 7),
+/// DPOFUA (bit 4: DPO and FUA are supported).
+const DPOFUA: u8 = 0x10;
+const WP: u8 = 0x80;
+
+impl Lun {
+    /// MODE SENSE(6) or MODE SENSE(10).
+    ///
+    /// # Errors
+    /// INVALID FIELD IN CDB for a page or subpage that is not supported; SAVING
+    /// PARAMETERS NOT SUPPORTED for saved values (PC = 11b).
+    pub(super) fn mode_sense(&self, cdb: Cdb<'_>, data_in: &mut [u8]) -> Result<usize, Sense> {
+        let ten = cdb.u8(0) == MODE_SENSE_10;
+        let dbd = cdb.bit(1, 0x08);
+        let llbaa = ten && cdb.bit(1, 0x10);
+        let pc = match cdb.u8(2) >> 6 {
+            0b00 => PageControl::Current,
+            0b01 => PageControl::Changeable,
+            0b10 => PageControl::Default,
+            _ => {
+                return Err(Sense::SAVING_PARAMETERS_NOT_SUPPORTED.with_field_pointer(
+                    super::FieldPointer {
+                        in_cdb: true,
+                        byte: 2,
+                        bit: Some(7),
+                    },
+                ));
+            }
+        };
+        let page = cdb.u8(2) & 0x3F;
+        let subpage = cdb.u8(3);
+        let (caching, control) = match page {
+            PAGE_CACHING => (true, false),
+            PAGE_CONTROL => (false, true),
+            PAGE_ALL => (true, true),
+            _ => return Err(Sense::invalid_field_in_cdb(2, Some(5))),
+        };
+        // No page has subpages: only subpage 0 (the page itself) and FFh (all).
+        if subpage != 0 && subpage != SUBPAGE_ALL {
+            return Err(Sense::invalid_field_in_cdb(3, Some(7)));
+        }
+        let alloc = if ten {
+            usize::from(cdb.be16(7))
+        } else {
+            usize::from(cdb.u8(4))
+        };
+
+        let block_desc_len = match (dbd, llbaa) {
+            (true, _) => 0,
+            (false, false) => 8,
+            (false, true) => 16,
+        };
+        let pages_len = usize::from(caching) * CACHING_LEN + usize::from(control) * CONTROL_LEN;
+        let header_len = if ten { 8 } else { 4 };
+        let total = header_len + block_desc_len + pages_len;
+
+        let mut dsp = DPOFUA;
+        if self.info.read_only {
+            dsp |= WP;
+        }
+        let mut out = DataIn::new(data_in, alloc);
+        // Mode parameter header (SPC-5 §7.5.6); MODE DATA LENGTH excludes itself.
+        // total is at most 8 + 16 + 32 bytes.
+        if ten {
+            out.be16((total - 2) as u16);
+            out.u8(0); // MEDIUM TYPE
+            out.u8(dsp);
+            out.u8(u8::from(block_desc_len == 16)); // LONGLBA
+            out.u8(0);
+            out.be16(block_desc_len as u16);
+        } else {
+            out.u8((total - 1) as u8);
+            out.u8(0);
+            out.u8(dsp);
+            out.u8(block_desc_len as u8);
+        }
+        match block_desc_len {
+            // Short LBA mode parameter block descriptor (SBC-4): NUMBER OF LOGICAL
+            // BLOCKS, FFFF_FFFFh when it does not fit.
+            8 => {
+                out.be32(u32::try_from(self.num_blocks).unwrap_or(u32::MAX));
+                out.u8(0);
+                // LOGICAL BLOCK LENGTH, 3 bytes: a LUN with a medium has a block size
+                // below 16 MiB.
+                out.put(&self.info.block_size.to_be_bytes()[1..]);
+            }
+            // Long LBA mode parameter block descriptor (SBC-4).
+            16 => {
+                out.be64(self.num_blocks);
+                out.be32(0);
+                out.be32(self.info.block_size);
+            }
+            _ => {}
+        }
+        // Pages in ascending page code order.
+        if caching {
+            caching_page(&mut out, pc);
+        }
+        if control {
+            control_page(&mut out, pc);
+        }
+        Ok(out.written())
+    }
+}
+
+/// Caching mode page (SBC-4), PS = 0 (not savable). WCE = 1: writes may sit in a
+/// volatile cache until SYNCHRONIZE CACHE or FUA; the backing bdev decides, so the
+/// initiator must flush. Changeable values are all zero.
+fn caching_page(out: &mut DataIn<'_>, pc: PageControl) {
+    out.u8(PAGE_CACHING);
+    out.u8((CACHING_LEN - 2) as u8);
+    if pc == PageControl::Changeable {
+        out.zeros(CACHING_LEN - 2);
+        return;
+    }
+    out.u8(0x04); // WCE = 1, RCD = 0
+    out.zeros(CACHING_LEN - 3);
+}
+
+/// Control mode page (SPC-5): TST = 000b, D_SENSE = 0 (fixed format sense),
+/// GLTSD = 1 (no log parameters saved), QUEUE ALGORITHM MODIFIER = 1 (unrestricted
+/// reordering), QERR = 00b, UA_INTLCK_CTRL = 00b (a reported unit attention is
+/// cleared), TAS = 0, BUSY TIMEOUT PERIOD 0 (undefined).
+fn control_page(out: &mut DataIn<'_>, pc: PageControl) {
+    out.u8(PAGE_CONTROL);
+    out.u8((CONTROL_LEN - 2) as u8);
+    if pc == PageControl::Changeable {
+        out.zeros(CONTROL_LEN - 2);
+        return;
+    }
+    out.u8(0x02); // TST, TMF_ONLY, DPICZ, D_SENSE, GLTSD, RLEC
+    out.u8(0x10); // QUEUE ALGORITHM MODIFIER, NUAR, QERR
+    out.u8(0x00); // VS, RAC, UA_INTLCK_CTRL, SWP
+    out.u8(0x00); // ATO, TAS, ATMPE, RWWP, SBLP, AUTOLOAD MODE
+    out.zeros(CONTROL_LEN - 6); // obsolete, BUSY TIMEOUT PERIOD, EXTENDED SELF-TEST
+}

@@ -1,0 +1,854 @@
+//! Serving vhost-user targets: a listening socket per target, one frontend at a time, a
+//! worker thread per queue, event-driven or polling.
+//!
+//! # Serving model
+//! [`serve`] binds the socket and starts one server thread for the target. For each
+//! frontend it builds a fresh rust-vmm [`VhostUserDaemon`] (new rings, new memory table,
+//! new worker threads), accepts the connection and serves it until it ends: the frontend
+//! closes it or dies, a fault closes it, or the target stops. Then it stops the workers,
+//! resets the [`Device`] and accepts the next frontend. Only the device (its disk, its
+//! settings) and the target's [`Faults`] carry over from one frontend to the next.
+//!
+//! Each request queue has its own worker thread, the daemon's `vring_worker` (queue `i`
+//! on thread `i`), which serves that queue's requests one at a time, synchronously:
+//! - **event-driven** (default): the worker sleeps in `epoll` on the queue's kick eventfd.
+//!   On a kick it turns driver notifications off, serves everything available, turns
+//!   them back on and looks once more, so a request that raced the switch is not missed
+//!   (virtio 1.2 §2.7.10). An idle target uses no CPU.
+//! - **polling** (`poll: true`): once the ring is enabled (or kicked) the worker turns
+//!   notifications off and spins on the avail ring until the ring is disabled or stopped
+//!   (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`) or the frontend goes. One busy core per
+//!   queue: for benchmarks.
+//!
+//! Completions are signalled on the call eventfd when the driver asked for them
+//! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`).
+//!
+//! # Faults
+//! The server asks [`Faults::decide`] once per request and applies the transport-level
+//! faults itself: `Delay` (the worker sleeps before serving the request, so the delay
+//! holds up that queue only), `StopAnswering` (the chain is taken off the avail ring and
+//! never completed), `CloseAfter` (the socket is shut down right after the request
+//! completes: the frontend sees a hang-up and the queues stop serving) and `BadUsed`
+//! (a wrong used entry, written straight into the used ring when virtio-queue refuses
+//! the value). Device-level faults (`BlkStatus`, `ScsiSense`) go to [`Device::serve`].
+//!
+//! # Limits
+//! - One frontend at a time; a second one waits in the listen backlog (its `connect`
+//!   succeeds, its first message gets no answer) until the first is gone.
+//! - At most 64 queues (vhost-user-backend maps queues to threads with a 64-bit mask).
+//! - One request at a time per queue: a slow request holds up the requests behind it
+//!   on the same queue, never those of other queues.
+//! - No `INFLIGHT_SHMFD`: requests in flight when a frontend goes are dropped; a new
+//!   frontend starts with fresh rings and must resubmit its own.
+//! - Split rings only; no dirty-page logging (migration), no postcopy.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use vhost::vhost_user::Listener;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
+    GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use crate::fault::{BadUsed, Fault, Faults};
+
+const TARGET: &str = "vbdev::target";
+
+/// The frontend's memory as the target maps it.
+pub type Mem = GuestMemoryMmap<()>;
+
+/// A descriptor chain taken off a request queue.
+pub type Chain = DescriptorChain<GuestMemoryLoadGuard<Mem>>;
+
+type Vring = VringRwLock<GuestMemoryAtomic<Mem>>;
+
+/// Most request queues a target can have.
+pub const MAX_QUEUES: u16 = 64;
+
+/// Largest split virtqueue (virtio 1.2 §2.7).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Result with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errors of starting a target.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A target option is out of range.
+    #[error("invalid target option {option}: {why}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The socket path is taken by something that is not a socket.
+    #[error("{} exists and is not a socket", path.display())]
+    PathInUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Binding the listening socket failed.
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Opening the channels to the served bdev failed.
+    #[error("cannot open a channel on bdev {bdev}")]
+    Bdev {
+        /// The bdev name.
+        bdev: String,
+        /// Cause.
+        #[source]
+        source: vbdev_bdev::Error,
+    },
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A device type the server can run: what vhost-user needs to know about it, and how it
+/// serves one request.
+///
+/// One value serves every frontend of a target, one after the other; [`Device::reset`]
+/// runs before each. [`Device::serve`] is called for queue `q` only from that queue's
+/// worker thread, one request at a time.
+pub trait Device: Send + Sync + 'static {
+    /// Request queues (1 to [`MAX_QUEUES`]).
+    fn num_queues(&self) -> u16;
+
+    /// Largest queue size a frontend may set up (a power of two up to [`MAX_QUEUE_SIZE`]).
+    fn max_queue_size(&self) -> u16;
+
+    /// Virtio feature bits offered: device bits plus `VERSION_1` and the ring features
+    /// the device handles. The server adds `VHOST_USER_F_PROTOCOL_FEATURES`.
+    fn features(&self) -> u64;
+
+    /// `size` bytes of the device configuration space from `offset`, or `None` when the
+    /// range lies outside it (the frontend then gets an empty, failed reply).
+    fn config(&self, offset: u32, size: u32) -> Option<Vec<u8>>;
+
+    /// Writes the configuration space (`SET_CONFIG`).
+    ///
+    /// # Errors
+    /// When the range is not writable; the default refuses everything.
+    fn set_config(&self, offset: u32, data: &[u8]) -> io::Result<()> {
+        let _ = (offset, data);
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "configuration space is read-only",
+        ))
+    }
+
+    /// Back to the power-on state, before a new frontend is served.
+    fn reset(&self) {}
+
+    /// Serves one request of queue `queue`: reads it from `chain`, does it, writes the
+    /// answer into the chain's writable buffers and returns the used length (bytes
+    /// written, status included), which the server puts on the used ring. `None` keeps
+    /// the chain off the used ring for good (a virtio-scsi event queue holds its
+    /// buffers until an event; this server has no way to complete them later yet).
+    ///
+    /// `fault` is the fault [`Faults::decide`] chose for this request; the device applies
+    /// the ones that concern it (`BlkStatus`, `ScsiSense`) and ignores the rest, which
+    /// the server handles.
+    fn serve(&self, queue: u16, mem: &Mem, chain: Chain, fault: Option<Fault>) -> Option<u32>;
+}
+
+/// Where and how to serve a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// The Unix socket path to listen on. A stale socket there is replaced.
+    pub socket: PathBuf,
+    /// Busy-poll each queue instead of waiting for kicks.
+    pub poll: bool,
+}
+
+/// A running target. Stopping it (or dropping it) closes the current frontend's
+/// connection, stops every thread of the target and removes the socket file.
+#[derive(Debug)]
+pub struct TargetHandle {
+    /// The socket the target listens on.
+    pub socket: PathBuf,
+    /// The target's fault-injection switchboard (nothing armed at start).
+    pub faults: Arc<Faults>,
+    ctl: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TargetHandle {
+    /// Stops serving: the current frontend (if any) sees a hang-up, the threads end and
+    /// the socket file is removed. Waits for the requests being served to finish (a
+    /// `Delay` fault holds it up that long). Idempotent.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.ctl.stop.store(true, Ordering::SeqCst);
+        wake(&self.ctl.wake);
+        if let Some(conn) = lock(&self.ctl.current).as_ref() {
+            conn.close("target stopped");
+        }
+        if thread.join().is_err() {
+            tracing::error!(target: TARGET, socket = %self.socket.display(), "server thread panicked");
+        }
+        remove_socket(&self.socket);
+        tracing::info!(target: TARGET, socket = %self.socket.display(), "target stopped");
+    }
+
+    /// Closes the current frontend's connection, as if the target had crashed; the
+    /// target then waits for the next frontend. Does nothing when none is connected.
+    pub fn disconnect(&self) {
+        if let Some(conn) = lock(&self.ctl.current).as_ref() {
+            conn.close("disconnect requested");
+        }
+    }
+
+    /// Whether a frontend is connected now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.ctl.current).is_some()
+    }
+
+    /// Frontends accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.ctl.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TargetHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the handle shares with the server thread.
+#[derive(Debug)]
+struct Control {
+    stop: AtomicBool,
+    /// Wakes the server thread out of its wait for a connection.
+    wake: OwnedFd,
+    /// The connection being served.
+    current: Mutex<Option<Arc<Conn>>>,
+    connections: AtomicU64,
+}
+
+/// One frontend connection: lets any thread close it.
+#[derive(Default)]
+struct Conn {
+    /// Set once the connection is being closed: the queues stop serving.
+    closing: AtomicBool,
+    slot: Mutex<ConnSlot>,
+}
+
+#[derive(Default)]
+struct ConnSlot {
+    /// Known once the daemon has accepted the connection.
+    shutdown: Option<ShutdownHandle>,
+    /// A close was asked for before the handle was known.
+    close_requested: bool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("closing", &self.closing.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    fn attach(&self, shutdown: Option<ShutdownHandle>) {
+        let mut s = lock(&self.slot);
+        if s.close_requested {
+            if let Some(h) = &shutdown {
+                h.shutdown();
+            }
+        }
+        s.shutdown = shutdown;
+    }
+
+    /// Shuts the socket down: the frontend sees a hang-up, the daemon's request loop ends.
+    fn close(&self, why: &'static str) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            tracing::info!(target: TARGET, why, "closing the frontend connection");
+        }
+        let mut s = lock(&self.slot);
+        s.close_requested = true;
+        if let Some(h) = &s.shutdown {
+            h.shutdown();
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wake(fd: &OwnedFd) {
+    // Only fails when the counter would overflow, and then the reader wakes anyway.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+fn remove_socket(path: &std::path::Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Starts serving `device` on `opts.socket` in a background thread.
+///
+/// # Errors
+/// [`Error::InvalidOption`] when the device's queue count or size is out of range,
+/// [`Error::PathInUse`] when the path is a file that is not a socket, [`Error::Listen`]
+/// when binding fails and [`Error::Io`] when a thread or eventfd cannot be created.
+pub fn serve<D: Device>(
+    device: Arc<D>,
+    opts: ServeOptions,
+    faults: Arc<Faults>,
+) -> Result<TargetHandle> {
+    let n = device.num_queues();
+    if n == 0 || n > MAX_QUEUES {
+        return Err(Error::InvalidOption {
+            option: "num_queues",
+            why: format!("{n} is not from 1 to {MAX_QUEUES}"),
+        });
+    }
+    let size = device.max_queue_size();
+    if !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
+        return Err(Error::InvalidOption {
+            option: "queue_size",
+            why: format!("{size} is not a power of two from 1 to {MAX_QUEUE_SIZE}"),
+        });
+    }
+    let path = opts.socket.clone();
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => remove_socket(&path),
+        Ok(_) => return Err(Error::PathInUse { path }),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(&path).map_err(|source| Error::Listen {
+        path: path.clone(),
+        source,
+    })?;
+    let started = start_thread(device, opts.poll, &path, listener, Arc::clone(&faults));
+    let (ctl, thread) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            remove_socket(&path);
+            return Err(e);
+        }
+    };
+    tracing::info!(target: TARGET, socket = %path.display(), queues = n, poll = opts.poll, "target listening");
+    Ok(TargetHandle {
+        socket: path,
+        faults,
+        ctl,
+        thread: Some(thread),
+    })
+}
+
+/// Starts the server thread on a bound listener.
+fn start_thread<D: Device>(
+    device: Arc<D>,
+    poll: bool,
+    path: &std::path::Path,
+    listener: UnixListener,
+    faults: Arc<Faults>,
+) -> Result<(Arc<Control>, JoinHandle<()>)> {
+    let io = |op| move |source| Error::Io { op, source };
+    let watch = listener.try_clone().map_err(io("dup listening socket"))?;
+    let wake_fd = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::NONBLOCK | rustix::event::EventfdFlags::CLOEXEC,
+    )
+    .map_err(|e| Error::Io {
+        op: "eventfd",
+        source: e.into(),
+    })?;
+    let ctl = Arc::new(Control {
+        stop: AtomicBool::new(false),
+        wake: wake_fd,
+        current: Mutex::new(None),
+        connections: AtomicU64::new(0),
+    });
+    let server = Server {
+        device,
+        faults,
+        ctl: Arc::clone(&ctl),
+        poll,
+        path: path.to_owned(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("vbdev-target".into())
+        .spawn(move || server.run(Listener::from(listener), watch))
+        .map_err(io("spawn server thread"))?;
+    Ok((ctl, thread))
+}
+
+/// The server thread's state.
+struct Server<D> {
+    device: Arc<D>,
+    faults: Arc<Faults>,
+    ctl: Arc<Control>,
+    poll: bool,
+    path: PathBuf,
+}
+
+impl<D: Device> Server<D> {
+    fn run(self, mut listener: Listener, watch: UnixListener) {
+        while self.wait_for_frontend(&watch) {
+            self.serve_one(&mut listener, &watch);
+        }
+        // Dropping `listener` (made from a plain UnixListener) leaves the file: the
+        // handle removes it once this thread has ended.
+    }
+
+    /// Waits until a frontend is waiting to be accepted (true) or the target stops.
+    fn wait_for_frontend(&self, watch: &UnixListener) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        loop {
+            if self.ctl.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let mut fds = [
+                PollFd::new(watch, PollFlags::IN),
+                PollFd::new(&self.ctl.wake, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    tracing::error!(target: TARGET, socket = %self.path.display(), error = %e, "poll failed; target stops serving");
+                    return false;
+                }
+            }
+            let ready = fds[0].revents().contains(PollFlags::IN);
+            if fds[1].revents().contains(PollFlags::IN) {
+                let _ = rustix::io::read(&self.ctl.wake, &mut [0u8; 8]);
+            }
+            if ready && !self.ctl.stop.load(Ordering::SeqCst) {
+                return true;
+            }
+        }
+    }
+
+    /// Accepts one frontend and serves it until its connection ends.
+    fn serve_one(&self, listener: &mut Listener, watch: &UnixListener) {
+        self.device.reset();
+        let conn = Arc::new(Conn::default());
+        {
+            let mut current = lock(&self.ctl.current);
+            *current = Some(Arc::clone(&conn));
+        }
+        // `stop` sets its flag before it looks at `current`: either it saw this
+        // connection, or the flag is visible here.
+        if self.ctl.stop.load(Ordering::SeqCst) {
+            conn.close("target stopped");
+        }
+        let mem = GuestMemoryAtomic::new(Mem::new());
+        let session = Arc::new(Session {
+            device: Arc::clone(&self.device),
+            faults: Arc::clone(&self.faults),
+            mem: mem.clone(),
+            conn: Arc::clone(&conn),
+            poll: self.poll,
+            busy: (0..self.device.num_queues())
+                .map(|_| Mutex::new(()))
+                .collect(),
+        });
+        match VhostUserDaemon::new("vbdev-vhost-user".into(), session, mem) {
+            Ok(mut daemon) => {
+                // The listener is readable, so this accept does not block for long.
+                if let Err(e) = daemon.start(listener) {
+                    tracing::error!(target: TARGET, socket = %self.path.display(), error = %e, "cannot accept the frontend");
+                } else {
+                    let n = self.ctl.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::info!(target: TARGET, socket = %self.path.display(), connection = n, "frontend connected");
+                    conn.attach(daemon.shutdown_handle());
+                    match daemon.wait() {
+                        Ok(()) => {
+                            tracing::info!(target: TARGET, socket = %self.path.display(), "frontend disconnected");
+                        }
+                        // A frontend that closes its socket is the normal end.
+                        Err(vhost_user_backend::Error::HandleRequest(
+                            vhost::vhost_user::Error::Disconnected
+                            | vhost::vhost_user::Error::PartialMessage,
+                        )) => {
+                            tracing::info!(target: TARGET, socket = %self.path.display(), "frontend disconnected");
+                        }
+                        Err(e) => {
+                            tracing::warn!(target: TARGET, socket = %self.path.display(), error = %e, "frontend connection ended with an error");
+                        }
+                    }
+                }
+                // Polling workers see this and return to their event loop, which the
+                // daemon's drop then stops and joins.
+                conn.close("frontend gone");
+                drop(daemon);
+            }
+            Err(e) => {
+                tracing::error!(target: TARGET, socket = %self.path.display(), error = %e, "cannot set up a vhost-user daemon; refusing the frontend");
+                // Take the waiting connection off the backlog so it sees a hang-up
+                // instead of silence.
+                if let Ok((s, _)) = watch.accept() {
+                    drop(s);
+                }
+                conn.close("daemon setup failed");
+            }
+        }
+        *lock(&self.ctl.current) = None;
+    }
+}
+
+/// One frontend's view of a device: the vhost-user backend the daemon runs.
+struct Session<D> {
+    device: Arc<D>,
+    faults: Arc<Faults>,
+    mem: GuestMemoryAtomic<Mem>,
+    conn: Arc<Conn>,
+    poll: bool,
+    /// Held by a queue's worker while it has a request off the ring and not yet
+    /// completed; `stop_vring` takes it to wait for that request (vhost-user
+    /// `GET_VRING_BASE`: the ring is stopped once it returns).
+    busy: Box<[Mutex<()>]>,
+}
+
+/// Why serving a queue stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// The avail ring is empty; this many requests were served.
+    Empty(usize),
+    /// The ring is not ready or the connection is closing.
+    Stop,
+}
+
+impl<D: Device> Session<D> {
+    /// Event-driven: serves until the ring is empty with notifications back on.
+    fn drain_queue(&self, q: u16, vring: &Vring) {
+        loop {
+            if let Err(e) = vring.disable_notification() {
+                tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
+            }
+            if self.serve_available(q, vring) == Flow::Stop {
+                return;
+            }
+            // Notifications back on, then one more look: a request published while they
+            // were off would otherwise wait for the next kick (virtio 1.2 §2.7.10).
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(target: TARGET, queue = q, error = %e, "cannot enable notifications");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Polling: spins on the avail ring until the ring is disabled or stopped or the
+    /// connection closes.
+    fn poll_queue(&self, q: u16, vring: &Vring) {
+        tracing::debug!(target: TARGET, queue = q, "polling starts");
+        if let Err(e) = vring.disable_notification() {
+            tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
+        }
+        let mut idle = 0u32;
+        loop {
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    break;
+                }
+            }
+            match self.serve_available(q, vring) {
+                Flow::Stop => break,
+                Flow::Empty(0) => {
+                    idle = idle.wrapping_add(1);
+                    if idle % 4096 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Flow::Empty(_) => idle = 0,
+            }
+        }
+        tracing::debug!(target: TARGET, queue = q, "polling stops");
+    }
+
+    /// Serves every request on the avail ring.
+    fn serve_available(&self, q: u16, vring: &Vring) -> Flow {
+        let mut served = 0;
+        loop {
+            if self.conn.is_closing() {
+                return Flow::Stop;
+            }
+            let _busy = lock(&self.busy[usize::from(q)]);
+            let popped = {
+                let mut state = vring.get_mut();
+                let queue = state.get_queue_mut();
+                if !queue.ready() {
+                    return Flow::Stop;
+                }
+                // The memory map is loaded only once a new entry is seen: the frontend
+                // adds a region (ADD_MEM_REG, answered after the map is replaced) before
+                // it publishes requests that use it, so a map loaded after the Acquire
+                // load of avail.idx has every region the request can name. A map loaded
+                // earlier may not (a polling worker would pop the request with it).
+                match queue.avail_idx(&*self.mem.memory(), Ordering::Acquire) {
+                    Ok(idx) if idx.0 == queue.next_avail() => return Flow::Empty(served),
+                    _ => {}
+                }
+                let mem = self.mem.memory();
+                match queue.iter(mem.clone()) {
+                    Ok(mut it) => Ok(it.next().map(|c| (c, mem))),
+                    Err(e) => Err(e),
+                }
+            };
+            let (chain, mem) = match popped {
+                Ok(Some(popped)) => popped,
+                Ok(None) => return Flow::Empty(served),
+                Err(virtio_queue::Error::QueueNotReady) => return Flow::Stop,
+                Err(e) => {
+                    // The driver's avail.idx moved by more than the queue size
+                    // (virtio 1.2 §2.7.13.3): nothing sane can follow.
+                    tracing::error!(target: TARGET, queue = q, error = %e, "driver broke the avail ring");
+                    self.conn.close("driver broke the avail ring");
+                    return Flow::Stop;
+                }
+            };
+            self.serve_chain(q, vring, &mem, chain);
+            served += 1;
+        }
+    }
+
+    /// Serves one request, with whatever fault applies to it.
+    fn serve_chain(&self, q: u16, vring: &Vring, mem: &Mem, chain: Chain) {
+        let head = chain.head_index();
+        let d = self.faults.decide();
+        if d.drop {
+            tracing::trace!(target: TARGET, queue = q, head, "request held (StopAnswering)");
+            return;
+        }
+        if let Some(Fault::Delay(t)) = d.fault {
+            std::thread::sleep(t);
+        }
+        let bad = match d.fault {
+            Some(Fault::BadUsed(kind)) => Some((kind, writable_len(&chain))),
+            _ => None,
+        };
+        let Some(len) = self.device.serve(q, mem, chain, d.fault) else {
+            tracing::trace!(target: TARGET, queue = q, head, "request kept by the device");
+            if d.close {
+                self.conn.close("CloseAfter fault");
+            }
+            return;
+        };
+        match bad {
+            None => {
+                if let Err(e) = vring.add_used(head, len) {
+                    tracing::warn!(target: TARGET, queue = q, head, error = %e, "cannot complete request");
+                }
+                self.notify(q, vring);
+            }
+            Some((kind, writable)) => {
+                if let Err(e) = write_bad_used(vring, mem, head, len, writable, kind) {
+                    tracing::warn!(target: TARGET, queue = q, head, error = %e, "cannot write the bad used entry");
+                }
+                // The driver must look at the ring whatever it asked for.
+                if let Err(e) = vring.signal_used_queue() {
+                    tracing::warn!(target: TARGET, queue = q, error = %e, "cannot signal the used ring");
+                }
+            }
+        }
+        if d.close {
+            self.conn.close("CloseAfter fault");
+        }
+    }
+
+    fn notify(&self, q: u16, vring: &Vring) {
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    tracing::warn!(target: TARGET, queue = q, error = %e, "cannot signal the used ring");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(target: TARGET, queue = q, error = %e, "cannot read used_event");
+            }
+        }
+    }
+}
+
+/// Bytes the driver made writable in `chain`.
+fn writable_len(chain: &Chain) -> u32 {
+    chain
+        .clone()
+        .writable()
+        .fold(0u32, |n, d| n.saturating_add(d.len()))
+}
+
+/// Completes `head` with a used entry that breaks the rules on purpose.
+fn write_bad_used(
+    vring: &Vring,
+    mem: &Mem,
+    head: u16,
+    len: u32,
+    writable: u32,
+    kind: BadUsed,
+) -> std::result::Result<(), virtio_queue::Error> {
+    if kind == BadUsed::LenTooLarge {
+        // virtio-queue does not check len against the chain: its own add_used writes it.
+        return vring.add_used(head, writable.saturating_add(1));
+    }
+    let mut state = vring.get_mut();
+    let queue = state.get_queue_mut();
+    let size = queue.size();
+    let next = queue.next_used();
+    let used = GuestAddress(queue.used_ring());
+    // virtq_used: flags (2), idx (2), ring[size] of {id: le32, len: le32} (virtio 1.2 §2.7.8).
+    let elem = used
+        .0
+        .checked_add(4 + 8 * u64::from(next % size))
+        .ok_or(virtio_queue::Error::AddressOverflow)?;
+    let (id, idx) = match kind {
+        // An id no descriptor has.
+        BadUsed::IdOutOfRange => (u32::from(size), next.wrapping_add(1)),
+        // One entry written, idx moved by one plus a whole ring: more than the driver can
+        // have in flight, whatever it has.
+        _ => (u32::from(head), next.wrapping_add(1).wrapping_add(size)),
+    };
+    let err = virtio_queue::Error::GuestMemory;
+    mem.write_obj(id.to_le(), GuestAddress(elem)).map_err(err)?;
+    mem.write_obj(len.to_le(), GuestAddress(elem + 4))
+        .map_err(err)?;
+    // Release: the element is visible before the index that publishes it (§2.7.8),
+    // as virtio-queue's add_used does.
+    mem.store(idx.to_le(), GuestAddress(used.0 + 2), Ordering::Release)
+        .map_err(err)?;
+    queue.set_next_used(next.wrapping_add(1));
+    Ok(())
+}
+
+impl<D: Device> VhostUserBackend for Session<D> {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.device.num_queues())
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.device.max_queue_size())
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The daemon sets it on each vring, which is all that uses it.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        match self.device.config(offset, size) {
+            Some(v) => v,
+            None => {
+                tracing::warn!(target: TARGET, offset, size, "GET_CONFIG outside the configuration space");
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        self.device.set_config(offset, buf)
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        // The daemon updates the GuestMemoryAtomic this session shares with it.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.device.num_queues()).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without one the daemon cannot stop its workers (and its drop would wait forever).
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::error!(target: TARGET, error = %e, "cannot create a worker exit eventfd");
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The ring is no longer ready, so no new request comes off it; wait for the one
+        // being served, if any.
+        if let Some(b) = self.busy.get(queue_index as usize) {
+            drop(lock(b));
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // One queue per worker thread: the queue is the thread's index and its only ring
+        // is event 0.
+        let (Some(vring), Ok(q)) = (vrings.first(), u16::try_from(thread_id)) else {
+            return Ok(());
+        };
+        if device_event != 0 || self.conn.is_closing() {
+            return Ok(());
+        }
+        if self.poll {
+            self.poll_queue(q, vring);
+        } else {
+            self.drain_queue(q, vring);
+        }
+        Ok(())
+    }
+}

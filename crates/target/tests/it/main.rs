@@ -1,0 +1,8 @@
+//! Integration tests of vbdev-target with real frontends: vbdev's own initiator and the
+//! `blkio` crate (libblkio).
+
+mod blk;
+mod blkio;
+mod faults;
+mod server;
+mod util;

@@ -1,0 +1,142 @@
+//! Shared helpers: targets serving malloc bdevs on temporary sockets, vbdev's initiator.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+use vbdev_bdev::virtio_blk::{self, AttachOptions};
+use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, IoStatus, Request, malloc};
+use vbdev_target::blk::{BlkTargetConfig, start_blk};
+use vbdev_target::server::TargetHandle;
+
+/// A malloc bdev of `num_blocks` blocks of `block_size` bytes, every byte `fill`.
+pub fn malloc_bdev(name: &str, num_blocks: u64, block_size: u32, fill: u8) -> Bdev {
+    let bdev = malloc::create(name, num_blocks, block_size).expect("malloc bdev");
+    if fill != 0 {
+        let mut ch = bdev.open_channel().unwrap();
+        let per = (1u64 << 20) / u64::from(block_size);
+        let mut lba = 0;
+        while lba < num_blocks {
+            let n = per.min(num_blocks - lba);
+            let buf = dma(&vec![fill; (n * u64::from(block_size)) as usize]);
+            let c = run(&mut ch, Request::write(lba, buf, 0));
+            assert_eq!(c.status, IoStatus::Success);
+            lba += n;
+        }
+    }
+    bdev
+}
+
+/// A running target on a socket in its own temporary directory, serving a malloc bdev.
+pub struct Target {
+    pub handle: TargetHandle,
+    /// The served bdev, for looking at the disk behind the target's back.
+    pub disk: Bdev,
+    _dir: TempDir,
+}
+
+impl Target {
+    /// Serves a fresh malloc bdev (`num_blocks` × `block_size`, filled with `fill`) with
+    /// the default config changed by `f`.
+    pub fn start(
+        num_blocks: u64,
+        block_size: u32,
+        fill: u8,
+        f: impl FnOnce(&mut BlkTargetConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = malloc_bdev("malloc0", num_blocks, block_size, fill);
+        let mut cfg = BlkTargetConfig::new(dir.path().join("blk.sock"));
+        f(&mut cfg);
+        let handle = start_blk(disk.clone(), cfg).expect("target starts");
+        Self {
+            handle,
+            disk,
+            _dir: dir,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.handle.socket
+    }
+
+    /// `len` bytes of the served disk at byte `off` (whole blocks), read on a channel
+    /// of its own.
+    pub fn bytes(&self, off: u64, len: usize) -> Vec<u8> {
+        let bs = u64::from(self.disk.block_size());
+        let (first, end) = (off / bs, (off + len as u64).div_ceil(bs));
+        let mut ch = self.disk.open_channel().unwrap();
+        let all = read(&mut ch, first, ((end - first) * bs) as usize);
+        let skip = (off - first * bs) as usize;
+        all[skip..skip + len].to_vec()
+    }
+
+    /// Attaches vbdev's initiator with `queues` queues of `size` descriptors.
+    pub fn attach(&self, name: &str, queues: u16, size: u16) -> Bdev {
+        attach_opts(
+            self.socket(),
+            name,
+            &AttachOptions {
+                num_queues: queues,
+                queue_size: size,
+                ..AttachOptions::default()
+            },
+        )
+    }
+}
+
+pub fn attach_opts(socket: &Path, name: &str, opts: &AttachOptions) -> Bdev {
+    match virtio_blk::attach_vhost_user(name, socket, opts) {
+        Ok(b) => b,
+        Err(e) => panic!("attach {name}: {}", error_chain(&e)),
+    }
+}
+
+/// Deterministic test data: a different byte sequence for every `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A DMA buffer holding `data`.
+pub fn dma(data: &[u8]) -> DmaBuf {
+    let mut b = DmaBuf::alloc(data.len()).expect("dma alloc");
+    b.copy_from_slice(data);
+    b
+}
+
+/// Submits and waits for one request; panics if it is refused.
+pub fn run(ch: &mut IoChannel, req: Request) -> Completion {
+    if let Err(r) = ch.submit(req) {
+        panic!("submit refused: {}", r.error);
+    }
+    ch.wait_one().expect("completion")
+}
+
+/// Writes `data` at block `lba` and checks the completion.
+pub fn write(ch: &mut IoChannel, lba: u64, data: &[u8]) {
+    let c = run(ch, Request::write(lba, dma(data), lba));
+    assert_eq!(c.status, IoStatus::Success, "write at block {lba}");
+}
+
+/// Reads `len` bytes at block `lba`.
+pub fn read(ch: &mut IoChannel, lba: u64, len: usize) -> Vec<u8> {
+    let c = run(ch, Request::read(lba, DmaBuf::alloc(len).unwrap(), lba));
+    assert_eq!(c.status, IoStatus::Success, "read at block {lba}");
+    c.buf.expect("read buffer back").to_vec()
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}

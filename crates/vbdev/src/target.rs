@@ -1,0 +1,93 @@
+//! `vbdev target`: serve a bdev over vhost-user in the foreground until SIGINT/SIGTERM.
+
+use anyhow::{Context, anyhow};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use vbdev_bdev::file::FileOptions;
+use vbdev_bdev::{Bdev, file, malloc, null};
+
+use crate::Failure;
+use crate::cli::{TargetArgs, TargetType};
+
+/// Creates the backing bdev `name` the arguments ask for.
+fn backing(args: &TargetArgs, name: &str) -> Result<Bdev, Failure> {
+    let bs = u64::from(args.block_size);
+    let blocks = |size: u64, flag: &str| {
+        if size % bs != 0 {
+            return Err(Failure::usage(anyhow!(
+                "{flag} {size} is not a multiple of the block size {bs}"
+            )));
+        }
+        Ok(size / bs)
+    };
+    let bdev = if let Some(size) = args.malloc {
+        malloc::create(name, blocks(size, "--malloc")?, args.block_size)
+    } else if let Some(size) = args.null {
+        null::create(name, blocks(size, "--null")?, args.block_size)
+    } else if let Some(path) = &args.file {
+        file::open(
+            name,
+            path,
+            FileOptions {
+                block_size: args.block_size,
+                read_only: args.read_only,
+                ..FileOptions::default()
+            },
+        )
+    } else {
+        return Err(Failure::usage(anyhow!(
+            "a target needs a disk: --malloc SIZE, --null SIZE or --file PATH"
+        )));
+    };
+    bdev.map_err(Failure::usage)
+}
+
+/// Blocks until SIGINT or SIGTERM arrives.
+fn wait_for_signal() -> Result<i32, Failure> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")
+        .map_err(Failure::run)?;
+    Ok(signals.forever().next().unwrap_or(SIGTERM))
+}
+
+pub fn run(args: TargetArgs) -> Result<(), Failure> {
+    if args.queues == 0 {
+        return Err(Failure::usage(anyhow!("--queues must be at least 1")));
+    }
+    match args.dev_type {
+        TargetType::Blk => run_blk(&args),
+        TargetType::Scsi => run_scsi(&args),
+    }
+}
+
+fn run_blk(args: &TargetArgs) -> Result<(), Failure> {
+    if args.targets != 1 || args.luns != 1 {
+        return Err(Failure::usage(anyhow!(
+            "--targets and --luns apply to --dev-type scsi only"
+        )));
+    }
+    let bdev = backing(args, "Target0")?;
+    let cfg = vbdev_target::blk::BlkTargetConfig {
+        num_queues: args.queues,
+        read_only: args.read_only,
+        poll: args.poll,
+        ..vbdev_target::blk::BlkTargetConfig::new(&args.socket)
+    };
+    let mut handle = vbdev_target::blk::start_blk(bdev, cfg)
+        .with_context(|| format!("cannot serve {}", args.socket.display()))
+        .map_err(Failure::run)?;
+    eprintln!(
+        "vbdev: serving vhost-user-blk on {} (Ctrl-C to stop)",
+        args.socket.display()
+    );
+    let sig = wait_for_signal()?;
+    tracing::info!(target: "vbdev::target", signal = sig, "stopping");
+    handle.stop();
+    Ok(())
+}
+
+fn run_scsi(_args: &TargetArgs) -> Result<(), Failure> {
+    Err(Failure::usage(anyhow!(
+        "--dev-type scsi is not available yet"
+    )))
+}

@@ -1,0 +1,215 @@
+//! `vbdev target`: a foreground vhost-user target driven by `vbdev io`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::util::{InfoJson, VBDEV, det_bytes, io, path, vbdev};
+
+const MIB: u64 = 1 << 20;
+
+/// A running `vbdev target`, killed on drop.
+struct Target {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    /// Starts `vbdev target --socket <tmp> <args>` and waits for its "serving" line on
+    /// stderr, printed once the socket listens.
+    fn start(args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vbdev-tgt")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("t.sock");
+        let mut child = Command::new(VBDEV)
+            .arg("target")
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vbdev target");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("serving"), "target did not start: {line:?}");
+        assert!(socket.exists());
+        // Keep draining stderr so the target never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit code.
+    fn signal(&mut self, sig: i32) -> i32 {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let child = &mut self.child;
+        std::thread::scope(|s| {
+            s.spawn(move || tx.send(child.wait()));
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(st) => st.unwrap().code().expect("exited, not killed"),
+                Err(_) => {
+                    // SAFETY: as above; unblocks the waiting thread.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    panic!("target did not stop on signal {sig}");
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn blk_target_serves_vbdev_io_and_removes_its_socket_on_sigterm() {
+    let mut t = Target::start(&["--malloc", "16M", "--queues", "2"]);
+    let info: InfoJson = io(t.socket(), &["--queues", "2", "info", "--json"]).json();
+    assert_eq!(info.block_size, 512);
+    assert_eq!(info.num_blocks, 16 * MIB / 512);
+    assert_eq!(info.num_queues, 2);
+    assert!(info.unmap && info.write_zeroes && info.flush, "{info:?}");
+    io(
+        t.socket(),
+        &[
+            "write",
+            "--offset",
+            "1536",
+            "--pattern",
+            "0x6b",
+            "--length",
+            "1048576",
+        ],
+    )
+    .expect_ok();
+    io(
+        t.socket(),
+        &[
+            "read",
+            "--offset",
+            "1536",
+            "--pattern",
+            "0x6b",
+            "--length",
+            "1048576",
+        ],
+    )
+    .expect_ok();
+    io(
+        t.socket(),
+        &["write-zeroes", "--offset", "1536", "--length", "4096"],
+    )
+    .expect_ok();
+    io(
+        t.socket(),
+        &[
+            "read",
+            "--offset",
+            "1536",
+            "--pattern",
+            "0",
+            "--length",
+            "4096",
+        ],
+    )
+    .expect_ok();
+    assert_eq!(t.signal(libc::SIGTERM), 0);
+    assert!(!t.socket().exists(), "socket removed on exit");
+}
+
+#[test]
+fn file_target_writes_land_in_the_file_and_sigint_stops_it() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = dir.path().join("disk.raw");
+    std::fs::write(&img, vec![0u8; 8 * MIB as usize]).unwrap();
+    let data = det_bytes(5, 65536);
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, &data).unwrap();
+    let mut t = Target::start(&["--file", path(&img), "--poll"]);
+    io(
+        t.socket(),
+        &["write", "--offset", "4608", "--in", path(&input)],
+    )
+    .expect_ok();
+    io(t.socket(), &["flush"]).expect_ok();
+    assert_eq!(t.signal(libc::SIGINT), 0);
+    let disk = std::fs::read(&img).unwrap();
+    assert!(
+        disk[4608..4608 + 65536] == data[..],
+        "data in the image file"
+    );
+    assert!(!t.socket().exists());
+}
+
+#[test]
+fn read_only_and_4096_byte_targets_show_through_vbdev_io() {
+    let t = Target::start(&["--null", "64M", "--block-size", "4096", "--read-only"]);
+    let info: InfoJson = io(t.socket(), &["info", "--json"]).json();
+    assert_eq!(info.block_size, 4096);
+    assert_eq!(info.num_blocks, 64 * MIB / 4096);
+    assert!(info.read_only);
+    io(
+        t.socket(),
+        &[
+            "write",
+            "--offset",
+            "0",
+            "--pattern",
+            "1",
+            "--length",
+            "4096",
+        ],
+    )
+    .expect_failure(1, &["read-only"]);
+    io(
+        t.socket(),
+        &[
+            "read",
+            "--offset",
+            "4096",
+            "--pattern",
+            "0",
+            "--length",
+            "8192",
+        ],
+    )
+    .expect_ok();
+}
+
+#[test]
+fn target_usage_errors_exit_2() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let sock = dir.path().join("x.sock");
+    let s = path(&sock);
+    vbdev(&["target", "--socket", s])
+        .expect_failure(2, &["--malloc SIZE, --null SIZE or --file PATH"]);
+    vbdev(&["target", "--socket", s, "--malloc", "1000"])
+        .expect_failure(2, &["--malloc 1000", "block size 512"]);
+    vbdev(&["target", "--socket", s, "--malloc", "1M", "--null", "1M"]).expect_code(2);
+    vbdev(&["target", "--socket", s, "--malloc", "12X"]).expect_code(2);
+    vbdev(&["target", "--socket", s, "--malloc", "1M", "--queues", "0"])
+        .expect_failure(2, &["--queues"]);
+    vbdev(&["target", "--socket", s, "--file", "/nonexistent/disk.raw"])
+        .expect_failure(2, &["/nonexistent/disk.raw"]);
+    assert!(!sock.exists());
+}
