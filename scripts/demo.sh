@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The main job until the embedded target exists: start a qemu-storage-daemon
-# vhost-user-blk export, show what vbdev sees (`vbdev io info`), write a pattern,
-# read it back through vbdev and check it, check it in the image file too, stop.
+# The main job: vbdev out of the box, then against a third-party target.
+# 1. start vbdev's own vhost-user-blk target on a file (`vbdev target`), show what the
+#    initiator sees (`vbdev io info`), write a pattern, read it back and check it,
+#    stop the target (SIGTERM) and check the pattern in the file;
+# 2. the same against a qemu-storage-daemon export.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,6 +20,27 @@ trap cleanup EXIT
 cargo build --release -q -p vbdev
 vbdev=target/release/vbdev
 
+echo "== vbdev's own target"
+own_image=$dir/own.raw
+own_socket=$dir/own.sock
+truncate -s 64M "$own_image"
+"$vbdev" target --socket "$own_socket" --file "$own_image" --queues 2 2>"$dir/target.log" &
+target_pid=$!
+for _ in $(seq 100); do [[ -S $own_socket ]] && break; sleep 0.1; done
+echo "+ vbdev io --vhost-user $own_socket info"
+"$vbdev" io --vhost-user "$own_socket" info
+"$vbdev" io --vhost-user "$own_socket" write --offset 1536 --pattern 0x5a --length 1048576
+"$vbdev" io --vhost-user "$own_socket" read --offset 1536 --length 1048576 --pattern 0x5a
+kill -TERM "$target_pid"
+wait "$target_pid"
+if cmp -s <(head -c 1048576 /dev/zero | tr '\0' '\132') <(tail -c +1537 "$own_image" | head -c 1048576); then
+    echo "image file holds the pattern at offset 1536: ok"
+else
+    echo "image file does not hold the written pattern" >&2
+    exit 1
+fi
+
+echo "== qemu-storage-daemon"
 scripts/qsd-example.sh "$image" "$socket"
 echo "+ vbdev io --vhost-user $socket info"
 "$vbdev" io --vhost-user "$socket" info
