@@ -8,6 +8,8 @@
 //!   one frontend at a time, a worker per queue, event-driven or polling.
 //! - [`blk`]: the vhost-user-blk device ([`start_blk`], [`BlkTargetConfig`]).
 //! - [`scsi`]: SPC-5/SBC-4 emulation ([`scsi::ScsiTarget`], [`scsi::Lun`]).
+//! - [`vscsi`]: the vhost-user-scsi device over that emulation ([`start_scsi`],
+//!   [`ScsiTargetConfig`], [`ScsiHandle`]).
 //!
 //! Targets run on rust-vmm `vhost-user-backend`, `virtio-queue` and `vm-memory`.
 #![deny(missing_docs)]
@@ -18,8 +20,10 @@ pub mod disk;
 pub mod fault;
 pub mod scsi;
 pub mod server;
+pub mod vscsi;
 
 pub use blk::{BlkTargetConfig, start_blk};
 pub use disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
 pub use fault::{BadUsed, Fault, Faults};
-pub use server::{Device, Error, Result, ServeOptions, TargetHandle, serve};
+pub use server::{Completer, Device, Error, Result, ServeOptions, TargetHandle, serve};
+pub use vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};

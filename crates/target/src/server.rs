@@ -23,6 +23,13 @@
 //! Completions are signalled on the call eventfd when the driver asked for them
 //! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`).
 //!
+//! A device may have queues that are not request queues ([`Device::is_request_queue`],
+//! e.g. virtio-scsi's control and event queues): they are always event-driven and
+//! faults never apply to them. A device may keep a chain ([`Device::serve`] returns
+//! `None`) and complete it later from any thread with the queue's [`Completer`], which
+//! it is given ([`Device::queue_ready`]) before the queue's first chain of each
+//! connection is served.
+//!
 //! # Faults
 //! The server asks [`Faults::decide`] once per request and applies the transport-level
 //! faults itself: `Delay` (the worker sleeps before serving the request, so the delay
@@ -31,6 +38,7 @@
 //! completes: the frontend sees a hang-up and the queues stop serving) and `BadUsed`
 //! (a wrong used entry, written straight into the used ring when virtio-queue refuses
 //! the value). Device-level faults (`BlkStatus`, `ScsiSense`) go to [`Device::serve`].
+//! Only request queues consult the faults.
 //!
 //! # Limits
 //! - One frontend at a time; a second one waits in the listen backlog (its `connect`
@@ -54,7 +62,7 @@ use std::thread::JoinHandle;
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
     GuestMemoryMmap,
@@ -112,6 +120,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A SCSI LUN could not be added, removed or resized.
+    #[error("scsi target {target}")]
+    Lun {
+        /// The SCSI target id.
+        target: u8,
+        /// Cause.
+        #[source]
+        source: crate::scsi::LunError,
+    },
     /// Opening the channels to the served bdev failed.
     #[error("cannot open a channel on bdev {bdev}")]
     Bdev {
@@ -136,10 +153,10 @@ pub enum Error {
 /// serves one request.
 ///
 /// One value serves every frontend of a target, one after the other; [`Device::reset`]
-/// runs before each. [`Device::serve`] is called for queue `q` only from that queue's
-/// worker thread, one request at a time.
+/// runs before and after each. [`Device::serve`] is called for queue `q` only from that
+/// queue's worker thread, one request at a time.
 pub trait Device: Send + Sync + 'static {
-    /// Request queues (1 to [`MAX_QUEUES`]).
+    /// Virtqueues, request queues and others (1 to [`MAX_QUEUES`]).
     fn num_queues(&self) -> u16;
 
     /// Largest queue size a frontend may set up (a power of two up to [`MAX_QUEUE_SIZE`]).
@@ -165,14 +182,34 @@ pub trait Device: Send + Sync + 'static {
         ))
     }
 
-    /// Back to the power-on state, before a new frontend is served.
+    /// Back to the power-on state, before a new frontend is served and after one is
+    /// gone. Drops any [`Completer`] and kept chain of the old connection.
     fn reset(&self) {}
+
+    /// The feature bits the driver accepted (`SET_FEATURES`), transport bits included.
+    fn set_features(&self, features: u64) {
+        let _ = features;
+    }
+
+    /// Whether `queue` carries requests (the default: all do). Faults apply, and
+    /// polling spins, only on request queues; the others are served on kicks.
+    fn is_request_queue(&self, queue: u16) -> bool {
+        let _ = queue;
+        true
+    }
+
+    /// Gives the device `queue`'s [`Completer`] for this connection, before the
+    /// queue's first chain is served. Default: dropped (the device keeps no chains).
+    fn queue_ready(&self, queue: u16, completer: Completer) {
+        let _ = (queue, completer);
+    }
 
     /// Serves one request of queue `queue`: reads it from `chain`, does it, writes the
     /// answer into the chain's writable buffers and returns the used length (bytes
     /// written, status included), which the server puts on the used ring. `None` keeps
-    /// the chain off the used ring for good (a virtio-scsi event queue holds its
-    /// buffers until an event; this server has no way to complete them later yet).
+    /// the chain off the used ring: the device completes it later with the queue's
+    /// [`Completer`] (a virtio-scsi event queue holds its buffers until an event), or
+    /// never.
     ///
     /// `fault` is the fault [`Faults::decide`] chose for this request; the device applies
     /// the ones that concern it (`BlkStatus`, `ScsiSense`) and ignores the rest, which
@@ -187,6 +224,95 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// Busy-poll each queue instead of waiting for kicks.
     pub poll: bool,
+}
+
+/// Completes chains a device kept ([`Device::serve`] returned `None`), from any thread:
+/// writes the answer, puts the chain on the used ring and signals the driver if it
+/// asked for it. Valid for one connection: once it is closing, or the ring is stopped
+/// or disabled, nothing more is completed.
+#[derive(Clone)]
+pub struct Completer {
+    queue: u16,
+    vring: Vring,
+    mem: GuestMemoryAtomic<Mem>,
+    conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for Completer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completer")
+            .field("queue", &self.queue)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Completer {
+    /// The queue this completer completes chains of.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Whether chains can still be completed: the connection is open and the ring is
+    /// ready and enabled.
+    pub fn is_live(&self) -> bool {
+        if self.conn.is_closing() {
+            return false;
+        }
+        let state = self.vring.get_ref();
+        state.is_enabled() && state.get_queue().ready()
+    }
+
+    /// Writes `data` at the start of `chain`'s writable buffers, through the current
+    /// memory map, then puts the chain on the used ring with the bytes written as its
+    /// length and signals the driver when it asked for it (virtio 1.2 §2.7.8, §2.7.10).
+    /// Returns whether the chain was completed; `false` (chain dropped) when the
+    /// completer is no longer live, the writable buffers are outside the driver's
+    /// memory or shorter than `data`.
+    pub fn complete(&self, chain: Chain, data: &[u8]) -> bool {
+        use std::io::Write;
+        let head = chain.head_index();
+        let mem = self.mem.memory();
+        let mut w = match Writer::new(&*mem, chain) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(target: TARGET, queue = self.queue, head, error = %e, "kept chain outside the shared memory");
+                return false;
+            }
+        };
+        if w.available_bytes() < data.len() || w.write_all(data).is_err() {
+            tracing::debug!(target: TARGET, queue = self.queue, head, len = data.len(), "kept chain too short");
+            return false;
+        }
+        // Fits: data.len() <= available_bytes(), which is at most a chain's u32 lengths
+        // summed by virtio-queue into a usize checked against u32.
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        {
+            // Under the ring's write lock, so a GET_VRING_BASE (which marks the queue not
+            // ready under the same lock) is either before this check or after the entry.
+            let mut state = self.vring.get_mut();
+            if self.conn.is_closing() || !state.is_enabled() || !state.get_queue().ready() {
+                return false;
+            }
+            if let Err(e) = state.get_queue_mut().add_used(&*mem, head, len) {
+                tracing::warn!(target: TARGET, queue = self.queue, head, error = %e, "cannot complete kept chain");
+                return false;
+            }
+        }
+        match self.vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = self.vring.signal_used_queue() {
+                    tracing::warn!(target: TARGET, queue = self.queue, error = %e, "cannot signal the used ring");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(target: TARGET, queue = self.queue, error = %e, "cannot read used_event");
+            }
+        }
+        tracing::trace!(target: TARGET, queue = self.queue, head, len, "kept chain completed");
+        true
+    }
 }
 
 /// A running target. Stopping it (or dropping it) closes the current frontend's
@@ -483,6 +609,9 @@ impl<D: Device> Server<D> {
             busy: (0..self.device.num_queues())
                 .map(|_| Mutex::new(()))
                 .collect(),
+            started: (0..self.device.num_queues())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         });
         match VhostUserDaemon::new("vbdev-vhost-user".into(), session, mem) {
             Ok(mut daemon) => {
@@ -513,6 +642,8 @@ impl<D: Device> Server<D> {
                 // daemon's drop then stops and joins.
                 conn.close("frontend gone");
                 drop(daemon);
+                // Drops the completers and kept chains of this connection.
+                self.device.reset();
             }
             Err(e) => {
                 tracing::error!(target: TARGET, socket = %self.path.display(), error = %e, "cannot set up a vhost-user daemon; refusing the frontend");
@@ -539,6 +670,8 @@ struct Session<D> {
     /// completed; `stop_vring` takes it to wait for that request (vhost-user
     /// `GET_VRING_BASE`: the ring is stopped once it returns).
     busy: Box<[Mutex<()>]>,
+    /// Whether the device has been given the queue's [`Completer`].
+    started: Box<[AtomicBool]>,
 }
 
 /// Why serving a queue stopped.
@@ -653,7 +786,11 @@ impl<D: Device> Session<D> {
     /// Serves one request, with whatever fault applies to it.
     fn serve_chain(&self, q: u16, vring: &Vring, mem: &Mem, chain: Chain) {
         let head = chain.head_index();
-        let d = self.faults.decide();
+        let d = if self.device.is_request_queue(q) {
+            self.faults.decide()
+        } else {
+            crate::fault::Decision::default()
+        };
         if d.drop {
             tracing::trace!(target: TARGET, queue = q, head, "request held (StopAnswering)");
             return;
@@ -782,6 +919,10 @@ impl<D: Device> VhostUserBackend for Session<D> {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
+    fn acked_features(&self, features: u64) {
+        self.device.set_features(features);
+    }
+
     fn set_event_idx(&self, _enabled: bool) {
         // The daemon sets it on each vring, which is all that uses it.
     }
@@ -844,7 +985,18 @@ impl<D: Device> VhostUserBackend for Session<D> {
         if device_event != 0 || self.conn.is_closing() {
             return Ok(());
         }
-        if self.poll {
+        if let Some(started) = self.started.get(usize::from(q)) {
+            if !started.swap(true, Ordering::AcqRel) {
+                let completer = Completer {
+                    queue: q,
+                    vring: vring.clone(),
+                    mem: self.mem.clone(),
+                    conn: Arc::clone(&self.conn),
+                };
+                self.device.queue_ready(q, completer);
+            }
+        }
+        if self.poll && self.device.is_request_queue(q) {
             self.poll_queue(q, vring);
         } else {
             self.drain_queue(q, vring);

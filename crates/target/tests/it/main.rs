@@ -4,5 +4,6 @@
 mod blk;
 mod blkio;
 mod faults;
+mod scsi;
 mod server;
 mod util;
