@@ -278,10 +278,12 @@ fn second_frontend_is_served_after_the_first_hangs_up_mid_handshake() {
         let mut out = [vbdev_bdev::Completion::default()];
         assert_eq!(ch.poll(&mut out), 0);
         a.detach();
-        t.handle.faults.clear();
-        // The channel fails its request once it notices the detach.
+        // The channel fails its request once it notices the detach. The fault stays
+        // armed until then: cleared earlier, a worker that wakes late would still serve
+        // the request, and vbdev delivers completions published before a hang-up.
         let c = ch.wait_one().unwrap();
         assert!(!c.status.is_success());
+        t.handle.faults.clear();
     }
     let b = t.attach("b", 1, 64);
     let mut ch = b.open_channel().unwrap();
