@@ -86,8 +86,53 @@ fn run_blk(args: &TargetArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run_scsi(_args: &TargetArgs) -> Result<(), Failure> {
-    Err(Failure::usage(anyhow!(
-        "--dev-type scsi is not available yet"
-    )))
+fn run_scsi(args: &TargetArgs) -> Result<(), Failure> {
+    if args.targets == 0 || args.luns == 0 {
+        return Err(Failure::usage(anyhow!(
+            "--targets and --luns must be at least 1"
+        )));
+    }
+    if args.file.is_some() && (args.targets, args.luns) != (1, 1) {
+        return Err(Failure::usage(anyhow!(
+            "--file serves one LUN: use --targets 1 --luns 1"
+        )));
+    }
+    if args.luns > vbdev_target::scsi::MAX_LUN + 1 {
+        return Err(Failure::usage(anyhow!(
+            "--luns {} exceeds {} LUNs per target",
+            args.luns,
+            vbdev_target::scsi::MAX_LUN + 1
+        )));
+    }
+    if args.read_only && args.file.is_none() {
+        return Err(Failure::usage(anyhow!(
+            "--read-only with --dev-type scsi needs --file (malloc and null LUNs are writable)"
+        )));
+    }
+    let mut targets = Vec::new();
+    for t in 0..args.targets {
+        let mut luns = Vec::new();
+        for l in 0..args.luns {
+            luns.push((l, backing(args, &format!("Target{t}Lun{l}"))?));
+        }
+        targets.push((t, luns));
+    }
+    let cfg = vbdev_target::ScsiTargetConfig {
+        num_queues: args.queues,
+        poll: args.poll,
+        ..vbdev_target::ScsiTargetConfig::new(&args.socket)
+    };
+    let mut handle = vbdev_target::start_scsi(cfg, targets)
+        .with_context(|| format!("cannot serve {}", args.socket.display()))
+        .map_err(Failure::run)?;
+    eprintln!(
+        "vbdev: serving vhost-user-scsi on {} with {} target(s) x {} LUN(s) (Ctrl-C to stop)",
+        args.socket.display(),
+        args.targets,
+        args.luns
+    );
+    let sig = wait_for_signal()?;
+    tracing::info!(target: "vbdev::target", signal = sig, "stopping");
+    handle.stop();
+    Ok(())
 }
