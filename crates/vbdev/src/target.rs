@@ -42,25 +42,26 @@ fn backing(args: &TargetArgs, name: &str) -> Result<Bdev, Failure> {
     bdev.map_err(Failure::usage)
 }
 
-/// Blocks until SIGINT or SIGTERM arrives.
-fn wait_for_signal() -> Result<i32, Failure> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])
-        .context("cannot install signal handlers")
-        .map_err(Failure::run)?;
-    Ok(signals.forever().next().unwrap_or(SIGTERM))
+/// Blocks until SIGINT or SIGTERM arrives (the handlers were installed before the
+/// target started, so a signal right after the "serving" line is not lost).
+fn wait_for_signal(signals: &mut Signals) -> i32 {
+    signals.forever().next().unwrap_or(SIGTERM)
 }
 
 pub fn run(args: TargetArgs) -> Result<(), Failure> {
     if args.queues == 0 {
         return Err(Failure::usage(anyhow!("--queues must be at least 1")));
     }
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")
+        .map_err(Failure::run)?;
     match args.dev_type {
-        TargetType::Blk => run_blk(&args),
-        TargetType::Scsi => run_scsi(&args),
+        TargetType::Blk => run_blk(&args, &mut signals),
+        TargetType::Scsi => run_scsi(&args, &mut signals),
     }
 }
 
-fn run_blk(args: &TargetArgs) -> Result<(), Failure> {
+fn run_blk(args: &TargetArgs, signals: &mut Signals) -> Result<(), Failure> {
     if args.targets != 1 || args.luns != 1 {
         return Err(Failure::usage(anyhow!(
             "--targets and --luns apply to --dev-type scsi only"
@@ -80,13 +81,13 @@ fn run_blk(args: &TargetArgs) -> Result<(), Failure> {
         "vbdev: serving vhost-user-blk on {} (Ctrl-C to stop)",
         args.socket.display()
     );
-    let sig = wait_for_signal()?;
+    let sig = wait_for_signal(signals);
     tracing::info!(target: "vbdev::target", signal = sig, "stopping");
     handle.stop();
     Ok(())
 }
 
-fn run_scsi(args: &TargetArgs) -> Result<(), Failure> {
+fn run_scsi(args: &TargetArgs, signals: &mut Signals) -> Result<(), Failure> {
     if args.targets == 0 || args.luns == 0 {
         return Err(Failure::usage(anyhow!(
             "--targets and --luns must be at least 1"
@@ -131,7 +132,7 @@ fn run_scsi(args: &TargetArgs) -> Result<(), Failure> {
         args.targets,
         args.luns
     );
-    let sig = wait_for_signal()?;
+    let sig = wait_for_signal(signals);
     tracing::info!(target: "vbdev::target", signal = sig, "stopping");
     handle.stop();
     Ok(())
