@@ -1,0 +1,531 @@
+//! CDB builders (SPC-5, SBC-4): each function returns a [`Cdb`] laid out as the
+//! command's CDB table in the standard.
+//!
+//! Builders do not allocate and cannot fail, except the UNMAP parameter list, whose size
+//! depends on its input.
+
+use crate::error::{Error, Result};
+
+/// Operation codes of the commands this crate builds (SPC-5 / SBC-4 command tables).
+pub mod opcode {
+    /// TEST UNIT READY (SPC-5).
+    pub const TEST_UNIT_READY: u8 = 0x00;
+    /// INQUIRY (SPC-5).
+    pub const INQUIRY: u8 = 0x12;
+    /// START STOP UNIT (SBC-4).
+    pub const START_STOP_UNIT: u8 = 0x1B;
+    /// READ CAPACITY(10) (SBC-4).
+    pub const READ_CAPACITY_10: u8 = 0x25;
+    /// READ(10) (SBC-4).
+    pub const READ_10: u8 = 0x28;
+    /// WRITE(10) (SBC-4).
+    pub const WRITE_10: u8 = 0x2A;
+    /// SYNCHRONIZE CACHE(10) (SBC-4).
+    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    /// UNMAP (SBC-4).
+    pub const UNMAP: u8 = 0x42;
+    /// READ(16) (SBC-4).
+    pub const READ_16: u8 = 0x88;
+    /// WRITE(16) (SBC-4).
+    pub const WRITE_16: u8 = 0x8A;
+    /// SYNCHRONIZE CACHE(16) (SBC-4).
+    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    /// WRITE SAME(16) (SBC-4).
+    pub const WRITE_SAME_16: u8 = 0x93;
+    /// SERVICE ACTION IN(16) (SBC-4); READ CAPACITY(16) is its service action 0x10.
+    pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
+    /// REPORT LUNS (SPC-5).
+    pub const REPORT_LUNS: u8 = 0xA0;
+    /// The SERVICE ACTION IN(16) service action of READ CAPACITY(16).
+    pub const SA_READ_CAPACITY_16: u8 = 0x10;
+}
+
+/// The FUA bit in byte 1 of READ/WRITE(10/16).
+const FUA: u8 = 1 << 3;
+
+/// A command descriptor block of 6, 10, 12 or 16 bytes.
+///
+/// Invariant: `len` is 6, 10, 12 or 16 and the bytes past it are zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cdb {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Cdb {
+    /// The CDB's bytes, `len()` of them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The CDB's length in bytes (6, 10, 12 or 16).
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Always `false`: every CDB has an operation code. Present for symmetry with `len`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The OPERATION CODE (byte 0).
+    pub fn opcode(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    fn from_array<const N: usize>(a: [u8; N]) -> Self {
+        debug_assert!(matches!(N, 6 | 10 | 12 | 16));
+        let mut bytes = [0; 16];
+        bytes[..N].copy_from_slice(&a);
+        Self {
+            bytes,
+            // N is one of 6, 10, 12, 16.
+            len: N as u8,
+        }
+    }
+}
+
+impl std::fmt::Debug for Cdb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cdb({:02x?})", self.as_bytes())
+    }
+}
+
+impl AsRef<[u8]> for Cdb {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// TEST UNIT READY (SPC-5): six zero bytes.
+pub fn test_unit_ready() -> Cdb {
+    Cdb::from_array([opcode::TEST_UNIT_READY, 0, 0, 0, 0, 0])
+}
+
+/// INQUIRY for the standard INQUIRY data (EVPD = 0), with `alloc_len` bytes.
+pub fn inquiry(alloc_len: u16) -> Cdb {
+    let l = alloc_len.to_be_bytes();
+    Cdb::from_array([opcode::INQUIRY, 0, 0, l[0], l[1], 0])
+}
+
+/// INQUIRY for VPD page `page` (EVPD = 1, SPC-5 "INQUIRY command"), with `alloc_len`
+/// bytes.
+pub fn inquiry_vpd(page: u8, alloc_len: u16) -> Cdb {
+    let l = alloc_len.to_be_bytes();
+    Cdb::from_array([opcode::INQUIRY, 0x01, page, l[0], l[1], 0])
+}
+
+/// READ CAPACITY(10) (SBC-4): the response is 8 bytes.
+pub fn read_capacity_10() -> Cdb {
+    Cdb::from_array([opcode::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+/// READ CAPACITY(16): SERVICE ACTION IN(16) with service action 0x10 (SBC-4); the full
+/// response is 32 bytes.
+pub fn read_capacity_16(alloc_len: u32) -> Cdb {
+    let mut c = [0u8; 16];
+    c[0] = opcode::SERVICE_ACTION_IN_16;
+    c[1] = opcode::SA_READ_CAPACITY_16;
+    c[10..14].copy_from_slice(&alloc_len.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// REPORT LUNS (SPC-5) with SELECT REPORT `select_report` (0x00: all logical units
+/// except well-known ones) and `alloc_len` bytes (SPC-5 requires at least 16).
+pub fn report_luns(select_report: u8, alloc_len: u32) -> Cdb {
+    let mut c = [0u8; 12];
+    c[0] = opcode::REPORT_LUNS;
+    c[2] = select_report;
+    c[6..10].copy_from_slice(&alloc_len.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// START STOP UNIT (SBC-4): IMMED in byte 1 bit 0; LOEJ and START in byte 4 bits 1
+/// and 0 (POWER CONDITION 0: START decides).
+pub fn start_stop_unit(start: bool, loej: bool, immed: bool) -> Cdb {
+    let b4 = u8::from(loej) << 1 | u8::from(start);
+    Cdb::from_array([opcode::START_STOP_UNIT, u8::from(immed), 0, 0, b4, 0])
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16, fua: bool) -> Cdb {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[1] = if fua { FUA } else { 0 };
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+fn rw16(op: u8, lba: u64, blocks: u32, fua: bool) -> Cdb {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[1] = if fua { FUA } else { 0 };
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// READ(10) (SBC-4): LBA in bytes 2..6, TRANSFER LENGTH in bytes 7..9, FUA in byte 1.
+pub fn read_10(lba: u32, blocks: u16, fua: bool) -> Cdb {
+    rw10(opcode::READ_10, lba, blocks, fua)
+}
+
+/// WRITE(10) (SBC-4): same layout as [`read_10`].
+pub fn write_10(lba: u32, blocks: u16, fua: bool) -> Cdb {
+    rw10(opcode::WRITE_10, lba, blocks, fua)
+}
+
+/// READ(16) (SBC-4): LBA in bytes 2..10, TRANSFER LENGTH in bytes 10..14, FUA in byte 1.
+pub fn read_16(lba: u64, blocks: u32, fua: bool) -> Cdb {
+    rw16(opcode::READ_16, lba, blocks, fua)
+}
+
+/// WRITE(16) (SBC-4): same layout as [`read_16`].
+pub fn write_16(lba: u64, blocks: u32, fua: bool) -> Cdb {
+    rw16(opcode::WRITE_16, lba, blocks, fua)
+}
+
+/// Whether a transfer of `blocks` at `lba` needs the 16-byte CDB: the LBA does not fit
+/// in 32 bits or the block count does not fit in 16.
+pub fn needs_16(lba: u64, blocks: u32) -> bool {
+    lba > u64::from(u32::MAX) || blocks > u32::from(u16::MAX)
+}
+
+/// READ(10) when it can address the transfer, READ(16) otherwise (see [`needs_16`]).
+pub fn read(lba: u64, blocks: u32, fua: bool) -> Cdb {
+    match (u32::try_from(lba), u16::try_from(blocks)) {
+        (Ok(l), Ok(b)) => read_10(l, b, fua),
+        _ => read_16(lba, blocks, fua),
+    }
+}
+
+/// WRITE(10) when it can address the transfer, WRITE(16) otherwise (see [`needs_16`]).
+pub fn write(lba: u64, blocks: u32, fua: bool) -> Cdb {
+    match (u32::try_from(lba), u16::try_from(blocks)) {
+        (Ok(l), Ok(b)) => write_10(l, b, fua),
+        _ => write_16(lba, blocks, fua),
+    }
+}
+
+/// SYNCHRONIZE CACHE(10) (SBC-4): IMMED in byte 1 bit 1, LBA in bytes 2..6, NUMBER OF
+/// LOGICAL BLOCKS in bytes 7..9 (0: through the last LBA).
+pub fn synchronize_cache_10(lba: u32, blocks: u16, immed: bool) -> Cdb {
+    let mut c = [0u8; 10];
+    c[0] = opcode::SYNCHRONIZE_CACHE_10;
+    c[1] = u8::from(immed) << 1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// SYNCHRONIZE CACHE(16) (SBC-4): IMMED in byte 1 bit 1, LBA in bytes 2..10, NUMBER OF
+/// LOGICAL BLOCKS in bytes 10..14 (0: through the last LBA).
+pub fn synchronize_cache_16(lba: u64, blocks: u32, immed: bool) -> Cdb {
+    let mut c = [0u8; 16];
+    c[0] = opcode::SYNCHRONIZE_CACHE_16;
+    c[1] = u8::from(immed) << 1;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// WRITE SAME(16) (SBC-4): UNMAP in byte 1 bit 3, NDOB in byte 1 bit 0, LBA in bytes
+/// 2..10, NUMBER OF LOGICAL BLOCKS in bytes 10..14.
+///
+/// With `ndob` the command carries no data-out buffer (the blocks read as zeros).
+pub fn write_same_16(lba: u64, blocks: u32, unmap: bool, ndob: bool) -> Cdb {
+    let mut c = [0u8; 16];
+    c[0] = opcode::WRITE_SAME_16;
+    c[1] = u8::from(unmap) << 3 | u8::from(ndob);
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// UNMAP (SBC-4) with a parameter list of `param_len` bytes (see
+/// [`write_unmap_parameter_list`]); ANCHOR and GROUP NUMBER are zero.
+pub fn unmap(param_len: u16) -> Cdb {
+    let mut c = [0u8; 10];
+    c[0] = opcode::UNMAP;
+    c[7..9].copy_from_slice(&param_len.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// One UNMAP block descriptor (SBC-4 "UNMAP block descriptor"): `blocks` logical blocks
+/// starting at `lba`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnmapDescriptor {
+    /// UNMAP LOGICAL BLOCK ADDRESS.
+    pub lba: u64,
+    /// NUMBER OF LOGICAL BLOCKS.
+    pub blocks: u32,
+}
+
+/// Size of the UNMAP parameter list header.
+pub const UNMAP_HEADER_LEN: usize = 8;
+/// Size of one UNMAP block descriptor.
+pub const UNMAP_DESCRIPTOR_LEN: usize = 16;
+/// The most descriptors one parameter list holds: UNMAP DATA LENGTH (the list's size
+/// minus 2) must fit in 16 bits.
+pub const UNMAP_MAX_DESCRIPTORS: usize =
+    (u16::MAX as usize + 2 - UNMAP_HEADER_LEN) / UNMAP_DESCRIPTOR_LEN;
+
+/// Size of an UNMAP parameter list with `count` descriptors.
+pub fn unmap_parameter_list_len(count: usize) -> usize {
+    // Callers bound `count` by UNMAP_MAX_DESCRIPTORS first; saturate for the others.
+    count
+        .saturating_mul(UNMAP_DESCRIPTOR_LEN)
+        .saturating_add(UNMAP_HEADER_LEN)
+}
+
+/// Writes the UNMAP parameter list (SBC-4 "UNMAP parameter list") for `descs` into
+/// `out` and returns its length, to pass to [`unmap`]. Does not allocate.
+///
+/// Layout: bytes 0..2 UNMAP DATA LENGTH (n - 2), bytes 2..4 UNMAP BLOCK DESCRIPTOR DATA
+/// LENGTH (16 × count), bytes 4..8 reserved, then 16-byte descriptors (LBA in 0..8,
+/// NUMBER OF LOGICAL BLOCKS in 8..12, 12..16 reserved).
+///
+/// # Errors
+/// [`Error::TooManyUnmapDescriptors`] past [`UNMAP_MAX_DESCRIPTORS`];
+/// [`Error::BufferTooSmall`] when `out` cannot hold the list.
+pub fn write_unmap_parameter_list(descs: &[UnmapDescriptor], out: &mut [u8]) -> Result<u16> {
+    if descs.len() > UNMAP_MAX_DESCRIPTORS {
+        return Err(Error::TooManyUnmapDescriptors {
+            count: descs.len(),
+            max: UNMAP_MAX_DESCRIPTORS,
+        });
+    }
+    let need = unmap_parameter_list_len(descs.len());
+    let Some(out) = out.get_mut(..need) else {
+        return Err(Error::BufferTooSmall {
+            need,
+            got: out.len(),
+        });
+    };
+    // need <= 8 + 16 * 4095 = 65528, so both lengths fit in u16.
+    let total = u16::try_from(need).expect("bounded by UNMAP_MAX_DESCRIPTORS");
+    let data_len = total - 2;
+    let desc_len = total - UNMAP_HEADER_LEN as u16;
+    out[..UNMAP_HEADER_LEN].fill(0);
+    out[0..2].copy_from_slice(&data_len.to_be_bytes());
+    out[2..4].copy_from_slice(&desc_len.to_be_bytes());
+    for (d, chunk) in descs
+        .iter()
+        .zip(out[UNMAP_HEADER_LEN..].chunks_exact_mut(UNMAP_DESCRIPTOR_LEN))
+    {
+        chunk[0..8].copy_from_slice(&d.lba.to_be_bytes());
+        chunk[8..12].copy_from_slice(&d.blocks.to_be_bytes());
+        chunk[12..16].fill(0);
+    }
+    Ok(total)
+}
+
+/// The UNMAP parameter list for `descs` in a new `Vec` (see
+/// [`write_unmap_parameter_list`]).
+///
+/// # Errors
+/// [`Error::TooManyUnmapDescriptors`] past [`UNMAP_MAX_DESCRIPTORS`].
+pub fn unmap_parameter_list(descs: &[UnmapDescriptor]) -> Result<Vec<u8>> {
+    if descs.len() > UNMAP_MAX_DESCRIPTORS {
+        return Err(Error::TooManyUnmapDescriptors {
+            count: descs.len(),
+            max: UNMAP_MAX_DESCRIPTORS,
+        });
+    }
+    let mut v = vec![0; unmap_parameter_list_len(descs.len())];
+    write_unmap_parameter_list(descs, &mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The spec fields of a READ/WRITE CDB, decoded independently of the builders from
+    /// the SBC-4 READ(10)/READ(16) tables.
+    #[derive(Debug, PartialEq)]
+    struct Rw {
+        op: u8,
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    }
+
+    fn decode_rw(c: &[u8]) -> Rw {
+        match c.len() {
+            10 => Rw {
+                op: c[0],
+                lba: u64::from(u32::from_be_bytes([c[2], c[3], c[4], c[5]])),
+                blocks: u32::from(u16::from_be_bytes([c[7], c[8]])),
+                fua: c[1] & 0x08 != 0,
+            },
+            16 => Rw {
+                op: c[0],
+                lba: u64::from_be_bytes(c[2..10].try_into().unwrap()),
+                blocks: u32::from_be_bytes(c[10..14].try_into().unwrap()),
+                fua: c[1] & 0x08 != 0,
+            },
+            n => panic!("unexpected cdb length {n}"),
+        }
+    }
+
+    #[test]
+    fn inquiry_layouts_follow_spc5() {
+        assert_eq!(inquiry(96).as_bytes(), [0x12, 0, 0, 0, 96, 0]);
+        assert_eq!(
+            inquiry_vpd(0x83, 0x1234).as_bytes(),
+            [0x12, 0x01, 0x83, 0x12, 0x34, 0]
+        );
+    }
+
+    #[test]
+    fn capacity_and_luns_layouts_follow_spec() {
+        assert_eq!(
+            read_capacity_10().as_bytes(),
+            [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let c = read_capacity_16(32);
+        assert_eq!(c.len(), 16);
+        assert_eq!(&c.as_bytes()[..2], [0x9E, 0x10]);
+        assert_eq!(&c.as_bytes()[10..14], [0, 0, 0, 32]);
+        assert_eq!(
+            report_luns(0x02, 0x0001_0000).as_bytes(),
+            [0xA0, 0, 0x02, 0, 0, 0, 0, 0x01, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn small_commands_follow_spec() {
+        assert_eq!(test_unit_ready().as_bytes(), [0; 6]);
+        assert_eq!(
+            start_stop_unit(true, false, false).as_bytes(),
+            [0x1B, 0, 0, 0, 1, 0]
+        );
+        assert_eq!(
+            start_stop_unit(false, true, true).as_bytes(),
+            [0x1B, 1, 0, 0, 2, 0]
+        );
+        assert_eq!(
+            synchronize_cache_10(0x0102_0304, 0x0506, true).as_bytes(),
+            [0x35, 0x02, 1, 2, 3, 4, 0, 5, 6, 0]
+        );
+        let s = synchronize_cache_16(0x0102_0304_0506_0708, 0x090A_0B0C, false);
+        assert_eq!(
+            s.as_bytes(),
+            [0x91, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 0]
+        );
+        let w = write_same_16(7, 9, true, true);
+        assert_eq!(w.as_bytes()[..2], [0x93, 0x09]);
+        assert_eq!(w.as_bytes()[2..14], [0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 9]);
+        assert_eq!(write_same_16(0, 0, false, true).as_bytes()[1], 0x01);
+        assert_eq!(unmap(24).as_bytes(), [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]);
+    }
+
+    #[test]
+    fn unmap_parameter_list_follows_sbc4() {
+        let v = unmap_parameter_list(&[
+            UnmapDescriptor {
+                lba: 0x10,
+                blocks: 8,
+            },
+            UnmapDescriptor {
+                lba: 1 << 40,
+                blocks: 0xFFFF_FFFF,
+            },
+        ])
+        .unwrap();
+        #[rustfmt::skip]
+        let want = [
+            0, 38, 0, 32, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 8, 0, 0, 0, 0,
+            0, 0, 1, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0,
+        ];
+        assert_eq!(v, want);
+        assert_eq!(unmap_parameter_list(&[]).unwrap(), [0, 6, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn unmap_parameter_list_errors() {
+        let many = vec![UnmapDescriptor { lba: 0, blocks: 1 }; UNMAP_MAX_DESCRIPTORS + 1];
+        assert_eq!(
+            unmap_parameter_list(&many),
+            Err(Error::TooManyUnmapDescriptors {
+                count: UNMAP_MAX_DESCRIPTORS + 1,
+                max: UNMAP_MAX_DESCRIPTORS
+            })
+        );
+        let max = unmap_parameter_list(&many[..UNMAP_MAX_DESCRIPTORS]).unwrap();
+        assert_eq!(max.len(), 65528);
+        assert_eq!(u16::from_be_bytes([max[0], max[1]]), 65526);
+        let mut small = [0u8; 23];
+        assert_eq!(
+            write_unmap_parameter_list(&many[..1], &mut small),
+            Err(Error::BufferTooSmall { need: 24, got: 23 })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn rw16_round_trips(lba: u64, blocks: u32, fua: bool) {
+            prop_assert_eq!(decode_rw(read_16(lba, blocks, fua).as_bytes()),
+                Rw { op: 0x88, lba, blocks, fua });
+            prop_assert_eq!(decode_rw(write_16(lba, blocks, fua).as_bytes()),
+                Rw { op: 0x8A, lba, blocks, fua });
+        }
+
+        #[test]
+        fn rw10_round_trips(lba: u32, blocks: u16, fua: bool) {
+            let (lba64, b32) = (u64::from(lba), u32::from(blocks));
+            prop_assert_eq!(decode_rw(read_10(lba, blocks, fua).as_bytes()),
+                Rw { op: 0x28, lba: lba64, blocks: b32, fua });
+            prop_assert_eq!(decode_rw(write_10(lba, blocks, fua).as_bytes()),
+                Rw { op: 0x2A, lba: lba64, blocks: b32, fua });
+        }
+
+        #[test]
+        fn choice_picks_16_exactly_when_needed(
+            lba in prop_oneof![any::<u64>(), 0..=u64::from(u32::MAX) + 1],
+            blocks in prop_oneof![any::<u32>(), 0..=u32::from(u16::MAX) + 1],
+            fua: bool,
+        ) {
+            let big = lba > u64::from(u32::MAX) || blocks > u32::from(u16::MAX);
+            prop_assert_eq!(needs_16(lba, blocks), big);
+            let r = read(lba, blocks, fua);
+            let w = write(lba, blocks, fua);
+            prop_assert_eq!(r.len(), if big { 16 } else { 10 });
+            prop_assert_eq!(w.len(), r.len());
+            prop_assert_eq!(r.opcode(), if big { 0x88 } else { 0x28 });
+            prop_assert_eq!(w.opcode(), if big { 0x8A } else { 0x2A });
+            prop_assert_eq!(decode_rw(r.as_bytes()), Rw { op: r.opcode(), lba, blocks, fua });
+            prop_assert_eq!(decode_rw(w.as_bytes()), Rw { op: w.opcode(), lba, blocks, fua });
+        }
+
+        #[test]
+        fn unmap_list_round_trips(descs in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..40)) {
+            let descs: Vec<_> = descs.into_iter()
+                .map(|(lba, blocks)| UnmapDescriptor { lba, blocks }).collect();
+            let v = unmap_parameter_list(&descs).unwrap();
+            prop_assert_eq!(v.len(), 8 + 16 * descs.len());
+            prop_assert_eq!(usize::from(u16::from_be_bytes([v[0], v[1]])), v.len() - 2);
+            prop_assert_eq!(usize::from(u16::from_be_bytes([v[2], v[3]])), 16 * descs.len());
+            for (d, c) in descs.iter().zip(v[8..].chunks_exact(16)) {
+                prop_assert_eq!(u64::from_be_bytes(c[0..8].try_into().unwrap()), d.lba);
+                prop_assert_eq!(u32::from_be_bytes(c[8..12].try_into().unwrap()), d.blocks);
+                prop_assert_eq!(&c[12..16], &[0u8; 4][..]);
+            }
+        }
+
+        #[test]
+        fn sync_and_write_same_round_trip(lba: u64, blocks: u32, a: bool, b: bool) {
+            let s = synchronize_cache_16(lba, blocks, a);
+            prop_assert_eq!(u64::from_be_bytes(s.as_bytes()[2..10].try_into().unwrap()), lba);
+            prop_assert_eq!(u32::from_be_bytes(s.as_bytes()[10..14].try_into().unwrap()), blocks);
+            prop_assert_eq!(s.as_bytes()[1] & 0x02 != 0, a);
+            let w = write_same_16(lba, blocks, a, b);
+            prop_assert_eq!(u64::from_be_bytes(w.as_bytes()[2..10].try_into().unwrap()), lba);
+            prop_assert_eq!(u32::from_be_bytes(w.as_bytes()[10..14].try_into().unwrap()), blocks);
+            prop_assert_eq!(w.as_bytes()[1], u8::from(a) << 3 | u8::from(b));
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Sense data (SPC-5 "Sense data"): fixed format (response codes 0x70/0x71) and
+//! descriptor format (0x72/0x73), decoded into one [`Sense`].
+
+use crate::error::{Error, Result};
+use crate::status::SenseKey;
+
+/// Sense RESPONSE CODE values.
+pub mod response_code {
+    /// Fixed format, current error.
+    pub const FIXED_CURRENT: u8 = 0x70;
+    /// Fixed format, deferred error.
+    pub const FIXED_DEFERRED: u8 = 0x71;
+    /// Descriptor format, current error.
+    pub const DESCRIPTOR_CURRENT: u8 = 0x72;
+    /// Descriptor format, deferred error.
+    pub const DESCRIPTOR_DEFERRED: u8 = 0x73;
+}
+
+/// Bytes of fixed format sense data this parser needs (through ASCQ).
+pub const FIXED_SENSE_MIN_LEN: usize = 14;
+/// Bytes of descriptor format sense data this parser needs (the header).
+pub const DESCRIPTOR_SENSE_MIN_LEN: usize = 8;
+
+/// Decoded sense data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sense {
+    /// RESPONSE CODE (see [`response_code`]).
+    pub response_code: u8,
+    /// SENSE KEY.
+    pub sense_key: SenseKey,
+    /// ADDITIONAL SENSE CODE.
+    pub asc: u8,
+    /// ADDITIONAL SENSE CODE QUALIFIER.
+    pub ascq: u8,
+    /// INFORMATION (often the first failing LBA), when the device marks it valid: the
+    /// VALID bit in fixed format, an Information descriptor with VALID set in
+    /// descriptor format.
+    pub information: Option<u64>,
+    /// Whether this reports a deferred error (0x71/0x73).
+    pub deferred: bool,
+}
+
+impl Sense {
+    /// Parses sense data in either format, chosen by RESPONSE CODE (byte 0 bits 6..0).
+    ///
+    /// Fixed format (SPC-5 "Fixed format sense data"): byte 0 VALID (bit 7); byte 2
+    /// SENSE KEY (bits 3..0); bytes 3..7 INFORMATION; byte 7 ADDITIONAL SENSE LENGTH;
+    /// byte 12 ASC; byte 13 ASCQ.
+    ///
+    /// Descriptor format (SPC-5 "Descriptor format sense data"): byte 1 SENSE KEY
+    /// (bits 3..0); byte 2 ASC; byte 3 ASCQ; byte 7 ADDITIONAL SENSE LENGTH; then
+    /// descriptors (type, additional length, body). The Information descriptor (type
+    /// 0x00, additional length 0x0A) holds VALID in byte 2 bit 7 and INFORMATION in
+    /// bytes 4..12. Descriptors are read up to the end of the buffer or of ADDITIONAL
+    /// SENSE LENGTH, whichever is first; one cut short by the buffer is ignored, since
+    /// SPC-5 lets the allocation length truncate sense data.
+    ///
+    /// # Errors
+    /// [`Error::Short`] for an empty buffer or one shorter than its format's
+    /// minimum; [`Error::BadSenseResponseCode`] for any other response code (including
+    /// vendor specific 0x7F).
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        let Some(&b0) = data.first() else {
+            return Err(Error::Short {
+                what: "sense data",
+                need: 1,
+                got: 0,
+            });
+        };
+        let code = b0 & 0x7F;
+        match code {
+            response_code::FIXED_CURRENT | response_code::FIXED_DEFERRED => {
+                Self::parse_fixed(data, code)
+            }
+            response_code::DESCRIPTOR_CURRENT | response_code::DESCRIPTOR_DEFERRED => {
+                Self::parse_descriptor(data, code)
+            }
+            _ => Err(Error::BadSenseResponseCode { code }),
+        }
+    }
+
+    fn parse_fixed(data: &[u8], code: u8) -> Result<Self> {
+        let Some(d) = data.first_chunk::<FIXED_SENSE_MIN_LEN>() else {
+            return Err(Error::Short {
+                what: "fixed format sense data",
+                need: FIXED_SENSE_MIN_LEN,
+                got: data.len(),
+            });
+        };
+        let info = u32::from_be_bytes([d[3], d[4], d[5], d[6]]);
+        Ok(Self {
+            response_code: code,
+            sense_key: SenseKey::new(d[2]),
+            asc: d[12],
+            ascq: d[13],
+            information: (d[0] & 0x80 != 0).then_some(u64::from(info)),
+            deferred: code == response_code::FIXED_DEFERRED,
+        })
+    }
+
+    fn parse_descriptor(data: &[u8], code: u8) -> Result<Self> {
+        let Some((h, rest)) = data.split_first_chunk::<DESCRIPTOR_SENSE_MIN_LEN>() else {
+            return Err(Error::Short {
+                what: "descriptor format sense data",
+                need: DESCRIPTOR_SENSE_MIN_LEN,
+                got: data.len(),
+            });
+        };
+        let end = rest.len().min(usize::from(h[7]));
+        let mut descs = &rest[..end];
+        let mut information = None;
+        while let [ty, add_len, tail @ ..] = descs {
+            let Some(body) = tail.get(..usize::from(*add_len)) else {
+                break;
+            };
+            // Information descriptor: VALID in byte 2 bit 7, INFORMATION in bytes 4..12,
+            // i.e. body[0] and body[2..10].
+            if *ty == 0x00 && body.len() >= 10 && body[0] & 0x80 != 0 && information.is_none() {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&body[2..10]);
+                information = Some(u64::from_be_bytes(b));
+            }
+            descs = &tail[body.len()..];
+        }
+        Ok(Self {
+            response_code: code,
+            sense_key: SenseKey::new(h[1]),
+            asc: h[2],
+            ascq: h[3],
+            information,
+            deferred: code == response_code::DESCRIPTOR_DEFERRED,
+        })
+    }
+
+    /// Whether the sense data is in descriptor format.
+    pub fn is_descriptor_format(&self) -> bool {
+        matches!(
+            self.response_code,
+            response_code::DESCRIPTOR_CURRENT | response_code::DESCRIPTOR_DEFERRED
+        )
+    }
+
+    /// SENSE KEY NO SENSE.
+    pub fn is_no_sense(&self) -> bool {
+        self.sense_key == SenseKey::NO_SENSE
+    }
+
+    /// SENSE KEY RECOVERED ERROR: the command succeeded after recovery.
+    pub fn is_recovered_error(&self) -> bool {
+        self.sense_key == SenseKey::RECOVERED_ERROR
+    }
+
+    /// SENSE KEY NOT READY.
+    pub fn is_not_ready(&self) -> bool {
+        self.sense_key == SenseKey::NOT_READY
+    }
+
+    /// SENSE KEY MEDIUM ERROR.
+    pub fn is_medium_error(&self) -> bool {
+        self.sense_key == SenseKey::MEDIUM_ERROR
+    }
+
+    /// SENSE KEY HARDWARE ERROR.
+    pub fn is_hardware_error(&self) -> bool {
+        self.sense_key == SenseKey::HARDWARE_ERROR
+    }
+
+    /// SENSE KEY ILLEGAL REQUEST.
+    pub fn is_illegal_request(&self) -> bool {
+        self.sense_key == SenseKey::ILLEGAL_REQUEST
+    }
+
+    /// SENSE KEY UNIT ATTENTION.
+    pub fn is_unit_attention(&self) -> bool {
+        self.sense_key == SenseKey::UNIT_ATTENTION
+    }
+
+    /// SENSE KEY DATA PROTECT.
+    pub fn is_data_protect(&self) -> bool {
+        self.sense_key == SenseKey::DATA_PROTECT
+    }
+
+    /// SENSE KEY ABORTED COMMAND.
+    pub fn is_aborted_command(&self) -> bool {
+        self.sense_key == SenseKey::ABORTED_COMMAND
+    }
+
+    /// NOT READY, MEDIUM NOT PRESENT (ASC 0x3A).
+    pub fn is_medium_not_present(&self) -> bool {
+        self.is_not_ready() && self.asc == 0x3A
+    }
+
+    /// UNIT ATTENTION, CAPACITY DATA HAS CHANGED (0x2A/0x09): re-read the capacity.
+    pub fn is_capacity_changed(&self) -> bool {
+        self.is_unit_attention() && (self.asc, self.ascq) == (0x2A, 0x09)
+    }
+
+    /// UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED (0x3F/0x0E): rescan the target.
+    pub fn is_reported_luns_changed(&self) -> bool {
+        self.is_unit_attention() && (self.asc, self.ascq) == (0x3F, 0x0E)
+    }
+
+    /// ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE (0x20/0x00).
+    pub fn is_invalid_opcode(&self) -> bool {
+        self.is_illegal_request() && (self.asc, self.ascq) == (0x20, 0x00)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Fixed format: VALID, MEDIUM ERROR, INFORMATION 0x12345678,
+    /// UNRECOVERED READ ERROR (0x11/0x00).
+    const FIXED_MEDIUM: [u8; 18] = [
+        0xF0, 0, 0x03, 0x12, 0x34, 0x56, 0x78, 10, 0, 0, 0, 0, 0x11, 0x00, 0, 0, 0, 0,
+    ];
+
+    #[test]
+    fn fixed_format_decodes() {
+        let s = Sense::parse(&FIXED_MEDIUM).unwrap();
+        assert_eq!(
+            s,
+            Sense {
+                response_code: 0x70,
+                sense_key: SenseKey::MEDIUM_ERROR,
+                asc: 0x11,
+                ascq: 0x00,
+                information: Some(0x1234_5678),
+                deferred: false,
+            }
+        );
+        assert!(s.is_medium_error() && !s.is_descriptor_format());
+    }
+
+    #[test]
+    fn fixed_format_without_valid_has_no_information() {
+        let mut d = FIXED_MEDIUM;
+        d[0] = 0x71; // deferred, VALID 0
+        d[2] = 0xE6; // FILEMARK, EOM, ILI set around UNIT ATTENTION
+        d[12] = 0x2A;
+        d[13] = 0x09;
+        let s = Sense::parse(&d).unwrap();
+        assert_eq!(s.information, None);
+        assert!(s.deferred);
+        assert!(s.is_unit_attention() && s.is_capacity_changed());
+        assert!(!s.is_reported_luns_changed());
+        assert_eq!(Sense::parse(&d[..14]), Ok(s));
+    }
+
+    #[test]
+    fn descriptor_format_decodes_information_descriptor() {
+        #[rustfmt::skip]
+        let d = [
+            0x72, 0x05, 0x24, 0x00, 0, 0, 0, 20,
+            // a vendor descriptor (type 0x80) to skip
+            0x80, 0x02, 0xAA, 0xBB,
+            // Information descriptor: type 0, additional length 0x0A, VALID
+            0x00, 0x0A, 0x80, 0x00, 0, 0, 0, 1, 0, 0, 0, 2,
+        ];
+        let s = Sense::parse(&d).unwrap();
+        assert_eq!(
+            s,
+            Sense {
+                response_code: 0x72,
+                sense_key: SenseKey::ILLEGAL_REQUEST,
+                asc: 0x24,
+                ascq: 0,
+                information: Some(0x1_0000_0002),
+                deferred: false,
+            }
+        );
+        assert!(s.is_illegal_request() && s.is_descriptor_format());
+        // Cut by the buffer: the Information descriptor is incomplete and ignored.
+        let cut = Sense::parse(&d[..d.len() - 1]).unwrap();
+        assert_eq!(cut.information, None);
+        // ADDITIONAL SENSE LENGTH that ends before the descriptor hides it too.
+        let mut short = d;
+        short[7] = 4;
+        assert_eq!(Sense::parse(&short).unwrap().information, None);
+        // VALID clear.
+        let mut nv = d;
+        nv[14] = 0;
+        assert_eq!(Sense::parse(&nv).unwrap().information, None);
+    }
+
+    #[test]
+    fn descriptor_format_header_only() {
+        let s = Sense::parse(&[0x73, 0x02, 0x04, 0x01, 0, 0, 0, 0]).unwrap();
+        assert!(s.deferred && s.is_not_ready());
+        assert_eq!((s.asc, s.ascq, s.information), (0x04, 0x01, None));
+        let s = Sense::parse(&[0x72, 0x02, 0x3A, 0x00, 0, 0, 0, 0]).unwrap();
+        assert!(s.is_medium_not_present());
+        let s = Sense::parse(&[0x72, 0x06, 0x3F, 0x0E, 0, 0, 0, 0]).unwrap();
+        assert!(s.is_reported_luns_changed());
+        let s = Sense::parse(&[0x72, 0x05, 0x20, 0x00, 0, 0, 0, 0]).unwrap();
+        assert!(s.is_invalid_opcode());
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            Sense::parse(&[]),
+            Err(Error::Short {
+                what: "sense data",
+                need: 1,
+                got: 0
+            })
+        );
+        assert_eq!(
+            Sense::parse(&FIXED_MEDIUM[..13]),
+            Err(Error::Short {
+                what: "fixed format sense data",
+                need: 14,
+                got: 13
+            })
+        );
+        assert_eq!(
+            Sense::parse(&[0x72, 0, 0, 0, 0, 0, 0]),
+            Err(Error::Short {
+                what: "descriptor format sense data",
+                need: 8,
+                got: 7
+            })
+        );
+        for code in [0x00, 0x6F, 0x74, 0x7F, 0xFF] {
+            assert_eq!(
+                Sense::parse(&[code; 18]),
+                Err(Error::BadSenseResponseCode { code: code & 0x7F })
+            );
+        }
+    }
+
+    #[test]
+    fn key_helpers_match_one_key_each() {
+        for k in 0..16u8 {
+            let s = Sense {
+                response_code: 0x70,
+                sense_key: SenseKey::new(k),
+                asc: 0,
+                ascq: 0,
+                information: None,
+                deferred: false,
+            };
+            let hits = [
+                s.is_no_sense(),
+                s.is_recovered_error(),
+                s.is_not_ready(),
+                s.is_medium_error(),
+                s.is_hardware_error(),
+                s.is_illegal_request(),
+                s.is_unit_attention(),
+                s.is_data_protect(),
+                s.is_aborted_command(),
+            ];
+            let want = usize::from(matches!(k, 0..=7 | 0xB));
+            assert_eq!(hits.iter().filter(|&&h| h).count(), want, "key {k}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            match Sense::parse(&data) {
+                Ok(s) => {
+                    prop_assert!((0x70..=0x73).contains(&s.response_code));
+                    prop_assert_eq!(s.deferred, s.response_code & 1 == 1);
+                }
+                Err(Error::Short { .. } | Error::BadSenseResponseCode { .. }) => {}
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+
+        #[test]
+        fn fixed_format_round_trips(key in 0u8..16, asc: u8, ascq: u8, info: u32, valid: bool) {
+            let mut d = [0u8; 18];
+            d[0] = 0x70 | if valid { 0x80 } else { 0 };
+            d[2] = key;
+            d[3..7].copy_from_slice(&info.to_be_bytes());
+            d[7] = 10;
+            d[12] = asc;
+            d[13] = ascq;
+            let s = Sense::parse(&d).unwrap();
+            prop_assert_eq!((s.sense_key.get(), s.asc, s.ascq), (key, asc, ascq));
+            prop_assert_eq!(s.information, valid.then_some(u64::from(info)));
+        }
+    }
+}
