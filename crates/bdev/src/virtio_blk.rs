@@ -398,6 +398,15 @@ impl Drop for BlkShared {
     }
 }
 
+/// How many units a request's children cover: blocks, or 1 for a flush.
+fn units(req: &Request) -> u64 {
+    if req.op == IoOp::Flush {
+        1
+    } else {
+        req.num_blocks
+    }
+}
+
 /// A request in progress: the caller's request plus how far its children got.
 #[derive(Debug, Default)]
 struct Parent {
@@ -518,11 +527,7 @@ impl BlkQueue {
         loop {
             let parent = &self.parents[p as usize];
             let req = parent.req.as_ref().expect("active parent has a request");
-            let units = if req.op == IoOp::Flush {
-                1
-            } else {
-                req.num_blocks
-            };
+            let units = units(req);
             if parent.cursor >= units || !parent.status.is_success() {
                 if self.partial == Some(p) {
                     self.partial = None;
@@ -731,10 +736,7 @@ impl BlkQueue {
         if parent.status.is_success() && !status.is_success() {
             parent.status = status;
         }
-        let units = parent
-            .req
-            .as_ref()
-            .map_or(0, |r| if r.op == IoOp::Flush { 1 } else { r.num_blocks });
+        let units = parent.req.as_ref().map_or(0, units);
         let done = parent.cursor >= units || !parent.status.is_success();
         (parent.children == 0 && done && self.partial != Some(p)).then_some(p)
     }
@@ -797,6 +799,18 @@ impl BlkQueue {
         n
     }
 
+    /// Sleeps on the call eventfd until the device completes something or `timeout`
+    /// passes, with used-buffer notifications on only meanwhile (re-checking the ring
+    /// after turning them on, virtio 1.2 §2.7.7.2).
+    fn sleep(&mut self, timeout: Duration) {
+        self.waited = true;
+        self.vq.set_interrupts(true);
+        if !self.vq.has_used() && self.ready.is_empty() && !self.failed {
+            self.call.wait(timeout);
+        }
+        self.vq.set_interrupts(false);
+    }
+
     /// Reads the device serial with GET_ID (virtio 1.2 §5.2.6), synchronously.
     fn get_id(&mut self, timeout: Duration) -> vbdev_virtio::Result<Option<String>> {
         let buf = DmaDomain::global().alloc_zeroed(512, 512)?;
@@ -830,11 +844,7 @@ impl BlkQueue {
                     timeout_ms: timeout.as_millis() as u64,
                 });
             }
-            self.vq.set_interrupts(true);
-            if !self.vq.has_used() {
-                self.call.wait(left.min(Duration::from_millis(50)));
-            }
-            self.vq.set_interrupts(false);
+            self.sleep(left.min(Duration::from_millis(50)));
         };
         self.ctx_free.push(ctx);
         if used.written.is_err() || !self.status_of(ctx).is_success() {
@@ -893,14 +903,8 @@ impl ChannelBackend for BlkChannel {
     }
 
     fn wait(&mut self, timeout: Duration) {
-        let q = self.q();
-        q.waited = true;
-        q.vq.set_interrupts(true);
-        if !q.vq.has_used() && q.ready.is_empty() && !q.failed {
-            // Bounded so that a device that dies without a word is noticed by `reap`.
-            q.call.wait(timeout.min(Duration::from_millis(100)));
-        }
-        q.vq.set_interrupts(false);
+        // Bounded so that a device that dies without a word is noticed by `reap`.
+        self.q().sleep(timeout.min(Duration::from_millis(100)));
     }
 }
 
@@ -914,12 +918,7 @@ impl Drop for BlkChannel {
             q.flush();
             let removed = self.dev.removed();
             if q.reap(&mut out, self.dev.io_timeout, removed) == 0 && q.active > 0 {
-                q.waited = true;
-                q.vq.set_interrupts(true);
-                if !q.vq.has_used() {
-                    q.call.wait(Duration::from_millis(10));
-                }
-                q.vq.set_interrupts(false);
+                q.sleep(Duration::from_millis(10));
             }
         }
         if q.failed {

@@ -52,6 +52,18 @@ const _: () = assert!(std::mem::offset_of!(Desc, len) == 8);
 const _: () = assert!(std::mem::offset_of!(Desc, flags) == 12);
 const _: () = assert!(std::mem::offset_of!(Desc, next) == 14);
 
+impl Desc {
+    /// The descriptor with every field in wire (little-endian) byte order.
+    fn to_le(self) -> Self {
+        Self {
+            addr: self.addr.to_le(),
+            len: self.len.to_le(),
+            flags: self.flags.to_le(),
+            next: self.next.to_le(),
+        }
+    }
+}
+
 /// A descriptor-chain element: a buffer the device reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
@@ -361,12 +373,7 @@ impl SplitQueue {
     fn write_desc(&mut self, i: u16, d: Desc) {
         debug_assert!(i < self.size);
         let p = self.ptr(16 * usize::from(i)).cast::<Desc>();
-        let d = Desc {
-            addr: d.addr.to_le(),
-            len: d.len.to_le(),
-            flags: d.flags.to_le(),
-            next: d.next.to_le(),
-        };
+        let d = d.to_le();
         // SAFETY: `i < size`, so the descriptor lies in the table (16-byte aligned); the
         // device reads it only after the Release store of avail.idx in `publish`.
         unsafe { p.write_volatile(d) }
@@ -387,12 +394,7 @@ impl SplitQueue {
         let (buf, first) = self.indirect_table(head, n);
         let off = (first + usize::from(i)) * 16;
         debug_assert!(off + 16 <= buf.len());
-        let d = Desc {
-            addr: d.addr.to_le(),
-            len: d.len.to_le(),
-            flags: d.flags.to_le(),
-            next: d.next.to_le(),
-        };
+        let d = d.to_le();
         // SAFETY: `head < size` and `i < n`, with `n <= SMALL_TABLE` for the small tables
         // (`size * SMALL_TABLE` entries) and `n <= indirect_max` for the big ones
         // (`size * indirect_max` entries), so the entry is inside its allocation; the
