@@ -3,6 +3,9 @@
 # repository root. Meant for a fresh Debian 12 machine with the Rust toolchain
 # (rustup) and qemu-utils (which ships qemu-storage-daemon) already present.
 #
+# Builds vhost-device-scsi from crates.io into ${VBDEV_CACHE:-~/.cache/vbdev}/cargo-root
+# once; keep that directory between CI runs to skip the build.
+#
 # Never installs or upgrades qemu packages: qemu-utils 10.x comes from
 # bookworm-backports, and installing qemu-system-x86 would replace it with 7.2.
 set -euo pipefail
@@ -59,6 +62,38 @@ if ((${#missing_components[@]} > 0)); then
     rustup component add "${missing_components[@]}"
 fi
 cargo --version
+
+# vhost-device-scsi (rust-vmm) is the third-party vhost-user-scsi target of the
+# integration tests. It is not packaged in Debian, so it is built from crates.io
+# (about 30 s) into a cache directory that survives between runs, and only when
+# the pinned version is not there yet. The tests find it through
+# VBDEV_VHOST_DEVICE_SCSI; if that is already set, it is used as is.
+vds_version=0.1.0
+vds_root="${VBDEV_CACHE:-$HOME/.cache/vbdev}/cargo-root"
+if [[ -z ${VBDEV_VHOST_DEVICE_SCSI:-} ]]; then
+    vds_bin="$vds_root/bin/vhost-device-scsi"
+    if [[ ! -x $vds_bin ]] ||
+        ! grep -qF "\"vhost-device-scsi $vds_version " "$vds_root/.crates.toml" 2>/dev/null; then
+        echo "installing vhost-device-scsi $vds_version into $vds_root"
+        # --force: reinstall over a stale or partial cache entry.
+        if ! cargo install vhost-device-scsi --version "$vds_version" --locked --force \
+            --root "$vds_root"; then
+            echo "warning: the build with --locked failed; retrying without --locked" >&2
+            cargo install vhost-device-scsi --version "$vds_version" --force --root "$vds_root" || {
+                echo "error: cannot install vhost-device-scsi $vds_version (see above)." >&2
+                echo "       The integration tests need it as their vhost-user-scsi target." >&2
+                exit 1
+            }
+        fi
+    fi
+    export VBDEV_VHOST_DEVICE_SCSI="$vds_bin"
+fi
+# It has no --version; --help proves that the binary runs on this machine.
+if ! "$VBDEV_VHOST_DEVICE_SCSI" --help >/dev/null; then
+    echo "error: $VBDEV_VHOST_DEVICE_SCSI does not run." >&2
+    exit 1
+fi
+echo "vhost-device-scsi: $VBDEV_VHOST_DEVICE_SCSI"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -35,6 +35,8 @@ pub struct BdevInfo {
     pub queue_size: u16,
     /// Device serial or id, when it reports one.
     pub serial: Option<String>,
+    /// A stable unique id from the device (SCSI VPD 0x83), as a UUID string.
+    pub uuid: Option<String>,
 }
 
 /// A device behind a [`Bdev`]: implemented by each module (`virtio_blk`, ...).
@@ -57,6 +59,24 @@ pub trait BdevBackend: Send + Sync + fmt::Debug {
 
     /// Stops the device: queues are stopped and the connection is closed.
     fn detach(&self);
+
+    /// Size in blocks now (devices that can be resized override this).
+    fn num_blocks(&self) -> u64 {
+        self.info().num_blocks
+    }
+
+    /// Resets the device (SCSI: a LOGICAL UNIT RESET), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) when the device has no reset;
+    /// [`Error::Reset`](crate::Error::Reset) when the device refused or did not answer.
+    fn reset(&self, timeout: std::time::Duration) -> Result<()> {
+        let _ = timeout;
+        Err(crate::Error::Unsupported {
+            name: self.info().name.clone(),
+            what: "reset",
+        })
+    }
 }
 
 /// A named block device: cheap to clone, shareable between threads.
@@ -86,9 +106,20 @@ impl Bdev {
         self.info().block_size
     }
 
-    /// Size in blocks.
+    /// Size in blocks, now: a device resized after attach reports its new size here
+    /// ([`BdevInfo::num_blocks`] keeps the size at attach).
     pub fn num_blocks(&self) -> u64 {
-        self.info().num_blocks
+        self.backend.num_blocks()
+    }
+
+    /// Resets the device (SCSI LOGICAL UNIT RESET), waiting at most `timeout` for it.
+    /// In-flight requests complete as the device decides (typically retried or failed).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) or
+    /// [`Error::Reset`](crate::Error::Reset).
+    pub fn reset(&self, timeout: std::time::Duration) -> Result<()> {
+        self.backend.reset(timeout)
     }
 
     /// Opens an I/O channel on one of the device's request queues.
@@ -245,6 +276,23 @@ pub enum IoError {
     /// The device did not complete within the I/O timeout and was failed.
     #[error("device timed out")]
     TimedOut,
+    /// A SCSI command ended in CHECK CONDITION; the sense data's key and codes.
+    #[error("SCSI CHECK CONDITION: {} (sense key 0x{sense_key:x}, ASC 0x{asc:02x}, ASCQ 0x{ascq:02x})", sense_key_name(*.sense_key))]
+    ScsiCheckCondition {
+        /// SENSE KEY.
+        sense_key: u8,
+        /// ADDITIONAL SENSE CODE.
+        asc: u8,
+        /// ADDITIONAL SENSE CODE QUALIFIER.
+        ascq: u8,
+    },
+    /// A SCSI command ended with a status other than GOOD or CHECK CONDITION (after
+    /// retries for BUSY and TASK SET FULL), or CHECK CONDITION without usable sense.
+    #[error("SCSI status 0x{0:02x}")]
+    ScsiStatus(u8),
+    /// The virtio-scsi response code was not OK (virtio 1.2 §5.6.6.1).
+    #[error("virtio-scsi response {name} ({0})", name = vbdev_virtio::scsi::response::name(*.0))]
+    ScsiResponse(u8),
     /// A local backend's system call failed (`malloc`, `null`, `file` modules): the
     /// kernel's errno, or `EIO` when there was none (a file that shrank under a read).
     #[error("backend I/O error: {}", std::io::Error::from_raw_os_error(*.errno))]
@@ -252,6 +300,12 @@ pub enum IoError {
         /// The `errno` value.
         errno: i32,
     },
+}
+
+fn sense_key_name(k: u8) -> &'static str {
+    vbdev_scsi::SenseKey::new(k)
+        .name()
+        .unwrap_or("reserved sense key")
 }
 
 /// The outcome of a request.

@@ -37,6 +37,12 @@ pub trait ChannelBackend: Send + fmt::Debug {
 
     /// Sleeps until the device signals a completion or `timeout` passes (interrupt mode).
     fn wait(&mut self, timeout: Duration);
+
+    /// The device's size in blocks now, for devices that can change size (SCSI
+    /// capacity changes); `None` keeps the size the bdev had when the channel opened.
+    fn num_blocks(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A request [`IoChannel::submit`] refused, given back with the reason.
@@ -152,12 +158,13 @@ impl IoChannel {
             }
             IoOp::Flush => return Ok(()),
         }
+        let capacity = self.backend.num_blocks().unwrap_or(self.num_blocks);
         match req.offset_blocks.checked_add(req.num_blocks) {
-            Some(end) if end <= self.num_blocks => Ok(()),
+            Some(end) if end <= capacity => Ok(()),
             _ => Err(RejectReason::OutOfRange {
                 offset_blocks: req.offset_blocks,
                 num_blocks: req.num_blocks,
-                capacity: self.num_blocks,
+                capacity,
             }),
         }
     }

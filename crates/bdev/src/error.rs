@@ -57,6 +57,30 @@ pub enum Error {
     /// A request was refused.
     #[error("request refused")]
     Rejected(#[from] RejectReason),
+    /// The device cannot do this.
+    #[error("bdev {name}: {what} is not supported")]
+    Unsupported {
+        /// The bdev name.
+        name: String,
+        /// The operation.
+        what: &'static str,
+    },
+    /// A reset failed or was not answered in time.
+    #[error("bdev {name}: reset failed: {why}")]
+    Reset {
+        /// The bdev name.
+        name: String,
+        /// What happened.
+        why: String,
+    },
+    /// A SCSI scan or management command failed.
+    #[error("{name}: {why}")]
+    Scan {
+        /// The controller or bdev name.
+        name: String,
+        /// What happened.
+        why: String,
+    },
     /// Waiting for a completion took too long.
     #[error("no completion within {0:?}")]
     WaitTimeout(std::time::Duration),

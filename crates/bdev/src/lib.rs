@@ -38,6 +38,7 @@ pub mod malloc;
 pub mod null;
 pub mod registry;
 pub mod virtio_blk;
+pub mod virtio_scsi;
 
 pub use bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 pub use channel::{ChannelBackend, IoChannel, Rejected};

@@ -99,6 +99,7 @@ pub(crate) fn info(
         num_queues: NUM_QUEUES,
         queue_size: QUEUE_SIZE,
         serial: Some(name.to_owned()),
+        uuid: None,
     }
 }
 

@@ -288,6 +288,7 @@ impl BlkShared {
             num_queues: opts.num_queues,
             queue_size: opts.queue_size,
             serial,
+            uuid: None,
         };
         Ok(Self {
             info,

@@ -33,6 +33,7 @@ pub mod blk;
 pub mod device;
 pub mod error;
 pub mod mem;
+pub mod scsi;
 pub mod split;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

@@ -3,3 +3,4 @@
 mod blk;
 mod qsd;
 mod util;
+mod vds;

@@ -5,5 +5,6 @@ mod blk;
 mod blkio;
 mod faults;
 mod scsi;
+mod scsi_init;
 mod server;
 mod util;
