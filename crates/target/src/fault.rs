@@ -35,6 +35,12 @@ pub enum Fault {
         /// Additional sense code qualifier.
         ascq: u8,
     },
+    /// Complete the next SCSI command with this SCSI status (BUSY, TASK SET FULL, ...)
+    /// and no sense, without executing it.
+    ScsiStatus(u8),
+    /// Complete the next SCSI command with this virtio-scsi response code (§5.6.6.1)
+    /// and no data, without executing it.
+    ScsiResponse(u8),
     /// Close the connection after this many more requests have completed.
     CloseAfter(u64),
     /// Stop completing requests until [`Faults::clear`].
@@ -62,7 +68,7 @@ struct State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Decision {
     /// The fault that applies to this request, if any (`Delay`, `BlkStatus`,
-    /// `ScsiSense`, `BadUsed`).
+    /// `ScsiSense`, `ScsiStatus`, `ScsiResponse`, `BadUsed`).
     pub fault: Option<Fault>,
     /// Close the connection once this request is completed.
     pub close: bool,

@@ -45,7 +45,8 @@
 //! `max_sectors`). The used length is the response size plus the Data-In bytes.
 //!
 //! A [`Fault::ScsiSense`] ends the request it is drawn for in CHECK CONDITION with that
-//! sense key, ASC and ASCQ, without running it.
+//! sense key, ASC and ASCQ, without running it; [`Fault::ScsiStatus`] with that status
+//! and no sense; [`Fault::ScsiResponse`] with that virtio-scsi response code.
 //!
 //! # Control queue (§5.6.6.2)
 //! - `VIRTIO_SCSI_T_TMF`: LOGICAL UNIT RESET runs [`ScsiTarget::lun_reset`]
@@ -804,10 +805,20 @@ impl ScsiDevice {
         if r.read_exact(out).is_err() {
             return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
         }
+        if let Some(Fault::ScsiResponse(r)) = fault {
+            drop(slot);
+            return write_cmd_resp(&mut w, CmdResp::only(r), sense_size);
+        }
         let outcome = match fault {
             Some(Fault::ScsiSense { key, asc, ascq }) => {
                 CmdOutcome::check_condition(Sense::new(SenseKey(key), asc, ascq))
             }
+            Some(Fault::ScsiStatus(status)) => CmdOutcome {
+                status: crate::scsi::Status(status),
+                sense: None,
+                data_in_len: 0,
+                overrun: false,
+            },
             _ => t.execute(lun, cdb, out, din),
         };
         drop(slot);

@@ -1,10 +1,12 @@
 //! vbdev's virtio-scsi initiator (`vbdev_bdev::virtio_scsi`) against our scsi target.
 
-use std::time::Duration;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use vbdev_bdev::virtio_scsi::{self, AttachOptions, ScsiController, ScsiEvent};
-use vbdev_bdev::{Bdev, IoError, IoStatus, Request, null};
+use vbdev_bdev::{Bdev, DmaBuf, IoChannel, IoError, IoStatus, Request, malloc, null};
+use vbdev_target::fault::Fault;
 use vbdev_target::vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};
 
 use crate::util::{dma, error_chain, malloc_bdev, pattern, read, run, write};
@@ -85,4 +87,357 @@ fn scan_finds_every_lun_of_several_targets_and_io_lands_on_each() {
         let fill = [0x11u8, 0x22, 0x33, 0x44][i];
         assert_eq!(read(&mut ch, 0, bs), vec![fill; bs]);
     }
+}
+
+/// The next event within 5 s.
+fn next_event(rx: &Receiver<ScsiEvent>) -> ScsiEvent {
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("an event within 5 s")
+}
+
+#[test]
+fn disk_beyond_2_tib_uses_16_byte_cdbs_and_keeps_data_above_2_pow_32() {
+    // 3 TiB of 512-byte blocks: LBAs above 2^32 need READ/WRITE(16). malloc allocates
+    // only what is written.
+    let blocks = 3u64 << 31;
+    let big = malloc::create("big", blocks, 512).unwrap();
+    let nul = null::create("nul", 5u64 << 30, 4096).unwrap();
+    let s = Scsi::start(vec![(0, 0, big.clone()), (1, 0, nul)], |_| {});
+    let ctrl = s.attach("Big", opts(1, 64));
+    let b = ctrl.bdev("Bigt0").expect("LUN 0 of target 0");
+    assert_eq!(b.num_blocks(), blocks);
+    let mut ch = b.open_channel().unwrap();
+    for lba in [(1u64 << 32) - 3, (1 << 32) + 7, blocks - 8] {
+        let data = pattern(lba, 8 * 512);
+        write(&mut ch, lba, &data);
+        assert_eq!(read(&mut ch, lba, data.len()), data, "lba {lba}");
+        let mut bch = big.open_channel().unwrap();
+        assert_eq!(read(&mut bch, lba, data.len()), data, "backing lba {lba}");
+    }
+    let n = ctrl.bdev("Bigt1").expect("null LUN");
+    assert_eq!((n.num_blocks(), n.block_size()), (5 << 30, 4096));
+    let mut ch = n.open_channel().unwrap();
+    assert_eq!(read(&mut ch, (5 << 30) - 1, 4096), vec![0; 4096]);
+}
+
+#[test]
+fn large_transfers_split_at_max_sectors_and_unmap_write_zeroes_read_back_zero() {
+    let disk = malloc_bdev("m", 8192, 512, 0x5a);
+    let s = Scsi::start(vec![(0, 0, disk.clone())], |c| c.max_sectors = 64);
+    let ctrl = s.attach("S", opts(1, 32));
+    let b = ctrl.bdev("St0").unwrap();
+    let details: std::collections::HashMap<_, _> = b.details().into_iter().collect();
+    assert_eq!(details["max_transfer_bytes"], (64 * 512).to_string());
+    assert!(b.info().unmap && b.info().write_zeroes);
+    let mut ch = b.open_channel().unwrap();
+    let data = pattern(9, 1 << 20); // 32 children of 64 sectors
+    write(&mut ch, 3, &data);
+    assert_eq!(read(&mut ch, 3, data.len()), data);
+    let c = run(&mut ch, Request::unmap(100, 300, 1));
+    assert_eq!(c.status, IoStatus::Success);
+    let c = run(&mut ch, Request::write_zeroes(1000, 1400, 2));
+    assert_eq!(c.status, IoStatus::Success);
+    let c = run(&mut ch, Request::flush(3));
+    assert_eq!(c.status, IoStatus::Success);
+    let mut dch = disk.open_channel().unwrap();
+    assert_eq!(read(&mut dch, 100, 300 * 512), vec![0; 300 * 512]);
+    assert_eq!(read(&mut dch, 1000, 1400 * 512), vec![0; 1400 * 512]);
+    assert_eq!(read(&mut dch, 99, 512), data[96 * 512..97 * 512]);
+    assert_eq!(read(&mut dch, 2400, 512), vec![0x5a; 512]);
+    assert_eq!(read(&mut dch, 2399, 512), vec![0; 512]);
+}
+
+#[test]
+fn four_threads_on_four_queues_share_each_queue_between_two_luns() {
+    let s = Scsi::start(
+        vec![
+            (0, 0, malloc_bdev("x", 16384, 512, 0)),
+            (0, 1, malloc_bdev("y", 4096, 4096, 0)),
+        ],
+        |c| c.num_queues = 4,
+    );
+    let ctrl = s.attach("Q", opts(4, 64));
+    let bdevs = ctrl.bdevs();
+    std::thread::scope(|sc| {
+        for t in 0..4u64 {
+            let bdevs = bdevs.clone();
+            sc.spawn(move || {
+                let mut chans: Vec<IoChannel> =
+                    bdevs.iter().map(|b| b.open_channel().unwrap()).collect();
+                for round in 0..20u64 {
+                    for (i, ch) in chans.iter_mut().enumerate() {
+                        let bs = bdevs[i].block_size() as u64;
+                        let lba = t * 1024 + (round * 37) % 900;
+                        let data = pattern(t << 32 | round << 8 | i as u64, (16 * bs) as usize);
+                        write(ch, lba, &data);
+                        assert_eq!(read(ch, lba, data.len()), data);
+                    }
+                }
+            });
+        }
+    });
+    // While four threads hold channels, a fifth finds no free queue and is told why.
+    let barrier = std::sync::Barrier::new(5);
+    let release = std::sync::Barrier::new(5);
+    std::thread::scope(|sc| {
+        for _ in 0..4 {
+            let b = bdevs[0].clone();
+            let (barrier, release) = (&barrier, &release);
+            sc.spawn(move || {
+                let _ch = b.open_channel().unwrap();
+                barrier.wait();
+                release.wait();
+            });
+        }
+        barrier.wait();
+        let e = sc
+            .spawn(|| bdevs[1].open_channel().map(|_| ()))
+            .join()
+            .unwrap()
+            .unwrap_err();
+        release.wait();
+        let msg = error_chain(&e);
+        assert!(msg.contains("all 4 request queues are in use"), "{msg}");
+    });
+}
+
+#[test]
+fn queue_full_waits_in_order_and_every_request_completes() {
+    let disk = malloc_bdev("m", 4096, 512, 0);
+    let s = Scsi::start(vec![(0, 0, disk)], |_| {});
+    let ctrl = s.attach("F", opts(1, 8));
+    let b = ctrl.bdev("Ft0").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    let n = 8 * 8u64;
+    for i in 0..n {
+        ch.submit(Request::write(i * 4, dma(&pattern(i, 2048)), i))
+            .unwrap();
+    }
+    let mut seen = vec![false; n as usize];
+    let mut out: [vbdev_bdev::Completion; 16] = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut done = 0;
+    while done < n {
+        assert!(Instant::now() < deadline, "{done} of {n} completed");
+        let k = ch.poll(&mut out);
+        for c in &out[..k] {
+            assert_eq!(c.status, IoStatus::Success);
+            assert!(!seen[c.cookie as usize]);
+            seen[c.cookie as usize] = true;
+        }
+        done += k as u64;
+    }
+    for i in [0u64, 17, 63] {
+        assert_eq!(read(&mut ch, i * 4, 2048), pattern(i, 2048));
+    }
+}
+
+#[test]
+fn injected_check_condition_reaches_the_caller_with_its_sense_and_unit_attention_is_retried() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 1024, 512, 7))], |_| {});
+    let ctrl = s.attach("E", opts(1, 32));
+    let b = ctrl.bdev("Et0").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    s.handle.faults.inject(Fault::ScsiSense {
+        key: 0x3,
+        asc: 0x11,
+        ascq: 0x00,
+    });
+    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+    assert_eq!(
+        c.status,
+        IoStatus::Failed(IoError::ScsiCheckCondition {
+            sense_key: 0x3,
+            asc: 0x11,
+            ascq: 0
+        })
+    );
+    let msg = match c.status {
+        IoStatus::Failed(e) => e.to_string(),
+        IoStatus::Success => unreachable!(),
+    };
+    assert!(
+        msg.contains("MEDIUM ERROR") && msg.contains("0x11"),
+        "{msg}"
+    );
+    // A UNIT ATTENTION (power on) is retried: the caller sees success.
+    s.handle.faults.inject(Fault::ScsiSense {
+        key: 0x6,
+        asc: 0x29,
+        ascq: 0x00,
+    });
+    assert_eq!(read(&mut ch, 0, 512), vec![7; 512]);
+    // BUSY-like transient: NOT READY, becoming ready, retried too.
+    s.handle.faults.inject(Fault::ScsiSense {
+        key: 0x2,
+        asc: 0x04,
+        ascq: 0x01,
+    });
+    assert_eq!(read(&mut ch, 0, 512), vec![7; 512]);
+}
+
+/// Runs verified writes and reads on `b` from another thread until `stop`; returns
+/// the number of rounds and the failures.
+fn io_loop(
+    b: Bdev,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut ch = b.open_channel().unwrap();
+        let bs = b.block_size() as usize;
+        let mut rounds = 0u64;
+        let mut errors = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let lba = (rounds * 8) % 512;
+            let data = pattern(rounds, 8 * bs);
+            let c = run(&mut ch, Request::write(lba, dma(&data), 0));
+            if c.status != IoStatus::Success {
+                errors.push(format!("write {rounds}: {:?}", c.status));
+                continue;
+            }
+            let c = run(
+                &mut ch,
+                Request::read(lba, DmaBuf::alloc(data.len()).unwrap(), 0),
+            );
+            match c.status {
+                IoStatus::Success if c.buf.as_deref() == Some(&data[..]) => {}
+                st => errors.push(format!("read {rounds}: {st:?}")),
+            }
+            rounds += 1;
+        }
+        (rounds, errors)
+    })
+}
+
+#[test]
+fn lun_reset_during_io_succeeds_and_io_goes_on_through_the_unit_attention() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 4096, 512, 0))], |_| {});
+    let ctrl = s.attach("R", opts(1, 32));
+    let b = ctrl.bdev("Rt0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = io_loop(b.clone(), stop.clone());
+    for _ in 0..5 {
+        b.reset(Duration::from_secs(2)).expect("LUN reset answered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, errors) = io.join().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(rounds > 0);
+}
+
+#[test]
+fn hot_add_resize_and_hot_remove_events_during_io() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 4096, 512, 0))], |c| {
+        c.num_queues = 2;
+    });
+    let ctrl = s.attach("H", opts(2, 32));
+    let events = ctrl.subscribe();
+    let b0 = ctrl.bdev("Ht0").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = io_loop(b0.clone(), stop.clone());
+
+    // Hot-add LUN 2 of target 0 and target 3.
+    let added = malloc_bdev("n", 2048, 4096, 0x66);
+    s.handle.add_lun(0, 2, &added).unwrap();
+    let ScsiEvent::Added(b2) = next_event(&events) else {
+        panic!("expected Added")
+    };
+    assert_eq!(b2.name(), "Ht0l2");
+    assert_eq!((b2.num_blocks(), b2.block_size()), (2048, 4096));
+    let mut ch2 = b2.open_channel().unwrap();
+    assert_eq!(read(&mut ch2, 7, 4096), vec![0x66; 4096]);
+
+    // Shrink it: the bdev follows and refuses I/O past the new end; grow it back.
+    s.handle.set_capacity(0, 2, 1024).unwrap();
+    match next_event(&events) {
+        ScsiEvent::Resized { name, num_blocks } => {
+            assert_eq!((name.as_str(), num_blocks), ("Ht0l2", 1024));
+        }
+        e => panic!("expected Resized, got {e:?}"),
+    }
+    assert_eq!(b2.num_blocks(), 1024);
+    let r = ch2.submit(Request::read(1500, DmaBuf::alloc(4096).unwrap(), 0));
+    assert!(r.is_err(), "read past the new end is refused");
+    s.handle.set_capacity(0, 2, 2048).unwrap();
+    match next_event(&events) {
+        ScsiEvent::Resized { num_blocks, .. } => assert_eq!(num_blocks, 2048),
+        e => panic!("expected Resized, got {e:?}"),
+    }
+    assert_eq!(read(&mut ch2, 1500, 4096), vec![0x66; 4096]);
+
+    // Hot-remove: the bdev reports removed and refuses I/O.
+    s.handle.remove_lun(0, 2).unwrap();
+    match next_event(&events) {
+        ScsiEvent::Removed { name } => assert_eq!(name, "Ht0l2"),
+        e => panic!("expected Removed, got {e:?}"),
+    }
+    assert!(b2.is_removed());
+    let r = ch2.submit(Request::read(0, DmaBuf::alloc(4096).unwrap(), 0));
+    assert!(r.is_err(), "I/O on a removed LUN is refused");
+    assert_eq!(ctrl.bdevs().len(), 1);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, errors) = io.join().unwrap();
+    assert!(errors.is_empty(), "LUN 0 unaffected: {errors:?}");
+    assert!(rounds > 0);
+}
+
+#[test]
+fn busy_task_set_full_and_retryable_responses_are_retried_other_statuses_fail() {
+    use vbdev_virtio::scsi::response;
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 1024, 512, 9))], |_| {});
+    let ctrl = s.attach("B", opts(1, 32));
+    let b = ctrl.bdev("Bt0").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    for f in [
+        Fault::ScsiStatus(0x28), // TASK SET FULL
+        Fault::ScsiStatus(0x28),
+        Fault::ScsiStatus(0x08), // BUSY
+        Fault::ScsiResponse(response::BUSY),
+        Fault::ScsiResponse(response::TRANSPORT_FAILURE),
+    ] {
+        s.handle.faults.inject(f);
+    }
+    assert_eq!(
+        read(&mut ch, 0, 512),
+        vec![9; 512],
+        "retried through five transient failures"
+    );
+    s.handle.faults.inject(Fault::ScsiStatus(0x18)); // RESERVATION CONFLICT
+    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+    assert_eq!(c.status, IoStatus::Failed(IoError::ScsiStatus(0x18)));
+    s.handle
+        .faults
+        .inject(Fault::ScsiResponse(response::TARGET_FAILURE));
+    let c = run(&mut ch, Request::write(0, dma(&[1; 512]), 2));
+    assert_eq!(
+        c.status,
+        IoStatus::Failed(IoError::ScsiResponse(response::TARGET_FAILURE))
+    );
+    assert_eq!(
+        read(&mut ch, 0, 512),
+        vec![9; 512],
+        "the failed write did not run"
+    );
+}
+
+#[test]
+fn a_target_that_stops_answering_fails_the_scan_within_the_command_timeout() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 1024, 512, 0))], |_| {});
+    s.handle.faults.inject(Fault::StopAnswering);
+    let t = Instant::now();
+    let e = virtio_scsi::attach_vhost_user(
+        "T",
+        &s.handle.socket,
+        &AttachOptions {
+            cmd_timeout: Duration::from_millis(300),
+            queue_size: 32,
+            ..AttachOptions::default()
+        },
+    )
+    .unwrap_err();
+    let msg = error_chain(&e);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(msg.contains("did not complete within 300 ms"), "{msg}");
 }
