@@ -8,6 +8,8 @@
 //!   Requests that find the queue full wait in the channel, in order.
 //! - [`Registry`]: the bdevs of a process, by name.
 //! - [`virtio_blk`]: bdevs backed by a virtio-blk device (vhost-user today).
+//! - [`virtio_scsi`]: a virtio-scsi controller whose LUNs become bdevs (scan, SCSI I/O,
+//!   resets, hotplug events).
 //! - [`malloc`]: a RAM disk whose memory follows the data written.
 //! - [`null`]: a bdev that reads zeros and drops writes, for benchmarks.
 //! - [`file`](mod@file): a raw image file or block device, with direct I/O where possible.

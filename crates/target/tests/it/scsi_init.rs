@@ -73,6 +73,9 @@ fn scan_finds_every_lun_of_several_targets_and_io_lands_on_each() {
         assert_eq!(bdev.block_size(), disk.block_size(), "t{t} l{l}");
         assert_eq!(bdev.num_blocks(), disk.num_blocks(), "t{t} l{l}");
         assert_eq!(bdev.info().driver, "virtio_scsi");
+        assert_eq!(bdev.info().serial.as_deref(), Some(disk.name()), "serial from VPD 0x80");
+        let uuid = bdev.info().uuid.clone().expect("UUID from VPD 0x83");
+        assert_eq!(uuid.len(), 36);
         let bs = bdev.block_size() as usize;
         let mut ch = bdev.open_channel().unwrap();
         let data = pattern(i as u64, 8 * bs);
@@ -440,4 +443,32 @@ fn a_target_that_stops_answering_fails_the_scan_within_the_command_timeout() {
     let msg = error_chain(&e);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(msg.contains("did not complete within 300 ms"), "{msg}");
+}
+
+#[test]
+fn a_burst_of_hot_adds_beyond_the_posted_event_buffers_ends_with_every_lun_found() {
+    // More events than the initiator keeps buffers posted for: the target reports
+    // EVENTS_MISSED when it runs out, and the initiator rescans; either way every LUN
+    // must end up as a bdev, each announced once.
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 64, 512, 0))], |_| {});
+    let ctrl = s.attach("M", opts(1, 32));
+    let events = ctrl.subscribe();
+    let n = 40u16;
+    for l in 1..=n {
+        let b = malloc_bdev(&format!("x{l}"), 64 + u64::from(l), 512, l as u8);
+        s.handle.add_lun(0, l, &b).unwrap();
+    }
+    let mut added = std::collections::BTreeSet::new();
+    while added.len() < usize::from(n) {
+        match next_event(&events) {
+            ScsiEvent::Added(b) => assert!(added.insert(b.name().to_owned()), "{} twice", b.name()),
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    let bdevs = ctrl.bdevs();
+    assert_eq!(bdevs.len(), usize::from(n) + 1);
+    for b in &bdevs[1..] {
+        let l: u64 = b.name().rsplit('l').next().unwrap().parse().unwrap();
+        assert_eq!(b.num_blocks(), 64 + l, "{}", b.name());
+    }
 }
