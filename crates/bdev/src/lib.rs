@@ -39,6 +39,7 @@ mod local;
 pub mod malloc;
 pub mod null;
 pub mod registry;
+mod stall;
 pub mod virtio_blk;
 pub mod virtio_scsi;
 

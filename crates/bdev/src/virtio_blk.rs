@@ -191,19 +191,12 @@ impl BlkShared {
             1
         }
         .min(t.num_queues());
-        if opts.num_queues > available {
-            return Err(vbdev_virtio::Error::TooManyQueues {
-                requested: opts.num_queues.into(),
-                available: available.into(),
-            });
-        }
-        let max_size = t.max_queue_size(0);
-        if opts.queue_size > max_size {
-            return Err(vbdev_virtio::Error::QueueTooLarge {
-                size: opts.queue_size.into(),
-                max: max_size.into(),
-            });
-        }
+        crate::stall::check_queues(
+            opts.num_queues,
+            available,
+            opts.queue_size,
+            t.max_queue_size(0),
+        )?;
         let seg_max = if f & blk::features::SEG_MAX != 0 && config.seg_max > 0 {
             u64::from(config.seg_max)
         } else {
@@ -445,12 +438,7 @@ struct BlkQueue {
     ready: VecDeque<u32>,
     scratch: Vec<Segment>,
     active: usize,
-    /// When a check found requests in flight and no completion since the check before;
-    /// `None` after any progress.
-    stalled_since: Option<Instant>,
-    idle_polls: u32,
-    /// The caller slept since the last reap: read the clock on the next empty one.
-    waited: bool,
+    stall: crate::stall::StallClock,
     failed: bool,
 }
 
@@ -483,9 +471,7 @@ impl BlkQueue {
             ready: VecDeque::with_capacity(n + 1),
             scratch: Vec::with_capacity(segs),
             active: 0,
-            stalled_since: None,
-            idle_polls: 0,
-            waited: false,
+            stall: crate::stall::StallClock::default(),
             failed: false,
         })
     }
@@ -772,26 +758,9 @@ impl BlkQueue {
                 self.advance(p);
             }
         }
-        if progressed || self.active == 0 {
-            self.idle_polls = 0;
-            self.stalled_since = None;
-        } else if !self.failed {
-            self.idle_polls += 1;
-            // The clock is read only every 1024 empty polls or after a sleep, never on
-            // the I/O path: the first such check starts the stall clock, a later one
-            // past the deadline fails the queue (so a hang is caught within the timeout
-            // plus one check interval).
-            let check = self.idle_polls % 1024 == 0 || std::mem::take(&mut self.waited);
-            if check {
-                let now = Instant::now();
-                match self.stalled_since {
-                    None => self.stalled_since = Some(now),
-                    Some(t) if now.duration_since(t) > io_timeout => {
-                        self.fail_all(IoError::TimedOut);
-                    }
-                    Some(_) => {}
-                }
-            }
+        let idle = !progressed && self.active > 0;
+        if !self.failed && self.stall.poll(idle, io_timeout) {
+            self.fail_all(IoError::TimedOut);
         }
         if self.vq.broken().is_some() && !self.failed {
             let e = self.vq.broken().expect("checked");
@@ -804,7 +773,7 @@ impl BlkQueue {
     /// passes, with used-buffer notifications on only meanwhile (re-checking the ring
     /// after turning them on, virtio 1.2 §2.7.7.2).
     fn sleep(&mut self, timeout: Duration) {
-        self.waited = true;
+        self.stall.waited = true;
         self.vq.set_interrupts(true);
         if !self.vq.has_used() && self.ready.is_empty() && !self.failed {
             self.call.wait(timeout);
@@ -885,7 +854,7 @@ impl ChannelBackend for BlkChannel {
         // The removal flags live behind the transport; looking every 64th poll (or after
         // a sleep) keeps them off the spin path and still notices within microseconds.
         self.polls = self.polls.wrapping_add(1);
-        let look = self.polls % 64 == 0 || self.q.as_ref().is_some_and(|q| q.waited);
+        let look = self.polls % 64 == 0 || self.q.as_ref().is_some_and(|q| q.stall.waited);
         let removed = look && self.dev.removed();
         let timeout = self.dev.io_timeout;
         self.q().reap(out, timeout, removed)

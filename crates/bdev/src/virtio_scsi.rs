@@ -364,19 +364,12 @@ impl Ctrl {
                 what: "the device has no request queue".into(),
             });
         }
-        if opts.num_queues > device_rq {
-            return Err(vbdev_virtio::Error::TooManyQueues {
-                requested: opts.num_queues.into(),
-                available: device_rq.into(),
-            });
-        }
-        let max_size = t.max_queue_size(2);
-        if opts.queue_size > max_size {
-            return Err(vbdev_virtio::Error::QueueTooLarge {
-                size: opts.queue_size.into(),
-                max: max_size.into(),
-            });
-        }
+        crate::stall::check_queues(
+            opts.num_queues,
+            device_rq,
+            opts.queue_size,
+            t.max_queue_size(2),
+        )?;
         let event_idx = f & vfeat::RING_EVENT_IDX != 0;
         let indirect = f & vfeat::RING_INDIRECT_DESC != 0;
         // Control and event queues: small.
@@ -910,7 +903,7 @@ impl ChannelBackend for ScsiChannel {
     fn reap(&mut self, out: &mut [Completion]) -> usize {
         self.polls = self.polls.wrapping_add(1);
         let mut q = self.slot.lock();
-        let look = self.polls % 64 == 0 || q.waited;
+        let look = self.polls % 64 == 0 || q.stall.waited;
         let removed = look && self.ctrl.removed();
         q.pump(self.ctrl.opts.io_timeout, removed);
         if q.failed {

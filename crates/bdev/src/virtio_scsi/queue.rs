@@ -198,9 +198,7 @@ pub(super) struct ScsiQueue {
     client_used: Vec<bool>,
     scratch: Vec<Segment>,
     total_active: usize,
-    stalled_since: Option<Instant>,
-    idle_polls: u32,
-    pub waited: bool,
+    pub stall: crate::stall::StallClock,
     pub sleepers: u32,
     pub failed: bool,
     next_tag: u64,
@@ -237,9 +235,7 @@ impl ScsiQueue {
             client_used: Vec::new(),
             scratch: Vec::with_capacity(4),
             total_active: 0,
-            stalled_since: None,
-            idle_polls: 0,
-            waited: false,
+            stall: crate::stall::StallClock::default(),
             sleepers: 0,
             failed: false,
             next_tag: 1,
@@ -775,22 +771,10 @@ impl ScsiQueue {
                 self.advance(p);
             }
         }
-        if progressed || self.total_active == 0 {
-            self.idle_polls = 0;
-            self.stalled_since = None;
-        } else if !self.failed && self.retry.len() < self.total_active {
-            self.idle_polls += 1;
-            let check = self.idle_polls % 1024 == 0 || std::mem::take(&mut self.waited);
-            if check {
-                let now = Instant::now();
-                match self.stalled_since {
-                    None => self.stalled_since = Some(now),
-                    Some(t) if now.duration_since(t) > io_timeout => {
-                        self.fail_all(IoError::TimedOut);
-                    }
-                    Some(_) => {}
-                }
-            }
+        // Children waiting for a retry are not the device's fault.
+        let idle = !progressed && self.total_active > 0 && self.retry.len() < self.total_active;
+        if !self.failed && self.stall.poll(idle, io_timeout) {
+            self.fail_all(IoError::TimedOut);
         }
         if !self.failed {
             if let Some(e) = self.vq.broken() {
@@ -889,7 +873,7 @@ impl QueueSlot {
     pub fn sleep(&self, client: u16, timeout: Duration) {
         {
             let mut q = self.lock();
-            q.waited = true;
+            q.stall.waited = true;
             q.sleepers += 1;
             q.set_interrupts(true);
             if q.call_pending() || q.has_ready(client) || q.failed {
