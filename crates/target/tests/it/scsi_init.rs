@@ -73,7 +73,11 @@ fn scan_finds_every_lun_of_several_targets_and_io_lands_on_each() {
         assert_eq!(bdev.block_size(), disk.block_size(), "t{t} l{l}");
         assert_eq!(bdev.num_blocks(), disk.num_blocks(), "t{t} l{l}");
         assert_eq!(bdev.info().driver, "virtio_scsi");
-        assert_eq!(bdev.info().serial.as_deref(), Some(disk.name()), "serial from VPD 0x80");
+        assert_eq!(
+            bdev.info().serial.as_deref(),
+            Some(disk.name()),
+            "serial from VPD 0x80"
+        );
         let uuid = bdev.info().uuid.clone().expect("UUID from VPD 0x83");
         assert_eq!(uuid.len(), 36);
         let bs = bdev.block_size() as usize;
