@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use vbdev_bdev::virtio_scsi::{self, AttachOptions, ScsiController, ScsiEvent};
 use vbdev_bdev::{Bdev, DmaBuf, IoChannel, IoError, IoStatus, Request, malloc, null};
+use vbdev_target::BadUsed;
 use vbdev_target::fault::Fault;
 use vbdev_target::vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};
+use vbdev_virtio::QueueError;
 
 use crate::util::{dma, error_chain, malloc_bdev, pattern, read, run, write};
 
@@ -474,5 +476,120 @@ fn a_burst_of_hot_adds_beyond_the_posted_event_buffers_ends_with_every_lun_found
     for b in &bdevs[1..] {
         let l: u64 = b.name().rsplit('l').next().unwrap().parse().unwrap();
         assert_eq!(b.num_blocks(), 64 + l, "{}", b.name());
+    }
+}
+
+fn status_of(ch: &mut IoChannel, req: Request) -> IoStatus {
+    run(ch, req).status
+}
+
+#[test]
+fn target_hang_up_mid_io_fails_every_outstanding_request_of_every_lun_and_the_next_frontend_is_served()
+ {
+    let s = Scsi::start(
+        vec![
+            (0, 0, malloc_bdev("a", 4096, 512, 0)),
+            (0, 1, malloc_bdev("b", 4096, 512, 0)),
+        ],
+        |_| {},
+    );
+    let ctrl = s.attach("K", opts(1, 64));
+    let bdevs = ctrl.bdevs();
+    let mut chans: Vec<IoChannel> = bdevs.iter().map(|b| b.open_channel().unwrap()).collect();
+    write(&mut chans[0], 0, &pattern(1, 4096));
+    s.handle.faults.inject(Fault::CloseAfter(5));
+    let n = 24u64;
+    for i in 0..n {
+        let ch = &mut chans[(i % 2) as usize];
+        ch.submit(Request::read(i * 8, DmaBuf::alloc(4096).unwrap(), i))
+            .unwrap();
+    }
+    let start = Instant::now();
+    let (mut ok, mut removed) = (0, 0);
+    for ch in &mut chans {
+        while ch.pending() > 0 {
+            let c = ch.wait_one().unwrap();
+            match c.status {
+                IoStatus::Success => ok += 1,
+                IoStatus::Failed(IoError::Removed) => removed += 1,
+                st => panic!("unexpected {st:?}"),
+            }
+        }
+    }
+    assert_eq!(ok + removed, n);
+    assert!(ok <= 5 && removed >= n - 5, "ok {ok} removed {removed}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(ctrl.is_removed());
+    assert!(bdevs.iter().all(|b| b.is_removed()));
+    drop(chans);
+    drop(bdevs);
+    drop(ctrl);
+    let again = s.attach("K2", opts(1, 64));
+    let b = again.bdev("K2t0").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    assert_eq!(read(&mut ch, 0, 4096), pattern(1, 4096));
+}
+
+#[test]
+fn a_target_that_stops_answering_io_times_out_and_fails_the_controller() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 1024, 512, 0))], |_| {});
+    let ctrl = s.attach(
+        "T",
+        AttachOptions {
+            io_timeout: Duration::from_millis(500),
+            queue_size: 32,
+            ..AttachOptions::default()
+        },
+    );
+    let b = ctrl.bdev("Tt0").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    s.handle.faults.inject(Fault::StopAnswering);
+    let start = Instant::now();
+    let st = status_of(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+    assert_eq!(st, IoStatus::Failed(IoError::TimedOut));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(b.is_removed() && ctrl.is_removed());
+}
+
+#[test]
+fn garbage_in_the_used_ring_is_a_protocol_error_and_a_bad_length_fails_one_request() {
+    for (bad, whole_device) in [
+        (BadUsed::IdOutOfRange, true),
+        (BadUsed::IdxJump, true),
+        (BadUsed::LenTooLarge, false),
+    ] {
+        let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 1024, 512, 3))], |_| {});
+        let ctrl = s.attach("G", opts(1, 32));
+        let b = ctrl.bdev("Gt0").unwrap();
+        let mut ch = b.open_channel().unwrap();
+        s.handle.faults.inject(Fault::BadUsed(bad));
+        let st = status_of(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+        match (bad, st) {
+            (
+                BadUsed::IdOutOfRange,
+                IoStatus::Failed(IoError::Protocol(QueueError::UsedIdOutOfRange { .. })),
+            )
+            | (
+                BadUsed::IdxJump,
+                IoStatus::Failed(IoError::Protocol(QueueError::UsedIdxJump { .. })),
+            )
+            | (
+                BadUsed::LenTooLarge,
+                IoStatus::Failed(IoError::Protocol(QueueError::UsedLenTooLarge { .. })),
+            ) => {}
+            (bad, st) => panic!("{bad:?}: {st:?}"),
+        }
+        assert_eq!(b.is_removed(), whole_device, "{bad:?}");
+        if !whole_device {
+            assert_eq!(read(&mut ch, 0, 512), vec![3; 512]);
+        }
     }
 }
