@@ -1,12 +1,15 @@
 //! Random 4 KiB reads at a fixed queue depth on one channel; prints IOPS.
 //!
 //! ```sh
-//! cargo run --release -p vbdev-bdev --example randread -- SOCKET QD SECONDS
+//! cargo run --release -p vbdev-bdev --example randread -- SOCKET QD SECONDS [blk|scsi]
 //! ```
+//!
+//! With `scsi`, the first LUN of the virtio-scsi controller behind SOCKET is used.
 
 use std::time::{Duration, Instant};
 
 use vbdev_bdev::virtio_blk::{self, AttachOptions};
+use vbdev_bdev::virtio_scsi;
 use vbdev_bdev::{Completion, DmaBuf, Request};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,7 +21,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         queue_size: 256,
         ..AttachOptions::default()
     };
-    let bdev = virtio_blk::attach_vhost_user("VirtioBlk0", &path, &opts)?;
+    let scsi = match args.next().as_deref() {
+        None | Some("blk") => false,
+        Some("scsi") => true,
+        Some(o) => return Err(format!("device type {o}: blk or scsi").into()),
+    };
+    let (bdev, _ctrl) = if scsi {
+        let sopts = virtio_scsi::AttachOptions {
+            queue_size: opts.queue_size,
+            ..Default::default()
+        };
+        let ctrl = virtio_scsi::attach_vhost_user("VirtioScsi0", &path, &sopts)?;
+        let bdev = ctrl.bdevs().into_iter().next().ok_or("no LUN found")?;
+        (bdev, Some(ctrl))
+    } else {
+        (
+            virtio_blk::attach_vhost_user("VirtioBlk0", &path, &opts)?,
+            None,
+        )
+    };
     let blocks_per_io = 4096 / u64::from(bdev.block_size());
     let span = bdev.num_blocks() / blocks_per_io;
     let mut ch = bdev.open_channel()?;

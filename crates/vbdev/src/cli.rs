@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// vbdev: drive virtio-blk devices from user space.
+/// vbdev: drive virtio-blk and virtio-scsi devices from user space.
 #[derive(Debug, Parser)]
 #[command(name = "vbdev", version, about)]
 pub struct Cli {
@@ -103,8 +103,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Device type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DevType {
-    /// virtio-blk.
+    /// virtio-blk: one bdev, `VirtioBlk0`.
     Blk,
+    /// virtio-scsi: controller `VirtioScsi0`, one bdev per LUN (`VirtioScsi0t<T>` for
+    /// LUN 0, `VirtioScsi0t<T>l<L>` otherwise).
+    Scsi,
 }
 
 /// `vbdev io`: attach, run one command, detach.
@@ -116,6 +119,10 @@ pub struct IoArgs {
     /// Device type behind the socket.
     #[arg(long, value_enum, default_value = "blk")]
     pub dev_type: DevType,
+    /// Bdev to use: a LUN bdev of the virtio-scsi controller (default: the first one
+    /// found; with `info`, list only this one). With `--dev-type blk` only `VirtioBlk0`.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub bdev: Option<String>,
     /// Request queues to set up.
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
@@ -135,7 +142,8 @@ pub struct IoArgs {
 /// `vbdev io` commands. Offsets and lengths are bytes and must be block aligned.
 #[derive(Debug, Subcommand)]
 pub enum IoCmd {
-    /// Print name, block size, block count, features and limits.
+    /// Print name, block size, block count, features and limits (virtio-scsi: the
+    /// controller and every LUN bdev).
     Info,
     /// Read a range; write it to a file, check it against a pattern, or hex-dump it.
     Read {

@@ -1,23 +1,41 @@
 //! `vbdev io`: attach a device, run one command, detach.
+//!
+//! virtio-blk attaches as the one bdev `VirtioBlk0`; `--bdev` may only name it (anything
+//! else is a usage error, checked before connecting). virtio-scsi attaches as controller
+//! `VirtioScsi0` whose LUNs become bdevs `VirtioScsi0t<T>` (LUN 0) and
+//! `VirtioScsi0t<T>l<L>`: I/O commands use the `--bdev` one or the first found, `info`
+//! lists the controller and every LUN (only the `--bdev` one when given). A `--bdev`
+//! the scan did not find, or no LUN at all for an I/O command, fails the run (exit 1)
+//! with the bdevs that exist.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use vbdev_bdev::virtio_blk::{self, AttachOptions};
-use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, Request};
+use vbdev_bdev::virtio_scsi::{self, ScsiController};
+use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, Request, virtio_blk};
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
 
 use crate::Failure;
-use crate::cli::{IoArgs, IoCmd};
-use crate::output::{self, InfoJson, OpJson};
+use crate::cli::{DevType, IoArgs, IoCmd};
+use crate::output::{self, InfoJson, OpJson, ScsiBdevJson, ScsiControllerJson, ScsiInfoJson};
 
-/// The bdev name `vbdev io` attaches under.
-const NAME: &str = "VirtioBlk0";
+/// The bdev name a virtio-blk device attaches under.
+const BLK_NAME: &str = "VirtioBlk0";
+/// The controller name a virtio-scsi device attaches under (prefix of its bdev names).
+const SCSI_NAME: &str = "VirtioScsi0";
+
+/// How to attach, per device type.
+#[derive(Debug)]
+enum Attach {
+    Blk(virtio_blk::AttachOptions),
+    Scsi(virtio_scsi::AttachOptions),
+}
 
 /// Validated `vbdev io` options.
 #[derive(Debug)]
 struct IoConfig {
-    attach: AttachOptions,
+    attach: Attach,
 }
 
 impl TryFrom<&IoArgs> for IoConfig {
@@ -35,26 +53,101 @@ impl TryFrom<&IoArgs> for IoConfig {
         if a.timeout_ms == 0 {
             return Err(Failure::usage(anyhow!("--timeout-ms must be positive")));
         }
-        Ok(Self {
-            attach: AttachOptions {
-                num_queues: a.queues,
-                queue_size: a.queue_size,
-                vhost_user: VhostUserOptions {
-                    timeout: Duration::from_millis(a.timeout_ms),
-                },
-                ..AttachOptions::default()
-            },
-        })
+        let vhost_user = VhostUserOptions {
+            timeout: Duration::from_millis(a.timeout_ms),
+        };
+        let attach = match a.dev_type {
+            DevType::Blk => {
+                if let Some(name) = a.bdev.as_deref().filter(|&n| n != BLK_NAME) {
+                    return Err(Failure::usage(anyhow!(
+                        "--bdev {name}: a virtio-blk device has one bdev, {BLK_NAME} \
+                         (--bdev selects a LUN with --dev-type scsi)"
+                    )));
+                }
+                Attach::Blk(virtio_blk::AttachOptions {
+                    num_queues: a.queues,
+                    queue_size: a.queue_size,
+                    vhost_user,
+                    ..virtio_blk::AttachOptions::default()
+                })
+            }
+            DevType::Scsi => {
+                if a.queue_size < 4 {
+                    return Err(Failure::usage(anyhow!(
+                        "--queue-size {} is below 4, the least a virtio-scsi request needs",
+                        a.queue_size
+                    )));
+                }
+                Attach::Scsi(virtio_scsi::AttachOptions {
+                    num_queues: a.queues,
+                    queue_size: a.queue_size,
+                    cmd_timeout: Duration::from_millis(a.timeout_ms),
+                    vhost_user,
+                    ..virtio_scsi::AttachOptions::default()
+                })
+            }
+        };
+        Ok(Self { attach })
     }
 }
 
 pub fn run(args: IoArgs) -> Result<(), Failure> {
     let cfg = IoConfig::try_from(&args)?;
-    let bdev =
-        virtio_blk::attach_vhost_user(NAME, &args.vhost_user, &cfg.attach).map_err(Failure::run)?;
-    let result = execute(&bdev, &args);
-    bdev.detach();
-    result
+    match &cfg.attach {
+        Attach::Blk(opts) => {
+            let bdev = virtio_blk::attach_vhost_user(BLK_NAME, &args.vhost_user, opts)
+                .map_err(Failure::run)?;
+            let result = execute(&bdev, &args);
+            bdev.detach();
+            result
+        }
+        Attach::Scsi(opts) => {
+            let ctrl = virtio_scsi::attach_vhost_user(SCSI_NAME, &args.vhost_user, opts)
+                .map_err(Failure::run)?;
+            let result = execute_scsi(&ctrl, opts, &args);
+            ctrl.detach();
+            result
+        }
+    }
+}
+
+/// `vbdev io --dev-type scsi`: `info` on the controller, anything else on one LUN.
+fn execute_scsi(
+    ctrl: &ScsiController,
+    opts: &virtio_scsi::AttachOptions,
+    args: &IoArgs,
+) -> Result<(), Failure> {
+    if let IoCmd::Info = args.cmd {
+        let bdevs = match args.bdev.as_deref() {
+            Some(name) => vec![select_lun(ctrl, Some(name))?],
+            None => ctrl.bdevs(),
+        };
+        return scsi_info(ctrl, opts, &bdevs, args.json);
+    }
+    let bdev = select_lun(ctrl, args.bdev.as_deref())?;
+    execute(&bdev, args)
+}
+
+/// The LUN bdev `want`, or the first one; a run failure listing what exists otherwise.
+fn select_lun(ctrl: &ScsiController, want: Option<&str>) -> Result<Bdev, Failure> {
+    let bdevs = ctrl.bdevs();
+    let names: Vec<&str> = bdevs.iter().map(Bdev::name).collect();
+    let found = match want {
+        Some(name) => bdevs.iter().find(|b| b.name() == name),
+        None => bdevs.first(),
+    };
+    if let Some(b) = found {
+        return Ok(b.clone());
+    }
+    let what = if names.is_empty() {
+        "the scan found no LUN (no direct-access disk on any target)".to_owned()
+    } else {
+        format!("available: {}", names.join(", "))
+    };
+    Err(Failure::run(match want {
+        Some(name) => anyhow!("no bdev {name} on controller {}: {what}", ctrl.name()),
+        None => anyhow!("controller {} has no bdev to use: {what}", ctrl.name()),
+    }))
 }
 
 /// Converts a byte range to blocks, or a usage error naming the flag.
@@ -271,6 +364,119 @@ fn info(bdev: &Bdev, json: bool) -> Result<(), Failure> {
     println!("serial:        {}", i.serial.as_deref().unwrap_or("-"));
     for (k, v) in details {
         println!("{:<14} {v}", format!("{k}:"));
+    }
+    Ok(())
+}
+
+/// Keys of a LUN's details that `scsi_info` shows as fields of their own.
+const LUN_FIELDS: [&str; 4] = ["target", "lun", "vendor", "product"];
+
+/// `info` for a virtio-scsi controller and the LUN bdevs `bdevs`.
+fn scsi_info(
+    ctrl: &ScsiController,
+    opts: &virtio_scsi::AttachOptions,
+    bdevs: &[Bdev],
+    json: bool,
+) -> Result<(), Failure> {
+    let ctrl_details = ctrl.details();
+    let ctrl_keys: BTreeSet<&str> = ctrl_details.iter().map(|(k, _)| *k).collect();
+    let luns: BTreeMap<String, virtio_scsi::LunSummary> = ctrl
+        .luns()
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
+    let mut rows = Vec::with_capacity(bdevs.len());
+    for b in bdevs {
+        let details: Vec<(&'static str, String)> = b.details();
+        let detail = |key: &str| {
+            details
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        // The summary and the bdev come from two looks at the LUN table; a LUN that
+        // went away in between still has its details.
+        let (target, lun, vendor, product) = match luns.get(b.name()) {
+            Some(l) => (l.target, l.lun, l.vendor.clone(), l.product.clone()),
+            None => (
+                detail("target").and_then(|v| v.parse().ok()).unwrap_or(0),
+                detail("lun").and_then(|v| v.parse().ok()).unwrap_or(0),
+                detail("vendor").unwrap_or_default(),
+                detail("product").unwrap_or_default(),
+            ),
+        };
+        let i = b.info();
+        let num_blocks = b.num_blocks();
+        rows.push(ScsiBdevJson {
+            name: i.name.clone(),
+            target,
+            lun,
+            vendor,
+            product,
+            product_name: i.product_name.clone(),
+            driver: i.driver.into(),
+            block_size: i.block_size,
+            num_blocks,
+            size_bytes: num_blocks * u64::from(i.block_size),
+            read_only: i.read_only,
+            flush: i.flush,
+            unmap: i.unmap,
+            write_zeroes: i.write_zeroes,
+            serial: i.serial.clone(),
+            uuid: i.uuid.clone(),
+            details: details
+                .into_iter()
+                .filter(|(k, _)| !ctrl_keys.contains(k) && !LUN_FIELDS.contains(k))
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        });
+    }
+    let controller = ScsiControllerJson {
+        name: ctrl.name().to_owned(),
+        driver: "virtio_scsi".into(),
+        num_queues: opts.num_queues,
+        queue_size: opts.queue_size,
+        details: ctrl_details
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+    };
+    if json {
+        return output::json(&ScsiInfoJson {
+            controller,
+            bdevs: rows,
+        })
+        .map_err(Failure::run);
+    }
+    println!("controller:    {}", controller.name);
+    println!("driver:        {}", controller.driver);
+    println!(
+        "queues:        {} x {}",
+        controller.num_queues, controller.queue_size
+    );
+    println!("bdevs:         {}", rows.len());
+    for (k, v) in &ctrl_details {
+        println!("{:<14} {v}", format!("{k}:"));
+    }
+    for r in rows {
+        println!();
+        println!("bdev {}", r.name);
+        println!("  target:        {}", r.target);
+        println!("  lun:           {}", r.lun);
+        println!("  vendor:        {}", r.vendor);
+        println!("  product:       {}", r.product);
+        println!("  block size:    {}", r.block_size);
+        println!("  blocks:        {}", r.num_blocks);
+        println!("  size:          {} bytes", r.size_bytes);
+        println!("  read-only:     {}", r.read_only);
+        println!("  flush:         {}", r.flush);
+        println!("  unmap:         {}", r.unmap);
+        println!("  write zeroes:  {}", r.write_zeroes);
+        println!("  serial:        {}", r.serial.as_deref().unwrap_or("-"));
+        println!("  uuid:          {}", r.uuid.as_deref().unwrap_or("-"));
+        for (k, v) in &r.details {
+            println!("  {:<14} {v}", format!("{k}:"));
+        }
     }
     Ok(())
 }

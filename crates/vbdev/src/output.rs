@@ -1,7 +1,8 @@
 //! Result printing. JSON schemas (`--json`, one object per command, snake_case, units in
 //! names):
 //!
-//! - `io info`: [`InfoJson`].
+//! - `io info` (virtio-blk): [`InfoJson`].
+//! - `io --dev-type scsi info`: [`ScsiInfoJson`], the controller and its LUN bdevs.
 //! - `io read|write|flush|discard|write-zeroes`: [`OpJson`].
 
 use serde::Serialize;
@@ -36,6 +37,70 @@ pub struct InfoJson {
     /// Device serial (GET_ID), if any.
     pub serial: Option<String>,
     /// Module details (features, limits) as strings.
+    pub details: std::collections::BTreeMap<String, String>,
+}
+
+/// `vbdev io --dev-type scsi info --json`.
+#[derive(Debug, Serialize)]
+pub struct ScsiInfoJson {
+    /// The virtio-scsi controller.
+    pub controller: ScsiControllerJson,
+    /// Its LUN bdevs, by target and LUN (only the `--bdev` one when given).
+    pub bdevs: Vec<ScsiBdevJson>,
+}
+
+/// The controller of [`ScsiInfoJson`].
+#[derive(Debug, Serialize)]
+pub struct ScsiControllerJson {
+    /// Controller name (bdev names start with it).
+    pub name: String,
+    /// Module.
+    pub driver: String,
+    /// Request queues set up for I/O.
+    pub num_queues: u16,
+    /// Descriptors per request queue.
+    pub queue_size: u16,
+    /// Controller details (features, queue counts, config) as strings.
+    pub details: std::collections::BTreeMap<String, String>,
+}
+
+/// One LUN bdev of [`ScsiInfoJson`].
+#[derive(Debug, Serialize)]
+pub struct ScsiBdevJson {
+    /// Bdev name.
+    pub name: String,
+    /// SCSI target id.
+    pub target: u8,
+    /// LUN.
+    pub lun: u16,
+    /// INQUIRY vendor.
+    pub vendor: String,
+    /// INQUIRY product.
+    pub product: String,
+    /// Product name of the bdev.
+    pub product_name: String,
+    /// Module.
+    pub driver: String,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Size in blocks.
+    pub num_blocks: u64,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Read-only (write-protected) LUN.
+    pub read_only: bool,
+    /// FLUSH (SYNCHRONIZE CACHE) supported.
+    pub flush: bool,
+    /// DISCARD (UNMAP) supported.
+    pub unmap: bool,
+    /// WRITE ZEROES supported.
+    pub write_zeroes: bool,
+    /// Unit serial number (VPD 0x80), if any.
+    pub serial: Option<String>,
+    /// UUID from the device identification (VPD 0x83), if any.
+    pub uuid: Option<String>,
+    /// LUN details (revision, write cache, limits) as strings; the controller's are in
+    /// [`ScsiControllerJson::details`].
     pub details: std::collections::BTreeMap<String, String>,
 }
 

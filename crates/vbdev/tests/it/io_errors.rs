@@ -184,7 +184,7 @@ fn missing_or_conflicting_arguments_are_usage_errors() {
         "--vhost-user",
         "/nonexistent",
         "--dev-type",
-        "scsi",
+        "nvme",
         "info",
     ])
     .expect_failure(2, &["--dev-type"]);

@@ -1,8 +1,10 @@
-//! Integration tests of the `vbdev` binary against qemu-storage-daemon.
+//! Integration tests of the `vbdev` binary against qemu-storage-daemon and its own
+//! `vbdev target`.
 
 mod io_errors;
 mod io_info;
 mod io_rw;
 mod qsd;
+mod scsi_io;
 mod target_cli;
 mod util;

@@ -1,85 +1,8 @@
 //! `vbdev target`: a foreground vhost-user target driven by `vbdev io`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use crate::util::{InfoJson, VBDEV, det_bytes, io, path, vbdev};
+use crate::util::{InfoJson, Target, det_bytes, io, path, vbdev};
 
 const MIB: u64 = 1 << 20;
-
-/// A running `vbdev target`, killed on drop.
-struct Target {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Target {
-    /// Starts `vbdev target --socket <tmp> <args>` and waits for its "serving" line on
-    /// stderr, printed once the socket listens.
-    fn start(args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("vbdev-tgt")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let socket = dir.path().join("t.sock");
-        let mut child = Command::new(VBDEV)
-            .arg("target")
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vbdev target");
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("serving"), "target did not start: {line:?}");
-        assert!(socket.exists());
-        // Keep draining stderr so the target never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// Sends `sig` and waits (bounded) for the exit code.
-    fn signal(&mut self, sig: i32) -> i32 {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let child = &mut self.child;
-        std::thread::scope(|s| {
-            s.spawn(move || tx.send(child.wait()));
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(st) => st.unwrap().code().expect("exited, not killed"),
-                Err(_) => {
-                    // SAFETY: as above; unblocks the waiting thread.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    panic!("target did not stop on signal {sig}");
-                }
-            }
-        })
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn blk_target_serves_vbdev_io_and_removes_its_socket_on_sigterm() {
@@ -228,9 +151,8 @@ fn scsi_target_starts_with_targets_and_luns_and_stops_on_sigterm() {
         "--queues",
         "2",
     ]);
-    // (vhost-user cannot tell a frontend the device type, so `vbdev io --dev-type blk`
-    // would read the scsi config as a blk one; the scsi device is exercised by
-    // vbdev-target's own tests until vbdev has a virtio-scsi initiator.)
+    // (vhost-user cannot tell a frontend the device type, so `vbdev io` needs
+    // `--dev-type scsi` for it: see scsi_io.rs.)
     assert_eq!(t.signal(libc::SIGTERM), 0);
     assert!(!t.socket().exists());
 }

@@ -3,9 +3,9 @@
 //! `output.rs`, mirrored with `deny_unknown_fields`; deterministic test data.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -234,6 +234,78 @@ pub fn io<S: AsRef<str>>(socket: &Path, args: &[S]) -> Run {
     vbdev(&all)
 }
 
+/// A running `vbdev target`, killed on drop.
+pub struct Target {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Target {
+    /// Starts `vbdev target --socket <tmp> <args>` and waits for its "serving" line on
+    /// stderr, printed once the socket listens.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vbdev-tgt")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("t.sock");
+        let mut child = Command::new(VBDEV)
+            .arg("target")
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vbdev target");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("serving"), "target did not start: {line:?}");
+        assert!(socket.exists());
+        // Keep draining stderr so the target never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends `sig` and waits (bounded) for the exit code.
+    pub fn signal(&mut self, sig: i32) -> i32 {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let child = &mut self.child;
+        std::thread::scope(|s| {
+            s.spawn(move || tx.send(child.wait()));
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(st) => st.unwrap().code().expect("exited, not killed"),
+                Err(_) => {
+                    // SAFETY: as above; unblocks the waiting thread.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    panic!("target did not stop on signal {sig}");
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A path as a command-line argument.
 pub fn path(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -286,6 +358,55 @@ impl InfoJson {
             .unwrap_or_else(|| panic!("no feature_names in details: {:?}", self.details))
             .split(',')
             .collect()
+    }
+}
+
+/// `vbdev io --dev-type scsi info --json` (`output::ScsiInfoJson`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScsiInfoJson {
+    pub controller: ScsiControllerJson,
+    pub bdevs: Vec<ScsiBdevJson>,
+}
+
+/// `output::ScsiControllerJson`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScsiControllerJson {
+    pub name: String,
+    pub driver: String,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    pub details: BTreeMap<String, String>,
+}
+
+/// `output::ScsiBdevJson`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScsiBdevJson {
+    pub name: String,
+    pub target: u8,
+    pub lun: u16,
+    pub vendor: String,
+    pub product: String,
+    pub product_name: String,
+    pub driver: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub size_bytes: u64,
+    pub read_only: bool,
+    pub flush: bool,
+    pub unmap: bool,
+    pub write_zeroes: bool,
+    pub serial: Option<String>,
+    pub uuid: Option<String>,
+    pub details: BTreeMap<String, String>,
+}
+
+impl ScsiInfoJson {
+    /// The bdev names, in output order.
+    pub fn names(&self) -> Vec<&str> {
+        self.bdevs.iter().map(|b| b.name.as_str()).collect()
     }
 }
 
