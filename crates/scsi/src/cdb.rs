@@ -12,6 +12,8 @@ pub mod opcode {
     pub const TEST_UNIT_READY: u8 = 0x00;
     /// INQUIRY (SPC-5).
     pub const INQUIRY: u8 = 0x12;
+    /// MODE SENSE(6) (SPC-5).
+    pub const MODE_SENSE_6: u8 = 0x1A;
     /// START STOP UNIT (SBC-4).
     pub const START_STOP_UNIT: u8 = 0x1B;
     /// READ CAPACITY(10) (SBC-4).
@@ -36,8 +38,13 @@ pub mod opcode {
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     /// REPORT LUNS (SPC-5).
     pub const REPORT_LUNS: u8 = 0xA0;
+    /// MAINTENANCE IN (SPC-5); REPORT SUPPORTED OPERATION CODES is its service action
+    /// 0x0C.
+    pub const MAINTENANCE_IN: u8 = 0xA3;
     /// The SERVICE ACTION IN(16) service action of READ CAPACITY(16).
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
+    /// The MAINTENANCE IN service action of REPORT SUPPORTED OPERATION CODES.
+    pub const SA_REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0C;
 }
 
 /// The FUA bit in byte 1 of READ/WRITE(10/16).
@@ -136,6 +143,40 @@ pub fn report_luns(select_report: u8, alloc_len: u32) -> Cdb {
     let mut c = [0u8; 12];
     c[0] = opcode::REPORT_LUNS;
     c[2] = select_report;
+    c[6..10].copy_from_slice(&alloc_len.to_be_bytes());
+    Cdb::from_array(c)
+}
+
+/// MODE SENSE(6) (SPC-5 "MODE SENSE(6) command"): DBD in byte 1 bit 3, PAGE CONTROL
+/// in byte 2 bits 7..6 (see [`mode::page_control`]), PAGE CODE in byte 2 bits 5..0
+/// (see [`mode::page`]), SUBPAGE CODE in byte 3, ALLOCATION LENGTH in byte 4.
+///
+/// `page_control` and `page` are cut to their field widths (2 and 6 bits). With `dbd`
+/// the device returns no block descriptors. Parse the data with
+/// [`ModeSense6::parse`](crate::ModeSense6::parse).
+///
+/// [`mode::page_control`]: crate::mode::page_control
+/// [`mode::page`]: crate::mode::page
+pub fn mode_sense_6(dbd: bool, page_control: u8, page: u8, subpage: u8, alloc_len: u8) -> Cdb {
+    let b2 = (page_control & 0x03) << 6 | page & 0x3F;
+    Cdb::from_array([
+        opcode::MODE_SENSE_6,
+        u8::from(dbd) << 3,
+        b2,
+        subpage,
+        alloc_len,
+        0,
+    ])
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-5) for all commands: MAINTENANCE IN with
+/// service action 0x0C in byte 1, RCTD = 0 and REPORTING OPTIONS 000b in byte 2,
+/// ALLOCATION LENGTH in bytes 6..10. Parse the data with
+/// [`SupportedOpcodes::parse`](crate::SupportedOpcodes::parse).
+pub fn report_supported_operation_codes_all(alloc_len: u32) -> Cdb {
+    let mut c = [0u8; 12];
+    c[0] = opcode::MAINTENANCE_IN;
+    c[1] = opcode::SA_REPORT_SUPPORTED_OPERATION_CODES;
     c[6..10].copy_from_slice(&alloc_len.to_be_bytes());
     Cdb::from_array(c)
 }
@@ -396,6 +437,33 @@ mod tests {
     }
 
     #[test]
+    fn mode_sense_and_rsoc_layouts_follow_spc5() {
+        // DBD, current values, Caching page: what a block initiator sends.
+        assert_eq!(
+            mode_sense_6(true, 0, 0x08, 0, 64).as_bytes(),
+            [0x1A, 0x08, 0x08, 0, 64, 0]
+        );
+        // Changeable values of all pages and subpages.
+        assert_eq!(
+            mode_sense_6(false, 1, 0x3F, 0xFF, 255).as_bytes(),
+            [0x1A, 0, 0x7F, 0xFF, 255, 0]
+        );
+        // Out-of-range fields are cut to their widths, not spilled into neighbours.
+        assert_eq!(
+            mode_sense_6(false, 0xFF, 0xFF, 0, 0).as_bytes(),
+            [0x1A, 0, 0xFF, 0, 0, 0]
+        );
+        assert_eq!(
+            mode_sense_6(false, 0x04, 0x48, 0, 0).as_bytes(),
+            [0x1A, 0, 0x08, 0, 0, 0]
+        );
+        assert_eq!(
+            report_supported_operation_codes_all(0x0102_0304).as_bytes(),
+            [0xA3, 0x0C, 0, 0, 0, 0, 1, 2, 3, 4, 0, 0]
+        );
+    }
+
+    #[test]
     fn small_commands_follow_spec() {
         assert_eq!(test_unit_ready().as_bytes(), [0; 6]);
         assert_eq!(
@@ -514,6 +582,26 @@ mod tests {
                 prop_assert_eq!(u32::from_be_bytes(c[8..12].try_into().unwrap()), d.blocks);
                 prop_assert_eq!(&c[12..16], &[0u8; 4][..]);
             }
+        }
+
+        #[test]
+        fn mode_sense_6_round_trips(dbd: bool, pc in 0u8..4, page in 0u8..0x40, sub: u8, len: u8) {
+            let c = mode_sense_6(dbd, pc, page, sub, len);
+            let b = c.as_bytes();
+            prop_assert_eq!(b.len(), 6);
+            prop_assert_eq!(b[0], 0x1A);
+            prop_assert_eq!(b[1], u8::from(dbd) << 3);
+            prop_assert_eq!((b[2] >> 6, b[2] & 0x3F, b[3], b[4], b[5]), (pc, page, sub, len, 0));
+        }
+
+        #[test]
+        fn rsoc_all_round_trips(len: u32) {
+            let c = report_supported_operation_codes_all(len);
+            let b = c.as_bytes();
+            prop_assert_eq!(b.len(), 12);
+            prop_assert_eq!(&b[..6], &[0xA3, 0x0C, 0, 0, 0, 0][..]);
+            prop_assert_eq!(u32::from_be_bytes(b[6..10].try_into().unwrap()), len);
+            prop_assert_eq!(&b[10..], &[0, 0][..]);
         }
 
         #[test]

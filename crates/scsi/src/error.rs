@@ -52,6 +52,32 @@ pub enum Error {
         /// The end of the page (4 + PAGE LENGTH).
         end: usize,
     },
+    /// A part of length-prefixed data (a header, block descriptors, a mode page, a
+    /// command descriptor) ends past the end that the data's length field declares:
+    /// the data contradicts itself.
+    #[error("{what} at offset {offset} with length {len} overruns the declared data end {end}")]
+    Overrun {
+        /// The part that overruns.
+        what: &'static str,
+        /// Its offset in the data.
+        offset: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// The end of the data that the length field declares.
+        end: usize,
+    },
+    /// A mode page other than the one asked for: `got` is byte 0 of the page without
+    /// the PS bit, i.e. SPF (0x40) and PAGE CODE, so a page in sub_page format differs
+    /// from the page_0 format page `expected`.
+    #[error(
+        "mode page byte {got:#04x} (SPF, PAGE CODE), expected page {expected:#04x} in page_0 format"
+    )]
+    WrongModePage {
+        /// The page code asked for.
+        expected: u8,
+        /// SPF and PAGE CODE of the page given.
+        got: u8,
+    },
     /// The LUN LIST LENGTH of REPORT LUNS data is not a multiple of 8.
     #[error("lun list length {len} is not a multiple of 8")]
     BadLunListLength {

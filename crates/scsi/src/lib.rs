@@ -8,13 +8,19 @@
 //! - [`cdb`]: builders returning a [`Cdb`] (INQUIRY, READ CAPACITY(10/16), REPORT LUNS,
 //!   TEST UNIT READY, START STOP UNIT, READ/WRITE(10/16) with [`cdb::read`] and
 //!   [`cdb::write`] choosing the size, SYNCHRONIZE CACHE(10/16), UNMAP and its
-//!   parameter list, WRITE SAME(16)).
+//!   parameter list, WRITE SAME(16), MODE SENSE(6), REPORT SUPPORTED OPERATION CODES
+//!   for all commands).
 //! - [`inquiry`]: standard INQUIRY data, [`StandardInquiry`].
 //! - [`vpd`]: VPD pages 0x00, 0x80, [`DeviceIdentification`] (0x83, with a stable
 //!   [`DeviceIdentification::unique_id`]), [`BlockLimits`] (0xB0),
 //!   [`BlockDeviceCharacteristics`] (0xB1), [`LogicalBlockProvisioning`] (0xB2).
 //! - [`capacity`]: [`ReadCapacity10`] and [`ReadCapacity16`].
 //! - [`luns`]: [`ReportLuns`], whose entries are [`LunEntry`]s holding a [`Lun`].
+//! - [`mode`]: MODE SENSE(6) data, [`ModeSense6`]: the [`ModeParameterHeader6`] (WP,
+//!   DPOFUA) and the [`CachingPage`] (WCE, RCD) found after the block descriptors;
+//!   [`mode::find_page_6`] finds any other page.
+//! - [`opcodes`]: REPORT SUPPORTED OPERATION CODES data, [`SupportedOpcodes`] of
+//!   [`CommandDescriptor`]s, with [`SupportedOpcodes::supports`].
 //! - [`sense`]: [`Sense`], one type for fixed and descriptor format sense data.
 //! - [`status`]: [`Status`] bytes and [`SenseKey`]s with their names.
 //!
@@ -45,6 +51,8 @@ pub mod cdb;
 pub mod error;
 pub mod inquiry;
 pub mod luns;
+pub mod mode;
+pub mod opcodes;
 pub mod sense;
 pub mod status;
 pub mod vpd;
@@ -54,6 +62,8 @@ pub use cdb::{Cdb, UnmapDescriptor};
 pub use error::{Error, Result};
 pub use inquiry::{DeviceType, StandardInquiry};
 pub use luns::{Lun, LunEntry, ReportLuns};
+pub use mode::{CachingPage, ModeParameterHeader6, ModeSense6};
+pub use opcodes::{CommandDescriptor, CommandTimeouts, SupportedOpcodes};
 pub use sense::Sense;
 pub use status::{SenseKey, Status};
 pub use vpd::{

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vbdev_scsi::{
-    BlockLimits, DeviceIdentification, DeviceType, LogicalBlockProvisioning, LunEntry,
-    ReadCapacity10, ReadCapacity16, ReportLuns, StandardInquiry, cdb, vpd,
+    BlockLimits, DeviceIdentification, DeviceType, LogicalBlockProvisioning, LunEntry, ModeSense6,
+    ReadCapacity10, ReadCapacity16, ReportLuns, StandardInquiry, SupportedOpcodes, cdb, mode, vpd,
 };
 use vbdev_virtio::DmaDomain;
 use vbdev_virtio::scsi::{self as wire, response};
@@ -383,7 +383,7 @@ impl Ctrl {
         }
         let (read_only, write_cache) = self.mode_sense(field)?;
         let ops = self.supported_opcodes(field)?;
-        let supports = |op: u8| ops.as_ref().map(|o| o.contains(&op));
+        let supports = |op: u8| ops.as_ref().map(|o| o.supports(op, None));
         let bs = u64::from(block_size);
         // Transfer size: max_sectors (a hint, in 512-byte units), the VPD maximum, the
         // 10-byte CDB's 16-bit length unless READ/WRITE(16) are known to work.
@@ -492,53 +492,43 @@ impl Ctrl {
     /// MODE SENSE(6) of the Caching page: (write protected, write cache enabled).
     /// A disk that does not answer is taken as writable without a cache.
     fn mode_sense(&self, field: [u8; 8]) -> Result<(bool, bool)> {
-        // DBD = 1, PC = current, page 0x08, allocation length 64.
-        let c = [0x1A, 0x08, 0x08, 0, 64, 0];
-        let o = self.command_retry(field, &c, 64)?;
+        let c = cdb::mode_sense_6(
+            true,
+            mode::page_control::CURRENT,
+            mode::page::CACHING,
+            0,
+            64,
+        );
+        let o = self.command_retry(field, c.as_bytes(), 64)?;
         if !o.is_good() {
             return Ok((false, false));
         }
-        let d = o.data();
-        if d.len() < 4 {
-            return Ok((false, false));
+        match ModeSense6::parse(o.data()) {
+            Ok(m) => Ok((m.write_protected(), m.write_cache_enabled())),
+            Err(e) => {
+                tracing::debug!(target: TARGET, name = %self.name, error = %e, "bad MODE SENSE(6) data; taken as writable without a cache");
+                Ok((false, false))
+            }
         }
-        let wp = d[2] & 0x80 != 0;
-        let page = 4 + usize::from(d[3]);
-        let wce = d.get(page).is_some_and(|p| p & 0x3f == 0x08)
-            && d.get(page + 2).is_some_and(|b| b & 0x04 != 0);
-        Ok((wp, wce))
     }
 
-    /// REPORT SUPPORTED OPERATION CODES (all commands): the opcodes the disk supports,
+    /// REPORT SUPPORTED OPERATION CODES (all commands): the commands the disk supports,
     /// or `None` when it does not report them.
-    fn supported_opcodes(&self, field: [u8; 8]) -> Result<Option<Vec<u8>>> {
+    fn supported_opcodes(&self, field: [u8; 8]) -> Result<Option<SupportedOpcodes>> {
         let alloc: u32 = 8192;
-        let mut c = [0u8; 12];
-        c[0] = 0xA3;
-        c[1] = 0x0C;
-        c[6..10].copy_from_slice(&alloc.to_be_bytes());
-        let o = self.command_retry(field, &c, alloc as usize)?;
+        let c = cdb::report_supported_operation_codes_all(alloc);
+        let o = self.command_retry(field, c.as_bytes(), alloc as usize)?;
         if !o.is_good() {
             return Ok(None);
         }
-        Ok(parse_all_commands(o.data()))
+        match SupportedOpcodes::parse(o.data()) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                tracing::debug!(target: TARGET, name = %self.name, error = %e, "bad REPORT SUPPORTED OPERATION CODES data; commands unknown");
+                Ok(None)
+            }
+        }
     }
-}
-
-/// The opcodes in REPORT SUPPORTED OPERATION CODES parameter data for "all commands"
-/// (SPC-5 §6.35.2): a 4-byte length, then 8-byte descriptors (20 with CTDP set).
-/// `None` when the data is malformed.
-pub(super) fn parse_all_commands(d: &[u8]) -> Option<Vec<u8>> {
-    let len = u32::from_be_bytes(d.get(0..4)?.try_into().ok()?) as usize;
-    let end = (4 + len).min(d.len());
-    let mut ops = Vec::new();
-    let mut i = 4;
-    while i + 8 <= end {
-        ops.push(d[i]);
-        let ctdp = d[i + 5] & 0x02 != 0;
-        i += if ctdp { 20 } else { 8 };
-    }
-    Some(ops)
 }
 
 fn format_uuid(b: [u8; 16]) -> String {
