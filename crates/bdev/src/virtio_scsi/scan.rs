@@ -515,17 +515,28 @@ impl Ctrl {
     /// REPORT SUPPORTED OPERATION CODES (all commands): the commands the disk supports,
     /// or `None` when it does not report them.
     fn supported_opcodes(&self, field: [u8; 8]) -> Result<Option<SupportedOpcodes>> {
-        let alloc: u32 = 8192;
-        let c = cdb::report_supported_operation_codes_all(alloc);
-        let o = self.command_retry(field, c.as_bytes(), alloc as usize)?;
-        if !o.is_good() {
-            return Ok(None);
-        }
-        match SupportedOpcodes::parse(o.data()) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => {
-                tracing::debug!(target: TARGET, name = %self.name, error = %e, "bad REPORT SUPPORTED OPERATION CODES data; commands unknown");
-                Ok(None)
+        let mut alloc: u32 = 8192;
+        loop {
+            let c = cdb::report_supported_operation_codes_all(alloc);
+            let o = self.command_retry(field, c.as_bytes(), alloc as usize)?;
+            if !o.is_good() {
+                return Ok(None);
+            }
+            match SupportedOpcodes::parse(o.data()) {
+                // A list cut by the allocation length: ask again for all of it (a
+                // command past the cut would look unsupported), or give up on it.
+                Ok(s) if s.is_truncated() => {
+                    let need = u32::try_from(s.needed_len()).unwrap_or(u32::MAX);
+                    if need <= alloc || need > (1 << 20) {
+                        return Ok(None);
+                    }
+                    alloc = need;
+                }
+                Ok(s) => return Ok(Some(s)),
+                Err(e) => {
+                    tracing::debug!(target: TARGET, name = %self.name, error = %e, "bad REPORT SUPPORTED OPERATION CODES data; commands unknown");
+                    return Ok(None);
+                }
             }
         }
     }
