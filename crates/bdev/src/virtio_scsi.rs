@@ -23,7 +23,7 @@
 //! zero buffer. Transfers above `max_sectors` or the VPD maximum are split. UNIT
 //! ATTENTION, BUSY, TASK SET FULL and retryable virtio responses are retried with
 //! backoff; other errors complete the request with the sense key, ASC and ASCQ
-//! ([`IoError::ScsiCheckCondition`]).
+//! ([`IoError::ScsiCheckCondition`](crate::IoError::ScsiCheckCondition)).
 //!
 //! # Channels
 //! As in SPDK, all bdevs of one controller share a request queue per thread: a channel
@@ -37,7 +37,7 @@
 //! answer up to its timeout (some targets never answer: then the reset fails and I/O
 //! goes on). A background thread serves the event queue: hot-add scans the new LUN and
 //! creates its bdev, hot-remove marks the bdev removed (its requests fail with
-//! [`IoError::Removed`]), a capacity change re-reads the capacity and resizes the bdev,
+//! [`IoError::Removed`](crate::IoError::Removed)), a capacity change re-reads the capacity and resizes the bdev,
 //! EVENTS_MISSED rescans everything. Changes are reported through
 //! [`ScsiController::subscribe`].
 #![allow(unsafe_code)] // SplitQueue::try_add and reclaim_all call sites, each with its SAFETY.
