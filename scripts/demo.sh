@@ -3,7 +3,9 @@
 # 1. start vbdev's own vhost-user-blk target on a file (`vbdev target`), show what the
 #    initiator sees (`vbdev io info`), write a pattern, read it back and check it,
 #    stop the target (SIGTERM) and check the pattern in the file;
-# 2. the same against a qemu-storage-daemon export.
+# 2. vbdev's own vhost-user-scsi target with 2 targets x 2 LUNs: the scan, and a verified
+#    write/read on one LUN;
+# 3. the same as 1 against a qemu-storage-daemon export.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,6 +41,19 @@ else
     echo "image file does not hold the written pattern" >&2
     exit 1
 fi
+
+echo "== vbdev's own virtio-scsi target: 2 targets x 2 LUNs"
+scsi_socket=$dir/scsi.sock
+"$vbdev" target --socket "$scsi_socket" --dev-type scsi --targets 2 --luns 2 --malloc 64M 2>"$dir/scsi-target.log" &
+scsi_pid=$!
+for _ in $(seq 100); do [[ -S $scsi_socket ]] && break; sleep 0.1; done
+echo "+ vbdev io --vhost-user $scsi_socket --dev-type scsi info"
+"$vbdev" io --vhost-user "$scsi_socket" --dev-type scsi info
+echo "+ vbdev io ... --bdev VirtioScsi0t1l1 write / read --offset 4096 --pattern 0x3c --length 1048576"
+"$vbdev" io --vhost-user "$scsi_socket" --dev-type scsi --bdev VirtioScsi0t1l1 write --offset 4096 --pattern 0x3c --length 1048576
+"$vbdev" io --vhost-user "$scsi_socket" --dev-type scsi --bdev VirtioScsi0t1l1 read --offset 4096 --length 1048576 --pattern 0x3c
+kill -TERM "$scsi_pid"
+wait "$scsi_pid"
 
 echo "== qemu-storage-daemon"
 scripts/qsd-example.sh "$image" "$socket"
