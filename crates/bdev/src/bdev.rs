@@ -270,6 +270,10 @@ pub enum IoError {
     /// The device broke the ring protocol.
     #[error("device protocol violation: {0}")]
     Protocol(QueueError),
+    /// The request cannot be carried by the device queue (the driver's limits are
+    /// computed so that this does not happen; it is reported rather than looped on).
+    #[error("request does not fit the device queue")]
+    DoesNotFit,
     /// The device went away (disconnect, failure, detach) before completing.
     #[error("device removed")]
     Removed,

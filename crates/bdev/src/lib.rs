@@ -33,6 +33,7 @@
 
 pub mod bdev;
 pub mod channel;
+mod engine;
 pub mod error;
 pub mod file;
 mod local;

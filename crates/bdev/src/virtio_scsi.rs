@@ -417,14 +417,11 @@ impl Ctrl {
                 });
             }
             let h = t.setup_queue(2 + i, &vq.addrs())?;
-            let q = ScsiQueue::new(
-                i,
-                vq,
-                h.notifier,
-                Arc::clone(&t),
+            let fmt = queue::ScsiFormat {
                 layout,
-                Arc::clone(&zeroes),
-            )?;
+                zeroes: Arc::clone(&zeroes),
+            };
+            let q = ScsiQueue::new(fmt, i, vq, h.notifier, Arc::clone(&t))?;
             queues.push(Arc::new(QueueSlot {
                 index: i,
                 q: Mutex::new(q),
@@ -434,7 +431,7 @@ impl Ctrl {
         }
         device.driver_ok()?;
         let mgmt_slot = Arc::clone(queues.last().expect("at least one request queue"));
-        let client = mgmt_slot.lock().register();
+        let client = mgmt_slot.lock().register(None);
         let wake = Arc::new(eh.call);
         let evq = ctrlq::EventQueue::new(eq, eh.notifier, &config)?;
         let ctrlq = ctrlq::CtrlQueue::new(cq, ch.notifier, ch.call)?;
@@ -814,7 +811,7 @@ impl BdevBackend for ScsiDisk {
         b[i].channels += 1;
         drop(b);
         let slot = Arc::clone(&self.ctrl.queues[i]);
-        let client = slot.lock().register();
+        let client = slot.lock().register(Some(Arc::clone(&self.lun)));
         Ok(Box::new(ScsiChannel {
             slot,
             binding: i,
@@ -893,7 +890,7 @@ struct ScsiChannel {
 
 impl ChannelBackend for ScsiChannel {
     fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
-        self.slot.lock().submit_io(self.client, &self.lun, req)
+        self.slot.lock().submit_io(self.client, req)
     }
 
     fn flush(&mut self) {
@@ -905,11 +902,11 @@ impl ChannelBackend for ScsiChannel {
         let mut q = self.slot.lock();
         let look = self.polls % 64 == 0 || q.stall.waited;
         let removed = look && self.ctrl.removed();
-        q.pump(self.ctrl.opts.io_timeout, removed);
+        let n = q.reap(self.client, out, self.ctrl.opts.io_timeout, removed);
         if q.failed {
             self.slot.failed.store(true, Ordering::Relaxed);
         }
-        q.take_io(self.client, out)
+        n
     }
 
     fn in_flight(&self) -> usize {

@@ -109,7 +109,7 @@ impl Ctrl {
             {
                 let mut q = slot.lock();
                 q.pump(self.opts.io_timeout, self.removed());
-                if let Some(o) = q.take_cmd(client) {
+                if let Some(o) = q.take_cmd(client).map(CmdOutcome::from) {
                     if q.failed {
                         slot.failed
                             .store(true, std::sync::atomic::Ordering::Relaxed);

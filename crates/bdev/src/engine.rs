@@ -1,0 +1,764 @@
+#![allow(unsafe_code)] // the two ring calls of the engine and the `Format` contract, each with its SAFETY.
+//! The request engine of the virtio modules: one request queue with the state of every
+//! request on it, generic over the device's request format.
+//!
+//! A block request ("parent") becomes one or more device requests ("children") within
+//! the device's limits; it completes when its last child does. A child can be retried
+//! after a delay when the format says so (SCSI UNIT ATTENTION, BUSY, TASK SET FULL).
+//! Several clients may share one queue (the channels of one thread on a virtio-scsi
+//! controller, the scanner): each finished parent goes to its client's ready list.
+//! Management commands (GET_ID, SCSI scan commands) travel the same way as parents of
+//! one child.
+//!
+//! Per-child headers and statuses live in a DMA slot per context, `stride` bytes each,
+//! allocated with the queue. Nothing on the I/O path allocates or locks.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vbdev_virtio::{
+    AddError, DmaBuf, DmaDomain, Iova, Notifier, Segment, SplitQueue, Transport, Used,
+};
+
+use crate::bdev::{Completion, IoError, IoOp, IoStatus, Request};
+use crate::stall::StallClock;
+
+const TARGET: &str = "vbdev::engine";
+
+/// Where a format writes one child: its context's slot and the chain being built.
+pub(crate) struct Slot<'a> {
+    buf: &'a mut DmaBuf,
+    base: usize,
+    scratch: &'a mut Vec<Segment>,
+}
+
+impl Slot<'_> {
+    /// Writes `data` at byte `off` of the slot.
+    pub fn write(&mut self, off: usize, data: &[u8]) {
+        self.buf.write_at(self.base + off, data);
+    }
+
+    /// The device address of byte `off` of the slot.
+    pub fn iova(&self, off: usize) -> Iova {
+        Iova(self.buf.iova().0 + (self.base + off) as u64)
+    }
+
+    /// Appends a segment to the chain (device-readable ones before device-writable ones).
+    pub fn push(&mut self, seg: Segment) {
+        self.scratch.push(seg);
+    }
+}
+
+/// Read access to a completed child's slot.
+pub(crate) struct SlotView<'a> {
+    buf: &'a DmaBuf,
+    base: usize,
+}
+
+impl SlotView<'_> {
+    /// The byte at `off`, read once from memory the device wrote.
+    pub fn byte(&self, off: usize) -> u8 {
+        self.buf.read_volatile(self.base + off)
+    }
+
+    /// Copies `out.len()` bytes from `off`.
+    pub fn read(&self, off: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = self.byte(off + i);
+        }
+    }
+}
+
+/// How a completed child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Done, with this status.
+    Done(IoStatus),
+    /// Send it again after this delay.
+    Retry(Duration),
+}
+
+/// Retry bookkeeping of one child.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Attempts {
+    count: u16,
+    first: Option<Instant>,
+}
+
+impl Attempts {
+    /// The delay before the next attempt, doubling from `min` up to `max`, or `None`
+    /// when `limit` attempts were made or `timeout` passed since the first retry.
+    pub fn next_delay(
+        &mut self,
+        limit: Option<u16>,
+        timeout: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        self.count = self.count.saturating_add(1);
+        if limit.is_some_and(|l| self.count > l) {
+            return None;
+        }
+        let now = Instant::now();
+        let first = *self.first.get_or_insert(now);
+        if now.duration_since(first) > timeout {
+            return None;
+        }
+        Some(
+            min.saturating_mul(1 << u32::from(self.count.min(10)))
+                .min(max),
+        )
+    }
+}
+
+/// A device's request format.
+///
+/// # Safety
+/// `build_io` and `build_cmd` may only push segments that point into the context's
+/// slot (addresses from [`Slot::iova`], within `stride` bytes), into the buffer of the
+/// request or command they build (within its length), or into memory the format keeps
+/// alive, and never writes, for as long as it lives. The engine relies on this to hand
+/// the chain to the device.
+pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
+    /// What a client's block requests address (a SCSI LUN; nothing for virtio-blk).
+    type Target: fmt::Debug + Send + Sync;
+    /// A management command.
+    type Cmd: fmt::Debug + Send;
+    /// What a completed command's slot held.
+    type Reply: fmt::Debug + Send + Default;
+
+    /// Bytes of DMA slot per context.
+    fn stride(&self) -> usize;
+
+    /// Units (blocks) of the next child of `req`, `left` units still unsent; at least 1
+    /// when the operation is offered.
+    fn child_units(&self, req: &Request, target: &Self::Target, left: u64) -> u64;
+
+    /// Writes the child `[start, start + units)` of `req` into `slot`.
+    fn build_io(
+        &self,
+        slot: &mut Slot<'_>,
+        req: &Request,
+        target: &Self::Target,
+        start: u64,
+        units: u64,
+        tag: u64,
+    );
+
+    /// Writes a management command into `slot`.
+    fn build_cmd(&self, slot: &mut Slot<'_>, cmd: &Self::Cmd, tag: u64);
+
+    /// Judges a completed block child.
+    fn judge_io(
+        &self,
+        slot: &SlotView<'_>,
+        target: &Self::Target,
+        attempts: &mut Attempts,
+    ) -> Verdict;
+
+    /// Reads a completed command's reply; `Failed` when the device did not answer
+    /// properly.
+    fn read_cmd(&self, slot: &SlotView<'_>) -> (Self::Reply, IoStatus);
+
+    /// Whether the target went away (its failures then read as [`IoError::Removed`]).
+    fn is_gone(_target: &Self::Target) -> bool {
+        false
+    }
+}
+
+#[derive(Debug)]
+enum Kind<F: Format> {
+    Io(Request),
+    Cmd(F::Cmd),
+}
+
+#[derive(Debug)]
+struct Parent<F: Format> {
+    kind: Option<Kind<F>>,
+    client: u16,
+    /// Units (blocks; 1 for a flush or a command) handed to children.
+    cursor: u64,
+    children: u32,
+    status: IoStatus,
+    reply: Option<F::Reply>,
+}
+
+impl<F: Format> Default for Parent<F> {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            client: 0,
+            cursor: 0,
+            children: 0,
+            status: IoStatus::Success,
+            reply: None,
+        }
+    }
+}
+
+impl<F: Format> Parent<F> {
+    fn units(&self) -> u64 {
+        match &self.kind {
+            Some(Kind::Io(r)) if r.op != IoOp::Flush => r.num_blocks,
+            _ => 1,
+        }
+    }
+}
+
+/// A child in flight (or waiting for a retry).
+#[derive(Debug, Clone, Copy, Default)]
+struct Child {
+    parent: u32,
+    start: u64,
+    units: u64,
+    attempts: Attempts,
+}
+
+/// A finished command: the command (with its buffer), the reply, and an error when it
+/// never completed normally.
+#[derive(Debug)]
+pub(crate) struct CmdDone<F: Format> {
+    pub cmd: F::Cmd,
+    pub reply: F::Reply,
+    pub error: Option<IoError>,
+}
+
+enum Done<F: Format> {
+    Io(Completion),
+    Cmd(CmdDone<F>),
+}
+
+#[derive(Debug)]
+struct Client<F: Format> {
+    used: bool,
+    target: Option<Arc<F::Target>>,
+    ready: VecDeque<u32>,
+    active: usize,
+}
+
+/// One request queue with everything its requests need, allocated at attach.
+///
+/// # Invariants
+/// - a context `c` is in `ctx_free`, or in `retry`, or owned by exactly one chain in
+///   `vq` whose cookie is `c`; in the last two cases `ctx[c].parent` names an active
+///   parent that counts it in `children`;
+/// - an active parent owns its request's (or command's) buffer; chains point only
+///   into that buffer, the context's slot, and memory of `fmt` (the [`Format`]
+///   contract).
+#[derive(Debug)]
+pub(crate) struct Engine<F: Format> {
+    pub index: u16,
+    pub fmt: F,
+    vq: SplitQueue,
+    notifier: Notifier,
+    transport: Arc<dyn Transport>,
+    stride: usize,
+    slots: DmaBuf,
+    ctx_free: Vec<u16>,
+    ctx: Box<[Child]>,
+    parents: Box<[Parent<F>]>,
+    parent_free: Vec<u32>,
+    /// The parent whose children did not all fit yet; later requests wait behind it.
+    partial: Option<u32>,
+    retry: VecDeque<(u16, Instant)>,
+    clients: Vec<Client<F>>,
+    scratch: Vec<Segment>,
+    total_active: usize,
+    pub stall: StallClock,
+    /// Clients sleeping on the call eventfd (interrupts stay on while there are any).
+    pub sleepers: u32,
+    pub failed: bool,
+    next_tag: u64,
+}
+
+impl<F: Format> Engine<F> {
+    pub fn new(
+        fmt: F,
+        index: u16,
+        vq: SplitQueue,
+        notifier: Notifier,
+        transport: Arc<dyn Transport>,
+    ) -> vbdev_virtio::Result<Self> {
+        let size = vq.capacity();
+        let n = usize::from(size);
+        let stride = fmt.stride();
+        let slots = DmaDomain::global().alloc_zeroed(n * stride, 4096)?;
+        Ok(Self {
+            index,
+            fmt,
+            vq,
+            notifier,
+            transport,
+            stride,
+            slots,
+            ctx_free: (0..size).rev().collect(),
+            ctx: vec![Child::default(); n].into_boxed_slice(),
+            parents: (0..=n).map(|_| Parent::default()).collect(),
+            parent_free: (0..=n as u32).rev().collect(),
+            partial: None,
+            retry: VecDeque::new(),
+            clients: Vec::new(),
+            scratch: Vec::with_capacity(8),
+            total_active: 0,
+            stall: StallClock::default(),
+            sleepers: 0,
+            failed: false,
+            next_tag: 1,
+        })
+    }
+
+    /// A new client for a channel (with its target) or a command user (without).
+    pub fn register(&mut self, target: Option<Arc<F::Target>>) -> u16 {
+        let cap = usize::from(self.vq.capacity()) + 1;
+        if let Some(i) = self.clients.iter().position(|c| !c.used) {
+            let c = &mut self.clients[i];
+            c.used = true;
+            c.target = target;
+            return i as u16;
+        }
+        self.clients.push(Client {
+            used: true,
+            target,
+            ready: VecDeque::with_capacity(cap),
+            active: 0,
+        });
+        (self.clients.len() - 1) as u16
+    }
+
+    /// Gives a client id back; its requests must all have been taken.
+    pub fn unregister(&mut self, client: u16) {
+        let c = &mut self.clients[usize::from(client)];
+        debug_assert_eq!(c.active, 0);
+        c.used = false;
+        c.target = None;
+    }
+
+    /// Requests of `client` accepted and not yet taken back.
+    pub fn active(&self, client: u16) -> usize {
+        self.clients[usize::from(client)].active
+    }
+
+    pub fn has_ready(&self, client: u16) -> bool {
+        !self.clients[usize::from(client)].ready.is_empty()
+    }
+
+    pub fn has_used(&self) -> bool {
+        self.vq.has_used()
+    }
+
+    pub fn set_interrupts(&mut self, on: bool) {
+        self.vq.set_interrupts(on);
+    }
+
+    /// Takes a block request from `client`; gives it back when the queue is full.
+    pub fn submit_io(&mut self, client: u16, req: Request) -> Result<(), Request> {
+        let Some(p) = self.parent_free.pop() else {
+            return Err(req);
+        };
+        if self.failed || self.clients[usize::from(client)].target.is_none() {
+            self.start_parent(p, client, Kind::Io(req));
+            self.parents[p as usize].status = IoStatus::Failed(IoError::Removed);
+            self.route(p);
+            return Ok(());
+        }
+        if self.partial.is_some() || self.ctx_free.is_empty() {
+            self.parent_free.push(p);
+            return Err(req);
+        }
+        self.start_parent(p, client, Kind::Io(req));
+        self.advance(p);
+        Ok(())
+    }
+
+    /// Takes a command from `client`; gives it back when the queue is full.
+    pub fn submit_cmd(&mut self, client: u16, cmd: F::Cmd) -> Result<(), F::Cmd> {
+        if !self.failed && (self.partial.is_some() || self.ctx_free.is_empty()) {
+            return Err(cmd);
+        }
+        let Some(p) = self.parent_free.pop() else {
+            return Err(cmd);
+        };
+        self.start_parent(p, client, Kind::Cmd(cmd));
+        if self.failed {
+            self.parents[p as usize].status = IoStatus::Failed(IoError::Removed);
+            self.route(p);
+            return Ok(());
+        }
+        self.advance(p);
+        Ok(())
+    }
+
+    fn start_parent(&mut self, p: u32, client: u16, kind: Kind<F>) {
+        self.parents[p as usize] = Parent {
+            kind: Some(kind),
+            client,
+            ..Parent::default()
+        };
+        self.clients[usize::from(client)].active += 1;
+        self.total_active += 1;
+    }
+
+    /// Writes context `ctx`'s child and builds its chain in `scratch`.
+    fn build(&mut self, ctx: u16) {
+        let c = self.ctx[usize::from(ctx)];
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        self.scratch.clear();
+        let parent = &self.parents[c.parent as usize];
+        let mut slot = Slot {
+            buf: &mut self.slots,
+            base: usize::from(ctx) * self.stride,
+            scratch: &mut self.scratch,
+        };
+        match &parent.kind {
+            Some(Kind::Io(req)) => {
+                let target = self.clients[usize::from(parent.client)]
+                    .target
+                    .as_deref()
+                    .expect("block clients have a target");
+                self.fmt
+                    .build_io(&mut slot, req, target, c.start, c.units, tag);
+            }
+            Some(Kind::Cmd(cmd)) => self.fmt.build_cmd(&mut slot, cmd, tag),
+            None => unreachable!("active parent has a kind"),
+        }
+    }
+
+    fn add(&mut self, ctx: u16) -> Result<(), AddError> {
+        // SAFETY: by the `Format` contract every segment in `scratch` points into
+        // context `ctx`'s slot of `self.slots` (owned by this chain until `ctx` comes
+        // back from the ring), into the buffer of parent `ctx[ctx].parent` (which stays
+        // in `self.parents` until all its children came back from `pop_used` or
+        // `reclaim_all`), or into memory of `self.fmt`, which lives as long as `self`
+        // and is never written; nothing else touches those bytes meanwhile.
+        unsafe { self.vq.try_add(&self.scratch, u64::from(ctx)) }
+    }
+
+    /// Sends children of parent `p` until it is fully sent or the ring is full.
+    fn advance(&mut self, p: u32) {
+        loop {
+            let parent = &self.parents[p as usize];
+            let units = parent.units();
+            if parent.cursor >= units || !parent.status.is_success() {
+                if self.partial == Some(p) {
+                    self.partial = None;
+                }
+                if self.parents[p as usize].children == 0 {
+                    self.route(p);
+                }
+                return;
+            }
+            let Some(ctx) = self.ctx_free.pop() else {
+                self.partial = Some(p);
+                return;
+            };
+            let start = parent.cursor;
+            let n = match &parent.kind {
+                Some(Kind::Io(req)) => {
+                    let target = self.clients[usize::from(parent.client)]
+                        .target
+                        .as_deref()
+                        .expect("block clients have a target");
+                    self.fmt.child_units(req, target, units - start)
+                }
+                _ => 1,
+            };
+            if n == 0 {
+                // The format offers no child for this: fail the request, never loop.
+                debug_assert!(false, "child_units returned 0 for an offered operation");
+                self.ctx_free.push(ctx);
+                self.parents[p as usize].status = IoStatus::Failed(IoError::DoesNotFit);
+                continue;
+            }
+            self.ctx[usize::from(ctx)] = Child {
+                parent: p,
+                start,
+                units: n,
+                attempts: Attempts::default(),
+            };
+            self.build(ctx);
+            match self.add(ctx) {
+                Ok(()) => {
+                    let parent = &mut self.parents[p as usize];
+                    parent.children += 1;
+                    parent.cursor += n;
+                }
+                Err(AddError::Full) | Err(AddError::Broken) => {
+                    // Broken: the next pump fails everything; Full: resume on completions.
+                    self.ctx_free.push(ctx);
+                    self.partial = Some(p);
+                    return;
+                }
+                Err(AddError::TooLong) => {
+                    // Limits are computed from the ring's capacity, so this is a bug;
+                    // fail the request rather than the process.
+                    debug_assert!(false, "child chain longer than the ring allows");
+                    self.ctx_free.push(ctx);
+                    self.parents[p as usize].status = IoStatus::Failed(IoError::DoesNotFit);
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, p: u32) {
+        let client = self.parents[p as usize].client;
+        self.clients[usize::from(client)].ready.push_back(p);
+    }
+
+    /// Publishes what was added, with at most one notification.
+    pub fn flush(&mut self) {
+        if self.vq.publish() {
+            self.notifier.notify();
+        }
+    }
+
+    fn finish(&mut self, p: u32) -> Done<F> {
+        let parent = std::mem::take(&mut self.parents[p as usize]);
+        self.parent_free.push(p);
+        let client = &mut self.clients[usize::from(parent.client)];
+        client.active -= 1;
+        self.total_active -= 1;
+        match parent.kind.expect("active parent has a kind") {
+            Kind::Io(req) => {
+                let gone = client.target.as_deref().is_some_and(F::is_gone);
+                let status = match parent.status {
+                    IoStatus::Failed(_) if gone => IoStatus::Failed(IoError::Removed),
+                    s => s,
+                };
+                Done::Io(Completion {
+                    cookie: req.cookie,
+                    status,
+                    buf: req.buf,
+                })
+            }
+            Kind::Cmd(cmd) => Done::Cmd(CmdDone {
+                cmd,
+                reply: parent.reply.unwrap_or_default(),
+                error: match parent.status {
+                    IoStatus::Failed(e) => Some(e),
+                    IoStatus::Success => None,
+                },
+            }),
+        }
+    }
+
+    /// Accounts one completed child; returns its parent when that parent is finished.
+    fn complete_used(&mut self, used: Used) -> Option<u32> {
+        let ctx = used.cookie as u16; // cookies are context indices < queue size
+        let p = self.ctx[usize::from(ctx)].parent;
+        let view = SlotView {
+            buf: &self.slots,
+            base: usize::from(ctx) * self.stride,
+        };
+        let parent = &mut self.parents[p as usize];
+        let status = match (&parent.kind, used.written) {
+            (_, Err(e)) => IoStatus::Failed(IoError::Protocol(e)),
+            (Some(Kind::Cmd(_)), Ok(_)) => {
+                let (reply, status) = self.fmt.read_cmd(&view);
+                parent.reply = Some(reply);
+                status
+            }
+            (Some(Kind::Io(_)), Ok(_)) => {
+                let target = self.clients[usize::from(parent.client)]
+                    .target
+                    .as_deref()
+                    .expect("block clients have a target");
+                let attempts = &mut self.ctx[usize::from(ctx)].attempts;
+                match self.fmt.judge_io(&view, target, attempts) {
+                    Verdict::Done(s) => s,
+                    Verdict::Retry(delay) => {
+                        let now = Instant::now();
+                        self.retry.push_back((ctx, now + delay));
+                        return None;
+                    }
+                }
+            }
+            (None, Ok(_)) => unreachable!("active parent has a kind"),
+        };
+        self.ctx_free.push(ctx);
+        let parent = &mut self.parents[p as usize];
+        parent.children -= 1;
+        if parent.status.is_success() && !status.is_success() {
+            parent.status = status;
+        }
+        let done = parent.cursor >= parent.units() || !parent.status.is_success();
+        (parent.children == 0 && done && self.partial != Some(p)).then_some(p)
+    }
+
+    /// Sends children whose backoff has passed.
+    fn resend_due(&mut self) {
+        if self.retry.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut n = self.retry.len();
+        while n > 0 {
+            n -= 1;
+            let Some((ctx, due)) = self.retry.pop_front() else {
+                break;
+            };
+            if due > now {
+                self.retry.push_back((ctx, due));
+                continue;
+            }
+            self.build(ctx);
+            if self.add(ctx).is_err() {
+                self.retry.push_front((ctx, due));
+                break;
+            }
+        }
+    }
+
+    fn check_failure(&mut self, removed: bool) {
+        if !self.failed {
+            if let Some(e) = self.vq.broken() {
+                self.fail_all(IoError::Protocol(e));
+            } else if removed {
+                self.fail_all(IoError::Removed);
+            }
+        }
+    }
+
+    /// After popping: resends, continues a partial parent, watches for a stall.
+    fn after_pop(&mut self, progressed: bool, io_timeout: Duration) {
+        if !self.failed {
+            self.resend_due();
+            if let Some(p) = self.partial {
+                self.advance(p);
+            }
+        }
+        // Children waiting for a retry are not the device's fault.
+        let idle = !progressed && self.total_active > 0 && self.retry.len() < self.total_active;
+        if !self.failed && self.stall.poll(idle, io_timeout) {
+            self.fail_all(IoError::TimedOut);
+        }
+        if !self.failed {
+            if let Some(e) = self.vq.broken() {
+                self.fail_all(IoError::Protocol(e));
+            }
+        }
+    }
+
+    /// Pops every completion and routes finished parents to their clients; fails the
+    /// queue on a broken ring, a removed device (`removed`) or a stall.
+    pub fn pump(&mut self, io_timeout: Duration, removed: bool) {
+        self.check_failure(removed);
+        let mut progressed = false;
+        while let Some(used) = self.vq.pop_used() {
+            progressed = true;
+            if let Some(p) = self.complete_used(used) {
+                self.route(p);
+            }
+        }
+        self.after_pop(progressed, io_timeout);
+    }
+
+    /// [`Self::pump`] and [`Self::take_io`] in one pass for `client`: its finished
+    /// requests go straight into `out`; others' are routed.
+    pub fn reap(
+        &mut self,
+        client: u16,
+        out: &mut [Completion],
+        io_timeout: Duration,
+        removed: bool,
+    ) -> usize {
+        self.check_failure(removed);
+        let mut n = self.take_io(client, out);
+        let mut progressed = false;
+        while n < out.len() {
+            let Some(used) = self.vq.pop_used() else {
+                break;
+            };
+            progressed = true;
+            let Some(p) = self.complete_used(used) else {
+                continue;
+            };
+            if self.parents[p as usize].client == client {
+                if let Done::Io(c) = self.finish(p) {
+                    out[n] = c;
+                    n += 1;
+                }
+            } else {
+                self.route(p);
+            }
+        }
+        self.after_pop(progressed, io_timeout);
+        if n < out.len() {
+            n += self.take_io(client, &mut out[n..]);
+        }
+        n
+    }
+
+    /// Moves up to `out.len()` finished block requests of `client` into `out`.
+    pub fn take_io(&mut self, client: u16, out: &mut [Completion]) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some(p) = self.clients[usize::from(client)].ready.pop_front() else {
+                break;
+            };
+            match self.finish(p) {
+                Done::Io(c) => {
+                    out[n] = c;
+                    n += 1;
+                }
+                Done::Cmd(_) => debug_assert!(false, "block clients send no commands"),
+            }
+        }
+        n
+    }
+
+    /// The next finished command of `client`.
+    pub fn take_cmd(&mut self, client: u16) -> Option<CmdDone<F>> {
+        let p = self.clients[usize::from(client)].ready.pop_front()?;
+        match self.finish(p) {
+            Done::Cmd(c) => Some(c),
+            Done::Io(_) => None,
+        }
+    }
+
+    /// Fails every request: the device is gone, broken or hung. The transport is shut
+    /// down first so the device stops touching our memory.
+    pub fn fail_all(&mut self, why: IoError) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        self.transport.shutdown();
+        tracing::error!(target: TARGET, queue = self.index, in_flight = self.total_active, error = %why, "failing all requests of the queue");
+        // Completions the device published before it went are real: deliver them.
+        while let Some(used) = self.vq.pop_used() {
+            if let Some(p) = self.complete_used(used) {
+                self.route(p);
+            }
+        }
+        let mut ctxs: Vec<u16> = Vec::with_capacity(usize::from(self.vq.len()));
+        // SAFETY: the transport is shut down: a vhost-user target has lost its connection
+        // and with it the right to our memory (a dead one cannot write at all); the
+        // chains' buffers are only handed back to callers after this point.
+        unsafe { self.vq.reclaim_all(|c| ctxs.push(c as u16)) };
+        ctxs.extend(self.retry.drain(..).map(|(c, _)| c));
+        for ctx in ctxs {
+            self.ctx_free.push(ctx);
+            let p = self.ctx[usize::from(ctx)].parent;
+            let parent = &mut self.parents[p as usize];
+            parent.children -= 1;
+            if parent.status.is_success() {
+                parent.status = IoStatus::Failed(why);
+            }
+            if parent.children == 0 && self.partial != Some(p) {
+                self.route(p);
+            }
+        }
+        if let Some(p) = self.partial.take() {
+            let parent = &mut self.parents[p as usize];
+            if parent.status.is_success() {
+                parent.status = IoStatus::Failed(why);
+            }
+            if parent.children == 0 {
+                self.route(p);
+            }
+        }
+    }
+}
