@@ -344,6 +344,11 @@ impl<F: Format> Engine<F> {
         !self.clients[usize::from(client)].ready.is_empty()
     }
 
+    /// Whether the transport still has its device.
+    pub fn transport_alive(&self) -> bool {
+        self.transport.is_alive()
+    }
+
     pub fn has_used(&self) -> bool {
         self.vq.has_used()
     }

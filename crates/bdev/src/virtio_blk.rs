@@ -5,9 +5,8 @@
 //! device's limits (`seg_max`, `size_max`, `max_discard_sectors`,
 //! `max_write_zeroes_sectors`); the request completes when its last child does.
 //! Per-child headers and status bytes live in DMA memory allocated with the queue.
-#![allow(unsafe_code)] // one call site: SplitQueue::try_add, see `BlkQueue::add`.
+#![allow(unsafe_code)] // `unsafe impl Format`: the segments the format builds, see its SAFETY.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,12 +16,12 @@ use vbdev_virtio::blk::{self, BlkConfig, DiscardWriteZeroes, ReqHeader};
 use vbdev_virtio::device::features as vfeat;
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
-    AddError, CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, Segment, SplitQueue, Transport,
-    VirtioDevice,
+    CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, Segment, SplitQueue, Transport, VirtioDevice,
 };
 
 use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 use crate::channel::ChannelBackend;
+use crate::engine::{Attempts, Engine, Format, Slot, SlotView, Verdict};
 use crate::error::{Error, Result};
 
 const TARGET: &str = "vbdev::virtio_blk";
@@ -375,8 +374,8 @@ impl BlkShared {
         let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         for q in pool.iter() {
             if t.is_alive() {
-                if let Err(e) = t.stop_queue(q.index) {
-                    tracing::warn!(target: TARGET, queue = q.index, error = %e, "stopping queue failed");
+                if let Err(e) = t.stop_queue(q.e.index) {
+                    tracing::warn!(target: TARGET, queue = q.e.index, error = %e, "stopping queue failed");
                 }
             }
         }
@@ -392,54 +391,143 @@ impl Drop for BlkShared {
     }
 }
 
-/// How many units a request's children cover: blocks, or 1 for a flush.
-fn units(req: &Request) -> u64 {
-    if req.op == IoOp::Flush {
-        1
-    } else {
-        req.num_blocks
+/// The virtio-blk request format (virtio 1.2 §5.2.6) of one device.
+#[derive(Debug)]
+struct BlkFormat {
+    limits: Limits,
+}
+
+/// A GET_ID request: 20 bytes of serial into `buf`.
+#[derive(Debug)]
+struct GetId {
+    buf: DmaBuf,
+}
+
+impl BlkFormat {
+    fn header(slot: &mut Slot<'_>, type_: u32, sector: u64) {
+        let hdr = ReqHeader {
+            type_,
+            reserved: 0,
+            sector,
+        };
+        slot.write(0, &hdr.to_bytes());
+        slot.write(SLOT_STATUS, &[STATUS_UNSET]);
+        slot.push(Segment::readable(slot.iova(0), 16));
+    }
+
+    fn status(slot: &SlotView<'_>) -> IoStatus {
+        match slot.byte(SLOT_STATUS) {
+            blk::status::OK => IoStatus::Success,
+            blk::status::IOERR => IoStatus::Failed(IoError::BlkIoErr),
+            blk::status::UNSUPP => IoStatus::Failed(IoError::BlkUnsupp),
+            s => IoStatus::Failed(IoError::BlkBadStatus(s)),
+        }
     }
 }
 
-/// A request in progress: the caller's request plus how far its children got.
-#[derive(Debug, Default)]
-struct Parent {
-    req: Option<Request>,
-    /// Units (blocks; 1 for a flush) already handed to children.
-    cursor: u64,
-    /// Children in flight.
-    children: u32,
-    status: IoStatus,
+// SAFETY: `build_io` and `build_cmd` push segments into the context's slot (header,
+// range, status: within SLOT_STRIDE) and into the request's own buffer: the child's
+// data segments cover `[start * block_size, (start + units) * block_size)`, inside the
+// buffer of `num_blocks * block_size` bytes the channel validated, and GET_ID writes
+// 20 bytes into its 512-byte buffer.
+unsafe impl Format for BlkFormat {
+    type Target = ();
+    type Cmd = GetId;
+    type Reply = u8;
+
+    fn stride(&self) -> usize {
+        SLOT_STRIDE
+    }
+
+    fn child_units(&self, req: &Request, _: &(), left: u64) -> u64 {
+        let l = &self.limits;
+        match req.op {
+            IoOp::Read | IoOp::Write => (left * l.block_size).min(l.max_child_bytes) / l.block_size,
+            IoOp::Flush => 1,
+            IoOp::Unmap => left.min(l.max_discard_blocks),
+            IoOp::WriteZeroes => left.min(l.max_write_zeroes_blocks),
+        }
+    }
+
+    fn build_io(
+        &self,
+        slot: &mut Slot<'_>,
+        req: &Request,
+        _: &(),
+        start: u64,
+        units: u64,
+        _tag: u64,
+    ) {
+        let l = &self.limits;
+        let to_sector = |block: u64| block * l.block_size / blk::SECTOR_SIZE;
+        let lba = req.offset_blocks + start;
+        match req.op {
+            IoOp::Read | IoOp::Write => {
+                let (type_, writable) = if req.op == IoOp::Read {
+                    (blk::req::IN, true)
+                } else {
+                    (blk::req::OUT, false)
+                };
+                Self::header(slot, type_, to_sector(lba));
+                let buf = req
+                    .buf
+                    .as_ref()
+                    .expect("validated: reads and writes carry a buffer");
+                let mut addr = buf.iova().0 + start * l.block_size;
+                let mut rest = units * l.block_size;
+                while rest > 0 {
+                    let len = rest.min(l.max_seg_bytes);
+                    slot.push(Segment {
+                        addr: vbdev_virtio::Iova(addr),
+                        len: len as u32, // len <= max_seg_bytes <= 1 GiB
+                        device_writable: writable,
+                    });
+                    addr += len;
+                    rest -= len;
+                }
+            }
+            IoOp::Flush => Self::header(slot, blk::req::FLUSH, 0),
+            IoOp::Unmap | IoOp::WriteZeroes => {
+                let type_ = if req.op == IoOp::Unmap {
+                    blk::req::DISCARD
+                } else {
+                    blk::req::WRITE_ZEROES
+                };
+                Self::header(slot, type_, 0);
+                let range = DiscardWriteZeroes {
+                    sector: to_sector(lba),
+                    num_sectors: to_sector(units) as u32, // <= max_*_sectors, a u32
+                    flags: 0,
+                };
+                slot.write(SLOT_DWZ, &range.to_bytes());
+                slot.push(Segment::readable(slot.iova(SLOT_DWZ), 16));
+            }
+        }
+        slot.push(Segment::writable(slot.iova(SLOT_STATUS), 1));
+    }
+
+    fn build_cmd(&self, slot: &mut Slot<'_>, cmd: &GetId, _tag: u64) {
+        Self::header(slot, blk::req::GET_ID, 0);
+        slot.push(Segment::writable(cmd.buf.iova(), blk::ID_BYTES as u32));
+        slot.push(Segment::writable(slot.iova(SLOT_STATUS), 1));
+    }
+
+    fn judge_io(&self, slot: &SlotView<'_>, _: &(), _: &mut Attempts) -> Verdict {
+        Verdict::Done(Self::status(slot))
+    }
+
+    fn read_cmd(&self, slot: &SlotView<'_>) -> (u8, IoStatus) {
+        (slot.byte(SLOT_STATUS), IoStatus::Success)
+    }
 }
 
-/// One request queue with everything its requests need, allocated at attach.
-///
-/// # Invariants
-/// - a context index `c` is either in `ctx_free` or owned by exactly one chain in `vq`
-///   (whose cookie is `c`), and then `ctx_parent[c]` names an active parent;
-/// - an active parent owns its request's buffer; the chains of its children point only
-///   into that buffer and into context slots the parent's children own.
+/// One request queue of the device: the engine with the virtio-blk format, its
+/// interrupt file, and the one client its channel uses.
 #[derive(Debug)]
 struct BlkQueue {
-    index: u16,
-    vq: SplitQueue,
-    notifier: Notifier,
+    e: Engine<BlkFormat>,
     call: CallFd,
-    transport: Arc<dyn Transport>,
-    limits: Limits,
-    slots: DmaBuf,
-    ctx_free: Vec<u16>,
-    ctx_parent: Box<[u32]>,
-    parents: Box<[Parent]>,
-    parent_free: Vec<u32>,
-    /// The parent whose children did not all fit yet; later requests wait behind it.
-    partial: Option<u32>,
-    /// Parents finished without a child in flight, to be returned by the next reap.
-    ready: VecDeque<u32>,
-    scratch: Vec<Segment>,
-    active: usize,
-    stall: crate::stall::StallClock,
-    failed: bool,
+    client: u16,
 }
 
 impl BlkQueue {
@@ -451,364 +539,42 @@ impl BlkQueue {
         limits: Limits,
         transport: Arc<dyn Transport>,
     ) -> vbdev_virtio::Result<Self> {
-        let size = vq.capacity();
-        let n = usize::from(size);
-        let slots = DmaDomain::global().alloc_zeroed(n * SLOT_STRIDE, 4096)?;
-        let segs = (limits.max_child_bytes.div_ceil(limits.max_seg_bytes) + 2) as usize;
-        Ok(Self {
-            index,
-            vq,
-            notifier,
-            call,
-            transport,
-            limits,
-            slots,
-            ctx_free: (0..size).rev().collect(),
-            ctx_parent: vec![0; n].into_boxed_slice(),
-            parents: (0..=n).map(|_| Parent::default()).collect(),
-            parent_free: (0..=n as u32).rev().collect(),
-            partial: None,
-            ready: VecDeque::with_capacity(n + 1),
-            scratch: Vec::with_capacity(segs),
-            active: 0,
-            stall: crate::stall::StallClock::default(),
-            failed: false,
-        })
-    }
-
-    fn slot_iova(&self, ctx: u16, off: usize) -> vbdev_virtio::Iova {
-        vbdev_virtio::Iova(self.slots.iova().0 + (usize::from(ctx) * SLOT_STRIDE + off) as u64)
-    }
-
-    /// Writes the header (and range) of a child into context `ctx`'s slot and returns
-    /// the chain's first segment.
-    fn prepare(&mut self, ctx: u16, type_: u32, sector: u64, dwz: Option<DiscardWriteZeroes>) {
-        let base = usize::from(ctx) * SLOT_STRIDE;
-        let hdr = ReqHeader {
-            type_,
-            reserved: 0,
-            sector,
-        };
-        self.slots.write_at(base, &hdr.to_bytes());
-        if let Some(d) = dwz {
-            self.slots.write_at(base + SLOT_DWZ, &d.to_bytes());
-        }
-        self.slots.write_at(base + SLOT_STATUS, &[STATUS_UNSET]);
-        self.scratch.clear();
-        self.scratch
-            .push(Segment::readable(self.slot_iova(ctx, 0), 16));
-    }
-
-    /// Puts the chain in `scratch` on the ring with cookie `ctx`.
-    fn add(&mut self, ctx: u16) -> std::result::Result<(), AddError> {
-        // SAFETY: every segment in `scratch` points either into `self.slots` at context
-        // `ctx`'s slot (owned by this chain until `ctx` comes back from the ring) or into
-        // the buffer of the request of `ctx_parent[ctx]`, which stays in `self.parents`
-        // until all its children have come back from `pop_used` or `reclaim_all`
-        // (struct invariant); nothing reads or writes those bytes meanwhile.
-        unsafe { self.vq.try_add(&self.scratch, u64::from(ctx)) }
-    }
-
-    /// Sends children of parent `p` until it is fully sent or the ring is full.
-    fn advance(&mut self, p: u32) {
-        loop {
-            let parent = &self.parents[p as usize];
-            let req = parent.req.as_ref().expect("active parent has a request");
-            let units = units(req);
-            if parent.cursor >= units || !parent.status.is_success() {
-                if self.partial == Some(p) {
-                    self.partial = None;
-                }
-                if self.parents[p as usize].children == 0 {
-                    self.ready.push_back(p);
-                }
-                return;
-            }
-            let Some(ctx) = self.ctx_free.pop() else {
-                self.partial = Some(p);
-                return;
-            };
-            let (op, offset, cursor) = (req.op, req.offset_blocks, parent.cursor);
-            let buf_iova = req.buf.as_ref().map(|b| b.iova().0);
-            let l = self.limits;
-            let left = units - cursor;
-            let to_sector = |block: u64| block * l.block_size / blk::SECTOR_SIZE;
-            let n = match op {
-                IoOp::Read | IoOp::Write => {
-                    let bytes = (left * l.block_size).min(l.max_child_bytes);
-                    let type_ = if op == IoOp::Read {
-                        blk::req::IN
-                    } else {
-                        blk::req::OUT
-                    };
-                    self.prepare(ctx, type_, to_sector(offset + cursor), None);
-                    let mut addr = buf_iova.expect("validated: reads and writes carry a buffer")
-                        + cursor * l.block_size;
-                    let mut rest = bytes;
-                    while rest > 0 {
-                        let len = rest.min(l.max_seg_bytes);
-                        self.scratch.push(Segment {
-                            addr: vbdev_virtio::Iova(addr),
-                            len: len as u32, // len <= max_seg_bytes <= 1 GiB
-                            device_writable: op == IoOp::Read,
-                        });
-                        addr += len;
-                        rest -= len;
-                    }
-                    bytes / l.block_size
-                }
-                IoOp::Flush => {
-                    self.prepare(ctx, blk::req::FLUSH, 0, None);
-                    1
-                }
-                IoOp::Unmap | IoOp::WriteZeroes => {
-                    let (type_, max) = if op == IoOp::Unmap {
-                        (blk::req::DISCARD, l.max_discard_blocks)
-                    } else {
-                        (blk::req::WRITE_ZEROES, l.max_write_zeroes_blocks)
-                    };
-                    let blocks = left.min(max);
-                    let range = DiscardWriteZeroes {
-                        sector: to_sector(offset + cursor),
-                        num_sectors: to_sector(blocks) as u32, // <= max_*_sectors, a u32
-                        flags: 0,
-                    };
-                    self.prepare(ctx, type_, 0, Some(range));
-                    self.scratch
-                        .push(Segment::readable(self.slot_iova(ctx, SLOT_DWZ), 16));
-                    blocks
-                }
-            };
-            self.scratch
-                .push(Segment::writable(self.slot_iova(ctx, SLOT_STATUS), 1));
-            match self.add(ctx) {
-                Ok(()) => {
-                    self.ctx_parent[usize::from(ctx)] = p;
-                    let parent = &mut self.parents[p as usize];
-                    parent.children += 1;
-                    parent.cursor += n;
-                }
-                Err(AddError::Full) | Err(AddError::Broken) => {
-                    // Broken: the next reap fails everything; Full: resume on completions.
-                    self.ctx_free.push(ctx);
-                    self.partial = Some(p);
-                    return;
-                }
-                Err(AddError::TooLong) => {
-                    // Limits are computed from the ring's capacity, so this is a bug;
-                    // fail the request rather than the process.
-                    debug_assert!(false, "child chain longer than the ring allows");
-                    self.ctx_free.push(ctx);
-                    self.parents[p as usize].status = IoStatus::Failed(IoError::BlkUnsupp);
-                }
-            }
-        }
-    }
-
-    fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
-        // Parents outnumber contexts, so this only waits when completions are pending.
-        let Some(p) = self.parent_free.pop() else {
-            return Err(req);
-        };
-        if self.failed {
-            self.parents[p as usize] = Parent {
-                req: Some(req),
-                status: IoStatus::Failed(IoError::Removed),
-                ..Parent::default()
-            };
-            self.active += 1;
-            self.ready.push_back(p);
-            return Ok(());
-        }
-        if self.partial.is_some() || self.ctx_free.is_empty() {
-            self.parent_free.push(p);
-            return Err(req);
-        }
-        self.parents[p as usize] = Parent {
-            req: Some(req),
-            ..Parent::default()
-        };
-        self.active += 1;
-        self.advance(p);
-        Ok(())
-    }
-
-    fn flush(&mut self) {
-        if self.vq.publish() {
-            self.notifier.notify();
-        }
-    }
-
-    fn finish(&mut self, p: u32) -> Completion {
-        let parent = std::mem::take(&mut self.parents[p as usize]);
-        self.parent_free.push(p);
-        self.active -= 1;
-        let req = parent.req.expect("active parent has a request");
-        Completion {
-            cookie: req.cookie,
-            status: parent.status,
-            buf: req.buf,
-        }
-    }
-
-    fn status_of(&self, ctx: u16) -> IoStatus {
-        match self
-            .slots
-            .read_volatile(usize::from(ctx) * SLOT_STRIDE + SLOT_STATUS)
-        {
-            blk::status::OK => IoStatus::Success,
-            blk::status::IOERR => IoStatus::Failed(IoError::BlkIoErr),
-            blk::status::UNSUPP => IoStatus::Failed(IoError::BlkUnsupp),
-            s => IoStatus::Failed(IoError::BlkBadStatus(s)),
-        }
-    }
-
-    /// Fails every request: the device is gone, broken or hung. The transport is shut
-    /// down first so the device stops touching our memory.
-    fn fail_all(&mut self, why: IoError) {
-        if self.failed {
-            return;
-        }
-        self.failed = true;
-        self.transport.shutdown();
-        tracing::error!(target: TARGET, queue = self.index, in_flight = self.active, error = %why, "failing all requests of the queue");
-        // Completions the device published before it went are real: deliver them.
-        while let Some(used) = self.vq.pop_used() {
-            if let Some(p) = self.complete_used(used) {
-                self.ready.push_back(p);
-            }
-        }
-        let mut reclaimed = std::mem::take(&mut self.scratch);
-        reclaimed.clear();
-        let mut ctxs: Vec<u16> = Vec::with_capacity(usize::from(self.vq.len()));
-        // SAFETY: the transport is shut down: a vhost-user target has lost its connection
-        // and with it the right to our memory (a dead one cannot write at all); the
-        // chains' buffers are only handed back to callers after this point.
-        unsafe { self.vq.reclaim_all(|c| ctxs.push(c as u16)) };
-        self.scratch = reclaimed;
-        for ctx in ctxs {
-            self.ctx_free.push(ctx);
-            let p = self.ctx_parent[usize::from(ctx)];
-            let parent = &mut self.parents[p as usize];
-            parent.children -= 1;
-            if parent.status.is_success() {
-                parent.status = IoStatus::Failed(why);
-            }
-            if parent.children == 0 && self.partial != Some(p) {
-                self.ready.push_back(p);
-            }
-        }
-        if let Some(p) = self.partial.take() {
-            let parent = &mut self.parents[p as usize];
-            if parent.status.is_success() {
-                parent.status = IoStatus::Failed(why);
-            }
-            if parent.children == 0 {
-                self.ready.push_back(p);
-            }
-        }
-    }
-
-    /// Accounts one completed child; returns its parent when that parent is finished.
-    fn complete_used(&mut self, used: vbdev_virtio::Used) -> Option<u32> {
-        let ctx = used.cookie as u16; // cookies are context indices < queue size
-        let status = match used.written {
-            Ok(_) => self.status_of(ctx),
-            Err(e) => IoStatus::Failed(IoError::Protocol(e)),
-        };
-        self.ctx_free.push(ctx);
-        let p = self.ctx_parent[usize::from(ctx)];
-        let parent = &mut self.parents[p as usize];
-        parent.children -= 1;
-        if parent.status.is_success() && !status.is_success() {
-            parent.status = status;
-        }
-        let units = parent.req.as_ref().map_or(0, units);
-        let done = parent.cursor >= units || !parent.status.is_success();
-        (parent.children == 0 && done && self.partial != Some(p)).then_some(p)
-    }
-
-    fn reap(&mut self, out: &mut [Completion], io_timeout: Duration, removed: bool) -> usize {
-        if !self.failed {
-            if let Some(e) = self.vq.broken() {
-                self.fail_all(IoError::Protocol(e));
-            } else if removed {
-                self.fail_all(IoError::Removed);
-            }
-        }
-        let mut n = 0;
-        let mut progressed = false;
-        while n < out.len() {
-            if let Some(p) = self.ready.pop_front() {
-                out[n] = self.finish(p);
-                n += 1;
-                continue;
-            }
-            let Some(used) = self.vq.pop_used() else {
-                break;
-            };
-            progressed = true;
-            if let Some(p) = self.complete_used(used) {
-                out[n] = self.finish(p);
-                n += 1;
-            }
-        }
-        if let Some(p) = self.partial {
-            if !self.failed {
-                self.advance(p);
-            }
-        }
-        let idle = !progressed && self.active > 0;
-        if !self.failed && self.stall.poll(idle, io_timeout) {
-            self.fail_all(IoError::TimedOut);
-        }
-        if self.vq.broken().is_some() && !self.failed {
-            let e = self.vq.broken().expect("checked");
-            self.fail_all(IoError::Protocol(e));
-        }
-        n
+        let mut e = Engine::new(BlkFormat { limits }, index, vq, notifier, transport)?;
+        let client = e.register(Some(Arc::new(())));
+        Ok(Self { e, call, client })
     }
 
     /// Sleeps on the call eventfd until the device completes something or `timeout`
     /// passes, with used-buffer notifications on only meanwhile (re-checking the ring
     /// after turning them on, virtio 1.2 §2.7.7.2).
     fn sleep(&mut self, timeout: Duration) {
-        self.stall.waited = true;
-        self.vq.set_interrupts(true);
-        if !self.vq.has_used() && self.ready.is_empty() && !self.failed {
+        self.e.stall.waited = true;
+        self.e.set_interrupts(true);
+        if !self.e.has_used() && !self.e.has_ready(self.client) && !self.e.failed {
             self.call.wait(timeout);
         }
-        self.vq.set_interrupts(false);
+        self.e.set_interrupts(false);
     }
 
     /// Reads the device serial with GET_ID (virtio 1.2 §5.2.6), synchronously.
     fn get_id(&mut self, timeout: Duration) -> vbdev_virtio::Result<Option<String>> {
         let buf = DmaDomain::global().alloc_zeroed(512, 512)?;
-        let ctx = self.ctx_free.pop().expect("fresh queue has free contexts");
-        self.prepare(ctx, blk::req::GET_ID, 0, None);
-        self.scratch
-            .push(Segment::writable(buf.iova(), blk::ID_BYTES as u32));
-        self.scratch
-            .push(Segment::writable(self.slot_iova(ctx, SLOT_STATUS), 1));
-        if self.add(ctx).is_err() {
+        if self.e.submit_cmd(self.client, GetId { buf }).is_err() {
             return Err(vbdev_virtio::Error::QueueBusy { in_flight: 0 });
         }
-        self.flush();
+        self.e.flush();
         let deadline = Instant::now() + timeout;
-        let used = loop {
-            if let Some(u) = self.vq.pop_used() {
-                break u;
-            }
-            if let Some(e) = self.vq.broken() {
-                self.transport.shutdown();
-                std::mem::forget(buf);
-                return Err(e.into());
+        let done = loop {
+            let removed = !self.e.transport_alive();
+            self.e.pump(timeout, removed);
+            if let Some(d) = self.e.take_cmd(self.client) {
+                break d;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.transport.is_alive() {
-                // The device may still write the buffer: never give it back.
-                self.transport.shutdown();
-                std::mem::forget(buf);
+            if left.is_zero() {
+                // The transport is shut down before the buffer comes back.
+                self.e.fail_all(IoError::TimedOut);
+                let _ = self.e.take_cmd(self.client);
                 return Err(vbdev_virtio::Error::Timeout {
                     op: "GET_ID request",
                     timeout_ms: timeout.as_millis() as u64,
@@ -816,11 +582,19 @@ impl BlkQueue {
             }
             self.sleep(left.min(Duration::from_millis(50)));
         };
-        self.ctx_free.push(ctx);
-        if used.written.is_err() || !self.status_of(ctx).is_success() {
-            return Ok(None);
+        match done.error {
+            Some(IoError::Protocol(e)) => return Err(e.into()),
+            Some(IoError::Removed) => {
+                return Err(vbdev_virtio::Error::Timeout {
+                    op: "GET_ID request",
+                    timeout_ms: timeout.as_millis() as u64,
+                });
+            }
+            Some(_) => return Ok(None),
+            None if done.reply != blk::status::OK => return Ok(None),
+            None => {}
         }
-        let id = &buf[..blk::ID_BYTES];
+        let id = &done.cmd.buf[..blk::ID_BYTES];
         let end = id.iter().position(|&b| b == 0).unwrap_or(id.len());
         let s = String::from_utf8_lossy(&id[..end]).trim().to_owned();
         Ok((!s.is_empty()).then_some(s))
@@ -843,25 +617,27 @@ impl BlkChannel {
 
 impl ChannelBackend for BlkChannel {
     fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
-        self.q().try_submit(req)
+        let q = self.q();
+        q.e.submit_io(q.client, req)
     }
 
     fn flush(&mut self) {
-        self.q().flush();
+        self.q().e.flush();
     }
 
     fn reap(&mut self, out: &mut [Completion]) -> usize {
         // The removal flags live behind the transport; looking every 64th poll (or after
         // a sleep) keeps them off the spin path and still notices within microseconds.
         self.polls = self.polls.wrapping_add(1);
-        let look = self.polls % 64 == 0 || self.q.as_ref().is_some_and(|q| q.stall.waited);
+        let look = self.polls % 64 == 0 || self.q.as_ref().is_some_and(|q| q.e.stall.waited);
         let removed = look && self.dev.removed();
         let timeout = self.dev.io_timeout;
-        self.q().reap(out, timeout, removed)
+        let q = self.q();
+        q.e.reap(q.client, out, timeout, removed)
     }
 
     fn in_flight(&self) -> usize {
-        self.q.as_ref().map_or(0, |q| q.active)
+        self.q.as_ref().map_or(0, |q| q.e.active(q.client))
     }
 
     fn buffer_visible(&self, buf: &DmaBuf) -> bool {
@@ -869,7 +645,7 @@ impl ChannelBackend for BlkChannel {
     }
 
     fn is_removed(&self) -> bool {
-        self.dev.removed() || self.q.as_ref().is_some_and(|q| q.failed)
+        self.dev.removed() || self.q.as_ref().is_some_and(|q| q.e.failed)
     }
 
     fn wait(&mut self, timeout: Duration) {
@@ -884,14 +660,15 @@ impl Drop for BlkChannel {
         // The device may still be working on our requests: wait for them (bounded by the
         // I/O timeout, after which the queue is failed), then give the queue back.
         let mut out: [Completion; 16] = Default::default();
-        while q.active > 0 {
-            q.flush();
+        while q.e.active(q.client) > 0 {
+            q.e.flush();
             let removed = self.dev.removed();
-            if q.reap(&mut out, self.dev.io_timeout, removed) == 0 && q.active > 0 {
+            let n = q.e.reap(q.client, &mut out, self.dev.io_timeout, removed);
+            if n == 0 && q.e.active(q.client) > 0 {
                 q.sleep(Duration::from_millis(10));
             }
         }
-        if q.failed {
+        if q.e.failed {
             // A failed queue's ring cannot be reused without a device reset.
             return;
         }
