@@ -139,6 +139,7 @@ pub fn start_blk(bdev: Bdev, cfg: BlkTargetConfig) -> Result<TargetHandle> {
         queues.push(Box::new(io));
     }
     let device = BlkDevice::new(&name, queues, &cfg)?;
+    let faults = Arc::clone(&device.faults);
     tracing::info!(target: TARGET, bdev = %name, socket = %cfg.socket.display(), queues = cfg.num_queues, read_only = device.read_only, "vhost-user-blk target");
     server::serve(
         Arc::new(device),
@@ -146,7 +147,7 @@ pub fn start_blk(bdev: Bdev, cfg: BlkTargetConfig) -> Result<TargetHandle> {
             socket: cfg.socket,
             poll: cfg.poll,
         },
-        Arc::new(Faults::new()),
+        faults,
     )
 }
 
@@ -173,6 +174,9 @@ struct BlkDevice {
     /// Write-back cache on (CONFIG_WCE `writeback`); off means a flush after each write.
     writeback: AtomicBool,
     queues: Box<[Mutex<BlkQueue>]>,
+    /// The target's faults (shared with the server): reads consult
+    /// [`Faults::take_corrupt_read`].
+    faults: Arc<Faults>,
 }
 
 impl std::fmt::Debug for BlkDevice {
@@ -294,6 +298,7 @@ impl BlkDevice {
             serial,
             writeback: AtomicBool::new(true),
             queues,
+            faults: Arc::new(Faults::new()),
         })
     }
 
@@ -425,7 +430,14 @@ impl BlkDevice {
             let n = (len - done).min(q.buf.len());
             let at = lba + (done / bs) as u64;
             let buf = &mut q.buf[..n];
-            if q.io.read(at, buf).is_err() || w.write_all(buf).is_err() {
+            if q.io.read(at, buf).is_err() {
+                return (status::IOERR, w.bytes_written());
+            }
+            if done + n == len && self.faults.take_corrupt_read() {
+                tracing::debug!(target: TARGET, sector, len, "CorruptRead fault: last byte flipped");
+                buf[n - 1] ^= 0xff;
+            }
+            if w.write_all(buf).is_err() {
                 return (status::IOERR, w.bytes_written());
             }
             done += n;

@@ -47,6 +47,12 @@ pub enum Fault {
     StopAnswering,
     /// Complete the next request with a bad used-ring entry.
     BadUsed(BadUsed),
+    /// Flip one byte (XOR 0xff) of the data the next read returns: its last byte. The
+    /// read itself succeeds. Unlike the other one-shot faults this one waits for a read
+    /// (virtio-blk `IN`, a SCSI READ command with data): the requests before it are
+    /// served normally. Each injection corrupts one more read. For testing data
+    /// verification (`vbdev perf -w verify`).
+    CorruptRead,
 }
 
 /// The faults armed on one target. Cheap to check when nothing is armed: one atomic load.
@@ -62,6 +68,8 @@ struct State {
     once: VecDeque<Fault>,
     close_after: Option<u64>,
     stopped: bool,
+    /// Reads still to corrupt ([`Fault::CorruptRead`]).
+    corrupt_reads: u64,
 }
 
 /// What a request handler must do with the request it is about to serve.
@@ -92,6 +100,7 @@ impl Faults {
         match fault {
             Fault::CloseAfter(n) => s.close_after = Some(n),
             Fault::StopAnswering => s.stopped = true,
+            Fault::CorruptRead => s.corrupt_reads += 1,
             f => s.once.push_back(f),
         }
         self.armed.store(true, Ordering::Release);
@@ -106,6 +115,20 @@ impl Faults {
     /// Whether `StopAnswering` is in force.
     pub fn stopped(&self) -> bool {
         self.armed.load(Ordering::Acquire) && self.lock().stopped
+    }
+
+    /// Called by a device about to return a read's data: whether to corrupt it
+    /// ([`Fault::CorruptRead`]); each armed corruption is taken once.
+    pub fn take_corrupt_read(&self) -> bool {
+        if !self.armed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut s = self.lock();
+        if s.corrupt_reads == 0 {
+            return false;
+        }
+        s.corrupt_reads -= 1;
+        true
     }
 
     /// Called once per request before serving it: says which fault applies.
@@ -172,6 +195,18 @@ mod tests {
         assert!(!f.decide().close);
         assert!(f.decide().close);
         assert!(!f.decide().close, "the next frontend is served normally");
+    }
+
+    #[test]
+    fn corrupt_read_waits_for_a_read_and_is_taken_once_per_injection() {
+        let f = Faults::new();
+        assert!(!f.take_corrupt_read());
+        f.inject(Fault::CorruptRead);
+        f.inject(Fault::CorruptRead);
+        assert_eq!(f.decide(), Decision::default(), "not a per-request fault");
+        assert!(f.take_corrupt_read());
+        assert!(f.take_corrupt_read());
+        assert!(!f.take_corrupt_read());
     }
 
     #[test]

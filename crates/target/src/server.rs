@@ -38,6 +38,8 @@
 //! completes: the frontend sees a hang-up and the queues stop serving) and `BadUsed`
 //! (a wrong used entry, written straight into the used ring when virtio-queue refuses
 //! the value). Device-level faults (`BlkStatus`, `ScsiSense`) go to [`Device::serve`].
+//! `CorruptRead` is not drawn per request: the devices take it from their [`Faults`]
+//! when they return a read's data ([`Faults::take_corrupt_read`]).
 //! Only request queues consult the faults.
 //!
 //! # Limits

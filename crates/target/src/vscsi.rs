@@ -47,6 +47,8 @@
 //! A [`Fault::ScsiSense`] ends the request it is drawn for in CHECK CONDITION with that
 //! sense key, ASC and ASCQ, without running it; [`Fault::ScsiStatus`] with that status
 //! and no sense; [`Fault::ScsiResponse`] with that virtio-scsi response code.
+//! A [`Fault::CorruptRead`] flips the last data byte of the next READ command that
+//! returns data.
 //!
 //! # Control queue (§5.6.6.2)
 //! - `VIRTIO_SCSI_T_TMF`: LOGICAL UNIT RESET runs [`ScsiTarget::lun_reset`]
@@ -211,7 +213,7 @@ pub fn start_scsi(
             socket: cfg.socket,
             poll: cfg.poll,
         },
-        Arc::new(Faults::new()),
+        Arc::clone(&device.faults),
     )?;
     Ok(ScsiHandle { handle, device })
 }
@@ -422,6 +424,9 @@ struct ScsiDevice {
     /// Features the driver accepted; 0 with no frontend.
     negotiated: AtomicU64,
     events: Mutex<Events>,
+    /// The target's faults (shared with the server): READ commands consult
+    /// [`Faults::take_corrupt_read`].
+    faults: Arc<Faults>,
 }
 
 impl std::fmt::Debug for ScsiDevice {
@@ -522,6 +527,7 @@ impl ScsiDevice {
             cdb_size: AtomicU32::new(wire::CDB_SIZE_DEFAULT),
             negotiated: AtomicU64::new(0),
             events: Mutex::new(Events::default()),
+            faults: Arc::new(Faults::new()),
         })
     }
 
@@ -822,6 +828,16 @@ impl ScsiDevice {
             _ => t.execute(lun, cdb, out, din),
         };
         drop(slot);
+        if outcome.data_in_len > 0
+            && outcome.is_good()
+            && cdb.first().is_some_and(|&op| is_read(op))
+            && self.faults.take_corrupt_read()
+        {
+            if let Some(b) = din.get_mut(outcome.data_in_len - 1) {
+                tracing::debug!(target: TARGET, head, "CorruptRead fault: last byte flipped");
+                *b ^= 0xff;
+            }
+        }
         let written = din.get(..outcome.data_in_len).unwrap_or_default();
         if data_in.write_all(written).is_err() {
             return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
@@ -846,6 +862,11 @@ impl ScsiDevice {
         tracing::trace!(target: TARGET, head, scsi_target = target, lun, opcode = cdb.first().copied(), status = resp.status, response = resp.response, "command done");
         write_cmd_resp(&mut w, resp, sense_size).saturating_add(to_u32(written.len()))
     }
+}
+
+/// Whether `opcode` is one of the SBC READ commands (6, 10, 12, 16).
+fn is_read(opcode: u8) -> bool {
+    matches!(opcode, 0x08 | 0x28 | 0xa8 | 0x88)
 }
 
 /// Writes `virtio_scsi_resp_cmd` with `sense_size` sense bytes (the sense data, cut to

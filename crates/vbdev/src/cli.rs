@@ -26,6 +26,119 @@ pub enum Command {
     Io(IoArgs),
     /// Run an embedded vhost-user target in the foreground until SIGINT/SIGTERM.
     Target(TargetArgs),
+    /// Benchmark bdevs like SPDK's bdevperf (with no target given: an embedded
+    /// virtio-scsi target on a RAM disk, in this process).
+    Perf(PerfArgs),
+}
+
+/// bdevperf's workloads (`-w`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Sequential reads and writes, `-M` percent reads.
+    Rw,
+    /// Random reads and writes, `-M` percent reads.
+    Randrw,
+    /// Write, read back and compare, at sequential offsets.
+    Verify,
+    /// `verify` plus a bdev reset every 10 s.
+    Reset,
+    /// Unmap (discard) at sequential offsets.
+    Unmap,
+    /// Flush.
+    Flush,
+    /// Write zeroes at sequential offsets.
+    #[value(name = "write_zeroes")]
+    WriteZeroes,
+}
+
+/// Faults the embedded target can be told to inject (for tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmbeddedFault {
+    /// Flip one byte of the first read's data.
+    CorruptRead,
+}
+
+/// `vbdev perf`: bdevperf's options, and where to attach.
+#[derive(Debug, Args)]
+pub struct PerfArgs {
+    /// I/O depth: requests kept in flight per job.
+    #[arg(short = 'q', long = "queue-depth", value_name = "DEPTH")]
+    pub queue_depth: u32,
+    /// I/O size in bytes (suffixes: 4k, 1m); a multiple of the bdev block size.
+    #[arg(short = 'o', long = "io-size", value_name = "SIZE", value_parser = parse_size)]
+    pub io_size: u64,
+    /// Workload.
+    #[arg(short = 'w', long = "workload", value_enum)]
+    pub workload: Workload,
+    /// Read percentage for rw and randrw (0 = all writes, 100 = all reads).
+    #[arg(short = 'M', long = "rwmixread", value_name = "PERCENT")]
+    pub rw_percentage: Option<u8>,
+    /// Run time in seconds.
+    #[arg(short = 't', long = "time", value_name = "SECONDS")]
+    pub time: u64,
+    /// Bdev to run on (default: every bdev).
+    #[arg(short = 'T', long = "bdev", value_name = "NAME")]
+    pub bdev: Option<String>,
+    /// Every core runs a job on each bdev, each on its own part of the LBA range.
+    #[arg(short = 'C')]
+    pub every_core: bool,
+    /// Cores to run on, one pinned thread each: a hex mask (0x3) or a list ([0,2-3])
+    /// (default: the first core this process may run on).
+    #[arg(short = 'm', long = "cores", value_name = "MASK|LIST")]
+    pub cores: Option<String>,
+    /// Print the results every PERIOD seconds while running.
+    #[arg(short = 'S', long = "period", value_name = "PERIOD")]
+    pub period: Option<u64>,
+    /// Print latency percentiles (p50, p90, p99, p99.9, p99.99) per job.
+    #[arg(short = 'l')]
+    pub latency: bool,
+    /// Count an I/O outstanding longer than this many seconds as timed out (0: never).
+    #[arg(short = 'k', long = "timeout", value_name = "SECONDS", default_value_t = 0)]
+    pub timeout: u64,
+    /// Unique data in every write.
+    #[arg(short = 'U')]
+    pub unique: bool,
+    /// Print the result as one JSON object in the shape of SPDK's `perform_tests` result
+    /// (with -S: one object per period, then the final one).
+    #[arg(long)]
+    pub json: bool,
+    /// vhost-user socket of the target.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub vhost_user: Option<PathBuf>,
+    /// Device type behind --vhost-user.
+    #[arg(long, value_enum, default_value = "blk", requires = "vhost_user")]
+    pub dev_type: DevType,
+    /// SPDK JSON config to set up bdevs from (`bdev_virtio_attach_controller`,
+    /// `bdev_malloc_create`, `bdev_null_create`); SPDK's `--json CONFIG`.
+    #[arg(short = 'c', long = "config", visible_alias = "json-config", value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Request queues to set up with --vhost-user and for the embedded target
+    /// (default: one per core).
+    #[arg(long)]
+    pub queues: Option<u16>,
+    /// Descriptors per queue (power of two, up to 32768).
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+    /// Control-message and connect timeout, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Size of the embedded target's RAM disk (memory is taken as it is written).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub malloc: u64,
+    /// Block size of the embedded target's RAM disk.
+    #[arg(long, default_value_t = 512)]
+    pub block_size: u32,
+    /// Test hook: make the embedded target inject this fault.
+    #[arg(long, value_enum, hide = true)]
+    pub inject_fault: Option<EmbeddedFault>,
 }
 
 /// Device type a target serves.

@@ -13,24 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use vbdev_bdev::virtio_scsi::{self, ScsiController};
-use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, Request, virtio_blk};
-use vbdev_virtio::transport::vhost_user::VhostUserOptions;
+use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, Request};
 
 use crate::Failure;
+use crate::attach::{Attach, Attached, BLK_NAME, SCSI_NAME};
 use crate::cli::{DevType, IoArgs, IoCmd};
 use crate::output::{self, InfoJson, OpJson, ScsiBdevJson, ScsiControllerJson, ScsiInfoJson};
-
-/// The bdev name a virtio-blk device attaches under.
-const BLK_NAME: &str = "VirtioBlk0";
-/// The controller name a virtio-scsi device attaches under (prefix of its bdev names).
-const SCSI_NAME: &str = "VirtioScsi0";
-
-/// How to attach, per device type.
-#[derive(Debug)]
-enum Attach {
-    Blk(virtio_blk::AttachOptions),
-    Scsi(virtio_scsi::AttachOptions),
-}
 
 /// Validated `vbdev io` options.
 #[derive(Debug)]
@@ -41,74 +29,38 @@ struct IoConfig {
 impl TryFrom<&IoArgs> for IoConfig {
     type Error = Failure;
     fn try_from(a: &IoArgs) -> Result<Self, Failure> {
-        if a.queues == 0 {
-            return Err(Failure::usage(anyhow!("--queues must be at least 1")));
-        }
-        if !a.queue_size.is_power_of_two() {
-            return Err(Failure::usage(anyhow!(
-                "--queue-size {} is not a power of two from 1 to 32768",
-                a.queue_size
-            )));
-        }
-        if a.timeout_ms == 0 {
-            return Err(Failure::usage(anyhow!("--timeout-ms must be positive")));
-        }
-        let vhost_user = VhostUserOptions {
-            timeout: Duration::from_millis(a.timeout_ms),
-        };
-        let attach = match a.dev_type {
-            DevType::Blk => {
-                if let Some(name) = a.bdev.as_deref().filter(|&n| n != BLK_NAME) {
-                    return Err(Failure::usage(anyhow!(
-                        "--bdev {name}: a virtio-blk device has one bdev, {BLK_NAME} \
-                         (--bdev selects a LUN with --dev-type scsi)"
-                    )));
-                }
-                Attach::Blk(virtio_blk::AttachOptions {
-                    num_queues: a.queues,
-                    queue_size: a.queue_size,
-                    vhost_user,
-                    ..virtio_blk::AttachOptions::default()
-                })
+        let attach = Attach::new(
+            a.dev_type,
+            a.queues,
+            a.queue_size,
+            Duration::from_millis(a.timeout_ms),
+        )?;
+        if a.dev_type == DevType::Blk {
+            if let Some(name) = a.bdev.as_deref().filter(|&n| n != BLK_NAME) {
+                return Err(Failure::usage(anyhow!(
+                    "--bdev {name}: a virtio-blk device has one bdev, {BLK_NAME} \
+                     (--bdev selects a LUN with --dev-type scsi)"
+                )));
             }
-            DevType::Scsi => {
-                if a.queue_size < 4 {
-                    return Err(Failure::usage(anyhow!(
-                        "--queue-size {} is below 4, the least a virtio-scsi request needs",
-                        a.queue_size
-                    )));
-                }
-                Attach::Scsi(virtio_scsi::AttachOptions {
-                    num_queues: a.queues,
-                    queue_size: a.queue_size,
-                    cmd_timeout: Duration::from_millis(a.timeout_ms),
-                    vhost_user,
-                    ..virtio_scsi::AttachOptions::default()
-                })
-            }
-        };
+        }
         Ok(Self { attach })
     }
 }
 
 pub fn run(args: IoArgs) -> Result<(), Failure> {
     let cfg = IoConfig::try_from(&args)?;
-    match &cfg.attach {
-        Attach::Blk(opts) => {
-            let bdev = virtio_blk::attach_vhost_user(BLK_NAME, &args.vhost_user, opts)
-                .map_err(Failure::run)?;
-            let result = execute(&bdev, &args);
-            bdev.detach();
-            result
-        }
-        Attach::Scsi(opts) => {
-            let ctrl = virtio_scsi::attach_vhost_user(SCSI_NAME, &args.vhost_user, opts)
-                .map_err(Failure::run)?;
-            let result = execute_scsi(&ctrl, opts, &args);
-            ctrl.detach();
-            result
-        }
-    }
+    let name = match cfg.attach {
+        Attach::Blk(_) => BLK_NAME,
+        Attach::Scsi(_) => SCSI_NAME,
+    };
+    let attached = cfg.attach.connect(name, &args.vhost_user)?;
+    let result = match (&attached, &cfg.attach) {
+        (Attached::Scsi(ctrl), Attach::Scsi(opts)) => execute_scsi(ctrl, opts, &args),
+        (Attached::Blk(bdev), _) => execute(bdev, &args),
+        _ => unreachable!("attached as configured"),
+    };
+    attached.detach();
+    result
 }
 
 /// `vbdev io --dev-type scsi`: `info` on the controller, anything else on one LUN.

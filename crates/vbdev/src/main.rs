@@ -1,6 +1,7 @@
 //! `vbdev`: a user-space virtio-blk / virtio-scsi initiator.
 #![deny(unsafe_code)]
 
+mod attach;
 mod cli;
 mod io;
 mod logging;

@@ -216,3 +216,20 @@ fn target_side_disconnect_removes_the_bdev_and_the_next_frontend_is_served() {
     drop(ch);
     next_frontend_is_served(&t, 60, &data);
 }
+
+#[test]
+fn corrupt_read_flips_the_last_byte_of_the_next_read_only() {
+    let t = target();
+    let bdev = attach(&t, "corrupt");
+    let mut ch = bdev.open_channel().unwrap();
+    let data = pattern(11, 1024);
+    t.handle.faults.inject(Fault::CorruptRead);
+    // The write before it is served normally: the fault waits for a read.
+    write(&mut ch, 8, &data);
+    assert_eq!(t.bytes(8 * 512, 1024), data, "the disk holds what was written");
+    let got = read(&mut ch, 8, 1024);
+    let mut want = data.clone();
+    want[1023] ^= 0xff;
+    assert_eq!(got, want, "exactly the last byte is flipped");
+    assert_eq!(read(&mut ch, 8, 1024), data, "one read per injection");
+}

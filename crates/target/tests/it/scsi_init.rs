@@ -593,3 +593,20 @@ fn garbage_in_the_used_ring_is_a_protocol_error_and_a_bad_length_fails_one_reque
         }
     }
 }
+
+#[test]
+fn corrupt_read_flips_the_last_byte_of_the_next_scsi_read() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("cr", 256, 512, 0))], |_| {});
+    let c = s.attach("CorruptScsi", opts(1, 64));
+    let bdev = c.bdevs().into_iter().next().expect("one LUN");
+    let mut ch = bdev.open_channel().unwrap();
+    let data = pattern(5, 2048);
+    s.handle.faults.inject(Fault::CorruptRead);
+    write(&mut ch, 4, &data);
+    let got = read(&mut ch, 4, 2048);
+    let mut want = data.clone();
+    want[2047] ^= 0xff;
+    assert_eq!(got, want, "exactly the last byte is flipped");
+    assert_eq!(read(&mut ch, 4, 2048), data, "one read per injection");
+    c.detach();
+}
