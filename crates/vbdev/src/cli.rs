@@ -101,7 +101,12 @@ pub struct PerfArgs {
     #[arg(short = 'l')]
     pub latency: bool,
     /// Count an I/O outstanding longer than this many seconds as timed out (0: never).
-    #[arg(short = 'k', long = "timeout", value_name = "SECONDS", default_value_t = 0)]
+    #[arg(
+        short = 'k',
+        long = "timeout",
+        value_name = "SECONDS",
+        default_value_t = 0
+    )]
     pub timeout: u64,
     /// Unique data in every write.
     #[arg(short = 'U')]
@@ -118,7 +123,12 @@ pub struct PerfArgs {
     pub dev_type: DevType,
     /// SPDK JSON config to set up bdevs from (`bdev_virtio_attach_controller`,
     /// `bdev_malloc_create`, `bdev_null_create`); SPDK's `--json CONFIG`.
-    #[arg(short = 'c', long = "config", visible_alias = "json-config", value_name = "CONFIG")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        visible_alias = "json-config",
+        value_name = "CONFIG"
+    )]
     pub config: Option<PathBuf>,
     /// Request queues to set up with --vhost-user and for the embedded target
     /// (default: one per core).

@@ -6,6 +6,7 @@ mod cli;
 mod io;
 mod logging;
 mod output;
+mod perf;
 mod target;
 
 use std::process::ExitCode;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Io(args) => io::run(args),
         cli::Command::Target(args) => target::run(args),
+        cli::Command::Perf(args) => perf::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

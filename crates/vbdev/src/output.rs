@@ -4,6 +4,8 @@
 //! - `io info` (virtio-blk): [`InfoJson`].
 //! - `io --dev-type scsi info`: [`ScsiInfoJson`], the controller and its LUN bdevs.
 //! - `io read|write|flush|discard|write-zeroes`: [`OpJson`].
+//! - `perf`: SPDK's `perform_tests` result, `perf::report::PerfJson` (with `-S`, JSON Lines:
+//!   one object per period, then the final one).
 
 use serde::Serialize;
 

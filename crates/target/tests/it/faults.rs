@@ -226,7 +226,11 @@ fn corrupt_read_flips_the_last_byte_of_the_next_read_only() {
     t.handle.faults.inject(Fault::CorruptRead);
     // The write before it is served normally: the fault waits for a read.
     write(&mut ch, 8, &data);
-    assert_eq!(t.bytes(8 * 512, 1024), data, "the disk holds what was written");
+    assert_eq!(
+        t.bytes(8 * 512, 1024),
+        data,
+        "the disk holds what was written"
+    );
     let got = read(&mut ch, 8, 1024);
     let mut want = data.clone();
     want[1023] ^= 0xff;

@@ -4,6 +4,7 @@
 mod io_errors;
 mod io_info;
 mod io_rw;
+mod perf;
 mod qsd;
 mod scsi_io;
 mod target_cli;
