@@ -85,6 +85,11 @@ pub struct Decision {
 }
 
 impl Faults {
+    /// Whether any fault is armed (one atomic load).
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Acquire)
+    }
+
     /// Nothing armed.
     pub fn new() -> Self {
         Self::default()

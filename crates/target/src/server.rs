@@ -78,6 +78,9 @@ use crate::fault::{BadUsed, Fault, Faults};
 
 const TARGET: &str = "vbdev::target";
 
+/// Requests a request queue serves per batch (see `Session::serve_available`).
+const BATCH: usize = 32;
+
 /// The frontend's memory as the target maps it.
 pub type Mem = GuestMemoryMmap<()>;
 
@@ -739,15 +742,22 @@ impl<D: Device> Session<D> {
         tracing::debug!(target: TARGET, queue = q, "polling stops");
     }
 
-    /// Serves every request on the avail ring.
+    /// Serves every request on the avail ring: in batches of up to [`BATCH`] on the
+    /// request queues (the ring locked, the memory map loaded and the driver notified
+    /// once per batch), one at a time on the other queues or while faults are armed
+    /// (each request then draws its own fault).
     fn serve_available(&self, q: u16, vring: &Vring) -> Flow {
         let mut served = 0;
+        let batched = self.device.is_request_queue(q);
+        let mut batch: Vec<Chain> = Vec::new();
+        let mut done: Vec<(u16, u32)> = Vec::new();
         loop {
             if self.conn.is_closing() {
                 return Flow::Stop;
             }
+            let per_request = !batched || self.faults.is_armed();
             let _busy = lock(&self.busy[usize::from(q)]);
-            let popped = {
+            let mem = {
                 let mut state = vring.get_mut();
                 let queue = state.get_queue_mut();
                 if !queue.ready() {
@@ -763,25 +773,53 @@ impl<D: Device> Session<D> {
                     _ => {}
                 }
                 let mem = self.mem.memory();
+                let limit = if per_request { 1 } else { BATCH };
                 match queue.iter(mem.clone()) {
-                    Ok(mut it) => Ok(it.next().map(|c| (c, mem))),
-                    Err(e) => Err(e),
+                    Ok(mut it) => {
+                        while batch.len() < limit {
+                            match it.next() {
+                                Some(c) => batch.push(c),
+                                None => break,
+                            }
+                        }
+                    }
+                    Err(virtio_queue::Error::QueueNotReady) => return Flow::Stop,
+                    Err(e) => {
+                        // The driver's avail.idx moved by more than the queue size
+                        // (virtio 1.2 §2.7.13.3): nothing sane can follow.
+                        tracing::error!(target: TARGET, queue = q, error = %e, "driver broke the avail ring");
+                        self.conn.close("driver broke the avail ring");
+                        return Flow::Stop;
+                    }
                 }
+                mem
             };
-            let (chain, mem) = match popped {
-                Ok(Some(popped)) => popped,
-                Ok(None) => return Flow::Empty(served),
-                Err(virtio_queue::Error::QueueNotReady) => return Flow::Stop,
-                Err(e) => {
-                    // The driver's avail.idx moved by more than the queue size
-                    // (virtio 1.2 §2.7.13.3): nothing sane can follow.
-                    tracing::error!(target: TARGET, queue = q, error = %e, "driver broke the avail ring");
-                    self.conn.close("driver broke the avail ring");
-                    return Flow::Stop;
+            if batch.is_empty() {
+                return Flow::Empty(served);
+            }
+            served += batch.len();
+            if per_request {
+                for chain in batch.drain(..) {
+                    self.serve_chain(q, vring, &mem, chain);
                 }
-            };
-            self.serve_chain(q, vring, &mem, chain);
-            served += 1;
+                continue;
+            }
+            for chain in batch.drain(..) {
+                let head = chain.head_index();
+                if let Some(len) = self.device.serve(q, &mem, chain, None) {
+                    done.push((head, len));
+                }
+            }
+            if !done.is_empty() {
+                let mut state = vring.get_mut();
+                for (head, len) in done.drain(..) {
+                    if let Err(e) = state.add_used(head, len) {
+                        tracing::warn!(target: TARGET, queue = q, head, error = %e, "cannot complete request");
+                    }
+                }
+                drop(state);
+                self.notify(q, vring);
+            }
         }
     }
 
