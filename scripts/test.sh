@@ -110,4 +110,7 @@ cargo test --workspace
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
+step "bench/compare.sh --smoke (the comparison harness runs: every cell once, 1 s)"
+bench/compare.sh --smoke
+
 step "all checks passed"
