@@ -819,6 +819,8 @@ impl BdevBackend for ScsiDisk {
             lun: Arc::clone(&self.lun),
             ctrl: Arc::clone(&self.ctrl),
             polls: 0,
+            staged: std::collections::VecDeque::with_capacity(usize::from(self.ctrl.queue_size)),
+            outstanding: 0,
         }))
     }
 
@@ -879,6 +881,10 @@ impl BdevBackend for ScsiDisk {
 
 /// A channel: one client of the thread's request queue, for one LUN.
 #[derive(Debug)]
+///
+/// The queue is shared (behind a mutex) with the thread's other channels on this
+/// controller and sometimes the scanner, so submissions are staged in the channel and
+/// handed to the queue in one locked step per poll: no lock per request.
 struct ScsiChannel {
     slot: Arc<QueueSlot>,
     binding: usize,
@@ -886,31 +892,66 @@ struct ScsiChannel {
     lun: Arc<Lun>,
     ctrl: Arc<Ctrl>,
     polls: u32,
+    /// Accepted requests not yet handed to the queue, in order (at most `queue_size`).
+    staged: std::collections::VecDeque<Request>,
+    /// Requests accepted and not yet returned by `reap`.
+    outstanding: usize,
+}
+
+impl ScsiChannel {
+    /// Hands staged requests to the queue, in order, as far as it has room.
+    fn unstage(&mut self, q: &mut ScsiQueue) {
+        while let Some(req) = self.staged.pop_front() {
+            if let Err(req) = q.submit_io(self.client, req) {
+                self.staged.push_front(req);
+                break;
+            }
+        }
+    }
 }
 
 impl ChannelBackend for ScsiChannel {
     fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
-        self.slot.lock().submit_io(self.client, req)
+        if self.staged.len() >= usize::from(self.ctrl.queue_size) {
+            return Err(req);
+        }
+        self.staged.push_back(req);
+        self.outstanding += 1;
+        Ok(())
     }
 
     fn flush(&mut self) {
-        self.slot.lock().flush();
+        if self.staged.is_empty() {
+            return;
+        }
+        let slot = Arc::clone(&self.slot);
+        let mut q = slot.lock();
+        self.unstage(&mut q);
+        q.flush();
     }
 
     fn reap(&mut self, out: &mut [Completion]) -> usize {
         self.polls = self.polls.wrapping_add(1);
-        let mut q = self.slot.lock();
+        let slot = Arc::clone(&self.slot);
+        let mut q = slot.lock();
+        if !self.staged.is_empty() {
+            self.unstage(&mut q);
+            q.flush();
+        }
         let look = self.polls % 64 == 0 || q.stall.waited;
         let removed = look && self.ctrl.removed();
         let n = q.reap(self.client, out, self.ctrl.opts.io_timeout, removed);
+        // Children the reap sent (retries, the rest of a split request) go out now.
+        q.flush();
         if q.failed {
             self.slot.failed.store(true, Ordering::Relaxed);
         }
+        self.outstanding -= n;
         n
     }
 
     fn in_flight(&self) -> usize {
-        self.slot.lock().active(self.client)
+        self.outstanding
     }
 
     fn buffer_visible(&self, buf: &DmaBuf) -> bool {
@@ -938,17 +979,19 @@ impl Drop for ScsiChannel {
         // Wait for this channel's requests (bounded by the I/O timeout, after which the
         // queue is failed and they complete), then give the client id back.
         let mut out: [Completion; 16] = Default::default();
+        let slot = Arc::clone(&self.slot);
         loop {
-            let mut q = self.slot.lock();
+            let mut q = slot.lock();
+            self.unstage(&mut q);
             q.flush();
             q.pump(self.ctrl.opts.io_timeout, self.ctrl.removed());
             while q.take_io(self.client, &mut out) > 0 {}
-            if q.active(self.client) == 0 {
+            if self.staged.is_empty() && q.active(self.client) == 0 {
                 q.unregister(self.client);
                 break;
             }
             drop(q);
-            self.slot.sleep(self.client, Duration::from_millis(10));
+            slot.sleep(self.client, Duration::from_millis(10));
         }
         let mut b = self.ctrl.bindings.lock().unwrap_or_else(|e| e.into_inner());
         let x = &mut b[self.binding];

@@ -1237,7 +1237,7 @@ mod scsi {
         assert!(matches!(e, Error::NoFreeQueue { queues: 1, .. }), "{e}");
 
         // Writes: all 2 * N submitted alternately before any poll; more than
-        // the ring holds, so some wait in the channels.
+        // the ring holds, so some wait in the channels (staged or in their FIFOs).
         let mut w = wbufs.map(Vec::into_iter);
         for i in 0..N {
             ch0.submit(Request::write(at(i), w[0].next().unwrap(), cookie(0, i)))
@@ -1246,10 +1246,6 @@ mod scsi {
                 .unwrap();
         }
         drop(w);
-        assert!(
-            ch0.queued() + ch1.queued() > 0,
-            "some requests wait for room"
-        );
         assert_eq!(ch0.pending() + ch1.pending(), 2 * N as usize);
         let writes = collect_both([&mut ch0, &mut ch1], [N as usize; 2]);
         for (lun, done) in writes.iter().enumerate() {
