@@ -9,7 +9,7 @@
 #
 # Environment: ROUNDS (5), SECONDS (3; 1 with --smoke), QUEUE_SIZE (512), TARGETS ("vbdev qsd"),
 # ROWS ("randread:1 randread:32 randread:128 randwrite:128"), TARGET_CPU (0), INITIATOR_CPU (1),
-# VBDEV_CLIENT (example, the default, or perf: see run_vbdev), OUT (the output directory; default bench/runs/<date>-compare, or with a time suffix if that
+# VBDEV_CLIENT (perf, the default, or example: see run_vbdev), OUT (the output directory; default bench/runs/<date>-compare, or with a time suffix if that
 # exists; with --smoke a temporary directory that is removed unless OUT is set).
 #
 # Method (issue 5, "Figures to beat"):
@@ -28,8 +28,8 @@
 #   result line, iops > 0, no I/O errors) count; any other run is listed and makes the script
 #   exit 1 after the table.
 #
-# The vbdev side is one function, `run_vbdev`: the `randread` example by default, `vbdev perf`
-# with VBDEV_CLIENT=perf. The blkio side is `run_blkio` (the `blkio_randread` example).
+# The vbdev side is one function, `run_vbdev`: `vbdev perf` (bdevperf's -q/-o/-w/-t, --json) by
+# default, the `randread` example with VBDEV_CLIENT=example. The blkio side is `run_blkio` (the `blkio_randread` example).
 #
 # Output: raw.csv (one row per run), raw.log (each run's line), summary (machine, load, commit,
 # versions, then the table).
@@ -84,12 +84,12 @@ for exe in "$bin/vbdev" "$bin/examples/randread" "$bin/examples/blkio_randread";
 done
 command -v qemu-storage-daemon >/dev/null || { echo "compare.sh: qemu-storage-daemon not found" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "compare.sh: taskset not found" >&2; exit 1; }
-VBDEV_CLIENT=${VBDEV_CLIENT:-example}
+VBDEV_CLIENT=${VBDEV_CLIENT:-perf}
 case $VBDEV_CLIENT in
     example) client="vbdev: randread example" ;;
     perf)
         client="vbdev: vbdev perf"
-        command -v jq >/dev/null || { echo "compare.sh: VBDEV_CLIENT=perf needs jq" >&2; exit 1; }
+        command -v python3 >/dev/null || { echo "compare.sh: VBDEV_CLIENT=perf needs python3" >&2; exit 1; }
         ;;
     *) echo "compare.sh: VBDEV_CLIENT=$VBDEV_CLIENT: example or perf" >&2; exit 2 ;;
 esac
@@ -167,8 +167,8 @@ initiator=(timeout $((secs + 30)) taskset -c "$INITIATOR_CPU")
 
 # run_vbdev SOCKET WORKLOAD QD SECONDS: one vbdev run on INITIATOR_CPU; prints a line with
 # `iops=N lat_avg_us=N errors=N` (other fields allowed), exits non-zero on failure. The one place
-# to change the vbdev client: VBDEV_CLIENT=perf drives `vbdev perf` instead of the example
-# (its avg_latency_us is measured per request, not derived by Little's law).
+# to change the vbdev client: `vbdev perf` by default, the example with VBDEV_CLIENT=example
+# (perf's avg_latency_us is measured per request, the examples' derived by Little's law).
 run_vbdev() {
     case $VBDEV_CLIENT in
         example)
@@ -177,7 +177,7 @@ run_vbdev() {
         perf)
             "${initiator[@]}" "$bin/vbdev" perf --vhost-user "$1" --dev-type blk \
                 --queue-size "$QUEUE_SIZE" -q "$3" -o 4k -w "$2" -t "$4" --json |
-                jq -r '.results[0] | "iops=\(.iops | round) lat_avg_us=\(.avg_latency_us * 10 | round / 10) errors=\(.io_failed + .io_timeout)"'
+                python3 -c 'import json,sys; j=json.load(sys.stdin)["results"][0]; print("iops=%d lat_avg_us=%.1f errors=%d" % (round(j["iops"]), j["avg_latency_us"], j["io_failed"] + j["io_timeout"]))'
             ;;
     esac
 }
