@@ -34,6 +34,10 @@ const SLOT_STATUS: usize = 32;
 /// Written into the status byte before submission: not a status the spec defines, so a
 /// device that completes without writing one is caught.
 const STATUS_UNSET: u8 = 0xff;
+/// Chains of up to this many segments go direct while a quarter of the ring stays free.
+const DIRECT_MAX: u16 = 4;
+/// Rings below this size send every multi-segment chain indirectly (capacity first).
+const DIRECT_MIN_QUEUE: u16 = 64;
 /// Largest child request in bytes (keeps a read's used len, data + status, in a u32).
 const MAX_CHILD_BYTES: u64 = 1 << 30;
 
@@ -253,7 +257,12 @@ impl BlkShared {
         };
         let mut queues = Vec::with_capacity(usize::from(opts.num_queues));
         for index in 0..opts.num_queues {
-            let vq = SplitQueue::new(DmaDomain::global(), qcfg)?;
+            let mut vq = SplitQueue::new(DmaDomain::global(), qcfg)?;
+            // header + data + status direct (bench/runs/2026-11-24-direct); small rings
+            // are kept for capacity: a request per descriptor.
+            if opts.queue_size >= DIRECT_MIN_QUEUE {
+                vq.set_direct_max(DIRECT_MAX);
+            }
             let handles = t.setup_queue(index, &vq.addrs())?;
             queues.push(BlkQueue::new(
                 index,

@@ -363,3 +363,29 @@ fn short_and_long_indirect_chains_both_round_trip() {
         assert_eq!(q.pop_used().unwrap().cookie, n as u64);
     }
 }
+
+#[test]
+fn short_chains_go_direct_while_a_quarter_of_the_ring_stays_free() {
+    let (mut q, mut dev) = queue(16, false, true);
+    q.set_direct_max(4);
+    let buf = DmaBuf::zeroed(4096, 4096).unwrap();
+    let s = segs(&buf, 3, 1);
+    // Direct while free >= 3 + 16/4 = 7: four chains (16, 13, 10 and 7 free before
+    // each); then indirect, one descriptor each.
+    let mut kinds = Vec::new();
+    for cookie in 0..8 {
+        add(&mut q, &s, cookie).unwrap();
+        q.publish();
+        let chain = dev.pop_avail().unwrap();
+        assert_eq!(chain.segs, s, "chain {cookie} round-trips either way");
+        kinds.push(chain.indirect);
+    }
+    assert_eq!(kinds, [false, false, false, false, true, true, true, true]);
+    assert_eq!(q.num_free(), 16 - 4 * 3 - 4);
+    // Longer chains than direct_max stay indirect even in an empty ring.
+    let (mut q, mut dev) = queue(16, false, true);
+    q.set_direct_max(4);
+    add(&mut q, &segs(&buf, 5, 1), 1).unwrap();
+    q.publish();
+    assert!(dev.pop_avail().unwrap().indirect);
+}
