@@ -254,6 +254,15 @@ impl IoChannel {
         self.backend.is_removed()
     }
 
+    /// Sleeps until the device signals a completion or `timeout` passes, for callers
+    /// that run their own poll loop and would rather sleep than spin. Returns at once
+    /// when completions are waiting for [`Self::poll`].
+    pub fn wait(&mut self, timeout: Duration) {
+        if self.ready.is_empty() {
+            self.backend.wait(timeout);
+        }
+    }
+
     /// Polls until one request completes, sleeping on the device's interrupt between
     /// polls. Completions beyond the first stay for the next call.
     ///

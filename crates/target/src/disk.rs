@@ -1,9 +1,8 @@
 //! Synchronous block access for target request handlers.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use vbdev_bdev::{Bdev, DmaBuf, IoChannel, IoStatus, RejectReason, Request};
+use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, IoStatus, RejectReason, Request};
 
 /// What a target tells its frontend about a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +90,15 @@ pub struct ChannelIo {
     ch: IoChannel,
     info: DiskInfo,
     /// Spare buffers by length, reused across requests.
-    spare: HashMap<usize, DmaBuf>,
+    /// Buffers of finished requests kept for the next ones (a few sizes; no allocation
+    /// per request in steady state).
+    spare: Vec<DmaBuf>,
 }
 
 /// How long a request to the backing bdev may take before the target reports an error.
 const IO_WAIT: Duration = Duration::from_secs(60);
+/// Buffers a `ChannelIo` keeps for reuse.
+const SPARE_BUFFERS: usize = 16;
 
 impl ChannelIo {
     /// Opens a channel on `bdev`.
@@ -114,13 +117,13 @@ impl ChannelIo {
         Ok(Self {
             ch: bdev.open_channel()?,
             info,
-            spare: HashMap::new(),
+            spare: Vec::with_capacity(SPARE_BUFFERS),
         })
     }
 
     fn buf(&mut self, len: usize) -> Result<DmaBuf, DiskError> {
-        match self.spare.remove(&len) {
-            Some(b) => Ok(b),
+        match self.spare.iter().position(|b| b.len() == len) {
+            Some(i) => Ok(self.spare.swap_remove(i)),
             None => DmaBuf::alloc(len).map_err(|_| DiskError::Io),
         }
     }
@@ -167,8 +170,20 @@ impl ChannelIo {
                 _ => DiskError::Io,
             });
         }
-        let done = self.ch.drain(IO_WAIT).map_err(|_| DiskError::Io)?;
-        let c = done.into_iter().next().ok_or(DiskError::Io)?;
+        // One request at a time: poll into a one-entry array (no allocation), sleeping
+        // on the bdev's interrupt between polls, for at most IO_WAIT.
+        let deadline = Instant::now() + IO_WAIT;
+        let mut out = [Completion::default()];
+        loop {
+            if self.ch.poll(&mut out) == 1 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(DiskError::Io);
+            }
+            self.ch.wait(Duration::from_millis(10));
+        }
+        let [c] = out;
         match c.status {
             IoStatus::Success => Ok(c.buf),
             IoStatus::Failed(_) => Err(DiskError::Io),
@@ -177,8 +192,8 @@ impl ChannelIo {
 
     fn keep(&mut self, buf: Option<DmaBuf>) {
         if let Some(b) = buf {
-            if self.spare.len() < 16 {
-                self.spare.insert(b.len(), b);
+            if self.spare.len() < SPARE_BUFFERS {
+                self.spare.push(b);
             }
         }
     }
