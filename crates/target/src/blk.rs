@@ -429,16 +429,18 @@ impl BlkDevice {
         while done < len {
             let n = (len - done).min(q.buf.len());
             let at = lba + (done / bs) as u64;
-            let buf = &mut q.buf[..n];
-            if q.io.read(at, buf).is_err() {
-                return (status::IOERR, w.bytes_written());
-            }
-            if done + n == len && self.faults.take_corrupt_read() {
-                tracing::debug!(target: TARGET, sector, len, "CorruptRead fault: last byte flipped");
-                buf[n - 1] ^= 0xff;
-            }
-            if w.write_all(buf).is_err() {
-                return (status::IOERR, w.bytes_written());
+            let last = done + n == len;
+            let faults = &self.faults;
+            let mut sink = |buf: &mut [u8]| {
+                if last && faults.take_corrupt_read() {
+                    tracing::debug!(target: TARGET, sector, len, "CorruptRead fault: last byte flipped");
+                    buf[n - 1] ^= 0xff;
+                }
+                w.write_all(buf).is_ok()
+            };
+            match q.io.read_to(at, n, &mut q.buf, &mut sink) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return (status::IOERR, w.bytes_written()),
             }
             done += n;
         }

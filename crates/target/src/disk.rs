@@ -62,6 +62,24 @@ pub trait BlockIo: Send {
     /// # Errors
     /// [`DiskError`] when the range or buffer is invalid or the device fails.
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError>;
+    /// Reads `len` bytes (a multiple of the block size) at block `lba` and hands them to
+    /// `sink`, straight from the backend's own buffer when it has one (one copy less
+    /// than [`BlockIo::read`]); `scratch` (at least `len` bytes) serves the others.
+    /// Returns what `sink` returned.
+    ///
+    /// # Errors
+    /// As [`BlockIo::read`]; `sink` is then not called.
+    fn read_to(
+        &mut self,
+        lba: u64,
+        len: usize,
+        scratch: &mut [u8],
+        sink: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> Result<bool, DiskError> {
+        let buf = &mut scratch[..len];
+        self.read(lba, buf)?;
+        Ok(sink(buf))
+    }
     /// Writes `buf` at block `lba`.
     ///
     /// # Errors
@@ -89,7 +107,6 @@ pub trait BlockIo: Send {
 pub struct ChannelIo {
     ch: IoChannel,
     info: DiskInfo,
-    /// Spare buffers by length, reused across requests.
     /// Buffers of finished requests kept for the next ones (a few sizes; no allocation
     /// per request in steady state).
     spare: Vec<DmaBuf>,
@@ -172,13 +189,14 @@ impl ChannelIo {
         }
         // One request at a time: poll into a one-entry array (no allocation), sleeping
         // on the bdev's interrupt between polls, for at most IO_WAIT.
-        let deadline = Instant::now() + IO_WAIT;
         let mut out = [Completion::default()];
+        let mut deadline = None; // the clock is read only when the first poll comes back empty
         loop {
             if self.ch.poll(&mut out) == 1 {
                 break;
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= *deadline.get_or_insert(now + IO_WAIT) {
                 return Err(DiskError::Io);
             }
             self.ch.wait(Duration::from_millis(10));
@@ -216,6 +234,27 @@ impl BlockIo for ChannelIo {
         }
         self.keep(dma);
         Ok(())
+    }
+
+    fn read_to(
+        &mut self,
+        lba: u64,
+        len: usize,
+        _scratch: &mut [u8],
+        sink: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> Result<bool, DiskError> {
+        self.check(lba, len)?;
+        if len == 0 {
+            return Ok(sink(&mut []));
+        }
+        let dma = self.buf(len)?;
+        let mut dma = self.run(Request::read(lba, dma, 0))?;
+        let ok = match dma.as_deref_mut() {
+            Some(d) => sink(d),
+            None => false,
+        };
+        self.keep(dma);
+        Ok(ok)
     }
 
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
