@@ -461,9 +461,10 @@ impl BlkDevice {
         while done < len {
             let n = (len - done).min(q.buf.len());
             let at = lba + (done / bs) as u64;
-            let buf = &mut q.buf[..n];
-            if r.read_exact(buf).is_err() || q.io.write(at, buf).is_err() {
-                return status::IOERR;
+            let mut source = |buf: &mut [u8]| r.read_exact(buf).is_ok();
+            match q.io.write_from(at, n, &mut q.buf, &mut source) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return status::IOERR,
             }
             done += n;
         }

@@ -85,6 +85,27 @@ pub trait BlockIo: Send {
     /// # Errors
     /// As [`BlockIo::read`], plus [`DiskError::ReadOnly`].
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError>;
+    /// Writes `len` bytes at block `lba` that `source` puts straight into the backend's
+    /// own buffer when it has one (one copy less than [`BlockIo::write`]); `scratch` (at
+    /// least `len` bytes) serves the others. Nothing is written when `source` returns
+    /// `false`; that is the `Ok(false)`.
+    ///
+    /// # Errors
+    /// As [`BlockIo::write`].
+    fn write_from(
+        &mut self,
+        lba: u64,
+        len: usize,
+        scratch: &mut [u8],
+        source: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> Result<bool, DiskError> {
+        let buf = &mut scratch[..len];
+        if !source(buf) {
+            return Ok(false);
+        }
+        self.write(lba, buf)?;
+        Ok(true)
+    }
     /// Makes completed writes durable.
     ///
     /// # Errors
@@ -270,6 +291,30 @@ impl BlockIo for ChannelIo {
         let dma = self.run(Request::write(lba, dma, 0))?;
         self.keep(dma);
         Ok(())
+    }
+
+    fn write_from(
+        &mut self,
+        lba: u64,
+        len: usize,
+        _scratch: &mut [u8],
+        source: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> Result<bool, DiskError> {
+        if self.info.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        self.check(lba, len)?;
+        if len == 0 {
+            return Ok(source(&mut []));
+        }
+        let mut dma = self.buf(len)?;
+        if !source(&mut dma) {
+            self.keep(Some(dma));
+            return Ok(false);
+        }
+        let dma = self.run(Request::write(lba, dma, 0))?;
+        self.keep(dma);
+        Ok(true)
     }
 
     fn flush(&mut self) -> Result<(), DiskError> {
