@@ -730,7 +730,9 @@ impl Ctrl {
             .get(&key)
             .cloned();
         if let Some(l) = existing {
-            if l.block_size == u64::from(desc.block_size) && l.limits == desc.limits {
+            // Same block size: the same disk, possibly resized. Its limits stay those
+            // of its first scan (a rescan racing unit attentions may learn less).
+            if l.block_size == u64::from(desc.block_size) {
                 let old = l.num_blocks.swap(desc.num_blocks, Ordering::Relaxed);
                 if old != desc.num_blocks {
                     tracing::info!(target: TARGET, name = %l.info.name, old, new = desc.num_blocks, "LUN resized");

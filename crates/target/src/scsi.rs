@@ -65,6 +65,10 @@ use wire::{Cdb, DataIn};
 
 const TARGET: &str = "vbdev::scsi_target";
 
+/// Where a READ's data goes when it bypasses the Data-In buffer
+/// ([`ScsiTarget::execute_to`]): `false` when it could not take it.
+pub type ReadSink<'a> = &'a mut dyn FnMut(&mut [u8]) -> bool;
+
 /// A SCSI status code (SAM-5 "Status codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Status(pub u8);
@@ -359,7 +363,13 @@ impl Lun {
         }
     }
 
-    fn execute(&mut self, cdb: Cdb<'_>, data_out: &[u8], data_in: &mut [u8]) -> CmdOutcome {
+    fn execute(
+        &mut self,
+        cdb: Cdb<'_>,
+        data_out: &[u8],
+        data_in: &mut [u8],
+        sink: Option<ReadSink<'_>>,
+    ) -> CmdOutcome {
         let opcode = cdb.u8(0);
         // SAM-5 unit attention conditions, UA_INTLCK_CTRL = 00b: INQUIRY and REQUEST
         // SENSE run (REPORT LUNS never gets here); any other command reports the oldest
@@ -389,7 +399,7 @@ impl Lun {
             opcode::READ_CAPACITY_10 => self.read_capacity_10(data_in),
             opcode::SERVICE_ACTION_IN_16 => self.read_capacity_16(cdb, data_in),
             opcode::READ_6 | opcode::READ_10 | opcode::READ_12 | opcode::READ_16 => {
-                self.read(cdb, data_in)
+                self.read(cdb, data_in, sink)
             }
             opcode::WRITE_6 | opcode::WRITE_10 | opcode::WRITE_12 | opcode::WRITE_16 => {
                 self.write(cdb, data_out)
@@ -569,6 +579,33 @@ impl ScsiTarget {
         data_out: &[u8],
         data_in: &mut [u8],
     ) -> CmdOutcome {
+        self.execute_inner(lun, cdb, data_out, data_in, None)
+    }
+
+    /// As [`Self::execute`], but the data of a READ goes to `sink` straight from the
+    /// disk's buffer (one copy less) instead of into `data_in`, which then only serves
+    /// as scratch; the outcome's `data_in_len` is the bytes `sink` got. A `sink` that
+    /// returns `false` ends the command in OVERRUN. Other commands fill `data_in` as
+    /// usual and never call `sink`.
+    pub fn execute_to(
+        &mut self,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in: &mut [u8],
+        sink: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> CmdOutcome {
+        self.execute_inner(lun, cdb, data_out, data_in, Some(sink))
+    }
+
+    fn execute_inner(
+        &mut self,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &[u8],
+        data_in: &mut [u8],
+        sink: Option<ReadSink<'_>>,
+    ) -> CmdOutcome {
         let cdb = Cdb(cdb);
         if cdb.0.is_empty() {
             return CmdOutcome::check_condition(Sense::INVALID_COMMAND_OPERATION_CODE);
@@ -582,7 +619,7 @@ impl ScsiTarget {
             };
         }
         match self.luns.get_mut(&lun) {
-            Some(l) => l.execute(cdb, data_out, data_in),
+            Some(l) => l.execute(cdb, data_out, data_in, sink),
             None => missing_lun(cdb, data_in),
         }
     }

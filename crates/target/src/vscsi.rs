@@ -815,6 +815,20 @@ impl ScsiDevice {
             drop(slot);
             return write_cmd_resp(&mut w, CmdResp::only(r), sense_size);
         }
+        // A READ's data goes from the disk's buffer straight into guest memory (one copy);
+        // the CorruptRead fault flips its last byte on the way.
+        let mut delivered = false;
+        let faults = &self.faults;
+        let mut sink = |buf: &mut [u8]| {
+            if faults.take_corrupt_read() {
+                if let Some(b) = buf.last_mut() {
+                    tracing::debug!(target: TARGET, head, "CorruptRead fault: last byte flipped");
+                    *b ^= 0xff;
+                }
+            }
+            delivered = true;
+            data_in.write_all(buf).is_ok()
+        };
         let outcome = match fault {
             Some(Fault::ScsiSense { key, asc, ascq }) => {
                 CmdOutcome::check_condition(Sense::new(SenseKey(key), asc, ascq))
@@ -825,25 +839,20 @@ impl ScsiDevice {
                 data_in_len: 0,
                 overrun: false,
             },
-            _ => t.execute(lun, cdb, out, din),
+            _ => t.execute_to(lun, cdb, out, din, &mut sink),
         };
         drop(slot);
-        if outcome.data_in_len > 0
-            && outcome.is_good()
-            && cdb.first().is_some_and(|&op| is_read(op))
-            && self.faults.take_corrupt_read()
-        {
-            if let Some(b) = din.get_mut(outcome.data_in_len - 1) {
-                tracing::debug!(target: TARGET, head, "CorruptRead fault: last byte flipped");
-                *b ^= 0xff;
+        let n_in = if delivered {
+            outcome.data_in_len
+        } else {
+            let written = din.get(..outcome.data_in_len).unwrap_or_default();
+            if data_in.write_all(written).is_err() {
+                return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
             }
-        }
-        let written = din.get(..outcome.data_in_len).unwrap_or_default();
-        if data_in.write_all(written).is_err() {
-            return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
-        }
+            written.len()
+        };
         let residual = if in_len > 0 {
-            in_len.saturating_sub(written.len())
+            in_len.saturating_sub(n_in)
         } else if outcome.is_good() {
             0
         } else {
@@ -860,13 +869,8 @@ impl ScsiDevice {
             sense: outcome.sense.map(|s| s.fixed_format()),
         };
         tracing::trace!(target: TARGET, head, scsi_target = target, lun, opcode = cdb.first().copied(), status = resp.status, response = resp.response, "command done");
-        write_cmd_resp(&mut w, resp, sense_size).saturating_add(to_u32(written.len()))
+        write_cmd_resp(&mut w, resp, sense_size).saturating_add(to_u32(n_in))
     }
-}
-
-/// Whether `opcode` is one of the SBC READ commands (6, 10, 12, 16).
-fn is_read(opcode: u8) -> bool {
-    matches!(opcode, 0x08 | 0x28 | 0xa8 | 0x88)
 }
 
 /// Writes `virtio_scsi_resp_cmd` with `sense_size` sense bytes (the sense data, cut to

@@ -1,7 +1,7 @@
 //! Target and LUN scanning: the command sequence of the module documentation, each
 //! command bounded by the controller's command timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,11 @@ pub(super) struct LunDesc {
 #[derive(Debug)]
 enum Probe<T> {
     Found(T),
-    /// Nothing there (BAD_TARGET, INCORRECT_LUN, not a disk, not ready).
+    /// Nothing there (BAD_TARGET, INCORRECT_LUN, peripheral qualifier, not a disk).
     Absent,
+    /// Something there that does not answer usably now (failed commands after retries,
+    /// bad data): an existing bdev for it is kept as it is, no new one is made.
+    Unavailable,
 }
 
 impl Ctrl {
@@ -140,23 +143,36 @@ impl Ctrl {
     /// A command retried on UNIT ATTENTION, transient NOT READY and non-OK responses
     /// other than BAD_TARGET / INCORRECT_LUN, up to [`SCAN_RETRIES`] attempts.
     fn command_retry(&self, lun: [u8; 8], cdb: &[u8], data_in: usize) -> Result<CmdOutcome> {
-        let mut attempt = 0;
+        // Each UNIT ATTENTION is reported once and cleared, and a burst of LUN changes
+        // can queue many: those are retried at once, up to MAX_UA; the other transient
+        // answers up to SCAN_RETRIES times with a growing pause.
+        const MAX_UA: u32 = 64;
+        let (mut attempt, mut uas) = (0, 0);
         loop {
-            attempt += 1;
             let o = self.command(lun, cdb, data_in, &[])?;
             let gone = matches!(
                 o.resp.response,
                 response::BAD_TARGET | response::INCORRECT_LUN
             );
-            let transient = if gone || o.is_good() {
-                false
-            } else if o.resp.response != response::OK {
+            if gone || o.is_good() {
+                return Ok(o);
+            }
+            let sense = o.sense();
+            if sense.as_ref().is_some_and(|s| s.is_unit_attention()) {
+                uas += 1;
+                if uas >= MAX_UA {
+                    return Ok(o);
+                }
+                continue;
+            }
+            let transient = if o.resp.response != response::OK {
                 true
-            } else if let Some(s) = o.sense() {
-                s.is_unit_attention() || (s.is_not_ready() && s.asc == 0x04 && s.ascq == 0x01)
+            } else if let Some(s) = sense {
+                s.is_not_ready() && s.asc == 0x04 && s.ascq == 0x01
             } else {
                 vbdev_scsi::Status(o.resp.status).is_retryable()
             };
+            attempt += 1;
             if !transient || attempt >= SCAN_RETRIES {
                 return Ok(o);
             }
@@ -169,6 +185,7 @@ impl Ctrl {
     pub(super) fn full_scan(self: &Arc<Self>, remove_missing: bool) -> Result<()> {
         let max_target = self.config.max_target.min(255) as u8;
         let mut found = BTreeMap::new();
+        let mut keep = BTreeSet::new();
         for t in 0..=max_target {
             if self.removed() {
                 return Err(Error::Scan {
@@ -176,13 +193,7 @@ impl Ctrl {
                     why: "the device went away during the scan".into(),
                 });
             }
-            if let Probe::Found(luns) = self.report_luns(t)? {
-                for l in luns {
-                    if let Probe::Found(d) = self.scan_lun(t, l)? {
-                        found.insert((t, l), d);
-                    }
-                }
-            }
+            self.scan_target(t, &mut found, &mut keep)?;
         }
         if remove_missing {
             let gone: Vec<_> = self
@@ -190,7 +201,7 @@ impl Ctrl {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .keys()
-                .filter(|k| !found.contains_key(k))
+                .filter(|k| !found.contains_key(k) && !keep.contains(k))
                 .copied()
                 .collect();
             for k in gone {
@@ -203,30 +214,56 @@ impl Ctrl {
         Ok(())
     }
 
+    /// Scans target `t` into `found`; LUNs (or the whole target) that answer but not
+    /// usably go into `keep`, so that their bdevs are left alone.
+    fn scan_target(
+        &self,
+        t: u8,
+        found: &mut BTreeMap<(u8, u16), LunDesc>,
+        keep: &mut BTreeSet<(u8, u16)>,
+    ) -> Result<()> {
+        match self.report_luns(t)? {
+            Probe::Found(luns) => {
+                for l in luns {
+                    match self.scan_lun(t, l)? {
+                        Probe::Found(d) => {
+                            found.insert((t, l), d);
+                        }
+                        Probe::Unavailable => {
+                            keep.insert((t, l));
+                        }
+                        Probe::Absent => {}
+                    }
+                }
+            }
+            Probe::Unavailable => {
+                let luns = self.luns.lock().unwrap_or_else(|e| e.into_inner());
+                keep.extend(luns.keys().filter(|(tt, _)| *tt == t));
+            }
+            Probe::Absent => {}
+        }
+        Ok(())
+    }
+
     /// Scans one target (after a hot-add or a REPORTED LUNS DATA HAS CHANGED) and
     /// applies the result; LUNs of the target that vanished are removed.
     pub(super) fn scan_target_and_apply(self: &Arc<Self>, t: u8) -> Result<()> {
         let mut found = BTreeMap::new();
-        if let Probe::Found(luns) = self.report_luns(t)? {
-            for l in luns {
-                if let Probe::Found(d) = self.scan_lun(t, l)? {
-                    found.insert(l, d);
-                }
-            }
-        }
+        let mut keep = BTreeSet::new();
+        self.scan_target(t, &mut found, &mut keep)?;
         let gone: Vec<_> = self
             .luns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
-            .filter(|(tt, l)| *tt == t && !found.contains_key(l))
+            .filter(|k| k.0 == t && !found.contains_key(k) && !keep.contains(k))
             .copied()
             .collect();
         for k in gone {
             self.remove_lun(k);
         }
-        for (l, d) in found {
-            self.apply((t, l), d);
+        for (k, d) in found {
+            self.apply(k, d);
         }
         Ok(())
     }
@@ -236,6 +273,7 @@ impl Ctrl {
         match self.scan_lun(t, l)? {
             Probe::Found(d) => self.apply((t, l), d),
             Probe::Absent => self.remove_lun((t, l)),
+            Probe::Unavailable => {}
         }
         Ok(())
     }
@@ -256,7 +294,7 @@ impl Ctrl {
             }
             if o.resp.response != response::OK {
                 tracing::warn!(target: TARGET, name = %self.name, target_id = t, why = %o.describe(), "target present but unavailable; skipped");
-                return Ok(Probe::Absent);
+                return Ok(Probe::Unavailable);
             }
             if !o.is_good() {
                 // Not supported (ILLEGAL REQUEST) or otherwise failing: LUN 0 alone.
@@ -292,8 +330,8 @@ impl Ctrl {
     fn scan_lun(&self, t: u8, l: u16) -> Result<Probe<LunDesc>> {
         let field = wire::lun_field(t, l);
         let skip = |why: String| {
-            tracing::warn!(target: TARGET, name = %self.name, target_id = t, lun = l, why, "LUN skipped");
-            Ok(Probe::Absent)
+            tracing::warn!(target: TARGET, name = %self.name, target_id = t, lun = l, why, "LUN unavailable; skipped");
+            Ok(Probe::Unavailable)
         };
         let o = self.command_retry(field, cdb::inquiry(96).as_bytes(), 96)?;
         if matches!(
@@ -313,10 +351,8 @@ impl Ctrl {
             return Ok(Probe::Absent);
         }
         if inq.device_type != DeviceType::DIRECT_ACCESS {
-            return skip(format!(
-                "peripheral device type {} is not a direct-access block device",
-                inq.device_type
-            ));
+            tracing::warn!(target: TARGET, name = %self.name, target_id = t, lun = l, device_type = %inq.device_type, "not a direct-access block device; skipped");
+            return Ok(Probe::Absent);
         }
         if let Err(why) = self.make_ready(field)? {
             return skip(why);
@@ -444,13 +480,16 @@ impl Ctrl {
     /// `Ok(Err(why))`: the unit is not usable.
     fn make_ready(&self, field: [u8; 8]) -> Result<std::result::Result<(), String>> {
         let mut started = false;
-        for attempt in 0..TUR_RETRIES {
+        let mut uas = 0;
+        let mut attempt = 0;
+        while attempt < TUR_RETRIES {
+            attempt += 1;
             let o = self.command(field, cdb::test_unit_ready().as_bytes(), 0, &[])?;
             if o.is_good() {
                 return Ok(Ok(()));
             }
             if o.resp.response != response::OK {
-                if attempt + 1 >= SCAN_RETRIES {
+                if attempt >= SCAN_RETRIES {
                     return Ok(Err(format!("TEST UNIT READY: {}", o.describe())));
                 }
                 continue;
@@ -463,6 +502,12 @@ impl Ctrl {
                 return Ok(Err(format!("TEST UNIT READY: {}", o.describe())));
             };
             if s.is_unit_attention() {
+                // Reported once each; a burst of changes can queue many. Not counted
+                // as an attempt, bounded on its own.
+                uas += 1;
+                if uas < 64 {
+                    attempt -= 1;
+                }
                 continue;
             }
             if s.is_not_ready() && s.asc == 0x04 && s.ascq == 0x02 && !started {

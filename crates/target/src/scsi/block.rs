@@ -1,6 +1,7 @@
 //! Block commands (SBC-4): READ CAPACITY, READ, WRITE, SYNCHRONIZE CACHE, WRITE SAME
 //! and UNMAP.
 
+use super::ReadSink;
 use super::opcode::{
     READ_6, READ_10, READ_12, SYNCHRONIZE_CACHE_16, WRITE_6, WRITE_10, WRITE_12, WRITE_SAME_16,
 };
@@ -97,17 +98,33 @@ impl Lun {
     /// READ (6), (10), (12), (16) (SBC-4), straight into the Data-In buffer. TRANSFER
     /// LENGTH 0 reads nothing and is not an error (except in READ(6), where it means
     /// 256). FUA needs no action: every read goes to the disk.
-    pub(super) fn read(&mut self, cdb: Cdb<'_>, data_in: &mut [u8]) -> CmdResult {
+    /// With a `sink`, the data goes there straight from the disk's buffer and
+    /// `data_in` is only scratch ([`ScsiTarget::execute_to`](super::ScsiTarget::execute_to)).
+    pub(super) fn read(
+        &mut self,
+        cdb: Cdb<'_>,
+        data_in: &mut [u8],
+        sink: Option<ReadSink<'_>>,
+    ) -> CmdResult {
         let t = Transfer::parse(cdb);
         let len = self.check_transfer(&t)?;
         if len == 0 {
             return Ok(0);
         }
         let buf = data_in.get_mut(..len).ok_or(Failure::Overrun)?;
-        self.io
-            .read(t.lba, buf)
-            .map_err(|e| disk_error(e, Access::Read))?;
-        Ok(len)
+        match sink {
+            Some(sink) => match self.io.read_to(t.lba, len, buf, sink) {
+                Ok(true) => Ok(len),
+                Ok(false) => Err(Failure::Overrun),
+                Err(e) => Err(disk_error(e, Access::Read).into()),
+            },
+            None => {
+                self.io
+                    .read(t.lba, buf)
+                    .map_err(|e| disk_error(e, Access::Read))?;
+                Ok(len)
+            }
+        }
     }
 
     /// WRITE (6), (10), (12), (16) (SBC-4), straight from the Data-Out bytes. FUA = 1

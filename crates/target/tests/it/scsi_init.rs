@@ -610,3 +610,34 @@ fn corrupt_read_flips_the_last_byte_of_the_next_scsi_read() {
     assert_eq!(read(&mut ch, 4, 2048), data, "one read per injection");
     c.detach();
 }
+
+#[test]
+fn a_rescan_that_cannot_reach_a_target_keeps_its_bdevs() {
+    use vbdev_virtio::scsi::response;
+    let s = Scsi::start(
+        vec![
+            (0, 0, malloc_bdev("a", 1024, 512, 1)),
+            (0, 1, malloc_bdev("b", 1024, 512, 2)),
+        ],
+        |_| {},
+    );
+    let ctrl = s.attach("U", opts(1, 32));
+    let events = ctrl.subscribe();
+    // Every attempt of the rescan's REPORT LUNS to target 0 fails: the target answers,
+    // but not usably. Its LUNs must stay as they are.
+    for _ in 0..5 {
+        s.handle
+            .faults
+            .inject(Fault::ScsiResponse(response::TARGET_FAILURE));
+    }
+    ctrl.rescan().unwrap();
+    let names: Vec<String> = ctrl.bdevs().iter().map(|b| b.name().to_owned()).collect();
+    assert_eq!(names, ["Ut0", "Ut0l1"]);
+    assert!(events.try_recv().is_err(), "no bdev was removed or added");
+    // The next rescan reaches it and changes nothing either.
+    ctrl.rescan().unwrap();
+    assert!(events.try_recv().is_err());
+    let b = ctrl.bdev("Ut0l1").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    assert_eq!(read(&mut ch, 0, 512), vec![2; 512]);
+}

@@ -634,6 +634,9 @@ fn run_jobs(jobs: &mut [Job], params: &RunParams) {
         }
         if !got {
             idle += 1;
+            // Tell the core we are spinning: on an SMT sibling of the target's thread
+            // this gives it the execution resources back.
+            std::hint::spin_loop();
             if idle < IDLE_CLOCK_POLLS {
                 continue;
             }
