@@ -642,14 +642,10 @@ impl Ctrl {
             let kind = ev.event & !wire::event::EVENTS_MISSED;
             let at = wire::parse_lun_field(&ev.lun);
             tracing::debug!(target: TARGET, name = %self.name, event = kind, reason = ev.reason, missed, lun = ?at, "event");
-            if missed {
-                self.work
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .rescan_all = true;
-            }
             let mut w = self.work.state.lock().unwrap_or_else(|e| e.into_inner());
+            if missed {
+                w.rescan_all = true;
+            }
             match (kind, at) {
                 (wire::event::NO_EVENT, _) => {}
                 (wire::event::TRANSPORT_RESET, Some((t, l))) => match ev.reason {
@@ -906,14 +902,12 @@ struct ScsiChannel {
     outstanding: usize,
 }
 
-impl ScsiChannel {
-    /// Hands staged requests to the queue, in order, as far as it has room.
-    fn unstage(&mut self, q: &mut ScsiQueue) {
-        while let Some(req) = self.staged.pop_front() {
-            if let Err(req) = q.submit_io(self.client, req) {
-                self.staged.push_front(req);
-                break;
-            }
+/// Hands `client`'s staged requests to the queue, in order, as far as it has room.
+fn unstage(staged: &mut std::collections::VecDeque<Request>, client: u16, q: &mut ScsiQueue) {
+    while let Some(req) = staged.pop_front() {
+        if let Err(req) = q.submit_io(client, req) {
+            staged.push_front(req);
+            break;
         }
     }
 }
@@ -932,18 +926,16 @@ impl ChannelBackend for ScsiChannel {
         if self.staged.is_empty() {
             return;
         }
-        let slot = Arc::clone(&self.slot);
-        let mut q = slot.lock();
-        self.unstage(&mut q);
+        let mut q = self.slot.lock();
+        unstage(&mut self.staged, self.client, &mut q);
         q.flush();
     }
 
     fn reap(&mut self, out: &mut [Completion]) -> usize {
         self.polls = self.polls.wrapping_add(1);
-        let slot = Arc::clone(&self.slot);
-        let mut q = slot.lock();
+        let mut q = self.slot.lock();
         if !self.staged.is_empty() {
-            self.unstage(&mut q);
+            unstage(&mut self.staged, self.client, &mut q);
             q.flush();
         }
         let look = self.polls % 64 == 0 || q.stall.waited;
@@ -987,10 +979,9 @@ impl Drop for ScsiChannel {
         // Wait for this channel's requests (bounded by the I/O timeout, after which the
         // queue is failed and they complete), then give the client id back.
         let mut out: [Completion; 16] = Default::default();
-        let slot = Arc::clone(&self.slot);
         loop {
-            let mut q = slot.lock();
-            self.unstage(&mut q);
+            let mut q = self.slot.lock();
+            unstage(&mut self.staged, self.client, &mut q);
             q.flush();
             q.pump(self.ctrl.opts.io_timeout, self.ctrl.removed());
             while q.take_io(self.client, &mut out) > 0 {}
@@ -999,7 +990,7 @@ impl Drop for ScsiChannel {
                 break;
             }
             drop(q);
-            slot.sleep(self.client, Duration::from_millis(10));
+            self.slot.sleep(self.client, Duration::from_millis(10));
         }
         let mut b = self.ctrl.bindings.lock().unwrap_or_else(|e| e.into_inner());
         let x = &mut b[self.binding];

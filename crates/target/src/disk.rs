@@ -244,17 +244,15 @@ impl BlockIo for ChannelIo {
     }
 
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        self.check(lba, buf.len())?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let dma = self.buf(buf.len())?;
-        let dma = self.run(Request::read(lba, dma, 0))?;
-        if let Some(d) = &dma {
+        let len = buf.len();
+        let mut copy = |d: &mut [u8]| {
             buf.copy_from_slice(d);
+            true
+        };
+        match self.read_to(lba, len, &mut [], &mut copy)? {
+            true => Ok(()),
+            false => Err(DiskError::Io), // a read that did not give its buffer back
         }
-        self.keep(dma);
-        Ok(())
     }
 
     fn read_to(
@@ -279,18 +277,12 @@ impl BlockIo for ChannelIo {
     }
 
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
-        if self.info.read_only {
-            return Err(DiskError::ReadOnly);
-        }
-        self.check(lba, buf.len())?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let mut dma = self.buf(buf.len())?;
-        dma.copy_from_slice(buf);
-        let dma = self.run(Request::write(lba, dma, 0))?;
-        self.keep(dma);
-        Ok(())
+        let mut copy = |d: &mut [u8]| {
+            d.copy_from_slice(buf);
+            true
+        };
+        self.write_from(lba, buf.len(), &mut [], &mut copy)
+            .map(|_| ())
     }
 
     fn write_from(
