@@ -48,6 +48,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
 use crate::disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
+use crate::fast::Segments;
 use crate::fault::{Fault, Faults};
 use crate::server::{self, Chain, Device, Error, Mem, Result, ServeOptions, TargetHandle};
 
@@ -420,6 +421,19 @@ impl BlkDevice {
 
     fn read(&self, q: &mut BlkQueue, sector: u64, w: &mut Writer<'_>) -> Outcome {
         let len = w.available_bytes();
+        let mut put = |_: usize, buf: &[u8]| w.write_all(buf).is_ok();
+        self.read_with(q, sector, len, &mut put)
+    }
+
+    /// Reads `len` bytes at `sector` and hands them to `put(offset, bytes)` in order;
+    /// returns the status and the bytes handed over.
+    fn read_with(
+        &self,
+        q: &mut BlkQueue,
+        sector: u64,
+        len: usize,
+        put: &mut dyn FnMut(usize, &[u8]) -> bool,
+    ) -> Outcome {
         let Some((lba, _)) = self.blocks(sector, len as u64) else {
             tracing::debug!(target: TARGET, sector, len, "read outside the disk or misaligned");
             return (status::IOERR, 0);
@@ -436,22 +450,34 @@ impl BlkDevice {
                     tracing::debug!(target: TARGET, sector, len, "CorruptRead fault: last byte flipped");
                     buf[n - 1] ^= 0xff;
                 }
-                w.write_all(buf).is_ok()
+                put(done, buf)
             };
             match q.io.read_to(at, n, &mut q.buf, &mut sink) {
                 Ok(true) => {}
-                Ok(false) | Err(_) => return (status::IOERR, w.bytes_written()),
+                Ok(false) | Err(_) => return (status::IOERR, done),
             }
             done += n;
         }
-        (status::OK, w.bytes_written())
+        (status::OK, done)
     }
 
     fn write(&self, q: &mut BlkQueue, sector: u64, r: &mut Reader<'_>) -> u8 {
+        let len = r.available_bytes();
+        let mut take = |_: usize, buf: &mut [u8]| r.read_exact(buf).is_ok();
+        self.write_with(q, sector, len, &mut take)
+    }
+
+    /// Writes `len` bytes at `sector`, taking them in order from `take(offset, buf)`.
+    fn write_with(
+        &self,
+        q: &mut BlkQueue,
+        sector: u64,
+        len: usize,
+        take: &mut dyn FnMut(usize, &mut [u8]) -> bool,
+    ) -> u8 {
         if self.read_only {
             return status::IOERR;
         }
-        let len = r.available_bytes();
         let Some((lba, _)) = self.blocks(sector, len as u64) else {
             tracing::debug!(target: TARGET, sector, len, "write outside the disk or misaligned");
             return status::IOERR;
@@ -461,7 +487,7 @@ impl BlkDevice {
         while done < len {
             let n = (len - done).min(q.buf.len());
             let at = lba + (done / bs) as u64;
-            let mut source = |buf: &mut [u8]| r.read_exact(buf).is_ok();
+            let mut source = |buf: &mut [u8]| take(done, buf);
             match q.io.write_from(at, n, &mut q.buf, &mut source) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return status::IOERR,
@@ -469,6 +495,38 @@ impl BlkDevice {
             done += n;
         }
         self.settle(q)
+    }
+
+    /// The fast path's IN and OUT ([`Device::serve_fast`]): a 16-byte header alone in the
+    /// readable bytes for IN, a single status byte writable for OUT. Anything else is
+    /// left to the general path.
+    fn serve_segments(&self, q: &mut BlkQueue, mem: &Mem, segs: &Segments) -> Option<u32> {
+        let mut hdr = [0u8; 16];
+        if segs.writable_len() == 0 || !segs.read_at(mem, 0, &mut hdr) {
+            return None;
+        }
+        let type_ = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&hdr[8..16]);
+        let sector = u64::from_le_bytes(s);
+        let data = segs.writable_len() - 1;
+        let (st, written) = match type_ {
+            req::IN if segs.readable_len() == 16 => {
+                let mut put = |off: usize, buf: &[u8]| segs.write_at(mem, off, buf);
+                self.read_with(q, sector, data, &mut put)
+            }
+            req::OUT if data == 0 && !self.read_only => {
+                let len = segs.readable_len() - 16;
+                let mut take = |off: usize, buf: &mut [u8]| segs.read_at(mem, 16 + off, buf);
+                (self.write_with(q, sector, len, &mut take), 0)
+            }
+            _ => return None,
+        };
+        let written = u32::try_from(written).unwrap_or(u32::MAX);
+        if !segs.write_at(mem, data, &[st]) {
+            return Some(written);
+        }
+        Some(written.saturating_add(1))
     }
 
     /// In write-through mode, makes the write just done durable.
@@ -650,6 +708,16 @@ impl Device for BlkDevice {
         // Uncontended: only this queue's worker serves it.
         let mut q = slot.lock().unwrap_or_else(|e| e.into_inner());
         Some(self.serve_request(&mut q, mem, chain, fault))
+    }
+
+    fn has_fast_path(&self) -> bool {
+        true
+    }
+
+    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
+        let slot = self.queues.get(usize::from(queue))?;
+        let mut q = slot.lock().unwrap_or_else(|e| e.into_inner());
+        self.serve_segments(&mut q, mem, segs)
     }
 }
 

@@ -3,6 +3,7 @@
 //! # Overview
 //! - [`disk`]: [`BlockIo`], the synchronous block access a target's request handlers use,
 //!   and [`ChannelIo`], which provides it over any [`Bdev`](vbdev_bdev::Bdev).
+//! - [`fast`]: the polling request queues' fast path ([`fast::Segments`]).
 //! - [`fault`]: [`Faults`], the fault-injection switchboard (off unless a test arms it).
 //! - [`server`]: serving a [`Device`] on a vhost-user socket ([`serve`], [`TargetHandle`]):
 //!   one frontend at a time, a worker per queue, event-driven or polling.
@@ -17,6 +18,7 @@
 
 pub mod blk;
 pub mod disk;
+pub mod fast;
 pub mod fault;
 pub mod scsi;
 pub mod server;

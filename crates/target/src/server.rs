@@ -74,6 +74,7 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
+use crate::fast::{Ring, RingAddrs, Segments};
 use crate::fault::{BadUsed, Fault, Faults};
 
 const TARGET: &str = "vbdev::target";
@@ -220,6 +221,21 @@ pub trait Device: Send + Sync + 'static {
     /// the ones that concern it (`BlkStatus`, `ScsiSense`) and ignores the rest, which
     /// the server handles.
     fn serve(&self, queue: u16, mem: &Mem, chain: Chain, fault: Option<Fault>) -> Option<u32>;
+
+    /// Whether the device has a fast path ([`Device::serve_fast`]); polling request
+    /// queues then use it while no fault is armed. Default: no.
+    fn has_fast_path(&self) -> bool {
+        false
+    }
+
+    /// Serves one request of polling request queue `queue` from its resolved buffers
+    /// ([`crate::fast`]) and returns the used length, as [`Device::serve`]; `None` declines
+    /// it, and the server then serves it through [`Device::serve`]. A device declines
+    /// before it has done anything with the request. Default: declines everything.
+    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
+        let _ = (queue, mem, segs);
+        None
+    }
 }
 
 /// Where and how to serve a target.
@@ -682,8 +698,12 @@ struct Session<D> {
 /// Why serving a queue stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
-    /// The avail ring is empty; this many requests were served.
+    /// The avail ring is empty, or the batch's limit was reached; this many requests
+    /// were served.
     Empty(usize),
+    /// The fast path stopped at a request it does not take: the general path must serve
+    /// the next one.
+    General,
     /// The ring is not ready or the connection is closing.
     Stop,
 }
@@ -695,7 +715,7 @@ impl<D: Device> Session<D> {
             if let Err(e) = vring.disable_notification() {
                 tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
             }
-            if self.serve_available(q, vring) == Flow::Stop {
+            if self.serve_available(q, vring, usize::MAX) == Flow::Stop {
                 return;
             }
             // Notifications back on, then one more look: a request published while they
@@ -712,21 +732,33 @@ impl<D: Device> Session<D> {
     }
 
     /// Polling: spins on the avail ring until the ring is disabled or stopped or the
-    /// connection closes.
+    /// connection closes. Uses the device's fast path, if it has one, while no fault is
+    /// armed.
     fn poll_queue(&self, q: u16, vring: &Vring) {
         tracing::debug!(target: TARGET, queue = q, "polling starts");
         if let Err(e) = vring.disable_notification() {
             tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
         }
+        let fast = self.device.has_fast_path();
+        let mut segs = Segments::new();
         let mut idle = 0u32;
         loop {
-            {
-                let state = vring.get_ref();
-                if !state.is_enabled() || !state.get_queue().ready() {
-                    break;
+            let flow = if fast {
+                match self.serve_fast(q, vring, &mut segs) {
+                    // One request the general way, then the fast path again.
+                    Flow::General => self.serve_available(q, vring, 1),
+                    f => f,
                 }
-            }
-            match self.serve_available(q, vring) {
+            } else {
+                {
+                    let state = vring.get_ref();
+                    if !state.is_enabled() || !state.get_queue().ready() {
+                        break;
+                    }
+                }
+                self.serve_available(q, vring, usize::MAX)
+            };
+            match flow {
                 Flow::Stop => break,
                 Flow::Empty(0) => {
                     idle = idle.wrapping_add(1);
@@ -736,17 +768,104 @@ impl<D: Device> Session<D> {
                         std::hint::spin_loop();
                     }
                 }
-                Flow::Empty(_) => idle = 0,
+                Flow::Empty(_) | Flow::General => idle = 0,
             }
         }
         tracing::debug!(target: TARGET, queue = q, "polling stops");
+    }
+
+    /// The fast path ([`crate::fast`]): serves up to [`BATCH`] requests with
+    /// [`Device::serve_fast`], publishes their used entries with one `used.idx` store and
+    /// notifies the driver once if it asked. Stops at the first request the fast path
+    /// does not take ([`Flow::General`]).
+    fn serve_fast(&self, q: u16, vring: &Vring, segs: &mut Segments) -> Flow {
+        if self.conn.is_closing() {
+            return Flow::Stop;
+        }
+        // Held until the ring state is written back: `stop_vring` (GET_VRING_BASE) waits
+        // for it, so it reads the final next_avail.
+        let _busy = lock(&self.busy[usize::from(q)]);
+        let (addrs, next_avail, next_used) = {
+            let state = vring.get_ref();
+            let queue = state.get_queue();
+            if !state.is_enabled() || !queue.ready() {
+                return Flow::Stop;
+            }
+            let addrs = RingAddrs {
+                desc: queue.desc_table(),
+                avail: queue.avail_ring(),
+                used: queue.used_ring(),
+                size: queue.size(),
+                event_idx: queue.event_idx_enabled(),
+            };
+            (addrs, queue.next_avail(), queue.next_used())
+        };
+        let Some(avail) = Ring::avail_idx_of(&self.mem.memory(), &addrs) else {
+            return Flow::General;
+        };
+        let pending = avail.wrapping_sub(next_avail);
+        if pending == 0 {
+            return Flow::Empty(0);
+        }
+        // Checked after the Acquire load of avail.idx: a fault armed before these requests
+        // were published is seen, and the general path serves them one by one with it.
+        // Also when the ring is broken: the general path reports it and closes the
+        // connection.
+        if pending > addrs.size || self.faults.is_armed() {
+            return Flow::General;
+        }
+        // Loaded after the Acquire load of avail.idx: it has every region these requests
+        // can name (see `serve_available`).
+        let mem = self.mem.memory();
+        let Some(ring) = Ring::new(&mem, &addrs) else {
+            return Flow::General;
+        };
+        let (mut na, mut nu) = (next_avail, next_used);
+        let mut general = false;
+        for _ in 0..usize::from(pending).min(BATCH) {
+            let Some(head) = ring.avail_head(na) else {
+                general = true;
+                break;
+            };
+            if !ring.parse(&mem, head, segs) {
+                general = true;
+                break;
+            }
+            let Some(len) = self.device.serve_fast(q, &mem, segs) else {
+                general = true;
+                break;
+            };
+            ring.put_used(nu, head, len);
+            na = na.wrapping_add(1);
+            nu = nu.wrapping_add(1);
+        }
+        let served = usize::from(na.wrapping_sub(next_avail));
+        if served > 0 {
+            let notify = ring.publish_used(next_used, nu);
+            {
+                let mut state = vring.get_mut();
+                let queue = state.get_queue_mut();
+                queue.set_next_avail(na);
+                queue.set_next_used(nu);
+            }
+            if notify {
+                if let Err(e) = vring.signal_used_queue() {
+                    tracing::warn!(target: TARGET, queue = q, error = %e, "cannot signal the used ring");
+                }
+            }
+        }
+        if general {
+            Flow::General
+        } else {
+            Flow::Empty(served)
+        }
     }
 
     /// Serves every request on the avail ring: in batches of up to [`BATCH`] on the
     /// request queues (the ring locked, the memory map loaded and the driver notified
     /// once per batch), one at a time on the other queues or while faults are armed
     /// (each request then draws its own fault).
-    fn serve_available(&self, q: u16, vring: &Vring) -> Flow {
+    fn serve_available(&self, q: u16, vring: &Vring, max: usize) -> Flow {
         let mut served = 0;
         let batched = self.device.is_request_queue(q);
         let mut batch: Vec<Chain> = Vec::new();
@@ -754,6 +873,9 @@ impl<D: Device> Session<D> {
         loop {
             if self.conn.is_closing() {
                 return Flow::Stop;
+            }
+            if served >= max {
+                return Flow::Empty(served);
             }
             let per_request = !batched || self.faults.is_armed();
             let _busy = lock(&self.busy[usize::from(q)]);
@@ -773,7 +895,11 @@ impl<D: Device> Session<D> {
                     _ => {}
                 }
                 let mem = self.mem.memory();
-                let limit = if per_request { 1 } else { BATCH };
+                let limit = if per_request {
+                    1
+                } else {
+                    BATCH.min(max - served)
+                };
                 match queue.iter(mem.clone()) {
                     Ok(mut it) => {
                         while batch.len() < limit {
