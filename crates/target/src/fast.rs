@@ -45,60 +45,85 @@ pub struct Seg {
     pub len: u32,
 }
 
-/// A request's buffers in chain order, the driver-readable ones first (§2.7.4.2 "device-
-/// writable after device-readable"), as the fast path parsed them. Reused from request to
-/// request: parsing allocates nothing once it has held [`MAX_SEGMENTS`].
+/// A request's buffers: the driver-readable ones and the device-writable ones, each in
+/// chain order. The fast path fills it from a chain whose readable buffers all come
+/// first (§2.7.4.2), of at most [`MAX_SEGMENTS`] buffers; the general path
+/// ([`Segments::fill_from_chain`]) from any chain virtio-queue accepts. Reused from
+/// request to request: filling allocates nothing once it has held as many buffers.
 #[derive(Debug, Default)]
 pub struct Segments {
-    segs: Vec<Seg>,
-    readable: usize,
+    readable: Vec<Seg>,
+    writable: Vec<Seg>,
     readable_len: usize,
     writable_len: usize,
 }
 
 impl Segments {
-    /// Empty, with room for [`MAX_SEGMENTS`].
+    /// Empty, with room for [`MAX_SEGMENTS`] of each kind.
     pub fn new() -> Self {
         Self {
-            segs: Vec::with_capacity(MAX_SEGMENTS),
+            readable: Vec::with_capacity(MAX_SEGMENTS),
+            writable: Vec::with_capacity(MAX_SEGMENTS),
             ..Self::default()
         }
     }
 
     fn clear(&mut self) {
-        self.segs.clear();
-        self.readable = 0;
+        self.readable.clear();
+        self.writable.clear();
         self.readable_len = 0;
         self.writable_len = 0;
     }
 
-    /// Adds a buffer; false when the chain breaks the fast path's rules.
+    /// Adds a buffer in the fast path's rules; false when the chain breaks them.
     fn push(&mut self, addr: u64, len: u32, writable: bool) -> bool {
-        if self.segs.len() == MAX_SEGMENTS {
+        if self.readable.len() + self.writable.len() == MAX_SEGMENTS
+            || (!writable && !self.writable.is_empty())
+        {
+            // Too long, or a readable buffer after a writable one.
             return false;
         }
+        self.push_any(addr, len, writable);
+        true
+    }
+
+    fn push_any(&mut self, addr: u64, len: u32, writable: bool) {
+        let seg = Seg { addr, len };
         if writable {
-            self.writable_len += len as usize;
+            self.writable.push(seg);
+            self.writable_len = self.writable_len.saturating_add(len as usize);
         } else {
-            if self.writable_len > 0 || self.segs.len() > self.readable {
-                // A readable buffer after a writable one.
+            self.readable.push(seg);
+            self.readable_len = self.readable_len.saturating_add(len as usize);
+        }
+    }
+
+    /// Fills from a chain taken off the ring by virtio-queue (the general path), in any
+    /// order of readable and writable buffers. False when virtio-queue stopped at a bad
+    /// descriptor or a buffer is not in the driver's memory.
+    pub fn fill_from_chain<M>(&mut self, mem: &Mem, chain: virtio_queue::DescriptorChain<M>) -> bool
+    where
+        M: std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        self.clear();
+        for d in chain {
+            if !mem.check_range(d.addr(), d.len() as usize) {
                 return false;
             }
-            self.readable += 1;
-            self.readable_len += len as usize;
+            self.push_any(d.addr().0, d.len(), d.is_write_only());
         }
-        self.segs.push(Seg { addr, len });
         true
     }
 
     /// The driver-readable buffers.
     pub fn readable(&self) -> &[Seg] {
-        &self.segs[..self.readable]
+        &self.readable
     }
 
     /// The device-writable buffers.
     pub fn writable(&self) -> &[Seg] {
-        &self.segs[self.readable..]
+        &self.writable
     }
 
     /// Bytes the driver made readable.

@@ -18,7 +18,11 @@
 //! - **polling** (`poll: true`): once the ring is enabled (or kicked) the worker turns
 //!   notifications off and spins on the avail ring until the ring is disabled or stopped
 //!   (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`) or the frontend goes. One busy core per
-//!   queue: for benchmarks.
+//!   queue: for benchmarks. A device with a fast path ([`Device::serve_fast`]: blk and
+//!   scsi) is served through [`crate::fast`] while no fault is armed: the ring is read
+//!   directly, up to 32 requests per batch, one `used.idx` store and at most one
+//!   notification per batch; a request the fast path does not take is served the
+//!   general way below, then the fast path goes on.
 //!
 //! Completions are signalled on the call eventfd when the driver asked for them
 //! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`).

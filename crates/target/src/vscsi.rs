@@ -100,6 +100,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
 use crate::disk::{BlockIo, ChannelIo};
+use crate::fast::Segments;
 use crate::fault::{Fault, Faults};
 use crate::scsi::{
     CmdOutcome, Limits, Lun, LunError, ScsiTarget, Sense, SenseKey, parse_virtio_lun,
@@ -443,6 +444,8 @@ impl std::fmt::Debug for ScsiDevice {
 struct CmdQueue {
     data_out: Vec<u8>,
     data_in: Vec<u8>,
+    /// The general path's request buffers, reused.
+    segs: Segments,
 }
 
 /// The event queue's state for the current connection.
@@ -751,54 +754,42 @@ impl ScsiDevice {
     }
 
     /// Serves one command request; returns the used length.
-    fn serve_command<T>(
+    /// Serves one command from its buffers (the general path and the fast path alike).
+    fn serve_command(
         &self,
         q: &mut CmdQueue,
         mem: &Mem,
-        chain: DescriptorChain<T>,
+        segs: &Segments,
         fault: Option<Fault>,
-    ) -> u32
-    where
-        T: Deref + Clone,
-        T::Target: GuestMemory + Sized,
-    {
-        let head = chain.head_index();
+    ) -> u32 {
         // Bounded by the type invariant; the values are read once for this request.
         let cdb_size = self.cdb_size.load(Ordering::Relaxed) as usize;
         let sense_size = self.sense_size.load(Ordering::Relaxed) as usize;
-        let (mut r, mut w) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
-            (Ok(r), Ok(w)) => (r, w),
-            _ => {
-                tracing::debug!(target: TARGET, head, "request outside the shared memory");
-                return 0;
-            }
-        };
         let resp_len = wire::CMD_RESP_LEN + sense_size;
-        if w.available_bytes() < resp_len {
-            tracing::debug!(target: TARGET, head, writable = w.available_bytes(), "request without room for the response");
+        if segs.writable_len() < resp_len {
+            tracing::debug!(target: TARGET, writable = segs.writable_len(), "request without room for the response");
             return 0;
         }
-        let Ok(mut data_in) = w.split_at(resp_len) else {
-            return 0;
-        };
+        let resp = |r: CmdResp| write_cmd_resp(segs, mem, r, sense_size);
         let mut hdr = [0u8; wire::CMD_HEADER_LEN + wire::CDB_SIZE_MAX as usize];
-        let hdr = &mut hdr[..wire::CMD_HEADER_LEN + cdb_size];
-        if r.read_exact(hdr).is_err() {
-            tracing::debug!(target: TARGET, head, "request header too short");
-            return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
+        let hdr_len = wire::CMD_HEADER_LEN + cdb_size;
+        let hdr = &mut hdr[..hdr_len];
+        if !segs.read_at(mem, 0, hdr) {
+            tracing::debug!(target: TARGET, "request header too short");
+            return resp(CmdResp::only(response::FAILURE));
         }
         let mut lun = [0u8; 8];
         lun.copy_from_slice(&hdr[..8]);
         let cdb = &hdr[wire::CMD_HEADER_LEN..];
         let Some((target, lun)) = parse_virtio_lun(&lun) else {
-            return write_cmd_resp(&mut w, CmdResp::only(response::BAD_TARGET), sense_size);
+            return resp(CmdResp::only(response::BAD_TARGET));
         };
         let mut slot = self.target(target);
         let Some(t) = slot.as_mut() else {
-            return write_cmd_resp(&mut w, CmdResp::only(response::BAD_TARGET), sense_size);
+            return resp(CmdResp::only(response::BAD_TARGET));
         };
-        let out_len = r.available_bytes();
-        let in_len = data_in.available_bytes();
+        let out_len = segs.readable_len() - hdr_len;
+        let in_len = segs.writable_len() - resp_len;
         let (out_take, in_take) = (out_len.min(self.max_data), in_len.min(self.max_data));
         if q.data_out.len() < out_take {
             q.data_out.resize(out_take, 0);
@@ -808,26 +799,30 @@ impl ScsiDevice {
         }
         let out = &mut q.data_out[..out_take];
         let din = &mut q.data_in[..in_take];
-        if r.read_exact(out).is_err() {
-            return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
+        if !segs.read_at(mem, hdr_len, out) {
+            return resp(CmdResp::only(response::FAILURE));
         }
         if let Some(Fault::ScsiResponse(r)) = fault {
             drop(slot);
-            return write_cmd_resp(&mut w, CmdResp::only(r), sense_size);
+            return resp(CmdResp::only(r));
         }
         // A READ's data goes from the disk's buffer straight into guest memory (one copy);
         // the CorruptRead fault flips its last byte on the way.
         let mut delivered = false;
+        let mut at = resp_len;
+        let mut sink_ok = true;
         let faults = &self.faults;
         let mut sink = |buf: &mut [u8]| {
             if faults.take_corrupt_read() {
                 if let Some(b) = buf.last_mut() {
-                    tracing::debug!(target: TARGET, head, "CorruptRead fault: last byte flipped");
+                    tracing::debug!(target: TARGET, "CorruptRead fault: last byte flipped");
                     *b ^= 0xff;
                 }
             }
             delivered = true;
-            data_in.write_all(buf).is_ok()
+            sink_ok &= segs.write_at(mem, at, buf);
+            at += buf.len();
+            sink_ok
         };
         let outcome = match fault {
             Some(Fault::ScsiSense { key, asc, ascq }) => {
@@ -842,12 +837,15 @@ impl ScsiDevice {
             _ => t.execute_to(lun, cdb, out, din, &mut sink),
         };
         drop(slot);
+        if !sink_ok {
+            return resp(CmdResp::only(response::FAILURE));
+        }
         let n_in = if delivered {
             outcome.data_in_len
         } else {
             let written = din.get(..outcome.data_in_len).unwrap_or_default();
-            if data_in.write_all(written).is_err() {
-                return write_cmd_resp(&mut w, CmdResp::only(response::FAILURE), sense_size);
+            if !segs.write_at(mem, resp_len, written) {
+                return resp(CmdResp::only(response::FAILURE));
             }
             written.len()
         };
@@ -858,7 +856,7 @@ impl ScsiDevice {
         } else {
             out_len
         };
-        let resp = CmdResp {
+        let r = CmdResp {
             response: if outcome.overrun {
                 response::OVERRUN
             } else {
@@ -868,37 +866,45 @@ impl ScsiDevice {
             residual: to_u32(residual),
             sense: outcome.sense.map(|s| s.fixed_format()),
         };
-        tracing::trace!(target: TARGET, head, scsi_target = target, lun, opcode = cdb.first().copied(), status = resp.status, response = resp.response, "command done");
-        write_cmd_resp(&mut w, resp, sense_size).saturating_add(to_u32(n_in))
+        tracing::trace!(target: TARGET, scsi_target = target, lun, opcode = cdb.first().copied(), status = r.status, response = r.response, "command done");
+        resp(r).saturating_add(to_u32(n_in))
     }
 }
 
 /// Writes `virtio_scsi_resp_cmd` with `sense_size` sense bytes (the sense data, cut to
-/// fit, then zeros); returns the bytes written, or 0 when the buffer fails.
-fn write_cmd_resp(w: &mut Writer<'_>, resp: CmdResp, sense_size: usize) -> u32 {
+/// fit, then zeros) at the start of the writable buffers; returns the bytes written, or
+/// 0 when they cannot be written.
+fn write_cmd_resp(segs: &Segments, mem: &Mem, resp: CmdResp, sense_size: usize) -> u32 {
     let sense: &[u8] = match &resp.sense {
         Some(s) => &s[..s.len().min(sense_size)],
         None => &[],
     };
-    let mut hdr = [0u8; wire::CMD_RESP_LEN];
-    hdr[0..4].copy_from_slice(&to_u32(sense.len()).to_le_bytes());
-    hdr[4..8].copy_from_slice(&resp.residual.to_le_bytes());
+    // Header and sense area in one write when they fit a small buffer (the default
+    // sense_size of 96 does); a larger sense area gets its zeros in more writes.
+    const SMALL: usize = 256;
+    let mut buf = [0u8; wire::CMD_RESP_LEN + SMALL];
+    let len = wire::CMD_RESP_LEN + sense_size;
+    buf[0..4].copy_from_slice(&to_u32(sense.len()).to_le_bytes());
+    buf[4..8].copy_from_slice(&resp.residual.to_le_bytes());
     // 8..10 status_qualifier: 0.
-    hdr[10] = resp.status;
-    hdr[11] = resp.response;
-    if w.write_all(&hdr).is_err() || w.write_all(sense).is_err() {
+    buf[10] = resp.status;
+    buf[11] = resp.response;
+    // sense.len() <= FIXED_SENSE_LEN < SMALL.
+    buf[wire::CMD_RESP_LEN..wire::CMD_RESP_LEN + sense.len()].copy_from_slice(sense);
+    let first = len.min(buf.len());
+    if !segs.write_at(mem, 0, &buf[..first]) {
         return 0;
     }
-    let zeros = [0u8; 256];
-    let mut left = sense_size - sense.len();
-    while left > 0 {
-        let n = left.min(zeros.len());
-        if w.write_all(&zeros[..n]).is_err() {
+    let zeros = [0u8; SMALL];
+    let mut at = first;
+    while at < len {
+        let n = (len - at).min(SMALL);
+        if !segs.write_at(mem, at, &zeros[..n]) {
             return 0;
         }
-        left -= n;
+        at += n;
     }
-    to_u32(wire::CMD_RESP_LEN + sense_size)
+    to_u32(len)
 }
 
 impl Device for ScsiDevice {
@@ -989,8 +995,27 @@ impl Device for ScsiDevice {
                 let slot = self.queues.get(usize::from(q - FIRST_REQUEST_QUEUE))?;
                 // Uncontended: only this queue's worker serves it.
                 let mut cq = lock(slot);
-                Some(self.serve_command(&mut cq, mem, chain, fault))
+                let mut segs = std::mem::take(&mut cq.segs);
+                let len = if segs.fill_from_chain(mem, chain) {
+                    self.serve_command(&mut cq, mem, &segs, fault)
+                } else {
+                    tracing::debug!(target: TARGET, "request outside the shared memory");
+                    0
+                };
+                cq.segs = segs;
+                Some(len)
             }
         }
+    }
+
+    fn has_fast_path(&self) -> bool {
+        true
+    }
+
+    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
+        let i = queue.checked_sub(FIRST_REQUEST_QUEUE)?;
+        // Only request queues poll; the server asks for none beyond num_queues.
+        let mut cq = lock(self.queues.get(usize::from(i))?);
+        Some(self.serve_command(&mut cq, mem, segs, None))
     }
 }

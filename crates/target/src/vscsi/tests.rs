@@ -49,7 +49,19 @@ fn device() -> ScsiDevice {
 /// Serves a command chain of `readable` pieces then `writable` buffers; returns the used
 /// length and the writable bytes.
 fn run(dev: &ScsiDevice, readable: &[&[u8]], writable: &[u32]) -> (u32, Vec<Vec<u8>>) {
+    run_filled(dev, readable, writable, 0)
+}
+
+/// As [`run`], with the driver's memory filled with `fill` first.
+fn run_filled(
+    dev: &ScsiDevice,
+    readable: &[&[u8]],
+    writable: &[u32],
+    fill: u8,
+) -> (u32, Vec<Vec<u8>>) {
     let mem = Mem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    mem.write_slice(&vec![fill; 1 << 20], GuestAddress(0))
+        .unwrap();
     let mut descs = Vec::new();
     let mut addr = 0x1000u64;
     for piece in readable {
@@ -76,7 +88,9 @@ fn run(dev: &ScsiDevice, readable: &[&[u8]], writable: &[u32]) -> (u32, Vec<Vec<
     let vq = MockSplitQueue::new(&mem, 16);
     let chain = vq.build_desc_chain(&descs).unwrap();
     let mut q = dev.queues[0].lock().unwrap();
-    let used = dev.serve_command(&mut q, &mem, chain, None);
+    let mut segs = crate::fast::Segments::new();
+    assert!(segs.fill_from_chain(&mem, chain));
+    let used = dev.serve_command(&mut q, &mem, &segs, None);
     let bytes = outs
         .into_iter()
         .map(|(a, len)| {
@@ -133,6 +147,22 @@ fn driver_sets_sense_and_cdb_size_and_a_reset_restores_them() {
 
     dev.reset();
     assert_eq!(dev.config(20, 8).unwrap(), [96, 0, 0, 0, 32, 0, 0, 0]);
+}
+
+#[test]
+fn a_sense_area_larger_than_one_write_is_zero_filled() {
+    let dev = device();
+    dev.set_config(config::SENSE_SIZE as u32, &600u32.to_le_bytes())
+        .unwrap();
+    // Split over three buffers, across the 256-byte pieces.
+    let (used, w) = run_filled(&dev, &[&header(&[0xFF], 32)], &[100, 300, 212, 8], 0xaa);
+    assert_eq!(used, 612);
+    let resp: Vec<u8> = w[..3].concat();
+    assert_eq!(resp[10], 0x02, "CHECK CONDITION");
+    assert_eq!(u32::from_le_bytes(resp[0..4].try_into().unwrap()), 18);
+    assert_eq!((resp[12], resp[12 + 2]), (0x70, 0x05), "ILLEGAL REQUEST");
+    assert!(resp[12 + 18..].iter().all(|&b| b == 0), "sense tail zeroed");
+    assert_eq!(w[3], [0xaa; 8], "no Data-In written");
 }
 
 #[test]
