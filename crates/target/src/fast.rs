@@ -309,6 +309,14 @@ impl<'m> Ring<'m> {
         }
     }
 
+    /// Makes used entries up to `new` visible (Release store of `used.idx`), without
+    /// deciding on a notification.
+    pub fn expose_used(&self, new: u16) {
+        if let Ok(idx) = self.used.get_atomic_ref::<AtomicU16>(2) {
+            idx.store(new.to_le(), Ordering::Release);
+        }
+    }
+
     /// Publishes used entries up to `new` (one Release store of `used.idx`, §2.7.8) and
     /// says whether the driver wants a notification for those after `old` (§2.7.10).
     pub fn publish_used(&self, old: u16, new: u16) -> bool {
