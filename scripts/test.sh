@@ -4,7 +4,8 @@
 # (rustup) and qemu-utils (which ships qemu-storage-daemon) already present.
 #
 # Builds vhost-device-scsi from crates.io into ${VBDEV_CACHE:-~/.cache/vbdev}/cargo-root
-# once; keep that directory between CI runs to skip the build.
+# and installs SPDK's RPC client from PyPI into ${VBDEV_CACHE:-~/.cache/vbdev}/spdk-venv
+# once; keep that directory between CI runs to skip both.
 #
 # Never installs or upgrades qemu packages: qemu-utils 10.x comes from
 # bookworm-backports, and installing qemu-system-x86 would replace it with 7.2.
@@ -22,7 +23,8 @@ step "checking prerequisites"
 # package is installed only when its command is missing, so on a prepared
 # machine this does nothing. qemu-storage-daemon is handled separately below.
 apt_deps=(
-    cc:gcc # linker used by rustc
+    cc:gcc          # linker used by rustc
+    python3:python3 # SPDK's RPC client (below) and bench/compare.sh
 )
 apt_needed=()
 for pair in "${apt_deps[@]}"; do
@@ -30,6 +32,10 @@ for pair in "${apt_deps[@]}"; do
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || apt_needed+=("$pkg")
 done
+# Debian splits venv's pip bootstrap (ensurepip) into python3-venv.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt_needed+=(python3-venv)
+fi
 if ((${#apt_needed[@]} > 0)); then
     sudo=()
     if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
@@ -94,6 +100,29 @@ if ! "$VBDEV_VHOST_DEVICE_SCSI" --help >/dev/null; then
     exit 1
 fi
 echo "vhost-device-scsi: $VBDEV_VHOST_DEVICE_SCSI"
+
+# SPDK's own JSON-RPC client (PyPI `spdk`, command `spdk-rpc`, i.e. rpc.py) drives
+# `vbdev serve` in the integration tests. Installed, pinned, into a venv in the same
+# cache directory; the tests find it through VBDEV_SPDK_RPC.
+spdk_version=26.9
+spdk_venv="${VBDEV_CACHE:-$HOME/.cache/vbdev}/spdk-venv"
+if [[ -z ${VBDEV_SPDK_RPC:-} ]]; then
+    if ! "$spdk_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('spdk') != '$spdk_version')" 2>/dev/null; then
+        echo "installing spdk $spdk_version (PyPI) into $spdk_venv"
+        rm -rf "$spdk_venv"
+        python3 -m venv "$spdk_venv" && "$spdk_venv/bin/pip" install --quiet "spdk==$spdk_version" || {
+            echo "error: cannot install SPDK's RPC client (pip install spdk==$spdk_version)." >&2
+            echo "       The vbdev serve tests need it." >&2
+            exit 1
+        }
+    fi
+    export VBDEV_SPDK_RPC="$spdk_venv/bin/spdk-rpc"
+fi
+if ! "$VBDEV_SPDK_RPC" --help >/dev/null; then
+    echo "error: $VBDEV_SPDK_RPC does not run." >&2
+    exit 1
+fi
+echo "spdk-rpc: $VBDEV_SPDK_RPC"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@ use vbdev_virtio::{DmaBuf, QueueError};
 
 use crate::channel::{ChannelBackend, IoChannel};
 use crate::error::Result;
+use crate::iostat::{BdevStats, IoStat};
 
 /// What a bdev is and what it can do; fixed at attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,15 +81,23 @@ pub trait BdevBackend: Send + Sync + fmt::Debug {
 }
 
 /// A named block device: cheap to clone, shareable between threads.
+///
+/// Clones share the device and its I/O statistics ([`Self::iostat`]); so do the
+/// handles a module gives out for the same disk (a virtio-scsi LUN's bdev from
+/// `ScsiController::bdevs` or an `Added` event).
 #[derive(Debug, Clone)]
 pub struct Bdev {
     backend: Arc<dyn BdevBackend>,
+    stats: Arc<BdevStats>,
 }
 
 impl Bdev {
     /// Wraps a module's device.
     pub fn new(backend: Arc<dyn BdevBackend>) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            stats: Arc::default(),
+        }
     }
 
     /// The bdev's description.
@@ -122,13 +131,30 @@ impl Bdev {
         self.backend.reset(timeout)
     }
 
+    /// Wraps a module's device whose statistics live elsewhere (a module that hands out
+    /// a new `Bdev` for the same disk more than once keeps one `stats` per disk, so that
+    /// every handle reports the same counts).
+    pub(crate) fn with_stats(backend: Arc<dyn BdevBackend>, stats: Arc<BdevStats>) -> Self {
+        Self { backend, stats }
+    }
+
     /// Opens an I/O channel on one of the device's request queues.
     ///
     /// # Errors
     /// [`Error::NoFreeQueue`](crate::Error::NoFreeQueue) when all queues have channels.
     pub fn open_channel(&self) -> Result<IoChannel> {
         let backend = self.backend.open_channel()?;
-        Ok(IoChannel::new(self.info(), backend))
+        Ok(IoChannel::new(self.info(), backend, &self.stats))
+    }
+
+    /// I/O statistics: the requests completed on every channel of this bdev (open or
+    /// closed) since it was created, as SPDK's `bdev_get_iostat` reports them.
+    ///
+    /// An open channel's counts are as of its last [`IoChannel::poll`]. Takes a lock
+    /// that channels take only when they open and close; the data path never waits on
+    /// it.
+    pub fn iostat(&self) -> IoStat {
+        self.stats.total()
     }
 
     /// The device is gone.

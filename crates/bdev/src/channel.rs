@@ -2,16 +2,21 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vbdev_virtio::DmaBuf;
 
 use crate::bdev::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 use crate::error::{Error, RejectReason, Result};
+use crate::iostat::{BdevStats, ChannelStats, Counts, IoStat};
 
 /// A module's side of a channel: one device queue, owned by one thread.
 ///
 /// The hot-path methods (`try_submit`, `flush`, `reap`) must not block, allocate or lock.
+///
+/// A request's `cookie` is opaque to the backend and comes back unchanged in its one
+/// [`Completion`] ([`IoChannel`] uses it to find what it remembers of the request).
 pub trait ChannelBackend: Send + fmt::Debug {
     /// Writes the request's descriptors, or gives it back when the queue has no room now.
     /// The request was validated by [`IoChannel::submit`].
@@ -73,13 +78,25 @@ impl std::error::Error for Rejected {
 /// collects completions and moves waiting requests into the space they freed. Requests
 /// go to the device in submission order. Nothing here locks; a channel is `Send`, not
 /// `Sync`.
+///
+/// The channel counts its completions for [`Bdev::iostat`](crate::Bdev::iostat) and
+/// [`Self::iostat`]; closing it (dropping it) adds its counts to the bdev's.
 #[derive(Debug)]
 pub struct IoChannel {
     backend: Box<dyn ChannelBackend>,
     fifo: VecDeque<Request>,
+    /// Completions for the caller, with the caller's cookies, already counted.
     ready: VecDeque<Completion>,
     /// A request went to the backend since its last flush.
     unflushed: bool,
+    /// The requests the backend and `fifo` hold, by the cookie they carry there.
+    tracker: Tracker,
+    /// This channel's counts; `published` has them as of the last `poll`.
+    counts: Counts,
+    /// `counts` changed since they were last published.
+    dirty: bool,
+    published: Arc<ChannelStats>,
+    bdev_stats: Arc<BdevStats>,
     block_size: u64,
     num_blocks: u64,
     read_only: bool,
@@ -89,12 +106,23 @@ pub struct IoChannel {
 }
 
 impl IoChannel {
-    pub(crate) fn new(info: &BdevInfo, backend: Box<dyn ChannelBackend>) -> Self {
+    pub(crate) fn new(
+        info: &BdevInfo,
+        backend: Box<dyn ChannelBackend>,
+        bdev_stats: &Arc<BdevStats>,
+    ) -> Self {
         Self {
             backend,
             fifo: VecDeque::with_capacity(usize::from(info.queue_size)),
             ready: VecDeque::with_capacity(64),
             unflushed: false,
+            // The backend's queue, the FIFO behind it and split requests rarely hold
+            // more than twice the queue size; beyond that the tracker grows like the FIFO.
+            tracker: Tracker::with_capacity(2 * usize::from(info.queue_size)),
+            counts: Counts::default(),
+            dirty: false,
+            published: bdev_stats.open(),
+            bdev_stats: Arc::clone(bdev_stats),
             block_size: u64::from(info.block_size),
             num_blocks: info.num_blocks,
             read_only: info.read_only,
@@ -185,6 +213,8 @@ impl IoChannel {
             });
         }
         if req.op == IoOp::Flush && !self.flush {
+            self.counts.success(IoOp::Flush, 0);
+            self.dirty = true;
             self.ready.push_back(Completion {
                 cookie: req.cookie,
                 status: IoStatus::Success,
@@ -192,6 +222,13 @@ impl IoChannel {
             });
             return Ok(());
         }
+        let bytes = match req.op {
+            IoOp::Flush => 0,
+            // Reads and writes: the buffer's length; unmap and write zeroes: within the
+            // device, whose size in bytes a device could make overflow, hence saturating.
+            _ => req.num_blocks.saturating_mul(self.block_size),
+        };
+        req.cookie = self.tracker.insert(req.cookie, req.op, bytes);
         if self.fifo.is_empty() {
             match self.backend.try_submit(req) {
                 Ok(()) => self.unflushed = true,
@@ -205,6 +242,10 @@ impl IoChannel {
 
     /// Sends what was submitted (one doorbell at most), then moves finished requests into
     /// `out` and returns how many. Never blocks.
+    ///
+    /// Counts what completed and, when that changed the counts, publishes them for
+    /// [`Bdev::iostat`](crate::Bdev::iostat) with a few relaxed stores (once per call,
+    /// not per request).
     pub fn poll(&mut self, out: &mut [Completion]) -> usize {
         let mut n = 0;
         while n < out.len() {
@@ -217,11 +258,16 @@ impl IoChannel {
         if std::mem::take(&mut self.unflushed) {
             self.backend.flush();
         }
-        n += self.backend.reap(&mut out[n..]);
+        let reaped = self.backend.reap(&mut out[n..]);
+        for c in &mut out[n..n + reaped] {
+            c.cookie = self.finish(c.cookie, c.status.is_success());
+        }
+        n += reaped;
         if !self.fifo.is_empty() && self.backend.is_removed() {
             while let Some(req) = self.fifo.pop_front() {
+                let cookie = self.finish(req.cookie, false);
                 self.ready.push_back(Completion {
-                    cookie: req.cookie,
+                    cookie,
                     status: IoStatus::Failed(IoError::Removed),
                     buf: req.buf,
                 });
@@ -236,7 +282,36 @@ impl IoChannel {
         // Publishes what the FIFO moved and the children of a split request that freed
         // slots let the backend send (cheap when there is nothing new).
         self.backend.flush();
+        if std::mem::take(&mut self.dirty) {
+            self.published.publish(&self.counts);
+        }
         n
+    }
+
+    /// Counts the completion of the request the backend knew by `cookie` and returns the
+    /// caller's cookie.
+    #[inline]
+    fn finish(&mut self, cookie: u64, success: bool) -> u64 {
+        let Some(t) = self.tracker.remove(cookie) else {
+            // A backend broke the ChannelBackend contract (a cookie it was not given, or
+            // a request completed twice): pass it through uncounted rather than take
+            // down the caller.
+            debug_assert!(false, "backend completed unknown cookie {cookie}");
+            return cookie;
+        };
+        if success {
+            self.counts.success(t.op, t.bytes);
+        } else {
+            self.counts.failure();
+        }
+        self.dirty = true;
+        t.cookie
+    }
+
+    /// This channel's counts: what it completed since it opened (exact, including the
+    /// last poll). [`Bdev::iostat`](crate::Bdev::iostat) sums every channel's.
+    pub fn iostat(&self) -> IoStat {
+        self.counts.to_iostat()
     }
 
     /// Requests submitted and not yet returned by [`Self::poll`].
@@ -303,5 +378,226 @@ impl IoChannel {
             }
         }
         Ok(all)
+    }
+}
+
+impl Drop for IoChannel {
+    /// Adds this channel's counts to its bdev's retired total. Requests still in flight
+    /// never completed here and are not counted.
+    fn drop(&mut self) {
+        self.bdev_stats.close(&self.published, &self.counts);
+    }
+}
+
+/// What a channel remembers of an accepted request until it completes.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    /// The caller's cookie, given back in the completion.
+    cookie: u64,
+    op: IoOp,
+    /// The slot holds an outstanding request (not a freed one).
+    live: bool,
+    /// Bytes the request covers when it succeeds.
+    bytes: u64,
+}
+
+/// The requests a channel has accepted and not completed, in numbered slots: while the
+/// backend or the FIFO holds a request, its cookie is its slot number.
+///
+/// # Invariants
+/// A slot number is in `free` (and its slot is not `live`) or held by exactly one
+/// outstanding request (and `live`).
+#[derive(Debug)]
+struct Tracker {
+    slots: Vec<Tracked>,
+    free: Vec<usize>,
+}
+
+impl Tracker {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            slots: Vec::with_capacity(n),
+            free: Vec::with_capacity(n),
+        }
+    }
+
+    /// Stores a request's cookie, op and bytes and returns its slot number. Allocates
+    /// only when more requests are outstanding than ever before on this channel (beyond
+    /// the capacity given at open).
+    #[inline]
+    fn insert(&mut self, cookie: u64, op: IoOp, bytes: u64) -> u64 {
+        let t = Tracked {
+            cookie,
+            op,
+            live: true,
+            bytes,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = t;
+                i
+            }
+            None => {
+                self.slots.push(t);
+                self.slots.len() - 1
+            }
+        };
+        // usize is at most 64 bits on every target Rust supports.
+        i as u64
+    }
+
+    /// Frees slot `cookie` and returns what it held; `None` when `cookie` is not an
+    /// outstanding request's slot (already freed, or never given out).
+    #[inline]
+    fn remove(&mut self, cookie: u64) -> Option<Tracked> {
+        let i = usize::try_from(cookie).ok()?;
+        let slot = self.slots.get_mut(i)?;
+        if !std::mem::replace(&mut slot.live, false) {
+            return None;
+        }
+        let t = *slot;
+        self.free.push(i);
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds up to 4 requests and completes them newest first; a request at an odd
+    /// block fails.
+    #[derive(Debug, Default)]
+    struct Lifo {
+        held: Vec<Request>,
+    }
+
+    impl ChannelBackend for Lifo {
+        fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
+            if self.held.len() == 4 {
+                return Err(req);
+            }
+            self.held.push(req);
+            Ok(())
+        }
+
+        fn flush(&mut self) {}
+
+        fn reap(&mut self, out: &mut [Completion]) -> usize {
+            let mut n = 0;
+            while n < out.len() {
+                let Some(req) = self.held.pop() else { break };
+                let status = if req.offset_blocks % 2 == 1 {
+                    IoStatus::Failed(IoError::BlkIoErr)
+                } else {
+                    IoStatus::Success
+                };
+                out[n] = Completion {
+                    cookie: req.cookie,
+                    status,
+                    buf: req.buf,
+                };
+                n += 1;
+            }
+            n
+        }
+
+        fn in_flight(&self) -> usize {
+            self.held.len()
+        }
+
+        fn buffer_visible(&self, _buf: &DmaBuf) -> bool {
+            true
+        }
+
+        fn is_removed(&self) -> bool {
+            false
+        }
+
+        fn wait(&mut self, _timeout: Duration) {}
+    }
+
+    fn info(flush: bool) -> BdevInfo {
+        BdevInfo {
+            name: "Lifo0".into(),
+            product_name: "test".into(),
+            driver: "test",
+            block_size: 512,
+            num_blocks: 1024,
+            read_only: false,
+            flush,
+            unmap: true,
+            write_zeroes: true,
+            num_queues: 1,
+            queue_size: 4,
+            serial: None,
+            uuid: None,
+        }
+    }
+
+    #[test]
+    fn out_of_order_completions_get_their_cookies_and_counts() {
+        let stats = Arc::new(BdevStats::default());
+        let mut ch = IoChannel::new(&info(false), Box::new(Lifo::default()), &stats);
+        // Ten requests through a queue of 4: six wait in the FIFO with tracked cookies.
+        let cookies: Vec<u64> = (0..10).map(|i| 1000 + 7 * i).collect();
+        for (i, &cookie) in cookies.iter().enumerate() {
+            let block = i as u64; // odd blocks fail
+            let req = match i % 3 {
+                0 => Request::read(block, DmaBuf::alloc(1024).unwrap(), cookie),
+                1 => Request::unmap(block, 3, cookie),
+                _ => Request::write_zeroes(block, 5, cookie),
+            };
+            ch.submit(req).unwrap();
+        }
+        // No volatile write cache: the flush completes at once, and counts.
+        ch.submit(Request::flush(42)).unwrap();
+        let mut got: Vec<(u64, bool)> = ch
+            .drain(Duration::from_secs(1))
+            .unwrap()
+            .iter()
+            .map(|c| (c.cookie, c.status.is_success()))
+            .collect();
+        got.sort_unstable();
+        let mut want: Vec<(u64, bool)> = cookies
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (c, i % 2 == 0))
+            .chain([(42, true)])
+            .collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        // Successes: reads at 0 and 6 (1024 bytes each), unmap at 4 (3 blocks),
+        // write zeroes at 2 and 8 (5 blocks each), the flush; five failures.
+        let expected = IoStat {
+            bytes_read: 2048,
+            num_read_ops: 2,
+            bytes_unmapped: 3 * 512,
+            num_unmap_ops: 1,
+            bytes_zeroed: 2 * 5 * 512,
+            num_write_zeroes_ops: 2,
+            num_flush_ops: 1,
+            num_io_errors: 5,
+            ..IoStat::default()
+        };
+        assert_eq!(ch.iostat(), expected);
+        assert_eq!(stats.total(), expected, "published by the last poll");
+        // Slots are reused: no growth past the most ever outstanding.
+        assert!(ch.tracker.slots.len() <= 10);
+        assert_eq!(ch.tracker.free.len(), ch.tracker.slots.len());
+        drop(ch);
+        assert_eq!(stats.total(), expected);
+    }
+
+    #[test]
+    fn unknown_or_repeated_slot_is_not_found() {
+        let mut t = Tracker::with_capacity(2);
+        let a = t.insert(5, IoOp::Read, 512);
+        assert_eq!(t.remove(a).map(|x| x.cookie), Some(5));
+        assert!(t.remove(a).is_none(), "freed twice");
+        assert!(t.remove(99).is_none(), "never given out");
+        assert!(t.remove(u64::MAX).is_none());
+        // The freed slot is reused.
+        assert_eq!(t.insert(6, IoOp::Write, 0), a);
     }
 }

@@ -7,6 +7,8 @@
 //!   submitted with one doorbell and returns [`Completion`]s that give the buffers back.
 //!   Requests that find the queue full wait in the channel, in order.
 //! - [`Registry`]: the bdevs of a process, by name.
+//! - [`IoStat`]: a bdev's I/O statistics ([`Bdev::iostat`]), counted by its channels
+//!   without locks or shared atomics on the data path.
 //! - [`virtio_blk`]: bdevs backed by a virtio-blk device (vhost-user today).
 //! - [`virtio_scsi`]: a virtio-scsi controller whose LUNs become bdevs (scan, SCSI I/O,
 //!   resets, hotplug events).
@@ -36,6 +38,7 @@ pub mod channel;
 mod engine;
 pub mod error;
 pub mod file;
+mod iostat;
 mod local;
 pub mod malloc;
 pub mod null;
@@ -47,5 +50,6 @@ pub mod virtio_scsi;
 pub use bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 pub use channel::{ChannelBackend, IoChannel, Rejected};
 pub use error::{Error, RejectReason, Result};
+pub use iostat::IoStat;
 pub use registry::Registry;
 pub use vbdev_virtio::DmaBuf;

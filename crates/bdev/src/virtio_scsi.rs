@@ -198,6 +198,8 @@ pub(crate) struct Lun {
     revision: String,
     write_cache: bool,
     work: Arc<Work>,
+    /// The I/O statistics every `Bdev` of this LUN shares.
+    stats: Arc<crate::iostat::BdevStats>,
 }
 
 impl Lun {
@@ -599,10 +601,13 @@ impl ScsiController {
 }
 
 fn disk_bdev(ctrl: &Arc<Ctrl>, lun: &Arc<Lun>) -> Bdev {
-    Bdev::new(Arc::new(ScsiDisk {
-        lun: Arc::clone(lun),
-        ctrl: Arc::clone(ctrl),
-    }))
+    Bdev::with_stats(
+        Arc::new(ScsiDisk {
+            lun: Arc::clone(lun),
+            ctrl: Arc::clone(ctrl),
+        }),
+        Arc::clone(&lun.stats),
+    )
 }
 
 /// The controller thread: serves the event queue and work raised by I/O.
@@ -781,6 +786,7 @@ impl Ctrl {
             revision: d.revision,
             write_cache: d.write_cache,
             work: Arc::clone(&self.work),
+            stats: Arc::default(),
         }
     }
 }

@@ -29,6 +29,66 @@ pub enum Command {
     /// Benchmark bdevs like SPDK's bdevperf (with no target given: an embedded
     /// virtio-scsi target on a RAM disk, in this process).
     Perf(PerfArgs),
+    /// Run the management daemon: SPDK-compatible JSON-RPC on a Unix socket, until
+    /// SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Call a JSON-RPC method of a running `vbdev serve` (or SPDK) and print the result.
+    Rpc(RpcArgs),
+}
+
+/// Default JSON-RPC socket of `vbdev serve` and `vbdev rpc`.
+pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/vbdev.sock";
+
+/// `vbdev serve`: the daemon.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// JSON-RPC listening socket (created mode 0600, removed at exit).
+    #[arg(short = 'r', long = "rpc-socket", value_name = "PATH", default_value = DEFAULT_RPC_SOCKET)]
+    pub rpc_socket: PathBuf,
+    /// SPDK JSON config to load at start (`{"subsystems": [...]}`).
+    #[arg(long = "json", value_name = "FILE", conflicts_with = "config")]
+    pub json: Option<PathBuf>,
+    /// Legacy SPDK INI config to load at start (`[VirtioUser0]` sections).
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the sockets of vhost controllers created by RPC
+    /// (`vhost_create_blk_controller`, ...), as SPDK's `-S`.
+    #[arg(
+        short = 'S',
+        long = "vhost-dir",
+        value_name = "DIR",
+        default_value = "/var/tmp"
+    )]
+    pub vhost_dir: PathBuf,
+    /// Largest JSON-RPC request accepted, in bytes; a larger one gets an error and its
+    /// connection is closed.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_request: usize,
+}
+
+/// `vbdev rpc`: a small JSON-RPC client.
+#[derive(Debug, Args)]
+pub struct RpcArgs {
+    /// Server socket.
+    #[arg(short = 's', long = "server", value_name = "PATH", default_value = DEFAULT_RPC_SOCKET)]
+    pub server: PathBuf,
+    /// Seconds to wait for the answer.
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub timeout: f64,
+    /// All params as one JSON object (instead of, or merged under, `--key value` pairs).
+    #[arg(short = 'p', long = "params", value_name = "JSON")]
+    pub params: Option<String>,
+    /// The method, e.g. `bdev_get_bdevs`.
+    pub method: String,
+    /// Params as `--key value` pairs (`-` in keys becomes `_`); a value that parses as
+    /// JSON (a number, true, false, null, an array or an object) is sent as such,
+    /// anything else as a string. A `--flag` without a value is `true`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "--KEY VALUE"
+    )]
+    pub args: Vec<String>,
 }
 
 /// bdevperf's workloads (`-w`).

@@ -7,6 +7,8 @@ mod io;
 mod logging;
 mod output;
 mod perf;
+mod rpc_cmd;
+mod serve;
 mod target;
 
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ fn main() -> ExitCode {
         cli::Command::Io(args) => io::run(args),
         cli::Command::Target(args) => target::run(args),
         cli::Command::Perf(args) => perf::run(args),
+        cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Rpc(args) => rpc_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -95,6 +95,13 @@ fn scan_finds_every_lun_of_several_targets_and_io_lands_on_each() {
         );
         let fill = [0x11u8, 0x22, 0x33, 0x44][i];
         assert_eq!(read(&mut ch, 0, bs), vec![fill; bs]);
+        drop(ch);
+        // Every handle of the LUN reports the same statistics: a fresh one from the
+        // controller counts the I/O done through this one.
+        let again = ctrl.bdev(bdev.name()).expect("still there");
+        let st = again.iostat();
+        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 2), "t{t} l{l}");
+        assert_eq!(st.bytes_written, 8 * bs as u64);
     }
 }
 

@@ -7,5 +7,6 @@ mod io_rw;
 mod perf;
 mod qsd;
 mod scsi_io;
+mod serve;
 mod target_cli;
 mod util;

@@ -1,0 +1,440 @@
+//! `vbdev rpc`: a small JSON-RPC client for `vbdev serve` (and SPDK).
+//!
+//! It speaks as SPDK's `spdk-rpc` does: one connection per call, `id` 1, `params`
+//! omitted when there are none, and the answer read as a JSON stream (no newline needed).
+//! A result that is a list of strings prints one per line; any other result prints as
+//! indented JSON.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::Failure;
+use crate::cli::RpcArgs;
+
+/// The `id` of every request, as spdk-rpc sends it.
+const REQUEST_ID: u64 = 1;
+
+/// Runs `vbdev rpc`.
+///
+/// # Errors
+/// [`Failure::usage`] for bad params or timeout; [`Failure::run`] when the server cannot
+/// be reached, does not answer in time, or answers with a JSON-RPC error.
+pub fn run(args: RpcArgs) -> Result<(), Failure> {
+    let params = build_params(args.params.as_deref(), &args.args).map_err(Failure::usage)?;
+    let timeout = parse_timeout(args.timeout).map_err(Failure::usage)?;
+    let request = Request {
+        jsonrpc: "2.0",
+        method: &args.method,
+        id: REQUEST_ID,
+        params,
+    };
+    let request = serde_json::to_vec(&request)
+        .context("cannot encode the request")
+        .map_err(Failure::run)?;
+    let answer = call(&args.server, &request, timeout).map_err(Failure::run)?;
+    let result = interpret(&args.method, answer).map_err(Failure::run)?;
+    let mut out = io::stdout().lock();
+    out.write_all(format_result(&result).as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+        .map_err(Failure::run)
+}
+
+/// A request; the field order is the member order on the wire.
+#[derive(Debug, Serialize)]
+struct Request<'a> {
+    jsonrpc: &'static str,
+    method: &'a str,
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<Value>,
+}
+
+/// `--timeout` as a duration.
+fn parse_timeout(seconds: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("--timeout {seconds} is not a positive number of seconds"))
+}
+
+/// Builds `params` from `--params JSON` and the trailing `--key value` pairs (which win
+/// over `--params` on the same key). `None` when neither gives anything.
+///
+/// A key loses its leading `--` and has `-` turned into `_`; `--key=value` also works
+/// (the way to pass a value that starts with `--`). A value is sent as JSON if it parses
+/// as a number, `true`, `false`, `null`, an array or an object, else as a string. A key
+/// followed by another key, or by nothing, is `true`.
+fn build_params(params: Option<&str>, args: &[String]) -> anyhow::Result<Option<Value>> {
+    let mut map: Option<Map<String, Value>> = match params {
+        None => None,
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(m)) => Some(m),
+            Ok(other) => bail!("--params must be a JSON object, not {other}"),
+            Err(e) => bail!("--params is not valid JSON: {e}"),
+        },
+    };
+    let mut args = args.iter().peekable();
+    while let Some(arg) = args.next() {
+        let Some(name) = arg.strip_prefix("--") else {
+            bail!("unexpected argument {arg:?}: params go as --key value pairs (or --params JSON)");
+        };
+        let (name, inline) = match name.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (name, None),
+        };
+        if name.is_empty() {
+            bail!("{arg:?} has no key name: params go as --key value pairs");
+        }
+        let value = match inline {
+            Some(text) => param_value(text),
+            None => args
+                .next_if(|next| !next.starts_with("--"))
+                .map_or(Value::Bool(true), |text| param_value(text)),
+        };
+        map.get_or_insert_default()
+            .insert(name.replace('-', "_"), value);
+    }
+    Ok(map.map(Value::Object))
+}
+
+/// A `--key value` value: JSON unless it is a string (or not JSON), then the text as is.
+fn param_value(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::String(_)) | Err(_) => Value::String(text.to_owned()),
+        Ok(value) => value,
+    }
+}
+
+/// Sends `request` to `server` and reads the first JSON value that comes back.
+fn call(server: &Path, request: &[u8], timeout: Duration) -> anyhow::Result<Value> {
+    let shown = server.display();
+    let deadline = Instant::now() + timeout;
+    let mut stream =
+        UnixStream::connect(server).with_context(|| format!("cannot connect to {shown}"))?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.write_all(request))
+        .with_context(|| format!("cannot send the request to {shown}"))?;
+    let no_answer = || anyhow!("no answer from {shown} within {} s", timeout.as_secs_f64());
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let mut values = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+        match values.next() {
+            Some(Ok(answer)) => return Ok(answer),
+            Some(Err(e)) if !e.is_eof() => bail!("invalid answer from {shown}: {e}"),
+            // Nothing yet, or the start of a value.
+            _ => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(no_answer());
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .with_context(|| format!("cannot set a read timeout on {shown}"))?;
+        match stream.read(&mut chunk) {
+            Ok(0) if buf.iter().all(u8::is_ascii_whitespace) => {
+                bail!("{shown} closed the connection without answering")
+            }
+            Ok(0) => bail!("{shown} closed the connection in the middle of its answer"),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(no_answer());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read the answer from {shown}"));
+            }
+        }
+    }
+}
+
+/// Takes the result out of a response, or turns its error object into the command's
+/// failure.
+fn interpret(method: &str, answer: Value) -> anyhow::Result<Value> {
+    let Value::Object(mut answer) = answer else {
+        bail!("invalid answer (not a JSON-RPC response object): {answer}");
+    };
+    if let Some(error) = answer.remove("error") {
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| error.to_string(), str::to_owned);
+        return Err(match error.get("code").and_then(Value::as_i64) {
+            Some(code) => anyhow!("{method} failed: {message} (code {code})"),
+            None => anyhow!("{method} failed: {message}"),
+        });
+    }
+    match answer.get("id") {
+        Some(id) if id.as_u64() == Some(REQUEST_ID) => {}
+        Some(id) => bail!("invalid answer: id {id}, expected {REQUEST_ID}"),
+        None => bail!("invalid answer: no id"),
+    }
+    answer
+        .remove("result")
+        .ok_or_else(|| anyhow!("invalid answer: neither result nor error"))
+}
+
+/// What `vbdev rpc` prints for a result, newline included: a non-empty list of strings
+/// one per line (as spdk-rpc does), anything else as indented JSON.
+fn format_result(result: &Value) -> String {
+    if let Value::Array(items) = result {
+        let lines: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+        if let Some(lines) = lines.filter(|l| !l.is_empty()) {
+            return lines.iter().map(|l| format!("{l}\n")).collect();
+        }
+    }
+    // A `Value` always serializes; `Display` is the compact fallback all the same.
+    let text = serde_json::to_string_pretty(result).unwrap_or_else(|_| result.to_string());
+    format!("{text}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    use serde_json::json;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn params(p: Option<&str>, list: &[&str]) -> anyhow::Result<Option<Value>> {
+        build_params(p, &args(list))
+    }
+
+    #[test]
+    fn no_params_at_all_omits_params() {
+        assert_eq!(params(None, &[]).unwrap(), None);
+        let req = Request {
+            jsonrpc: "2.0",
+            method: "bdev_get_bdevs",
+            id: 1,
+            params: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"jsonrpc":"2.0","method":"bdev_get_bdevs","id":1}"#
+        );
+    }
+
+    #[test]
+    fn keys_lose_dashes_and_values_keep_json_types() {
+        let p = params(
+            None,
+            &[
+                "--name",
+                "VirtioBlk0",
+                "--vq-count",
+                "2",
+                "--ratio",
+                "-1.5",
+                "--on",
+                "true",
+                "--none",
+                "null",
+                "--list",
+                "[1,\"a\"]",
+                "--obj",
+                "{\"k\":1}",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Some(json!({
+                "name": "VirtioBlk0", "vq_count": 2, "ratio": -1.5, "on": true, "none": null,
+                "list": [1, "a"], "obj": {"k": 1},
+            }))
+        );
+    }
+
+    #[test]
+    fn values_that_are_not_json_or_are_json_strings_stay_text() {
+        let p = params(
+            None,
+            &[
+                "--a",
+                "0x10",
+                "--b",
+                "\"quoted\"",
+                "--c",
+                "/var/tmp/x.sock",
+                "--d",
+                "",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Some(json!({"a": "0x10", "b": "\"quoted\"", "c": "/var/tmp/x.sock", "d": ""}))
+        );
+    }
+
+    #[test]
+    fn flag_without_value_is_true() {
+        let p = params(None, &["--hotplug", "--period-us", "5", "--last"]).unwrap();
+        assert_eq!(
+            p,
+            Some(json!({"hotplug": true, "period_us": 5, "last": true}))
+        );
+    }
+
+    #[test]
+    fn key_equals_value_form_allows_dashed_values() {
+        let p = params(None, &["--name=--odd", "--n=3"]).unwrap();
+        assert_eq!(p, Some(json!({"name": "--odd", "n": 3})));
+    }
+
+    #[test]
+    fn pairs_merge_over_params_object() {
+        let p = params(Some(r#"{"name": "a", "keep": [1]}"#), &["--name", "b"]).unwrap();
+        assert_eq!(p, Some(json!({"name": "b", "keep": [1]})));
+        assert_eq!(params(Some("{}"), &[]).unwrap(), Some(json!({})));
+    }
+
+    #[test]
+    fn params_must_be_a_json_object() {
+        let e = params(Some("[1]"), &[]).unwrap_err().to_string();
+        assert!(e.contains("--params must be a JSON object"), "{e}");
+        let e = params(Some("{nope"), &[]).unwrap_err().to_string();
+        assert!(e.contains("--params is not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn stray_values_are_usage_errors() {
+        let e = params(None, &["VirtioBlk0"]).unwrap_err().to_string();
+        assert!(e.contains("\"VirtioBlk0\""), "{e}");
+        assert!(params(None, &["--a", "1", "2"]).is_err());
+        assert!(params(None, &["--"]).is_err());
+        assert!(params(None, &["--=x"]).is_err());
+    }
+
+    #[test]
+    fn timeout_must_be_positive() {
+        assert_eq!(parse_timeout(0.5).unwrap(), Duration::from_millis(500));
+        assert!(parse_timeout(0.0).is_err());
+        assert!(parse_timeout(-1.0).is_err());
+        assert!(parse_timeout(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn string_lists_print_one_per_line_and_the_rest_as_pretty_json() {
+        assert_eq!(
+            format_result(&json!(["VirtioScsi0t0", "VirtioScsi0t1"])),
+            "VirtioScsi0t0\nVirtioScsi0t1\n"
+        );
+        assert_eq!(format_result(&json!([])), "[]\n");
+        assert_eq!(format_result(&json!(true)), "true\n");
+        assert_eq!(format_result(&json!(["a", 1])), "[\n  \"a\",\n  1\n]\n");
+        assert_eq!(
+            format_result(&json!({"name": "Malloc0"})),
+            "{\n  \"name\": \"Malloc0\"\n}\n"
+        );
+    }
+
+    #[test]
+    fn error_answers_become_failures_naming_method_and_code() {
+        let answer = json!({"jsonrpc": "2.0", "id": 1,
+            "error": {"code": -19, "message": "No such device"}});
+        let e = interpret("bdev_virtio_detach_controller", answer).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bdev_virtio_detach_controller failed: No such device (code -19)"
+        );
+        // A protocol error comes back with id null; it is still the answer.
+        let answer = json!({"jsonrpc": "2.0", "id": null,
+            "error": {"code": -32700, "message": "Parse error: x"}});
+        assert!(
+            interpret("m", answer)
+                .unwrap_err()
+                .to_string()
+                .contains("(code -32700)")
+        );
+    }
+
+    #[test]
+    fn results_are_checked_against_the_request_id() {
+        let ok = json!({"jsonrpc": "2.0", "id": 1, "result": [1]});
+        assert_eq!(interpret("m", ok).unwrap(), json!([1]));
+        assert!(interpret("m", json!({"jsonrpc": "2.0", "id": 2, "result": 1})).is_err());
+        assert!(interpret("m", json!({"jsonrpc": "2.0", "id": 1})).is_err());
+        assert!(interpret("m", json!([1])).is_err());
+    }
+
+    #[test]
+    fn answer_is_read_as_a_stream_without_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            // The request is one compact object; read up to its closing brace.
+            while got.last() != Some(&b'}') || serde_json::from_slice::<Value>(&got).is_err() {
+                s.read_exact(&mut byte).unwrap();
+                got.push(byte[0]);
+            }
+            // A pretty-printed answer in two writes, no newline, connection left open.
+            s.write_all(b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n")
+                .unwrap();
+            s.flush().unwrap();
+            s.write_all(b"  \"result\": [\"VirtioBlk0\"]\n}").unwrap();
+            let mut rest = Vec::new();
+            // Wait for the client to hang up.
+            let _ = s.read_to_end(&mut rest);
+            got
+        });
+        let answer = call(
+            &path,
+            br#"{"jsonrpc":"2.0","method":"m","id":1}"#,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(
+            answer,
+            json!({"jsonrpc": "2.0", "id": 1, "result": ["VirtioBlk0"]})
+        );
+        let sent = server.join().unwrap();
+        assert_eq!(sent, br#"{"jsonrpc":"2.0","method":"m","id":1}"#);
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // Connections wait in the backlog, never answered.
+        let _listener = UnixListener::bind(&path).unwrap();
+        let e = call(&path, b"{}", Duration::from_millis(100)).unwrap_err();
+        assert!(e.to_string().contains("no answer from"), "{e:#}");
+    }
+
+    #[test]
+    fn missing_socket_names_the_path_and_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nothing.sock");
+        let e = format!(
+            "{:#}",
+            call(&path, b"{}", Duration::from_secs(1)).unwrap_err()
+        );
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("No such file or directory"), "{e}");
+    }
+}

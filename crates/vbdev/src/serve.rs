@@ -1,0 +1,112 @@
+//! `vbdev serve`: the management daemon (SPDK-compatible JSON-RPC and config files).
+//!
+//! Start-up: the config (`--json` SPDK JSON, or `--config` legacy INI converted to the
+//! same calls) is replayed first; a failing call stops the start with its error, and what
+//! was created is torn down again. Then the JSON-RPC socket is opened. SIGINT/SIGTERM
+//! close the socket (calls in progress finish), stop the vhost controllers, detach every
+//! virtio device (its queues stopped, the ring state read back with GET_VRING_BASE) and
+//! remove the sockets.
+
+mod daemon;
+mod ini;
+mod rpc;
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::Failure;
+use crate::cli::ServeArgs;
+use daemon::Daemon;
+use rpc::{Handler, RpcOptions, RpcServer};
+
+/// Runs `vbdev serve` until SIGINT/SIGTERM.
+pub fn run(args: ServeArgs) -> Result<(), Failure> {
+    if !args.vhost_dir.is_dir() {
+        return Err(Failure::usage(anyhow!(
+            "--vhost-dir {} is not a directory",
+            args.vhost_dir.display()
+        )));
+    }
+    if args.max_request < 1024 {
+        return Err(Failure::usage(anyhow!(
+            "--max-request {} is below 1024 bytes",
+            args.max_request
+        )));
+    }
+    // Before anything is created, so a signal during start-up is not lost.
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")
+        .map_err(Failure::run)?;
+    let daemon = Arc::new(Daemon::new(args.vhost_dir.clone()));
+    if let Err(e) = load_config(&daemon, &args) {
+        daemon.shutdown();
+        return Err(e);
+    }
+    let handler: Arc<dyn Handler> = daemon.clone();
+    let opts = RpcOptions {
+        max_request: args.max_request,
+    };
+    let mut server = match RpcServer::start(&args.rpc_socket, handler, opts) {
+        Ok(s) => s,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(Failure::run(e));
+        }
+    };
+    eprintln!(
+        "vbdev serve: JSON-RPC on {} (vhost sockets in {})",
+        server.path().display(),
+        args.vhost_dir.display()
+    );
+    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    tracing::info!(target: "vbdev::serve", signal = sig, "shutting down");
+    server.stop();
+    daemon.shutdown();
+    eprintln!("vbdev serve: stopped");
+    Ok(())
+}
+
+/// Replays `--json` or `--config`.
+fn load_config(daemon: &Daemon, args: &ServeArgs) -> Result<(), Failure> {
+    if let Some(path) = &args.json {
+        let cfg = daemon::read_json(path).map_err(Failure::usage)?;
+        let n = daemon.load(&cfg).map_err(|e| {
+            Failure::run(anyhow!(
+                "config {}: {} (code {})",
+                path.display(),
+                e.message,
+                e.code
+            ))
+        })?;
+        tracing::info!(target: "vbdev::serve", calls = n, config = %path.display(), "config loaded");
+    }
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .map_err(Failure::usage)?;
+        let ini = ini::parse_full(&text)
+            .with_context(|| format!("config {}", path.display()))
+            .map_err(Failure::usage)?;
+        for section in &ini.ignored_sections {
+            eprintln!(
+                "vbdev serve: config {}: section [{section}] ignored (only [VirtioUser<N>] and [VirtioPci] are read)",
+                path.display()
+            );
+        }
+        for c in ini.calls {
+            daemon.call(&c.method, Some(c.params)).map_err(|e| {
+                Failure::run(anyhow!(
+                    "config {}: {}: {} (code {})",
+                    path.display(),
+                    c.method,
+                    e.message,
+                    e.code
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}

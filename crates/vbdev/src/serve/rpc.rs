@@ -1,0 +1,1182 @@
+//! The JSON-RPC 2.0 server of `vbdev serve`: a Unix socket, SPDK's wire behaviour.
+//!
+//! # Wire format
+//! As SPDK's `spdk-rpc` client speaks it: a JSON stream with no framing. Requests may be
+//! pretty-printed over several lines, lack a trailing newline, arrive in pieces or back to
+//! back on one connection; each is parsed as soon as its last byte is in. Responses are
+//! compact JSON, one per line, members in the order `jsonrpc`, `id`, `result`/`error`.
+//!
+//! # Protocol errors
+//! Malformed JSON (-32700) and a request larger than [`RpcOptions::max_request`] (-32600)
+//! get an error with `id: null`, then the connection is closed: the stream cannot be
+//! resynchronised. Everything else (JSON-RPC 2.0 §4, §5, §6) is answered in place and the
+//! connection stays open.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use anyhow::{Context, bail};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::Mode;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::pipe::{PipeFlags, pipe_with};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+const TARGET: &str = "vbdev::rpc";
+
+/// Bytes asked for per `read` on a connection.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Listen backlog of the socket.
+const BACKLOG: i32 = 128;
+
+/// How long the accept thread rests after an `accept` failure that would repeat at once
+/// (`EMFILE`, `ENFILE`, `ENOMEM`), instead of spinning. `stop()` interrupts the rest.
+const ACCEPT_BACKOFF: Timespec = Timespec {
+    tv_sec: 0,
+    tv_nsec: 100_000_000,
+};
+
+/// A JSON-RPC error object (`code`, `message`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RpcError {
+    /// SPDK's code: -32700 parse error, -32600 invalid request, -32601 method not found,
+    /// -32602 invalid params, -32603 internal error, or a negative errno.
+    pub code: i32,
+    /// What a person reads.
+    pub message: String,
+}
+
+impl RpcError {
+    /// Any code.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    /// -32700: the bytes are not JSON (`detail` is the parser's message).
+    pub fn parse_error(detail: impl std::fmt::Display) -> Self {
+        Self::new(-32700, format!("Parse error: {detail}"))
+    }
+    /// -32600: JSON, but not a valid request object (`detail` says why).
+    pub fn invalid_request(detail: impl std::fmt::Display) -> Self {
+        Self::new(-32600, format!("Invalid request: {detail}"))
+    }
+    /// -32602.
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(-32602, message)
+    }
+    /// -32603.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(-32603, message)
+    }
+    /// -32601.
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(-32601, format!("Method not found: {method}"))
+    }
+}
+
+/// What the server calls for each request. Called from the connection threads, several
+/// at once.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs `method` with `params` (`None` when the request had none).
+    ///
+    /// A panic is caught and answered with -32603; the server keeps running.
+    ///
+    /// # Errors
+    /// The error object to send back.
+    fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError>;
+}
+
+/// Server options.
+#[derive(Debug, Clone)]
+pub struct RpcOptions {
+    /// Largest request accepted, in bytes.
+    pub max_request: usize,
+}
+
+/// A running server: an accept thread and one thread per connection.
+///
+/// Dropping it stops it (see [`RpcServer::stop`]).
+#[derive(Debug)]
+pub struct RpcServer {
+    path: PathBuf,
+    /// `None` once stopped.
+    running: Option<Running>,
+}
+
+/// What `stop()` takes down.
+#[derive(Debug)]
+struct Running {
+    /// Write end of a pipe whose read end the accept thread polls: dropping it wakes the
+    /// thread (POLLHUP) and tells it to quit.
+    wake: OwnedFd,
+    accept: JoinHandle<()>,
+    conns: Arc<Registry>,
+    /// The bound socket file, so that `stop()` removes only the file it created.
+    socket: FileId,
+}
+
+/// Device and inode of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The open connections, by connection number. A connection thread removes its own
+/// entry when it ends; `stop()` takes whatever is left.
+#[derive(Debug, Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, Conn>>,
+}
+
+/// One open connection, as `stop()` needs it.
+#[derive(Debug)]
+struct Conn {
+    /// A clone of the connection's socket, to `shutdown(2)` it.
+    stream: UnixStream,
+    thread: JoinHandle<()>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Conn>> {
+        // A panic while holding this lock cannot leave the map half-updated (every
+        // critical section is a single insert, remove or drain), so poison is harmless.
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RpcServer {
+    /// Binds `path` and starts serving.
+    ///
+    /// The socket file is created with mode 0600 whatever the umask. An existing socket
+    /// that nothing answers on (left by a crashed server) is replaced; a live one, or any
+    /// other kind of file, is left alone and is an error.
+    ///
+    /// # Errors
+    /// When the path is taken or cannot be bound.
+    pub fn start(path: &Path, handler: Arc<dyn Handler>, opts: RpcOptions) -> anyhow::Result<Self> {
+        let listener = bind(path)?;
+        let socket = fs::symlink_metadata(path)
+            .map(|m| FileId::of(&m))
+            .with_context(|| format!("{}: cannot stat the new socket", path.display()));
+        let started = socket.and_then(|socket| {
+            let (wake_rx, wake) = pipe_with(PipeFlags::CLOEXEC).context("cannot create a pipe")?;
+            let conns = Arc::new(Registry::default());
+            let registry = Arc::clone(&conns);
+            let max_request = opts.max_request;
+            let accept = thread::Builder::new()
+                .name("vbdev-rpc".into())
+                .spawn(move || accept_loop(&listener, &wake_rx, &handler, max_request, &registry))
+                .context("cannot start the RPC accept thread")?;
+            Ok(Running {
+                wake,
+                accept,
+                conns,
+                socket,
+            })
+        });
+        match started {
+            Ok(running) => {
+                info!(target: TARGET, path = %path.display(), "JSON-RPC server listening");
+                Ok(Self {
+                    path: path.to_owned(),
+                    running: Some(running),
+                })
+            }
+            Err(e) => {
+                // The file is ours: we just bound it.
+                let _ = fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, closes every connection (waiting for the calls running on them)
+    /// and removes the socket. Idempotent.
+    ///
+    /// Called from inside a [`Handler::call`], it does not wait for that call's own
+    /// connection (which would deadlock); that connection is still shut down.
+    pub fn stop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        drop(running.wake);
+        if running.accept.join().is_err() {
+            warn!(target: TARGET, "RPC accept thread panicked");
+        }
+        let conns: Vec<Conn> = running.conns.lock().drain().map(|(_, c)| c).collect();
+        for conn in &conns {
+            // ENOTCONN: the peer is already gone; the thread ends by itself.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+        let me = thread::current().id();
+        for conn in conns {
+            if conn.thread.thread().id() != me && conn.thread.join().is_err() {
+                warn!(target: TARGET, "RPC connection thread panicked");
+            }
+        }
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if FileId::of(&m) == running.socket => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    warn!(target: TARGET, path = %self.path.display(), error = %e,
+                        "cannot remove the RPC socket");
+                }
+            }
+            Ok(_) => {
+                warn!(target: TARGET, path = %self.path.display(),
+                    "RPC socket was replaced by another file; leaving it");
+            }
+            Err(e) => {
+                debug!(target: TARGET, path = %self.path.display(), error = %e,
+                    "RPC socket already gone");
+            }
+        }
+        info!(target: TARGET, path = %self.path.display(), "JSON-RPC server stopped");
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates the listening socket at `path`, mode 0600.
+fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    let shown = path.display();
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => bail!("{shown}: already in use by a running server"),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(target: TARGET, path = %shown, "removing stale RPC socket");
+                fs::remove_file(path)
+                    .with_context(|| format!("{shown}: cannot remove the stale socket"))?;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{shown}: cannot check the existing socket"));
+            }
+        },
+        Ok(_) => bail!("{shown}: exists and is not a socket; not replacing it"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{shown}: cannot stat")),
+    }
+    let addr = SocketAddrUnix::new(path).with_context(|| format!("{shown}: not a socket path"))?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .context("cannot create a Unix socket")?;
+    // Linux creates the socket file with the socket inode's mode minus the umask, so
+    // the file is never wider than 0600, not even between bind(2) and the chmod below.
+    rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)
+        .context("cannot set the mode of the new socket")?;
+    match rustix::net::bind(&fd, &addr) {
+        Ok(()) => {}
+        Err(Errno::ADDRINUSE) => {
+            bail!("{shown}: already in use (created by someone else just now)")
+        }
+        Err(e) => return Err(e).with_context(|| format!("{shown}: cannot bind")),
+    }
+    let listener = UnixListener::from(fd);
+    // Exactly 0600, whatever the umask took away.
+    let finish = fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{shown}: cannot chmod 0600"))
+        .and_then(|()| {
+            rustix::net::listen(&listener, BACKLOG)
+                .with_context(|| format!("{shown}: cannot listen"))?;
+            listener
+                .set_nonblocking(true)
+                .with_context(|| format!("{shown}: cannot make the socket non-blocking"))
+        });
+    if let Err(e) = finish {
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// The accept thread: waits for connections or for `wake` to hang up.
+fn accept_loop(
+    listener: &UnixListener,
+    wake: &OwnedFd,
+    handler: &Arc<dyn Handler>,
+    max_request: usize,
+    registry: &Arc<Registry>,
+) {
+    let mut next_conn: u64 = 0;
+    loop {
+        let mut fds = [
+            PollFd::new(listener, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                warn!(target: TARGET, error = %e, "poll failed; no longer accepting RPC connections");
+                return;
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            return;
+        }
+        if fds[0].revents().is_empty() {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let conn = next_conn;
+                next_conn = next_conn.wrapping_add(1);
+                spawn_connection(stream, conn, handler, max_request, registry);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                warn!(target: TARGET, error = %e, "accept failed");
+                let mut fds = [PollFd::new(wake, PollFlags::IN)];
+                match poll(&mut fds, Some(&ACCEPT_BACKOFF)) {
+                    Ok(_) if !fds[0].revents().is_empty() => return,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Starts the thread of connection `conn` and registers it.
+fn spawn_connection(
+    stream: UnixStream,
+    conn: u64,
+    handler: &Arc<dyn Handler>,
+    max_request: usize,
+    registry: &Arc<Registry>,
+) {
+    // Linux's accept(2) does not pass O_NONBLOCK on, but say what the reader needs.
+    if let Err(e) = stream.set_nonblocking(false) {
+        warn!(target: TARGET, conn, error = %e, "cannot make an RPC connection blocking");
+        return;
+    }
+    let shutdown_handle = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(target: TARGET, conn, error = %e, "cannot clone an RPC connection; dropping it");
+            return;
+        }
+    };
+    debug!(target: TARGET, conn, "RPC connection opened");
+    let handler = Arc::clone(handler);
+    let own_registry = Arc::clone(registry);
+    // Held across the spawn so the thread's own `remove` cannot run before the insert.
+    let mut conns = registry.lock();
+    let spawned = thread::Builder::new()
+        .name("vbdev-rpc-conn".into())
+        .spawn(move || {
+            serve_connection(&stream, handler.as_ref(), max_request, conn);
+            drop(stream);
+            drop(handler);
+            debug!(target: TARGET, conn, "RPC connection closed");
+            own_registry.lock().remove(&conn);
+        });
+    match spawned {
+        Ok(thread) => {
+            conns.insert(
+                conn,
+                Conn {
+                    stream: shutdown_handle,
+                    thread,
+                },
+            );
+        }
+        Err(e) => warn!(target: TARGET, conn, error = %e, "cannot start an RPC connection thread"),
+    }
+}
+
+/// One value cut from the front of a byte stream.
+#[derive(Debug)]
+enum Frame {
+    /// A complete JSON value and the bytes it took (leading whitespace included).
+    Value(Value, usize),
+    /// Only whitespace, or the start of a value: read more.
+    Incomplete,
+    /// Not JSON; the stream cannot be resynchronised.
+    Invalid(serde_json::Error),
+}
+
+/// JSON's whitespace (RFC 8259 §2), which is narrower than `u8::is_ascii_whitespace`.
+fn is_json_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Cuts the first JSON value from `buf`.
+fn next_frame(buf: &[u8]) -> Frame {
+    let mut values = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
+    match values.next() {
+        None => Frame::Incomplete,
+        Some(Ok(v)) => Frame::Value(v, values.byte_offset()),
+        Some(Err(e)) if e.is_eof() => Frame::Incomplete,
+        Some(Err(e)) => Frame::Invalid(e),
+    }
+}
+
+/// Reads, answers and writes on one connection until it closes, fails or breaks the
+/// protocol.
+fn serve_connection(stream: &UnixStream, handler: &dyn Handler, max_request: usize, conn: u64) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let blank = buf
+            .iter()
+            .position(|&b| !is_json_whitespace(b))
+            .unwrap_or(buf.len());
+        buf.drain(..blank);
+        match next_frame(&buf) {
+            Frame::Value(value, len) => {
+                if len > max_request {
+                    reject_oversized(stream, max_request, conn);
+                    return;
+                }
+                buf.drain(..len);
+                if let Some(answer) = answer_message(handler, value, conn) {
+                    if let Err(e) = write_answer(stream, &answer) {
+                        debug!(target: TARGET, conn, error = %e, "cannot send an RPC answer");
+                        return;
+                    }
+                }
+                continue;
+            }
+            Frame::Incomplete => {
+                if buf.len() > max_request {
+                    reject_oversized(stream, max_request, conn);
+                    return;
+                }
+            }
+            Frame::Invalid(e) => {
+                warn!(target: TARGET, conn, error = %e, "malformed JSON-RPC request; closing the connection");
+                let answer = Response::failure(Value::Null, RpcError::parse_error(&e));
+                let _ = write_answer(stream, &Answer::One(answer));
+                return;
+            }
+        }
+        let mut reader = stream;
+        match reader.read(&mut chunk) {
+            Ok(0) => {
+                if !buf.is_empty() {
+                    warn!(target: TARGET, conn, pending = buf.len(), "RPC connection closed in the middle of a request");
+                }
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!(target: TARGET, conn, error = %e, "RPC connection read failed");
+                return;
+            }
+        }
+    }
+}
+
+fn reject_oversized(stream: &UnixStream, max_request: usize, conn: u64) {
+    warn!(target: TARGET, conn, max_request, "JSON-RPC request too large; closing the connection");
+    let error = RpcError::invalid_request(format!("request larger than {max_request} bytes"));
+    let _ = write_answer(stream, &Answer::One(Response::failure(Value::Null, error)));
+}
+
+/// A response object; the field order is the member order on the wire.
+#[derive(Debug, Serialize)]
+struct Response {
+    jsonrpc: &'static str,
+    id: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<RpcError>,
+}
+
+impl Response {
+    fn new(id: Value, outcome: Result<Value, RpcError>) -> Self {
+        let (result, error) = match outcome {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        Self {
+            jsonrpc: "2.0",
+            id,
+            result,
+            error,
+        }
+    }
+    fn failure(id: Value, error: RpcError) -> Self {
+        Self::new(id, Err(error))
+    }
+}
+
+/// What goes back for one JSON value read.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Answer {
+    One(Response),
+    Batch(Vec<Response>),
+}
+
+fn write_answer(stream: &UnixStream, answer: &Answer) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(answer).unwrap_or_else(|e| {
+        // Cannot happen (a `Value` always serializes), but never leave a peer waiting.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32603,"message":{}}}}}"#,
+            Value::String(format!("internal error: cannot serialize the answer: {e}"))
+        )
+        .into_bytes()
+    });
+    bytes.push(b'\n');
+    let mut writer = stream;
+    writer.write_all(&bytes)
+}
+
+/// Answers one JSON value: a request or a batch. `None` when nothing is to be sent
+/// (notifications).
+fn answer_message(handler: &dyn Handler, message: Value, conn: u64) -> Option<Answer> {
+    match message {
+        Value::Array(requests) if requests.is_empty() => {
+            warn!(target: TARGET, conn, "empty JSON-RPC batch");
+            Some(Answer::One(Response::failure(
+                Value::Null,
+                RpcError::invalid_request("empty batch"),
+            )))
+        }
+        Value::Array(requests) => {
+            let responses: Vec<Response> = requests
+                .into_iter()
+                .filter_map(|r| answer_request(handler, r, conn))
+                .collect();
+            // JSON-RPC 2.0 §6: a batch of notifications gets nothing back.
+            (!responses.is_empty()).then_some(Answer::Batch(responses))
+        }
+        request => answer_request(handler, request, conn).map(Answer::One),
+    }
+}
+
+/// Validates and runs one request (JSON-RPC 2.0 §4). `None` for a notification.
+fn answer_request(handler: &dyn Handler, request: Value, conn: u64) -> Option<Response> {
+    let invalid = |id: Value, detail: &str| {
+        warn!(target: TARGET, conn, %id, detail, "invalid JSON-RPC request");
+        Some(Response::failure(id, RpcError::invalid_request(detail)))
+    };
+    let Value::Object(mut request) = request else {
+        return invalid(Value::Null, "not an object");
+    };
+    // `None`: no `id` member, a notification (§4.1).
+    let id = match request.remove("id") {
+        None => None,
+        Some(id @ (Value::Number(_) | Value::String(_) | Value::Null)) => Some(id),
+        Some(_) => return invalid(Value::Null, "id must be a number, a string or null"),
+    };
+    let echo = id.clone().unwrap_or(Value::Null);
+    if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid(echo, "jsonrpc must be \"2.0\"");
+    }
+    let method = match request.remove("method") {
+        Some(Value::String(m)) => m,
+        Some(_) => return invalid(echo, "method must be a string"),
+        None => return invalid(echo, "no method"),
+    };
+    let params = match request.remove("params") {
+        None => Ok(None),
+        Some(p @ (Value::Object(_) | Value::Array(_))) => Ok(Some(p)),
+        Some(_) => Err(RpcError::invalid_params(
+            "params must be an object or an array",
+        )),
+    };
+    debug!(target: TARGET, conn, method, id = %IdField(id.as_ref()), "JSON-RPC request");
+    let outcome = params.and_then(|params| call_guarded(handler, &method, params, conn));
+    match id {
+        Some(id) => Some(Response::new(id, outcome)),
+        None => {
+            if let Err(e) = outcome {
+                debug!(target: TARGET, conn, method, code = e.code, message = e.message,
+                    "JSON-RPC notification failed (not answered)");
+            }
+            None
+        }
+    }
+}
+
+/// Shows a request id in logs, `-` for a notification.
+struct IdField<'a>(Option<&'a Value>);
+
+impl std::fmt::Display for IdField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Runs the handler, turning a panic into -32603.
+fn call_guarded(
+    handler: &dyn Handler,
+    method: &str,
+    params: Option<Value>,
+    conn: u64,
+) -> Result<Value, RpcError> {
+    match panic::catch_unwind(AssertUnwindSafe(|| handler.call(method, params))) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("unknown panic payload");
+            warn!(target: TARGET, conn, method, panic = message, "RPC handler panicked");
+            Err(RpcError::internal(format!("internal error: {message}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::{BufRead, BufReader};
+    use std::sync::Condvar;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    /// A safety net so that a broken server fails a test instead of hanging it; not
+    /// used for synchronisation.
+    const TEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// `echo` returns its params, `fail` fails with -19, `panic` panics, `slow` takes
+    /// 200 ms, `note` records its params; anything else is -32601.
+    #[derive(Default)]
+    struct TestHandler {
+        notes: Mutex<Vec<Value>>,
+        slow_started: Mutex<bool>,
+        slow_cv: Condvar,
+        slow_finished: AtomicBool,
+    }
+
+    impl TestHandler {
+        fn wait_slow_started(&self) {
+            let started = self.slow_started.lock().unwrap();
+            let (started, timeout) = self
+                .slow_cv
+                .wait_timeout_while(started, TEST_TIMEOUT, |s| !*s)
+                .unwrap();
+            assert!(*started && !timeout.timed_out(), "slow never started");
+        }
+    }
+
+    impl Handler for TestHandler {
+        fn call(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+            match method {
+                "echo" => Ok(params.unwrap_or(Value::Null)),
+                "fail" => Err(RpcError::new(-19, "No such device")),
+                "panic" => panic!("boom"),
+                "slow" => {
+                    *self.slow_started.lock().unwrap() = true;
+                    self.slow_cv.notify_all();
+                    thread::sleep(Duration::from_millis(200));
+                    self.slow_finished.store(true, Ordering::SeqCst);
+                    Ok(json!("done"))
+                }
+                "note" => {
+                    self.notes
+                        .lock()
+                        .unwrap()
+                        .push(params.unwrap_or(Value::Null));
+                    Ok(Value::Null)
+                }
+                other => Err(RpcError::method_not_found(other)),
+            }
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        handler: Arc<TestHandler>,
+        server: RpcServer,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self::with_max(1 << 20)
+        }
+
+        fn with_max(max_request: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let handler = Arc::new(TestHandler::default());
+            let server = RpcServer::start(
+                &dir.path().join("rpc.sock"),
+                handler.clone(),
+                RpcOptions { max_request },
+            )
+            .unwrap();
+            Self {
+                dir,
+                handler,
+                server,
+            }
+        }
+
+        fn client(&self) -> Client {
+            Client::connect(self.server.path())
+        }
+    }
+
+    struct Client {
+        reader: BufReader<UnixStream>,
+    }
+
+    impl Client {
+        fn connect(path: &Path) -> Self {
+            let stream = UnixStream::connect(path).unwrap();
+            stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+            Self {
+                reader: BufReader::new(stream),
+            }
+        }
+
+        fn send(&mut self, bytes: &str) {
+            let mut stream = self.reader.get_ref();
+            stream.write_all(bytes.as_bytes()).unwrap();
+        }
+
+        /// The next answer line, raw, newline included.
+        fn line(&mut self) -> String {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "connection closed, expected an answer");
+            assert!(line.ends_with('\n'), "answer without newline: {line:?}");
+            line
+        }
+
+        fn answer(&mut self) -> Value {
+            serde_json::from_str(&self.line()).unwrap()
+        }
+
+        fn call(&mut self, request: &Value) -> Value {
+            self.send(&request.to_string());
+            self.answer()
+        }
+
+        /// Asserts that the server closed the connection with nothing more to read.
+        fn assert_closed(&mut self) {
+            let mut rest = String::new();
+            match self.reader.read_line(&mut rest) {
+                Ok(0) => {}
+                // Linux reports a close with unread input to the peer as a reset.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                other => panic!("expected the connection closed, got {other:?} {rest:?}"),
+            }
+        }
+    }
+
+    fn request(method: &str, id: Value, params: Value) -> Value {
+        json!({"jsonrpc": "2.0", "method": method, "id": id, "params": params})
+    }
+
+    #[test]
+    fn pretty_printed_request_without_newline_is_answered_compactly() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        // The exact bytes spdk-rpc sends.
+        c.send("{\n  \"jsonrpc\": \"2.0\",\n  \"method\": \"echo\",\n  \"id\": 1,\n  \"params\": {\n    \"name\": \"VirtioBlk0\",\n    \"vq_count\": 2\n  }\n}");
+        assert_eq!(
+            c.line(),
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"name\":\"VirtioBlk0\",\"vq_count\":2}}\n"
+        );
+    }
+
+    #[test]
+    fn error_answer_keeps_member_order() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        c.send(r#"{"jsonrpc":"2.0","method":"fail","id":"x"}"#);
+        assert_eq!(
+            c.line(),
+            "{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"error\":{\"code\":-19,\"message\":\"No such device\"}}\n"
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_write_are_answered_in_order() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let a = request("echo", json!(1), json!(["a"]));
+        let b = request("echo", json!(2), json!(["b"]));
+        c.send(&format!(
+            "{a}{b}  \n{}",
+            request("echo", json!(3), json!(["c"]))
+        ));
+        for (id, p) in [(1, "a"), (2, "b"), (3, "c")] {
+            assert_eq!(
+                c.answer(),
+                json!({"jsonrpc": "2.0", "id": id, "result": [p]})
+            );
+        }
+    }
+
+    #[test]
+    fn request_split_across_writes_is_answered_once_complete() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let text = request("echo", json!(5), json!({"k": "split"})).to_string();
+        let (head, tail) = text.split_at(text.len() / 2);
+        c.send(head);
+        // Deliberate pause: the server must wait for the rest, not fail on a short read.
+        thread::sleep(Duration::from_millis(100));
+        c.send(tail);
+        assert_eq!(c.answer()["result"], json!({"k": "split"}));
+    }
+
+    #[test]
+    fn batch_is_answered_with_one_array_without_notifications() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let batch = json!([
+            request("echo", json!(1), json!([1])),
+            {"jsonrpc": "2.0", "method": "note", "params": ["in batch"]},
+            {"jsonrpc": "2.0", "method": "fail", "id": 3},
+            5,
+        ]);
+        assert_eq!(
+            c.call(&batch),
+            json!([
+                {"jsonrpc": "2.0", "id": 1, "result": [1]},
+                {"jsonrpc": "2.0", "id": 3, "error": {"code": -19, "message": "No such device"}},
+                {"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "Invalid request: not an object"}},
+            ])
+        );
+        assert_eq!(*f.handler.notes.lock().unwrap(), vec![json!(["in batch"])]);
+    }
+
+    #[test]
+    fn empty_batch_is_an_invalid_request() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let answer = c.call(&json!([]));
+        assert_eq!(answer["id"], Value::Null);
+        assert_eq!(answer["error"]["code"], -32600);
+        // The connection stays usable.
+        assert_eq!(
+            c.call(&request("echo", json!(2), json!([]))),
+            json!({"jsonrpc": "2.0", "id": 2, "result": []})
+        );
+    }
+
+    #[test]
+    fn notification_runs_without_answer() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        c.send(r#"{"jsonrpc":"2.0","method":"note","params":["quiet"]}"#);
+        c.send(r#"{"jsonrpc":"2.0","method":"fail"}"#);
+        let answer = c.call(&request("echo", json!(7), json!(["loud"])));
+        assert_eq!(
+            answer,
+            json!({"jsonrpc": "2.0", "id": 7, "result": ["loud"]})
+        );
+        assert_eq!(*f.handler.notes.lock().unwrap(), vec![json!(["quiet"])]);
+    }
+
+    #[test]
+    fn malformed_json_is_a_parse_error_and_closes_only_that_connection() {
+        let f = Fixture::new();
+        let mut bad = f.client();
+        let mut good = f.client();
+        bad.send(r#"{"jsonrpc": "2.0", "method": }"#);
+        let answer = bad.answer();
+        assert_eq!(answer["id"], Value::Null);
+        assert_eq!(answer["error"]["code"], -32700);
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("Parse error: "), "{message}");
+        bad.assert_closed();
+        assert_eq!(
+            good.call(&request("echo", json!(1), json!(["still here"])))["result"],
+            json!(["still here"])
+        );
+        assert_eq!(
+            f.client().call(&request("echo", json!(1), json!([])))["result"],
+            json!([])
+        );
+    }
+
+    #[test]
+    fn oversized_incomplete_request_is_rejected_and_closed() {
+        let f = Fixture::with_max(256);
+        let mut c = f.client();
+        c.send(&format!(
+            r#"{{"jsonrpc":"2.0","method":"echo","id":1,"params":["{}"#,
+            "a".repeat(300)
+        ));
+        let answer = c.answer();
+        assert_eq!(answer["id"], Value::Null);
+        assert_eq!(answer["error"]["code"], -32600);
+        assert_eq!(
+            answer["error"]["message"],
+            "Invalid request: request larger than 256 bytes"
+        );
+        c.assert_closed();
+    }
+
+    #[test]
+    fn oversized_complete_request_is_rejected_and_closed() {
+        let f = Fixture::with_max(256);
+        let mut c = f.client();
+        let small = request("echo", json!(1), json!(["ok"]));
+        let big = request("echo", json!(2), json!(["b".repeat(300)]));
+        c.send(&format!("{small}{big}"));
+        assert_eq!(c.answer()["result"], json!(["ok"]));
+        assert_eq!(c.answer()["error"]["code"], -32600);
+        c.assert_closed();
+    }
+
+    #[test]
+    fn string_params_are_invalid_params() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let answer = c.call(&json!({"jsonrpc": "2.0", "method": "echo", "id": 4, "params": "x"}));
+        assert_eq!(
+            answer,
+            json!({"jsonrpc": "2.0", "id": 4, "error": {"code": -32602, "message": "params must be an object or an array"}})
+        );
+    }
+
+    #[test]
+    fn missing_method_is_an_invalid_request_with_the_id() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let answer = c.call(&json!({"jsonrpc": "2.0", "id": 9}));
+        assert_eq!(answer["id"], 9);
+        assert_eq!(answer["error"]["code"], -32600);
+        assert_eq!(answer["error"]["message"], "Invalid request: no method");
+    }
+
+    #[test]
+    fn malformed_envelopes_are_invalid_requests() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let cases = [
+            (
+                json!({"jsonrpc": "1.0", "method": "echo", "id": 1}),
+                json!(1),
+            ),
+            (json!({"method": "echo", "id": "a"}), json!("a")),
+            (json!({"jsonrpc": "2.0", "method": 5, "id": 2}), json!(2)),
+            (
+                json!({"jsonrpc": "2.0", "method": "echo", "id": {}}),
+                Value::Null,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "method": "echo", "id": true}),
+                Value::Null,
+            ),
+            (json!("echo"), Value::Null),
+        ];
+        for (req, id) in cases {
+            let answer = c.call(&req);
+            assert_eq!(answer["id"], id, "{req}");
+            assert_eq!(answer["error"]["code"], -32600, "{req}");
+        }
+    }
+
+    #[test]
+    fn unknown_method_is_left_to_the_handler() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let answer = c.call(&json!({"jsonrpc": "2.0", "method": "bdev_nope", "id": null}));
+        assert_eq!(
+            answer,
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32601, "message": "Method not found: bdev_nope"}})
+        );
+    }
+
+    #[test]
+    fn handler_panic_is_an_internal_error_and_serving_goes_on() {
+        let f = Fixture::new();
+        let mut c = f.client();
+        let answer = c.call(&request("panic", json!(1), json!([])));
+        assert_eq!(
+            answer["error"],
+            json!({"code": -32603, "message": "internal error: boom"})
+        );
+        assert_eq!(
+            c.call(&request("echo", json!(2), json!(["same"])))["result"],
+            json!(["same"])
+        );
+        assert_eq!(
+            f.client().call(&request("echo", json!(3), json!(["new"])))["result"],
+            json!(["new"])
+        );
+    }
+
+    #[test]
+    fn clients_are_served_concurrently() {
+        let f = Fixture::new();
+        let mut slow = f.client();
+        let mut fast = f.client();
+        slow.send(&request("slow", json!(1), json!([])).to_string());
+        f.handler.wait_slow_started();
+        assert_eq!(
+            fast.call(&request("echo", json!(2), json!(["first"])))["result"],
+            json!(["first"])
+        );
+        assert!(
+            !f.handler.slow_finished.load(Ordering::SeqCst),
+            "the fast client waited for the slow one"
+        );
+        assert_eq!(slow.answer()["result"], "done");
+    }
+
+    #[test]
+    fn socket_is_created_mode_0600() {
+        let f = Fixture::new();
+        let meta = fs::symlink_metadata(f.server.path()).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn start_refuses_to_replace_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rpc.sock");
+        fs::write(&path, "precious").unwrap();
+        let err = RpcServer::start(
+            &path,
+            Arc::new(TestHandler::default()),
+            RpcOptions { max_request: 1024 },
+        )
+        .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("not a socket"), "{message}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "precious");
+    }
+
+    #[test]
+    fn start_refuses_a_live_socket() {
+        let f = Fixture::new();
+        let err = RpcServer::start(
+            f.server.path(),
+            Arc::new(TestHandler::default()),
+            RpcOptions { max_request: 1024 },
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("already in use"), "{err:#}");
+        assert_eq!(
+            f.client()
+                .call(&request("echo", json!(1), json!(["alive"])))["result"],
+            json!(["alive"])
+        );
+    }
+
+    #[test]
+    fn start_replaces_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rpc.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+        let server = RpcServer::start(
+            &path,
+            Arc::new(TestHandler::default()),
+            RpcOptions { max_request: 1024 },
+        )
+        .unwrap();
+        assert_eq!(
+            Client::connect(server.path()).call(&request("echo", json!(1), json!([])))["id"],
+            1
+        );
+    }
+
+    #[test]
+    fn stop_removes_the_socket_and_closes_connections() {
+        let mut f = Fixture::new();
+        let mut c = f.client();
+        // A round trip, so the connection is accepted before the stop.
+        assert_eq!(c.call(&request("echo", json!(1), json!([])))["id"], 1);
+        let path = f.server.path().to_owned();
+        f.server.stop();
+        assert!(!path.exists());
+        c.assert_closed();
+        f.server.stop();
+        assert!(UnixStream::connect(&path).is_err());
+        // The directory is otherwise untouched.
+        assert_eq!(fs::read_dir(f.dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stop_waits_for_a_running_call() {
+        let mut f = Fixture::new();
+        let mut c = f.client();
+        c.send(&request("slow", json!(1), json!([])).to_string());
+        f.handler.wait_slow_started();
+        f.server.stop();
+        assert!(f.handler.slow_finished.load(Ordering::SeqCst));
+        // The answer may or may not have made it out before the shutdown; either way
+        // the connection then ends.
+        let mut rest = String::new();
+        match c.reader.read_line(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
+        }
+    }
+
+    #[test]
+    fn drop_removes_the_socket() {
+        let f = Fixture::new();
+        let path = f.server.path().to_owned();
+        drop(f.server);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn frames_are_cut_from_a_stream() {
+        assert!(matches!(next_frame(b""), Frame::Incomplete));
+        assert!(matches!(next_frame(b"{\"a\": [1, "), Frame::Incomplete));
+        assert!(matches!(next_frame(b"{\"a\": tru"), Frame::Incomplete));
+        match next_frame(b"{\"a\":1}{\"b\"") {
+            Frame::Value(v, 7) => assert_eq!(v, json!({"a": 1})),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(next_frame(b"{\"a\" 1}"), Frame::Invalid(_)));
+        assert!(matches!(next_frame(b"}"), Frame::Invalid(_)));
+    }
+}
