@@ -7,6 +7,7 @@
 //!   submitted with one doorbell and returns [`Completion`]s that give the buffers back.
 //!   Requests that find the queue full wait in the channel, in order.
 //! - [`Registry`]: the bdevs of a process, by name.
+//! - [`ticks`]: a cheap clock for per-I/O timestamps (the TSC where it is invariant).
 //! - [`IoStat`]: a bdev's I/O statistics ([`Bdev::iostat`]), counted by its channels
 //!   without locks or shared atomics on the data path.
 //! - [`virtio_blk`]: bdevs backed by a virtio-blk device (vhost-user today).
@@ -44,6 +45,7 @@ pub mod malloc;
 pub mod null;
 pub mod registry;
 mod stall;
+pub mod ticks;
 pub mod virtio_blk;
 pub mod virtio_scsi;
 

@@ -18,7 +18,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vbdev_bdev::ticks::Tick;
 
 use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, IoOp, Request};
 
@@ -194,7 +196,7 @@ struct Slot {
     rbuf: Option<DmaBuf>,
     /// Offset within the job's range, in I/O units.
     rel: u64,
-    submitted: Instant,
+    submitted: Tick,
     state: State,
     /// Already counted by the `-k` scan.
     timed_out: bool,
@@ -219,7 +221,7 @@ struct Job {
     error: bool,
     reported: bool,
     done: Option<Duration>,
-    next_reset: Option<Instant>,
+    next_reset: Option<Tick>,
 }
 
 /// Sets the calling thread's affinity to `core`.
@@ -265,7 +267,7 @@ impl Job {
             fill(&mut b, 0, 0);
             Ok(Some(b))
         };
-        let now = Instant::now();
+        let now = Tick::now();
         let mut slots = Vec::with_capacity(spec.depth as usize);
         for _ in 0..spec.depth {
             slots.push(Slot {
@@ -347,7 +349,7 @@ impl Job {
     }
 
     /// Starts a new I/O on idle slot `i`. A rejected request ends the job with an error.
-    fn issue(&mut self, i: usize, now: Instant) {
+    fn issue(&mut self, i: usize, now: Tick) {
         let op = match self.spec.workload {
             Workload::Read | Workload::Randread => IoOp::Read,
             Workload::Write | Workload::Randwrite => IoOp::Write,
@@ -433,7 +435,7 @@ impl Job {
     }
 
     /// Handles one completion at `now`; resubmits the slot when `more`.
-    fn complete(&mut self, c: Completion, now: Instant, more: bool) {
+    fn complete(&mut self, c: Completion, now: Tick, more: bool) {
         let i = c.cookie as usize;
         let Some(slot) = self.slots.get_mut(i) else {
             return;
@@ -507,7 +509,7 @@ impl Job {
                 _ => {}
             }
             let slot = &self.slots[i];
-            let ns = now.saturating_duration_since(slot.submitted).as_nanos() as u64;
+            let ns = now.nanos_since(slot.submitted);
             let t = &mut self.totals;
             t.ios += 1;
             t.lat_sum_ns += ns;
@@ -523,7 +525,7 @@ impl Job {
     }
 
     /// Counts in-flight I/Os outstanding longer than `limit` (each once).
-    fn scan_timeouts(&mut self, now: Instant, limit: Duration) {
+    fn scan_timeouts(&mut self, now: Tick, limit: Duration) {
         for s in &mut self.slots {
             if s.state != State::Idle
                 && !s.timed_out
@@ -586,7 +588,7 @@ pub fn run_thread(
 
 fn run_jobs(jobs: &mut [Job], params: &RunParams) {
     let mut comps: Vec<Completion> = (0..BATCH).map(|_| Completion::default()).collect();
-    let start = Instant::now();
+    let start = Tick::now();
     let deadline = start + params.time;
     let drain_until = deadline + params.timeout.unwrap_or(DRAIN_LIMIT);
     for j in jobs.iter_mut() {
@@ -615,7 +617,7 @@ fn run_jobs(jobs: &mut [Job], params: &RunParams) {
                 continue;
             }
             got = true;
-            let t = Instant::now();
+            let t = Tick::now();
             now = Some(t);
             let more = t < deadline;
             for c in &mut comps[..n] {
@@ -642,7 +644,7 @@ fn run_jobs(jobs: &mut [Job], params: &RunParams) {
             }
         }
         idle = 0;
-        let now = now.unwrap_or_else(Instant::now);
+        let now = now.unwrap_or_else(Tick::now);
         let ended = now >= deadline;
         let scan = params
             .timeout
