@@ -6,6 +6,8 @@
 //! - [`split`]: the driver side of a split virtqueue ([`SplitQueue`]).
 //! - [`transport`]: how a device is reached ([`Transport`]); [`transport::vhost_user`]
 //!   talks to a vhost-user target over a Unix socket.
+//! - [`pci`]: virtio over PCI (capability parsing, common configuration, doorbells),
+//!   the groundwork of the PCI transport.
 //! - [`device`]: feature negotiation and the status handshake ([`VirtioDevice`]).
 //! - [`blk`]: virtio-blk request formats and configuration layout.
 //!
@@ -33,6 +35,7 @@ pub mod blk;
 pub mod device;
 pub mod error;
 pub mod mem;
+pub mod pci;
 pub mod scsi;
 pub mod split;
 #[cfg(any(test, feature = "test-utils"))]
