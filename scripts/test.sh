@@ -5,7 +5,9 @@
 #
 # Builds vhost-device-scsi from crates.io into ${VBDEV_CACHE:-~/.cache/vbdev}/cargo-root
 # and installs SPDK's RPC client from PyPI into ${VBDEV_CACHE:-~/.cache/vbdev}/spdk-venv
-# once; keep that directory between CI runs to skip both.
+# and the PCI guest (QEMU, kernel, busybox: Debian packages unpacked, never installed)
+# into ${VBDEV_CACHE:-~/.cache/vbdev}/pci-guest once; keep that directory between CI
+# runs to skip all three.
 #
 # Never installs or upgrades qemu packages: qemu-utils 10.x comes from
 # bookworm-backports, and installing qemu-system-x86 would replace it with 7.2.
@@ -25,6 +27,9 @@ step "checking prerequisites"
 apt_deps=(
     cc:gcc          # linker used by rustc
     python3:python3 # SPDK's RPC client (below) and bench/compare.sh
+    xz:xz-utils     # the PCI guest harness (scripts/pci-guest): kernel and packages
+    readelf:binutils
+    make:make       # the guest's vfio.ko rebuild (no-IOMMU mode)
 )
 apt_needed=()
 for pair in "${apt_deps[@]}"; do
@@ -138,6 +143,11 @@ cargo test --workspace
 
 step "cargo test --workspace --release"
 cargo test --workspace --release
+
+step "scripts/pci-guest/selftest.sh (a QEMU guest with virtio-pci devices bound to vfio-pci, uio_pci_generic, vfio no-IOMMU and the kernel's drivers: one virtqueue request each)"
+# Downloads QEMU, a guest kernel and busybox from the Debian mirror into
+# ${VBDEV_CACHE:-~/.cache/vbdev}/pci-guest the first time (about 30 s), then reuses them.
+scripts/pci-guest/selftest.sh
 
 step "bench/compare.sh --smoke (the comparison harness runs: every cell once, 1 s)"
 bench/compare.sh --smoke
