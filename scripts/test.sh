@@ -129,6 +129,14 @@ if ! "$VBDEV_SPDK_RPC" --help >/dev/null; then
 fi
 echo "spdk-rpc: $VBDEV_SPDK_RPC"
 
+# The PCI guest harness (QEMU, a guest kernel, busybox: Debian packages unpacked into
+# ${VBDEV_CACHE:-~/.cache/vbdev}/pci-guest, never installed) that the virtio-pci tests boot.
+# About 30 s the first time, then a check of the cache.
+if ! scripts/pci-guest/setup.sh --quiet; then
+    echo "error: cannot set up the PCI guest harness (see above)." >&2
+    exit 1
+fi
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
@@ -145,8 +153,6 @@ step "cargo test --workspace --release"
 cargo test --workspace --release
 
 step "scripts/pci-guest/selftest.sh (a QEMU guest with virtio-pci devices bound to vfio-pci, uio_pci_generic, vfio no-IOMMU and the kernel's drivers: one virtqueue request each)"
-# Downloads QEMU, a guest kernel and busybox from the Debian mirror into
-# ${VBDEV_CACHE:-~/.cache/vbdev}/pci-guest the first time (about 30 s), then reuses them.
 scripts/pci-guest/selftest.sh
 
 step "bench/compare.sh --smoke (the comparison harness runs: every cell once, 1 s)"

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use vbdev_virtio::blk::{self, BlkConfig, DiscardWriteZeroes, ReqHeader};
 use vbdev_virtio::device::features as vfeat;
+use vbdev_virtio::transport::pci::{PciOptions, PciTransport};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
     CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, Segment, SplitQueue, Transport, VirtioDevice,
@@ -93,6 +94,22 @@ pub fn attach_vhost_user(name: &str, path: impl AsRef<Path>, opts: &AttachOption
     let transport =
         VhostUser::connect(path, DmaDomain::global(), opts.vhost_user).map_err(attach_err)?;
     attach(name, Arc::new(transport), opts)
+}
+
+/// Opens the virtio-blk PCI function `bdf` (bound to `vfio-pci`, behind an IOMMU) and
+/// attaches it as bdev `name`. The DMA domain should be configured with
+/// [`DmaConfig::pinned`](vbdev_virtio::DmaConfig::pinned) before it is first used.
+///
+/// # Errors
+/// [`Error::Attach`] with the cause: the function is not bound to `vfio-pci`, a VFIO
+/// step fails, the device lacks a required feature, or has fewer queues than asked for.
+pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<Bdev> {
+    let transport = PciTransport::open_vfio(bdf, DmaDomain::global(), &PciOptions::default())
+        .map_err(|source| Error::Attach {
+            name: name.to_owned(),
+            source,
+        })?;
+    attach(name, transport, opts)
 }
 
 /// Attaches the virtio-blk device behind `transport` as bdev `name`.

@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use vbdev_virtio::device::features as vfeat;
 use vbdev_virtio::scsi::{self as wire, ScsiConfig};
+use vbdev_virtio::transport::pci::{PciOptions, PciTransport};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, QueueConfig, SplitQueue, Transport, VirtioDevice};
 
@@ -285,6 +286,21 @@ pub fn attach_vhost_user(
             }
         })?;
     attach(name, Arc::new(transport), opts)
+}
+
+/// Opens the virtio-scsi PCI function `bdf` (bound to `vfio-pci`, behind an IOMMU),
+/// scans it and returns the controller. The DMA domain should be configured with
+/// [`DmaConfig::pinned`](vbdev_virtio::DmaConfig::pinned) before it is first used.
+///
+/// # Errors
+/// As [`attach_vhost_user`], with the VFIO steps in place of the socket.
+pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<ScsiController> {
+    let transport = PciTransport::open_vfio(bdf, DmaDomain::global(), &PciOptions::default())
+        .map_err(|source| Error::Attach {
+            name: name.to_owned(),
+            source,
+        })?;
+    attach(name, transport, opts)
 }
 
 /// Attaches the virtio-scsi device behind `transport` as controller `name` and scans it.

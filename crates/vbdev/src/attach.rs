@@ -1,4 +1,5 @@
-//! Attaching to a vhost-user target, shared by `vbdev io` and `vbdev perf`.
+//! Attaching to a vhost-user target (or, for `vbdev io`, a PCI function), shared by
+//! `vbdev io` and `vbdev perf`.
 //!
 //! virtio-blk attaches as one bdev named after the attach name; virtio-scsi attaches as a
 //! controller whose LUNs become bdevs `<name>t<T>` (LUN 0) and `<name>t<T>l<L>`.
@@ -79,6 +80,21 @@ impl Attach {
                 .map(Attached::Blk)
                 .map_err(Failure::run),
             Attach::Scsi(opts) => virtio_scsi::attach_vhost_user(name, path, opts)
+                .map(Attached::Scsi)
+                .map_err(Failure::run),
+        }
+    }
+}
+
+impl Attach {
+    /// Opens PCI function `bdf` through VFIO and attaches it as `name`; failures are run
+    /// failures.
+    pub fn connect_pci(&self, name: &str, bdf: &str) -> Result<Attached, Failure> {
+        match self {
+            Attach::Blk(opts) => virtio_blk::attach_pci(name, bdf, opts)
+                .map(Attached::Blk)
+                .map_err(Failure::run),
+            Attach::Scsi(opts) => virtio_scsi::attach_pci(name, bdf, opts)
                 .map(Attached::Scsi)
                 .map_err(Failure::run),
         }

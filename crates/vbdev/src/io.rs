@@ -53,7 +53,11 @@ pub fn run(args: IoArgs) -> Result<(), Failure> {
         Attach::Blk(_) => BLK_NAME,
         Attach::Scsi(_) => SCSI_NAME,
     };
-    let attached = cfg.attach.connect(name, &args.vhost_user)?;
+    let attached = match (&args.vhost_user, &args.pci) {
+        (Some(path), _) => cfg.attach.connect(name, path)?,
+        (None, Some(bdf)) => cfg.attach.connect_pci(name, bdf)?,
+        (None, None) => unreachable!("clap requires --vhost-user or --pci"),
+    };
     let result = match (&attached, &cfg.attach) {
         (Attached::Scsi(ctrl), Attach::Scsi(opts)) => execute_scsi(ctrl, opts, &args),
         (Attached::Blk(bdev), _) => execute(bdev, &args),

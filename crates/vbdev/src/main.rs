@@ -36,10 +36,18 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(&cli.log);
-    if cli.hugetlb {
+    // A PCI function behind VFIO type1 pins its DMA memory and may translate only 39
+    // address bits: small regions, placed low.
+    let pci = matches!(&cli.command, cli::Command::Io(a) if a.pci.is_some());
+    if cli.hugetlb || pci {
+        let base = if pci {
+            vbdev_virtio::DmaConfig::pinned()
+        } else {
+            vbdev_virtio::DmaConfig::default()
+        };
         let config = vbdev_virtio::DmaConfig {
-            hugetlb: true,
-            ..vbdev_virtio::DmaConfig::default()
+            hugetlb: cli.hugetlb,
+            ..base
         };
         if let Err(e) = vbdev_virtio::DmaDomain::configure(config) {
             eprintln!("vbdev: {e}");

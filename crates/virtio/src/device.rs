@@ -45,7 +45,8 @@ pub struct VirtioDevice {
 
 impl VirtioDevice {
     /// Runs the initialisation sequence of virtio 1.2 §3.1.1 up to FEATURES_OK: reset,
-    /// ACKNOWLEDGE, DRIVER, negotiate `offered & wanted`, FEATURES_OK and read it back.
+    /// ACKNOWLEDGE, DRIVER, negotiate `offered & (wanted | required |
+    /// transport.transport_features())`, FEATURES_OK and read it back.
     ///
     /// VERSION_1 is always required. Call [`Self::driver_ok`] once the queues are set up.
     ///
@@ -68,7 +69,7 @@ impl VirtioDevice {
                 name: feature_name(missing),
             });
         }
-        let negotiated = offered & (wanted | required);
+        let negotiated = offered & (wanted | required | t.transport_features());
         t.set_driver_features(negotiated)?;
         t.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)?;
         // §3.1.1 step 6: the device may refuse the subset by clearing FEATURES_OK.
@@ -144,6 +145,7 @@ pub fn feature_name(bit: u64) -> &'static str {
         features::RING_EVENT_IDX => "RING_EVENT_IDX",
         features::VERSION_1 => "VERSION_1",
         features::RING_PACKED => "RING_PACKED",
+        crate::pci::transport_features::ACCESS_PLATFORM => "ACCESS_PLATFORM",
         b => crate::blk::feature_name(b).unwrap_or("unknown"),
     }
 }

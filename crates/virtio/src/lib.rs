@@ -5,9 +5,10 @@
 //!   regions that devices can map.
 //! - [`split`]: the driver side of a split virtqueue ([`SplitQueue`]).
 //! - [`transport`]: how a device is reached ([`Transport`]); [`transport::vhost_user`]
-//!   talks to a vhost-user target over a Unix socket.
+//!   talks to a vhost-user target over a Unix socket, [`transport::pci`] to a
+//!   virtio-pci function through VFIO.
 //! - [`pci`]: virtio over PCI (capability parsing, common configuration, doorbells),
-//!   the groundwork of the PCI transport.
+//!   which the PCI transport builds on.
 //! - [`device`]: feature negotiation and the status handshake ([`VirtioDevice`]).
 //! - [`blk`]: virtio-blk request formats and configuration layout.
 //!

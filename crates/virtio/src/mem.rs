@@ -10,6 +10,13 @@
 //! process exits. That is what makes a [`DmaBuf`]'s pointer valid for as long as the
 //! buffer exists, and what lets transports hand a region's address to a device once.
 //! Untouched memfd pages cost nothing, so regions are large (1 GiB by default).
+//!
+//! A device behind an IOMMU (the PCI transport with VFIO type1) sees each region at
+//! IOVA = process address, and pins the whole region when it is mapped. For it the
+//! domain takes two settings: a small [`DmaConfig::region_size`], so pinning does not
+//! take all of a small machine's memory, and [`DmaConfig::addr_limit`], which places
+//! every region below an address the IOMMU can translate (QEMU's `intel-iommu` before
+//! 9.2 translates 39 bits, while the kernel puts mappings near 2^47).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -34,6 +41,13 @@ pub const DEFAULT_BUF_ALIGN: usize = 4096;
 /// The most regions a domain creates (a 64-bit mask tracks which ones a device knows).
 pub const MAX_REGIONS: usize = 64;
 
+/// Region size that suits devices which pin DMA memory (VFIO type1): 32 MiB.
+pub const PINNED_REGION_SIZE: usize = 32 << 20;
+
+/// The address width of QEMU's `intel-iommu` before 9.2 (`aw-bits=39`): IOVAs below
+/// 512 GiB.
+pub const IOMMU_39BIT_LIMIT: u64 = 1 << 39;
+
 /// How a [`DmaDomain`] creates its regions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaConfig {
@@ -41,6 +55,12 @@ pub struct DmaConfig {
     pub region_size: usize,
     /// Try `MFD_HUGETLB` (2 MiB pages) first; fall back to normal pages with a warning.
     pub hugetlb: bool,
+    /// Place every region so that it ends at or below this address (`None`: where the
+    /// kernel chooses). Regions are then mapped with `MAP_FIXED_NOREPLACE` at the first
+    /// free [`REGION_ALIGN`]ed window from `limit / 8` up; creating a region fails when
+    /// no window below the limit is free. For IOMMUs that translate fewer address bits
+    /// than the process uses (see [`IOMMU_39BIT_LIMIT`]).
+    pub addr_limit: Option<u64>,
 }
 
 impl Default for DmaConfig {
@@ -48,6 +68,19 @@ impl Default for DmaConfig {
         Self {
             region_size: DEFAULT_REGION_SIZE,
             hugetlb: false,
+            addr_limit: None,
+        }
+    }
+}
+
+impl DmaConfig {
+    /// The configuration for devices behind VFIO type1: [`PINNED_REGION_SIZE`] regions
+    /// below [`IOMMU_39BIT_LIMIT`], normal pages.
+    pub fn pinned() -> Self {
+        Self {
+            region_size: PINNED_REGION_SIZE,
+            hugetlb: false,
+            addr_limit: Some(IOMMU_39BIT_LIMIT),
         }
     }
 }
@@ -227,7 +260,7 @@ impl DmaDomain {
             .checked_next_multiple_of(REGION_ALIGN)
             .ok_or(Error::DmaAlloc { len, align })?;
         let id = RegionId(inner.regions.len() as u8); // < MAX_REGIONS = 64, fits in u8
-        let mut region = Region::create(id, size, self.config.hugetlb)?;
+        let mut region = Region::create(id, size, self.config.hugetlb, self.config.addr_limit)?;
         let buf = region
             .carve(self, len, align)
             .expect("a fresh region at least `len` long holds the buffer");
@@ -272,9 +305,9 @@ impl DmaDomain {
 }
 
 impl Region {
-    fn create(id: RegionId, size: usize, want_huge: bool) -> Result<Self> {
+    fn create(id: RegionId, size: usize, want_huge: bool, limit: Option<u64>) -> Result<Self> {
         if want_huge {
-            match Self::map(id, size, true) {
+            match Self::map(id, size, true, limit) {
                 Ok(r) => return Ok(r),
                 // No hugetlbfs, or not enough huge pages reserved (HugePages_Free).
                 Err(e) => {
@@ -282,10 +315,10 @@ impl Region {
                 }
             }
         }
-        Self::map(id, size, false)
+        Self::map(id, size, false, limit)
     }
 
-    fn map(id: RegionId, size: usize, hugetlb: bool) -> Result<Self> {
+    fn map(id: RegionId, size: usize, hugetlb: bool, limit: Option<u64>) -> Result<Self> {
         let name = format!("vbdev-dma-{}", id.0);
         let flags = if hugetlb {
             MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB
@@ -294,6 +327,70 @@ impl Region {
         };
         let fd = rustix::fs::memfd_create(&name, flags).map_err(|e| Error::DmaMap(e.into()))?;
         rustix::fs::ftruncate(&fd, size as u64).map_err(|e| Error::DmaMap(e.into()))?;
+        let aligned = match limit {
+            Some(limit) => Self::map_below(&fd, size, limit)?,
+            None => Self::map_anywhere(&fd, size)?,
+        };
+        // The fd must outlive every device that maps it: the region is never freed, so
+        // leak it into a `'static` borrow.
+        let fd: &'static OwnedFd = Box::leak(Box::new(fd));
+        Ok(Self {
+            info: RegionInfo {
+                id,
+                addr: aligned as u64,
+                len: size as u64,
+                fd: fd.as_fd(),
+                hugetlb,
+            },
+            base: NonNull::new(aligned as *mut u8).expect("mmap never returns address 0 here"),
+            free: vec![(0, size)],
+        })
+    }
+
+    /// Maps `fd` shared at the first free [`REGION_ALIGN`]ed address from `limit / 8` up
+    /// where `size` bytes end at or below `limit`; returns the address.
+    fn map_below(fd: &OwnedFd, size: usize, limit: u64) -> Result<usize> {
+        let no_room = || {
+            Error::DmaMap(std::io::Error::other(format!(
+                "no free {size}-byte window below {limit:#x} for a DMA region"
+            )))
+        };
+        let step = size as u64; // a multiple of REGION_ALIGN, not 0
+        let mut at = (limit / 8).next_multiple_of(REGION_ALIGN as u64);
+        while at.checked_add(step).is_some_and(|end| end <= limit) {
+            let want = usize::try_from(at).map_err(|_| no_room())?;
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping: it fails
+            // with EEXIST when `[want, want + size)` overlaps one, so nothing this process
+            // uses is touched; the new mapping is ours alone.
+            let mapped = unsafe {
+                rustix::mm::mmap(
+                    want as *mut _,
+                    size,
+                    ProtFlags::READ | ProtFlags::WRITE,
+                    MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+                    fd,
+                    0,
+                )
+            };
+            match mapped {
+                Ok(p) if p as usize == want => return Ok(want),
+                Ok(p) => {
+                    // A kernel before 4.17 takes the flag as a mere hint.
+                    // SAFETY: `p` is the mapping just made, which no one references.
+                    let _ = unsafe { rustix::mm::munmap(p, size) };
+                    return Err(Error::DmaMap(std::io::Error::other(
+                        "the kernel ignores MAP_FIXED_NOREPLACE (Linux 4.17 or later needed)",
+                    )));
+                }
+                Err(rustix::io::Errno::EXIST) => at += step,
+                Err(e) => return Err(Error::DmaMap(e.into())),
+            }
+        }
+        Err(no_room())
+    }
+
+    /// Maps `fd` shared at a [`REGION_ALIGN`]ed address the kernel chooses.
+    fn map_anywhere(fd: &OwnedFd, size: usize) -> Result<usize> {
         let map_err = |e: rustix::io::Errno| Error::DmaMap(e.into());
         // Reserve `size + REGION_ALIGN` of address space, then map the memfd over an
         // aligned window of it and give the rest back.
@@ -319,7 +416,7 @@ impl Region {
                 size,
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED | MapFlags::FIXED,
-                &fd,
+                fd,
                 0,
             )
         };
@@ -338,20 +435,7 @@ impl Region {
             // SAFETY: `[aligned + size, start + reserve)` is the unused back of our reservation.
             let _ = unsafe { rustix::mm::munmap((aligned + size) as *mut _, tail) };
         }
-        // The fd must outlive every device that maps it: the region is never freed, so
-        // leak it into a `'static` borrow.
-        let fd: &'static OwnedFd = Box::leak(Box::new(fd));
-        Ok(Self {
-            info: RegionInfo {
-                id,
-                addr: aligned as u64,
-                len: size as u64,
-                fd: fd.as_fd(),
-                hugetlb,
-            },
-            base: NonNull::new(aligned as *mut u8).expect("mmap never returns address 0 here"),
-            free: vec![(0, size)],
-        })
+        Ok(aligned)
     }
 
     /// First fit: takes `len` bytes at an `align`ed offset from the free list.
@@ -563,12 +647,47 @@ mod tests {
             .find_map(|l| l.strip_prefix("HugePages_Free:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let r = Region::create(RegionId(63), REGION_ALIGN, true).expect("falls back");
+        let r = Region::create(RegionId(63), REGION_ALIGN, true, None).expect("falls back");
         if free == 0 {
             assert!(!r.info.hugetlb, "no free huge pages, yet hugetlb claimed");
         }
         assert_eq!(r.info.addr % REGION_ALIGN as u64, 0);
         assert_eq!(r.info.len, REGION_ALIGN as u64);
+    }
+
+    #[test]
+    fn regions_with_an_addr_limit_are_placed_below_it_without_overlap() {
+        let limit = IOMMU_39BIT_LIMIT;
+        let a = Region::create(RegionId(62), REGION_ALIGN, false, Some(limit)).unwrap();
+        let b = Region::create(RegionId(61), 2 * REGION_ALIGN, false, Some(limit)).unwrap();
+        for r in [&a, &b] {
+            assert!(
+                r.info.addr >= limit / 8,
+                "{:#x} below the window",
+                r.info.addr
+            );
+            assert!(r.info.addr + r.info.len <= limit);
+            assert_eq!(r.info.addr % REGION_ALIGN as u64, 0);
+        }
+        let (lo, hi) = if a.info.addr < b.info.addr {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        assert!(
+            lo.info.addr + lo.info.len <= hi.info.addr,
+            "regions overlap"
+        );
+        // The memory is usable.
+        // SAFETY: `base` points at the start of the region's live, writable mapping.
+        unsafe { b.base.as_ptr().write(7) };
+    }
+
+    #[test]
+    fn a_full_window_below_the_limit_is_an_error() {
+        // A limit whose window [limit / 8, limit) cannot hold the region.
+        let r = Region::create(RegionId(60), 64 * REGION_ALIGN, false, Some(8 << 20));
+        assert!(matches!(r, Err(Error::DmaMap(_))));
     }
 
     #[test]

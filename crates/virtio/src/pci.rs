@@ -1152,7 +1152,7 @@ pub fn parse_config_space(cfg: &[u8]) -> Result<VirtioPciLayout> {
 /// on a VFIO device fd, or an in-memory model (`fake::FakePciDevice`). Values are in
 /// host order: implementations convert from and to little endian (§4.1.3: every field
 /// is little-endian). Implementations check that the access lies inside the BAR.
-pub trait PciBars: Send + Sync {
+pub trait PciBars: Send + Sync + fmt::Debug {
     /// Reads 8 bits.
     ///
     /// # Errors

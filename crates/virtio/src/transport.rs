@@ -3,11 +3,13 @@
 //! A transport carries any device type: it knows features, status, config space and
 //! virtqueue setup, never what the queues carry.
 
+pub mod pci;
 pub mod vhost_user;
 
 use std::fmt::Debug;
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -15,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::Result;
 use crate::mem::RegionId;
+use crate::pci::{Doorbell, PciBars};
 use crate::split::RingAddrs;
 
 /// A virtio transport (virtio 1.2 §4): feature bits, status, config space and queues.
@@ -27,6 +30,15 @@ pub trait Transport: Send + Sync + Debug {
     /// # Errors
     /// When the device cannot be asked.
     fn device_features(&self) -> Result<u64>;
+
+    /// Transport feature bits (virtio 1.2 §6) the driver accepts whenever the device
+    /// offers them, on top of what the device driver wants; [`VirtioDevice::init`]
+    /// ORs them in. Default: none.
+    ///
+    /// [`VirtioDevice::init`]: crate::VirtioDevice::init
+    fn transport_features(&self) -> u64 {
+        0
+    }
 
     /// Writes the driver's accepted features.
     ///
@@ -92,6 +104,10 @@ pub struct QueueHandles {
 
 /// A queue's used-buffer notification eventfd ("call"), for sleeping until the device
 /// completes something (interrupt mode).
+///
+/// The PCI transport runs polled for now: its queues have no MSI-X vector and their
+/// eventfd is never signalled, so [`CallFd::wait`] sleeps for its whole timeout and the
+/// caller finds completions when it polls after it.
 #[derive(Debug)]
 pub struct CallFd {
     fd: EventFd,
@@ -134,21 +150,64 @@ impl CallFd {
 }
 
 /// A queue's doorbell (available-buffer notification, virtio 1.2 §2.7.13.3).
+///
+/// One of: an eventfd write (vhost-user kick), a 16-bit store into a mapped PCI BAR
+/// (no system call), or a 16-bit write through a [`PciBars`] accessor (a `pwrite` on a
+/// VFIO device fd when the notify BAR cannot be mapped). `notify` is one match on the
+/// kind, then the store or the call.
 #[derive(Debug)]
 pub struct Notifier {
-    kick: EventFd,
+    kind: NotifierKind,
+}
+
+#[derive(Debug)]
+enum NotifierKind {
+    EventFd(EventFd),
+    Mmio(pci::MmioDoorbell),
+    Bars {
+        bars: Arc<dyn PciBars>,
+        doorbell: Doorbell,
+    },
 }
 
 impl Notifier {
     /// A doorbell that writes an eventfd (vhost-user kick).
     pub fn eventfd(kick: EventFd) -> Self {
-        Self { kick }
+        Self {
+            kind: NotifierKind::EventFd(kick),
+        }
     }
 
-    /// Rings the doorbell: one `write(2)` to the kick eventfd.
+    /// A doorbell that stores into a mapped BAR (virtio-pci, §4.1.5.2).
+    pub fn mmio(doorbell: pci::MmioDoorbell) -> Self {
+        Self {
+            kind: NotifierKind::Mmio(doorbell),
+        }
+    }
+
+    /// A doorbell written through a BAR accessor (virtio-pci without a mapping; one
+    /// system call per notification with VFIO).
+    pub fn bars(bars: Arc<dyn PciBars>, doorbell: Doorbell) -> Self {
+        Self {
+            kind: NotifierKind::Bars { bars, doorbell },
+        }
+    }
+
+    /// Rings the doorbell.
     pub fn notify(&self) {
-        // An eventfd write only fails when the counter would overflow, which means the
-        // device has not read it for 2^64 - 1 kicks: the device will still see a kick.
-        let _ = self.kick.write(1);
+        match &self.kind {
+            NotifierKind::Mmio(d) => d.ring(),
+            // An eventfd write only fails when the counter would overflow, which means
+            // the device has not read it for 2^64 - 1 kicks: the device will still see
+            // a kick.
+            NotifierKind::EventFd(kick) => {
+                let _ = kick.write(1);
+            }
+            // A failed BAR write means the device is gone; the queue's timeout reports
+            // it, as for a lost completion.
+            NotifierKind::Bars { bars, doorbell } => {
+                let _ = doorbell.ring(&**bars);
+            }
+        }
     }
 }

@@ -1,9 +1,10 @@
-//! Integration tests of the `vbdev` binary against qemu-storage-daemon and its own
-//! `vbdev target`.
+//! Integration tests of the `vbdev` binary against qemu-storage-daemon, its own
+//! `vbdev target`, and virtio PCI functions in a QEMU guest.
 
 mod io_errors;
 mod io_info;
 mod io_rw;
+mod pci;
 mod perf;
 mod qsd;
 mod scsi_io;

@@ -1,0 +1,139 @@
+//! `vbdev io --pci` inside a QEMU guest (scripts/pci-guest): virtio-blk and
+//! virtio-scsi functions bound to vfio-pci behind QEMU's intel-iommu (VFIO type1).
+//! The image files are checked on the host after the guest exits.
+//!
+//! Needs the harness's cache (`scripts/pci-guest/setup.sh`); without it the test fails
+//! and says so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::util::{InfoJson, VBDEV};
+
+const MIB: u64 = 1 << 20;
+const MARKER: &[u8] = b"VBDEV-PCI-MARKER";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The harness, after checking its cache is there (never downloads from a test).
+fn harness() -> PathBuf {
+    let root = workspace_root();
+    let run = root.join("scripts/pci-guest/run.sh");
+    assert!(run.exists(), "{} is missing", run.display());
+    let cache = std::env::var_os("VBDEV_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/vbdev")))
+        .expect("HOME or VBDEV_CACHE must be set")
+        .join("pci-guest/env");
+    assert!(
+        cache.exists(),
+        "the PCI guest harness is not set up ({} is missing): run scripts/pci-guest/setup.sh",
+        cache.display()
+    );
+    run
+}
+
+/// The guest's script: every command's output goes to the console; the first failing
+/// step exits with its own code.
+const GUEST_SCRIPT: &str = r#"#!/bin/sh
+V=/vbdev/bin/vbdev
+blk=$VBDEV_PCI_BLK
+scsi=$VBDEV_PCI_SCSI
+echo "STEP info"
+$V io --pci "$blk" info --json || exit 10
+echo "STEP marker"
+$V io --pci "$blk" read --offset 0 --length 512 --out /tmp/sector0 || exit 11
+echo "MARKER $(head -c 16 /tmp/sector0)"
+echo "STEP write"
+$V io --pci "$blk" write --offset 4096 --pattern 0xab --length 65536 || exit 12
+echo "STEP read"
+$V io --pci "$blk" read --offset 4096 --pattern 0xab --length 65536 || exit 13
+echo "STEP wrong pattern"
+$V io --pci "$blk" read --offset 4096 --pattern 0xac --length 65536 && exit 14
+echo "STEP no such function"
+$V io --pci 0000:00:1e.7 info && exit 15
+echo "STEP scsi info"
+$V io --pci "$scsi" --dev-type scsi info || exit 16
+echo "STEP done"
+"#;
+
+#[test]
+fn vfio_type1_blk_write_read_reaches_the_image_and_scsi_attaches() {
+    let run_sh = harness();
+    let dir = tempfile::tempdir().unwrap();
+    let blk = dir.path().join("blk.img");
+    let scsi = dir.path().join("scsi0.img");
+    let mut image = vec![0u8; (64 * MIB) as usize];
+    image[..MARKER.len()].copy_from_slice(MARKER);
+    std::fs::write(&blk, &image).unwrap();
+    std::fs::write(&scsi, vec![0u8; (64 * MIB) as usize]).unwrap();
+    let script = dir.path().join("guest.sh");
+    std::fs::write(&script, GUEST_SCRIPT).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let out = Command::new(&run_sh)
+        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
+        .arg(&blk)
+        .arg("--scsi-disk")
+        .arg(&scsi)
+        .arg("--file")
+        .arg(VBDEV)
+        .arg("--")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/pci-guest/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let whole = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
+
+    // Each function bound to vfio-pci with its own IOMMU group.
+    assert!(
+        stdout.contains("VBDEV-PCI blk ") && stdout.contains("VBDEV-PCI scsi "),
+        "{whole}"
+    );
+    let info_line = stdout
+        .lines()
+        .find(|l| l.starts_with('{') && l.contains("\"VirtioBlk0\""))
+        .unwrap_or_else(|| panic!("no info JSON line:\n{whole}"));
+    let info: InfoJson = serde_json::from_str(info_line)
+        .unwrap_or_else(|e| panic!("bad info JSON {info_line:?}: {e}\n{whole}"));
+    assert_eq!(info.block_size, 512);
+    assert_eq!(info.num_blocks, 64 * MIB / 512);
+    assert!(
+        info.feature_names().contains(&"ACCESS_PLATFORM"),
+        "ACCESS_PLATFORM not negotiated: {info:?}"
+    );
+    assert!(
+        stdout.contains(&format!("MARKER {}", std::str::from_utf8(MARKER).unwrap())),
+        "the marker written on the host was not read in the guest:\n{whole}"
+    );
+    assert!(
+        stdout.contains("write 65536 bytes at offset 4096 ok"),
+        "{whole}"
+    );
+    assert!(
+        stdout.contains("read 65536 bytes at offset 4096 ok"),
+        "{whole}"
+    );
+    assert!(
+        stdout.contains("no such PCI function"),
+        "the error for a missing function does not say so:\n{whole}"
+    );
+    assert!(stdout.contains("bdev VirtioScsi0t0"), "{whole}");
+    assert!(stdout.contains("STEP done"), "{whole}");
+
+    // QEMU flushed the image when it exited: the guest's write is on the host.
+    let image = std::fs::read(&blk).unwrap();
+    assert_eq!(&image[..MARKER.len()], MARKER);
+    assert!(
+        image[4096..4096 + 65536].iter().all(|&b| b == 0xab),
+        "the pattern written in the guest is not in {}",
+        blk.display()
+    );
+    assert_eq!(image[4095], 0, "write spilled before its range");
+    assert_eq!(image[4096 + 65536], 0, "write spilled after its range");
+}

@@ -1,0 +1,1174 @@
+//! The virtio-pci transport (virtio 1.2 §4.1) over VFIO type1: a function bound to
+//! `vfio-pci` behind an IOMMU, driven from user space in polled mode.
+//!
+//! [`PciTransport::open_vfio`] runs the VFIO sequence (container, group, IOMMU type,
+//! device fd), reads the configuration space through the config region, parses it with
+//! [`parse_config_space`], sets Memory Space and Bus Master, and maps every region of
+//! the [`DmaDomain`] with `VFIO_IOMMU_MAP_DMA` at IOVA = process address, so
+//! descriptors carry the same addresses as with vhost-user. Regions created later are
+//! mapped from a [`RegionListener`]. A region outside the IOMMU's IOVA ranges fails the
+//! attach naming the ranges; use [`DmaConfig::pinned`](crate::DmaConfig::pinned)
+//! (small regions below 2^39) before the domain is first used.
+//!
+//! Register access on the control path is `pread`/`pwrite` on the VFIO device fd, so a
+//! vanished device gives errors, not signals. The doorbell is a 16-bit store into the
+//! mapped notify BAR ([`MmioDoorbell`]), or a `pwrite` when the BAR cannot be mapped.
+//!
+//! Queues are polled: each gets [`NO_VECTOR`] and a [`CallFd`] on an eventfd that
+//! nothing signals, so a caller that sleeps on it wakes at its timeout and polls then.
+//! Not done yet (issue 7): MSI-X interrupts, VFIO no-IOMMU and uio (physical
+//! addresses), the SIGBUS guard for the doorbell mapping of a removed device, and
+//! per-queue reset (VIRTIO_F_RING_RESET is not accepted; `stop_queue` does nothing and
+//! `shutdown` resets the device).
+//!
+//! [`DmaDomain`]: crate::DmaDomain
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustix::mm::{MapFlags, ProtFlags};
+use vfio_bindings::bindings::vfio as vb;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::ioctl::{
+    ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val,
+};
+
+use super::{CallFd, Notifier, QueueHandles, Transport};
+use crate::error::{Error, IovaOutOfRange, Result, VfioError};
+use crate::mem::{DmaDomain, RegionId, RegionInfo, RegionListener};
+use crate::pci::{
+    BarIndex, CommonCfg, Doorbell, NO_VECTOR, PciBars, PciError, VirtioPciLayout, header,
+    parse_config_space, transport_features,
+};
+use crate::split::RingAddrs;
+
+const TARGET: &str = "vbdev::pci";
+
+/// VFIO ioctl request numbers: `_IO(VFIO_TYPE, VFIO_BASE + n)` (linux/vfio.h).
+mod nr {
+    use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+    use vmm_sys_util::ioctl_io_nr;
+
+    const T: u32 = VFIO_TYPE as u32;
+    ioctl_io_nr!(VFIO_GET_API_VERSION, T, VFIO_BASE);
+    ioctl_io_nr!(VFIO_CHECK_EXTENSION, T, VFIO_BASE + 1);
+    ioctl_io_nr!(VFIO_SET_IOMMU, T, VFIO_BASE + 2);
+    ioctl_io_nr!(VFIO_GROUP_GET_STATUS, T, VFIO_BASE + 3);
+    ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, T, VFIO_BASE + 4);
+    ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, T, VFIO_BASE + 6);
+    ioctl_io_nr!(VFIO_DEVICE_GET_INFO, T, VFIO_BASE + 7);
+    ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, T, VFIO_BASE + 8);
+    ioctl_io_nr!(VFIO_IOMMU_GET_INFO, T, VFIO_BASE + 12);
+    ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, T, VFIO_BASE + 13);
+
+    #[cfg(test)]
+    #[test]
+    fn request_numbers_match_linux() {
+        // From linux/vfio.h on x86-64: _IO(';', 100 + n) = 0x3b64 + n.
+        assert_eq!(VFIO_GET_API_VERSION(), 0x3b64);
+        assert_eq!(VFIO_GROUP_GET_DEVICE_FD(), 0x3b6a);
+        assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
+    }
+}
+use nr::*;
+
+/// `VFIO_DEVICE_FLAGS_PCI`.
+const DEVICE_FLAGS_PCI: u32 = 1 << 1;
+/// Largest configuration space read (PCIe extended space).
+const CONFIG_SPACE_MAX: u64 = 4096;
+
+/// Options of a PCI attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciOptions {
+    /// Longest wait for a device reset to complete (default 1 s).
+    pub reset_timeout: Duration,
+    /// Ring doorbells with a store into the mapped notify BAR (default); `false` uses a
+    /// `pwrite` per notification.
+    pub mmio_doorbell: bool,
+}
+
+impl Default for PciOptions {
+    fn default() -> Self {
+        Self {
+            reset_timeout: Duration::from_secs(1),
+            mmio_doorbell: true,
+        }
+    }
+}
+
+/// A mapping of a BAR into this process, unmapped on drop.
+///
+/// # Invariants
+/// `ptr..ptr + len` is a live shared mapping of the BAR, owned by this value.
+#[derive(Debug)]
+pub struct BarMapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is device memory that any thread may access; the pointer is only
+// used for volatile stores by `MmioDoorbell`, never to create references.
+unsafe impl Send for BarMapping {}
+// SAFETY: as for `Send`: no method hands out references into the mapping.
+unsafe impl Sync for BarMapping {}
+
+impl Drop for BarMapping {
+    fn drop(&mut self) {
+        // SAFETY: type invariant: this value owns the mapping; every `MmioDoorbell` that
+        // points into it holds an `Arc` to it, so none is left when this runs.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A queue's doorbell as a 16-bit store into a mapped notify BAR (virtio 1.2 §4.1.5.2).
+///
+/// # Invariants
+/// `ptr` is 2-byte aligned and `ptr..ptr + 2` lies inside `_map`, which stays mapped as
+/// long as this value exists.
+#[derive(Debug)]
+pub struct MmioDoorbell {
+    ptr: NonNull<u16>,
+    value: u16,
+    _map: Arc<BarMapping>,
+}
+
+// SAFETY: the pointer targets device memory kept alive by the `Arc`; volatile stores to
+// it are valid from any thread.
+unsafe impl Send for MmioDoorbell {}
+// SAFETY: `ring` only performs a volatile store; concurrent rings are concurrent device
+// writes, which the device handles as separate notifications.
+unsafe impl Sync for MmioDoorbell {}
+
+impl MmioDoorbell {
+    /// The doorbell at `doorbell.offset` of `map`, or `None` when the 2 bytes do not lie
+    /// inside the mapping or are misaligned.
+    pub fn new(map: Arc<BarMapping>, doorbell: &Doorbell) -> Option<Self> {
+        let off = usize::try_from(doorbell.offset).ok()?;
+        if off % 2 != 0 || off.checked_add(2)? > map.len {
+            return None;
+        }
+        // SAFETY: `off + 2 <= len`, so the pointer stays inside the mapping.
+        let ptr = unsafe { map.ptr.add(off) }.cast::<u16>();
+        Some(Self {
+            ptr,
+            value: doorbell.value,
+            _map: map,
+        })
+    }
+
+    /// Rings: one little-endian 16-bit store of the queue's notification value. No
+    /// system call.
+    pub fn ring(&self) {
+        // The ring's `publish` fences (SeqCst) after its avail.idx store; on x86 that
+        // orders the store before this uncached MMIO write. A weakly ordered CPU would
+        // need its I/O write barrier here (Linux's iowrite16 is wmb + store).
+        // SAFETY: type invariant: `ptr` is aligned and inside a live mapping of the
+        // notify BAR; a volatile store is the access device memory needs.
+        unsafe { self.ptr.as_ptr().write_volatile(self.value.to_le()) };
+    }
+}
+
+/// One VFIO region: where it is in the device fd and what it allows.
+#[derive(Debug, Clone, Copy)]
+struct VfioRegion {
+    offset: u64,
+    size: u64,
+    flags: u32,
+}
+
+/// BAR and config-space access through `pread`/`pwrite` on a VFIO device fd.
+#[derive(Debug)]
+pub struct VfioBars {
+    device: OwnedFd,
+    bars: [Option<VfioRegion>; 6],
+    config: VfioRegion,
+}
+
+impl VfioBars {
+    fn region(&self, bar: BarIndex, offset: u64, width: u8) -> crate::pci::Result<u64> {
+        let bad = PciError::BadAccess { bar, offset, width };
+        let r = self.bars[usize::from(bar.get())].ok_or(bad)?;
+        let w = u64::from(width);
+        if offset % w != 0 || offset.checked_add(w).is_none_or(|end| end > r.size) {
+            return Err(PciError::BadAccess { bar, offset, width });
+        }
+        r.offset
+            .checked_add(offset)
+            .ok_or(PciError::BadAccess { bar, offset, width })
+    }
+
+    fn read<const N: usize>(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<[u8; N]> {
+        let width = N as u8;
+        let at = self.region(bar, offset, width)?;
+        let mut b = [0u8; N];
+        match rustix::io::pread(&self.device, &mut b, at) {
+            Ok(n) if n == N => Ok(b),
+            Ok(_) => Err(PciError::BarIo {
+                bar,
+                offset,
+                width,
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+            Err(e) => Err(PciError::BarIo {
+                bar,
+                offset,
+                width,
+                source: e.into(),
+            }),
+        }
+    }
+
+    fn write<const N: usize>(
+        &self,
+        bar: BarIndex,
+        offset: u64,
+        b: [u8; N],
+    ) -> crate::pci::Result<()> {
+        let width = N as u8;
+        let at = self.region(bar, offset, width)?;
+        match rustix::io::pwrite(&self.device, &b, at) {
+            Ok(n) if n == N => Ok(()),
+            Ok(_) => Err(PciError::BarIo {
+                bar,
+                offset,
+                width,
+                source: std::io::ErrorKind::WriteZero.into(),
+            }),
+            Err(e) => Err(PciError::BarIo {
+                bar,
+                offset,
+                width,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of configuration space at `offset`.
+    fn read_config(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let n = rustix::io::pread(&self.device, &mut *buf, self.config.offset + offset)?;
+        if n != buf.len() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    fn write_config(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        let n = rustix::io::pwrite(&self.device, buf, self.config.offset + offset)?;
+        if n != buf.len() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(())
+    }
+}
+
+impl PciBars for VfioBars {
+    fn read8(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u8> {
+        self.read::<1>(bar, offset).map(|b| b[0])
+    }
+    fn read16(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u16> {
+        self.read(bar, offset).map(u16::from_le_bytes)
+    }
+    fn read32(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u32> {
+        self.read(bar, offset).map(u32::from_le_bytes)
+    }
+    fn write8(&self, bar: BarIndex, offset: u64, value: u8) -> crate::pci::Result<()> {
+        self.write(bar, offset, [value])
+    }
+    fn write16(&self, bar: BarIndex, offset: u64, value: u16) -> crate::pci::Result<()> {
+        self.write(bar, offset, value.to_le_bytes())
+    }
+    fn write32(&self, bar: BarIndex, offset: u64, value: u32) -> crate::pci::Result<()> {
+        self.write(bar, offset, value.to_le_bytes())
+    }
+}
+
+/// The IOMMU side: the VFIO container, its IOVA ranges, and which DMA regions are
+/// mapped in it.
+#[derive(Debug)]
+struct VfioDma {
+    bdf: String,
+    domain: &'static DmaDomain,
+    container: OwnedFd,
+    /// Usable IOVA ranges, inclusive ends; `None` when the kernel does not report them.
+    ranges: Option<Vec<(u64, u64)>>,
+    mapped: AtomicU64,
+}
+
+impl VfioDma {
+    fn check_range(&self, r: &RegionInfo) -> Result<()> {
+        let Some(ranges) = &self.ranges else {
+            return Ok(());
+        };
+        let last = r.addr + (r.len - 1); // regions are mapped, so this does not overflow
+        if ranges.iter().any(|&(s, e)| s <= r.addr && last <= e) {
+            return Ok(());
+        }
+        Err(Error::IovaOutOfRange(Box::new(IovaOutOfRange {
+            bdf: self.bdf.clone(),
+            addr: r.addr,
+            end: r.addr + r.len,
+            ranges: format_ranges(ranges),
+        })))
+    }
+
+    /// Maps region `r` at IOVA = its address, unless it is mapped already.
+    fn map(&self, r: &RegionInfo) -> Result<()> {
+        let bit = r.id.bit();
+        if self.mapped.load(Ordering::Acquire) & bit != 0 {
+            return Ok(());
+        }
+        self.check_range(r)?;
+        let map = vb::vfio_iommu_type1_dma_map {
+            argsz: size_of::<vb::vfio_iommu_type1_dma_map>() as u32,
+            flags: vb::VFIO_DMA_MAP_FLAG_READ | vb::VFIO_DMA_MAP_FLAG_WRITE,
+            vaddr: r.addr,
+            iova: r.addr,
+            size: r.len,
+        };
+        // SAFETY: VFIO_IOMMU_MAP_DMA reads a `vfio_iommu_type1_dma_map` of `argsz` bytes,
+        // which `map` is (vfio-bindings pins its layout). The range it names is a DMA
+        // region, mapped read-write until the process exits (DmaDomain's invariant), so
+        // the pages the kernel pins stay ours for as long as the container exists.
+        let rc = unsafe { ioctl_with_ref(&self.container, VFIO_IOMMU_MAP_DMA(), &map) };
+        if rc < 0 {
+            // EEXIST: mapped meanwhile by the other path (listener or attach).
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) {
+                self.mapped.fetch_or(bit, Ordering::AcqRel);
+                return Ok(());
+            }
+            return Err(Error::Vfio(Box::new(VfioError {
+                bdf: self.bdf.clone(),
+                step: format!(
+                    "VFIO_IOMMU_MAP_DMA of DMA region {} ({:#x}+{:#x})",
+                    r.id.0, r.addr, r.len
+                ),
+                cause: e,
+                hint: ": is RLIMIT_MEMLOCK large enough (it counts pinned memory)?",
+            })));
+        }
+        self.mapped.fetch_or(bit, Ordering::AcqRel);
+        tracing::debug!(target: TARGET, bdf = %self.bdf, region = r.id.0, addr = r.addr, len = r.len, "DMA region mapped in the IOMMU");
+        Ok(())
+    }
+}
+
+fn format_ranges(ranges: &[(u64, u64)]) -> String {
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|(s, e)| format!("{s:#x}-{e:#x}"))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+impl RegionListener for VfioDma {
+    fn region_added(&self, region: &RegionInfo) {
+        if let Err(e) = self.map(region) {
+            tracing::warn!(target: TARGET, bdf = %self.bdf, region = region.id.0, error = %e, "new DMA region is not visible to the device");
+        }
+    }
+}
+
+/// How the device reaches DMA memory.
+#[derive(Debug)]
+enum Dma {
+    /// Through an IOMMU, region by region.
+    Vfio(Arc<VfioDma>),
+    /// Every address as is (a fake device in tests).
+    Identity,
+}
+
+/// What keeps a VFIO-opened function open: dropped after the device is reset.
+#[derive(Debug)]
+struct VfioHandles {
+    _group: OwnedFd,
+}
+
+/// A virtio-pci function driven from user space.
+///
+/// Thread-safe: the common configuration sits behind a mutex (its select registers
+/// must not interleave), everything else is read-only after construction or atomic.
+#[derive(Debug)]
+pub struct PciTransport {
+    bdf: String,
+    layout: VirtioPciLayout,
+    bars: Arc<dyn PciBars>,
+    common: Mutex<CommonCfg<Arc<dyn PciBars>>>,
+    notify_map: Option<Arc<BarMapping>>,
+    dma: Dma,
+    num_queues: u16,
+    offered: u64,
+    alive: AtomicBool,
+    opts: PciOptions,
+    // Last, so the device is reset (in `Drop`) before the group and container close.
+    _vfio: Option<VfioHandles>,
+}
+
+impl PciTransport {
+    /// Opens the virtio-pci function `bdf` (`0000:00:02.0`), bound to `vfio-pci` behind an
+    /// IOMMU (VFIO type1), and maps `domain`'s regions for its DMA.
+    ///
+    /// `domain` should be configured with [`DmaConfig::pinned`](crate::DmaConfig::pinned)
+    /// before its first use: type1 pins whole regions, and the IOMMU may translate fewer
+    /// address bits than the process uses.
+    ///
+    /// # Errors
+    /// [`Error::PciSetup`] when the function does not exist, is not bound to `vfio-pci`
+    /// or has no IOMMU group; [`Error::Vfio`] naming the VFIO step that failed;
+    /// [`Error::Pci`] for a config space or register failure;
+    /// [`Error::IovaOutOfRange`] when a DMA region is outside the IOMMU's ranges;
+    /// [`Error::NoAccessPlatform`] when the device would bypass the IOMMU.
+    pub fn open_vfio(
+        bdf: &str,
+        domain: &'static DmaDomain,
+        opts: &PciOptions,
+    ) -> Result<Arc<PciTransport>> {
+        let v = VfioOpen::new(bdf)?;
+        let (group_no, group_path) = v.find_group()?;
+        let container = v.open_file(Path::new("/dev/vfio/vfio"), ": is the vfio module loaded?")?;
+        // SAFETY: VFIO_GET_API_VERSION takes no argument and only returns a value.
+        let api = unsafe { ioctl(&container, VFIO_GET_API_VERSION()) };
+        if api != vb::VFIO_API_VERSION as i32 {
+            return Err(v.setup(format!(
+                "/dev/vfio/vfio speaks VFIO API {api}, not {}",
+                vb::VFIO_API_VERSION
+            )));
+        }
+        let iommu_type = [vb::VFIO_TYPE1v2_IOMMU, vb::VFIO_TYPE1_IOMMU]
+            .into_iter()
+            // SAFETY: VFIO_CHECK_EXTENSION takes the extension number by value and only
+            // returns a value.
+            .find(|&t| unsafe { ioctl_with_val(&container, VFIO_CHECK_EXTENSION(), t.into()) } > 0)
+            .ok_or_else(|| {
+                v.setup("the VFIO container supports no type1 IOMMU (no-IOMMU mode is not supported yet)".into())
+            })?;
+        let group = v.open_file(&group_path, ": is the device bound to vfio-pci?")?;
+        let mut status = vb::vfio_group_status {
+            argsz: size_of::<vb::vfio_group_status>() as u32,
+            flags: 0,
+        };
+        // SAFETY: VFIO_GROUP_GET_STATUS writes a `vfio_group_status` of `argsz` bytes into
+        // `status`, which is exactly that struct, exclusively borrowed.
+        let rc = unsafe { ioctl_with_mut_ref(&group, VFIO_GROUP_GET_STATUS(), &mut status) };
+        v.check(
+            rc,
+            || format!("VFIO_GROUP_GET_STATUS on {}", group_path.display()),
+            "",
+        )?;
+        if status.flags & vb::VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(v.setup(format!(
+                "IOMMU group {group_no} is not viable: bind every device of /sys/kernel/iommu_groups/{group_no}/devices to vfio-pci"
+            )));
+        }
+        let container_fd = container.as_raw_fd();
+        // SAFETY: VFIO_GROUP_SET_CONTAINER reads one `int`, the container fd, through the
+        // pointer; `container_fd` lives across the call.
+        let rc = unsafe { ioctl_with_ref(&group, VFIO_GROUP_SET_CONTAINER(), &container_fd) };
+        v.check(
+            rc,
+            || format!("VFIO_GROUP_SET_CONTAINER for {}", group_path.display()),
+            ": is the group in use by another process?",
+        )?;
+        // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value.
+        let rc = unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU(), iommu_type.into()) };
+        v.check(rc, || format!("VFIO_SET_IOMMU({iommu_type})"), "")?;
+        let ranges = iova_ranges(&container);
+        match &ranges {
+            Some(r) => {
+                tracing::debug!(target: TARGET, bdf, ranges = %format_ranges(r), "IOMMU IOVA ranges")
+            }
+            None => tracing::debug!(target: TARGET, bdf, "the kernel reports no IOVA ranges"),
+        }
+        let name =
+            CString::new(bdf).map_err(|_| v.setup("the address contains a NUL byte".into()))?;
+        // SAFETY: VFIO_GROUP_GET_DEVICE_FD reads a NUL-terminated string, which `name`
+        // is, alive across the call; it returns a new fd or -1.
+        let fd = unsafe { ioctl_with_ptr(&group, VFIO_GROUP_GET_DEVICE_FD(), name.as_ptr()) };
+        v.check(fd, || "VFIO_GROUP_GET_DEVICE_FD".to_owned(), "")?;
+        // SAFETY: `fd >= 0` (checked) is a new descriptor the kernel gave us alone.
+        let device = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut info = vb::vfio_device_info {
+            argsz: size_of::<vb::vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: VFIO_DEVICE_GET_INFO writes at most `argsz` bytes of a
+        // `vfio_device_info` into `info`, which is that struct, exclusively borrowed.
+        let rc = unsafe { ioctl_with_mut_ref(&device, VFIO_DEVICE_GET_INFO(), &mut info) };
+        v.check(rc, || "VFIO_DEVICE_GET_INFO".to_owned(), "")?;
+        if info.flags & DEVICE_FLAGS_PCI == 0
+            || info.num_regions <= vb::VFIO_PCI_CONFIG_REGION_INDEX
+        {
+            return Err(v.setup(format!(
+                "VFIO device is not a PCI device (flags {:#x}, {} regions)",
+                info.flags, info.num_regions
+            )));
+        }
+        let region = |index: u32| -> Result<Option<VfioRegion>> {
+            let mut ri = vb::vfio_region_info {
+                argsz: size_of::<vb::vfio_region_info>() as u32,
+                index,
+                ..Default::default()
+            };
+            // SAFETY: VFIO_DEVICE_GET_REGION_INFO writes at most `argsz` bytes of a
+            // `vfio_region_info` into `ri`, which is that struct, exclusively borrowed.
+            let rc = unsafe { ioctl_with_mut_ref(&device, VFIO_DEVICE_GET_REGION_INFO(), &mut ri) };
+            v.check(rc, || format!("VFIO_DEVICE_GET_REGION_INFO({index})"), "")?;
+            Ok((ri.size > 0).then_some(VfioRegion {
+                offset: ri.offset,
+                size: ri.size,
+                flags: ri.flags,
+            }))
+        };
+        let config = region(vb::VFIO_PCI_CONFIG_REGION_INDEX)?
+            .ok_or_else(|| v.setup("the VFIO config region is empty".into()))?;
+        let mut bars = [None; 6];
+        for (i, b) in bars.iter_mut().enumerate() {
+            *b = region(vb::VFIO_PCI_BAR0_REGION_INDEX + i as u32)?;
+        }
+        let vbars = VfioBars {
+            device,
+            bars,
+            config,
+        };
+        let mut cfg = vec![0u8; config.size.min(CONFIG_SPACE_MAX) as usize];
+        vbars
+            .read_config(0, &mut cfg)
+            .map_err(|e| v.vfio("read the config space", e, ""))?;
+        let layout = parse_config_space(&cfg).map_err(|e| v.pci(e))?;
+        layout
+            .check_bars(|b| bars[usize::from(b.get())].map(|r| r.size))
+            .map_err(|e| v.pci(e))?;
+        // The driver enables memory decoding and DMA itself (vfio-pci leaves both off).
+        let mut cmd = [0u8; 2];
+        vbars
+            .read_config(header::COMMAND as u64, &mut cmd)
+            .map_err(|e| v.vfio("read the command register", e, ""))?;
+        let cmd = u16::from_le_bytes(cmd) | header::COMMAND_MEMORY | header::COMMAND_BUS_MASTER;
+        vbars
+            .write_config(header::COMMAND as u64, &cmd.to_le_bytes())
+            .map_err(|e| v.vfio("write the command register", e, ""))?;
+        let notify_map = if opts.mmio_doorbell {
+            map_bar(&vbars, layout.notify.cap.bar, bdf)
+        } else {
+            None
+        };
+        let dma = Arc::new(VfioDma {
+            bdf: bdf.to_owned(),
+            domain,
+            container,
+            ranges,
+            mapped: AtomicU64::new(0),
+        });
+        domain.reserve()?;
+        let listener: Arc<dyn RegionListener> = dma.clone();
+        for r in domain.subscribe(Arc::downgrade(&listener)) {
+            dma.map(&r)?;
+        }
+        let t = Self::from_parts(
+            bdf,
+            layout,
+            Arc::new(vbars),
+            notify_map,
+            Dma::Vfio(dma),
+            Some(VfioHandles { _group: group }),
+            opts,
+        )?;
+        if t.offered & transport_features::ACCESS_PLATFORM == 0 {
+            return Err(Error::NoAccessPlatform { bdf: bdf.into() });
+        }
+        tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, iommu_type, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO");
+        Ok(Arc::new(t))
+    }
+
+    /// A transport over any BAR accessor, for a device whose DMA needs no mapping (a
+    /// fake device in tests): every DMA region counts as visible and doorbells go
+    /// through `bars`.
+    ///
+    /// # Errors
+    /// [`Error::Pci`] when the config space does not parse, a structure lies outside its
+    /// BAR (`bar_len`), or the device cannot be read.
+    pub fn with_bars(
+        name: &str,
+        config_space: &[u8],
+        bars: Arc<dyn PciBars>,
+        bar_len: impl Fn(BarIndex) -> Option<u64>,
+        opts: &PciOptions,
+    ) -> Result<Self> {
+        let pci = |source| Error::Pci {
+            bdf: name.into(),
+            source,
+        };
+        let layout = parse_config_space(config_space).map_err(pci)?;
+        layout.check_bars(bar_len).map_err(pci)?;
+        Self::from_parts(name, layout, bars, None, Dma::Identity, None, opts)
+    }
+
+    fn from_parts(
+        bdf: &str,
+        layout: VirtioPciLayout,
+        bars: Arc<dyn PciBars>,
+        notify_map: Option<Arc<BarMapping>>,
+        dma: Dma,
+        vfio: Option<VfioHandles>,
+        opts: &PciOptions,
+    ) -> Result<Self> {
+        let pci = |source| Error::Pci {
+            bdf: bdf.into(),
+            source,
+        };
+        let mut common = CommonCfg::new(Arc::clone(&bars), &layout.common).map_err(pci)?;
+        // Reset first: an earlier driver may have left the device running.
+        common.reset(opts.reset_timeout).map_err(pci)?;
+        let num_queues = common.num_queues().map_err(pci)?;
+        let offered = common.device_features().map_err(pci)?;
+        Ok(Self {
+            bdf: bdf.to_owned(),
+            layout,
+            bars,
+            common: Mutex::new(common),
+            notify_map,
+            dma,
+            num_queues,
+            offered,
+            alive: AtomicBool::new(true),
+            opts: *opts,
+            _vfio: vfio,
+        })
+    }
+
+    /// The function's address.
+    pub fn bdf(&self) -> &str {
+        &self.bdf
+    }
+
+    /// What the config space says.
+    pub fn layout(&self) -> &VirtioPciLayout {
+        &self.layout
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, CommonCfg<Arc<dyn PciBars>>>> {
+        if !self.alive.load(Ordering::Acquire) {
+            return Err(Error::Disconnected);
+        }
+        Ok(self.common.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Wraps a register error; a device that reads all ones is gone for good.
+    fn err(&self, source: PciError) -> Error {
+        if matches!(source, PciError::DeviceGone) && self.alive.swap(false, Ordering::AcqRel) {
+            tracing::error!(target: TARGET, bdf = %self.bdf, "virtio-pci function reads all ones: removed");
+        }
+        Error::Pci {
+            bdf: self.bdf.as_str().into(),
+            source,
+        }
+    }
+
+    fn ring_visible(&self, addrs: &RingAddrs) -> bool {
+        match &self.dma {
+            Dma::Identity => true,
+            Dma::Vfio(d) => [addrs.desc, addrs.avail, addrs.used].iter().all(|a| {
+                d.domain
+                    .lookup(a.0, 1)
+                    .is_some_and(|(r, _)| self.region_visible(r))
+            }),
+        }
+    }
+}
+
+/// Maps BAR `bar` when VFIO allows it; `None` (with a debug event) otherwise.
+fn map_bar(bars: &VfioBars, bar: BarIndex, bdf: &str) -> Option<Arc<BarMapping>> {
+    let r = bars.bars[usize::from(bar.get())]?;
+    if r.flags & vb::VFIO_REGION_INFO_FLAG_MMAP == 0 {
+        tracing::debug!(target: TARGET, bdf, %bar, "BAR cannot be mapped: doorbells use pwrite");
+        return None;
+    }
+    let len = usize::try_from(r.size).ok()?;
+    // SAFETY: a new shared mapping of the device fd at the offset VFIO gave for this BAR,
+    // at an address the kernel chooses, so it overlaps nothing of ours; `BarMapping`
+    // owns it from here.
+    let mapped = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            &bars.device,
+            r.offset,
+        )
+    };
+    match mapped {
+        Ok(p) => Some(Arc::new(BarMapping {
+            ptr: NonNull::new(p.cast())?,
+            len,
+        })),
+        Err(e) => {
+            tracing::debug!(target: TARGET, bdf, %bar, error = %e, "mmap of the BAR failed: doorbells use pwrite");
+            None
+        }
+    }
+}
+
+/// The IOVA ranges of a type1 container (`VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`), or
+/// `None` when the kernel does not report them (before Linux 5.4).
+fn iova_ranges(container: &OwnedFd) -> Option<Vec<(u64, u64)>> {
+    const INFO_LEN: usize = size_of::<vb::vfio_iommu_type1_info>();
+    let mut info = vb::vfio_iommu_type1_info {
+        argsz: INFO_LEN as u32,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_IOMMU_GET_INFO writes at most `argsz` bytes (the struct's size) into
+    // `info`, exclusively borrowed; it raises `argsz` to say how much the capabilities need.
+    let rc = unsafe { ioctl_with_mut_ref(container, VFIO_IOMMU_GET_INFO(), &mut info) };
+    if rc < 0 || info.flags & vb::VFIO_IOMMU_INFO_CAPS == 0 || (info.argsz as usize) <= INFO_LEN {
+        return None;
+    }
+    let len = info.argsz as usize;
+    // u64 words keep the buffer aligned for the struct at its start.
+    let mut words = vec![0u64; len.div_ceil(8)];
+    let head = vb::vfio_iommu_type1_info {
+        argsz: len as u32,
+        ..Default::default()
+    };
+    // SAFETY: `words` holds at least INFO_LEN bytes, 8-byte aligned, and nothing else
+    // references it; the struct is plain data.
+    unsafe {
+        words
+            .as_mut_ptr()
+            .cast::<vb::vfio_iommu_type1_info>()
+            .write(head)
+    };
+    // SAFETY: the buffer is `argsz` bytes long (rounded up to whole words), starts with
+    // the `vfio_iommu_type1_info` the request expects and is not otherwise referenced,
+    // so the kernel's write of at most `argsz` bytes stays inside memory we own.
+    let rc = unsafe { ioctl_with_mut_ptr(container, VFIO_IOMMU_GET_INFO(), words.as_mut_ptr()) };
+    if rc < 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    parse_iova_ranges(&bytes[..len])
+}
+
+fn rd_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn rd_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn rd_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Walks the capability chain of a `vfio_iommu_type1_info` buffer for the IOVA range
+/// capability; every offset is bounds-checked and the walk ends after 64 capabilities.
+fn parse_iova_ranges(b: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let mut at = rd_u32(
+        b,
+        std::mem::offset_of!(vb::vfio_iommu_type1_info, cap_offset),
+    )? as usize;
+    for _ in 0..64 {
+        if at == 0 {
+            return None;
+        }
+        let id = rd_u16(b, at)?;
+        let next = rd_u32(b, at + 4)? as usize;
+        if u32::from(id) == vb::VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE {
+            let n = rd_u32(b, at + 8)? as usize;
+            let first = at + size_of::<vb::vfio_iommu_type1_info_cap_iova_range>();
+            let ranges = (0..n.min(1024))
+                .map(|i| {
+                    let r = first + i * size_of::<vb::vfio_iova_range>();
+                    Some((rd_u64(b, r)?, rd_u64(b, r + 8)?))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            return Some(ranges);
+        }
+        at = next;
+    }
+    None
+}
+
+/// Error helpers of [`PciTransport::open_vfio`], naming the function.
+struct VfioOpen {
+    bdf: String,
+    sysfs: PathBuf,
+}
+
+impl VfioOpen {
+    fn new(bdf: &str) -> Result<Self> {
+        let sysfs = Path::new("/sys/bus/pci/devices").join(bdf);
+        let v = Self {
+            bdf: bdf.to_owned(),
+            sysfs,
+        };
+        if !v.sysfs.exists() {
+            return Err(v.setup(format!(
+                "no such PCI function ({} does not exist; the form is 0000:00:02.0)",
+                v.sysfs.display()
+            )));
+        }
+        Ok(v)
+    }
+
+    fn setup(&self, what: String) -> Error {
+        Error::PciSetup {
+            bdf: self.bdf.as_str().into(),
+            what,
+        }
+    }
+
+    fn vfio(&self, step: &str, cause: std::io::Error, hint: &'static str) -> Error {
+        Error::Vfio(Box::new(VfioError {
+            bdf: self.bdf.clone(),
+            step: step.to_owned(),
+            cause,
+            hint,
+        }))
+    }
+
+    fn pci(&self, source: PciError) -> Error {
+        Error::Pci {
+            bdf: self.bdf.as_str().into(),
+            source,
+        }
+    }
+
+    /// Fails with the last OS error when an ioctl returned a negative value.
+    fn check(&self, rc: i32, step: impl FnOnce() -> String, hint: &'static str) -> Result<()> {
+        if rc < 0 {
+            let cause = std::io::Error::last_os_error();
+            return Err(self.vfio(&step(), cause, hint));
+        }
+        Ok(())
+    }
+
+    fn open_file(&self, path: &Path, hint: &'static str) -> Result<OwnedFd> {
+        File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(OwnedFd::from)
+            .map_err(|e| self.vfio(&format!("open {}", path.display()), e, hint))
+    }
+
+    /// The IOMMU group number and its VFIO node, after checking the driver binding.
+    fn find_group(&self) -> Result<(String, PathBuf)> {
+        let driver = std::fs::read_link(self.sysfs.join("driver"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        match driver.as_deref() {
+            Some("vfio-pci") => {}
+            Some(other) => {
+                return Err(self.setup(format!(
+                    "bound to {other}, not vfio-pci (echo {bdf} > /sys/bus/pci/devices/{bdf}/driver/unbind; echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/drivers_probe)",
+                    bdf = self.bdf
+                )));
+            }
+            None => return Err(self.setup("bound to no driver; bind it to vfio-pci".into())),
+        }
+        let link = std::fs::read_link(self.sysfs.join("iommu_group")).map_err(|e| {
+            self.vfio(
+                &format!("read {}/iommu_group", self.sysfs.display()),
+                e,
+                ": the function has no IOMMU group (is the IOMMU on? intel_iommu=on)",
+            )
+        })?;
+        let group = link
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| self.setup(format!("odd iommu_group link {}", link.display())))?;
+        let node = PathBuf::from(format!("/dev/vfio/{group}"));
+        let noiommu = PathBuf::from(format!("/dev/vfio/noiommu-{group}"));
+        if !node.exists() && noiommu.exists() {
+            return Err(self.setup(format!(
+                "{} is a no-IOMMU group; only VFIO type1 (with an IOMMU) is supported yet",
+                noiommu.display()
+            )));
+        }
+        Ok((group, node))
+    }
+}
+
+impl Transport for PciTransport {
+    fn kind(&self) -> &'static str {
+        "pci"
+    }
+
+    fn transport_features(&self) -> u64 {
+        // ACCESS_PLATFORM must be accepted when offered (QEMU clears FEATURES_OK
+        // otherwise); IOVAs are what the descriptors carry.
+        transport_features::ACCESS_PLATFORM
+    }
+
+    fn device_features(&self) -> Result<u64> {
+        let mut c = self.lock()?;
+        c.device_features().map_err(|e| self.err(e))
+    }
+
+    fn set_driver_features(&self, features: u64) -> Result<()> {
+        // Never NOTIFICATION_DATA (the doorbell is the 16-bit index) nor
+        // NOTIF_CONFIG_DATA or RING_RESET (not implemented).
+        let f = features
+            & !(transport_features::NOTIFICATION_DATA
+                | transport_features::NOTIF_CONFIG_DATA
+                | transport_features::RING_RESET);
+        let mut c = self.lock()?;
+        c.set_driver_features(f).map_err(|e| self.err(e))
+    }
+
+    fn status(&self) -> Result<u8> {
+        let c = self.lock()?;
+        c.device_status().map_err(|e| self.err(e))
+    }
+
+    fn set_status(&self, status: u8) -> Result<()> {
+        let c = self.lock()?;
+        if status == 0 {
+            // §4.1.4.3.2: wait until the reset completes.
+            c.reset(self.opts.reset_timeout).map_err(|e| self.err(e))
+        } else {
+            c.set_device_status(status).map_err(|e| self.err(e))
+        }
+    }
+
+    fn read_config(&self, offset: u32, buf: &mut [u8]) -> Result<()> {
+        let c = self.lock()?;
+        c.read_device_config(&self.layout.device, offset, buf)
+            .map_err(|e| self.err(e))
+    }
+
+    fn num_queues(&self) -> u16 {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self, index: u16) -> u16 {
+        let Ok(mut c) = self.lock() else { return 0 };
+        c.queue(index).and_then(|q| q.size()).unwrap_or(0)
+    }
+
+    fn setup_queue(&self, index: u16, addrs: &RingAddrs) -> Result<QueueHandles> {
+        if index >= self.num_queues {
+            return Err(Error::NoSuchQueue { index });
+        }
+        if !self.ring_visible(addrs) {
+            return Err(Error::BadConfig {
+                what: format!("queue {index}: its ring is in a DMA region the IOMMU does not map"),
+            });
+        }
+        let setup = {
+            let mut c = self.lock()?;
+            let q = c.queue(index).map_err(|e| self.err(e))?;
+            q.configure(addrs, NO_VECTOR).map_err(|e| self.err(e))?
+        };
+        // NOTIF_CONFIG_DATA is never negotiated: the doorbell value is the index.
+        let doorbell = self
+            .layout
+            .notify
+            .doorbell(index, setup.notify_off, None)
+            .map_err(|e| self.err(e))?;
+        let notifier = match self
+            .notify_map
+            .as_ref()
+            .and_then(|m| MmioDoorbell::new(Arc::clone(m), &doorbell))
+        {
+            Some(d) => Notifier::mmio(d),
+            None => Notifier::bars(Arc::clone(&self.bars), doorbell),
+        };
+        let io = |op| move |source| Error::Io { op, source };
+        // Polled mode: nothing signals this eventfd (no MSI-X vector is mapped).
+        let call =
+            CallFd::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?).map_err(io("epoll"))?;
+        tracing::debug!(target: TARGET, bdf = %self.bdf, queue = index, size = setup.size, doorbell = doorbell.offset, "virtqueue set up");
+        Ok(QueueHandles { notifier, call })
+    }
+
+    /// Does nothing and returns 0: without VIRTIO_F_RING_RESET a queue cannot be
+    /// stopped alone (the driver MUST NOT write 0 to `queue_enable`, §4.1.4.3.2) and PCI
+    /// has no register with the device's available index; `shutdown` resets the device.
+    fn stop_queue(&self, index: u16) -> Result<u16> {
+        if index >= self.num_queues {
+            return Err(Error::NoSuchQueue { index });
+        }
+        Ok(0)
+    }
+
+    fn region_visible(&self, region: RegionId) -> bool {
+        match &self.dma {
+            Dma::Identity => true,
+            Dma::Vfio(d) => d.mapped.load(Ordering::Relaxed) & region.bit() != 0,
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Resets the device, which stops its DMA, and fails every later call.
+    fn shutdown(&self) {
+        let c = self.common.lock().unwrap_or_else(|e| e.into_inner());
+        if self.alive.swap(false, Ordering::AcqRel) {
+            if let Err(e) = c.reset(self.opts.reset_timeout) {
+                tracing::warn!(target: TARGET, bdf = %self.bdf, error = %e, "reset at shutdown failed");
+            }
+            tracing::info!(target: TARGET, bdf = %self.bdf, "virtio-pci function reset and released");
+        }
+    }
+}
+
+impl Drop for PciTransport {
+    fn drop(&mut self) {
+        // The device must stop before the container closes and its DMA mappings go.
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{VirtioDevice, features as vfeat};
+    use crate::pci::fake::{BAR, BAR_LEN, FakePciConfig, FakePciDevice};
+    use crate::{QueueConfig, SplitQueue};
+
+    fn fake(cfg: FakePciConfig) -> (Arc<FakePciDevice>, Arc<PciTransport>) {
+        let dev = Arc::new(FakePciDevice::new(cfg));
+        let space = dev.config_space();
+        let bars: Arc<dyn PciBars> = dev.clone();
+        let t = PciTransport::with_bars(
+            "fake",
+            &space,
+            bars,
+            |b| (b.get() == BAR).then_some(BAR_LEN),
+            &PciOptions::default(),
+        )
+        .unwrap();
+        (dev, Arc::new(t))
+    }
+
+    #[test]
+    fn init_accepts_access_platform_when_offered() {
+        let mut cfg = FakePciConfig::blk(2048);
+        cfg.features |= transport_features::ACCESS_PLATFORM | transport_features::RING_RESET;
+        let (dev, t) = fake(cfg);
+        let d = VirtioDevice::init(t, vfeat::RING_EVENT_IDX, 0).unwrap();
+        assert!(d.has(transport_features::ACCESS_PLATFORM));
+        assert_eq!(dev.driver_features() & transport_features::RING_RESET, 0);
+        assert_ne!(
+            dev.driver_features() & transport_features::ACCESS_PLATFORM,
+            0
+        );
+    }
+
+    #[test]
+    fn queue_setup_programs_the_device_and_the_doorbell_writes_the_index() {
+        let (dev, t) = fake(FakePciConfig::blk(2048));
+        let d = VirtioDevice::init(t.clone(), vfeat::RING_EVENT_IDX, 0).unwrap();
+        let vq = SplitQueue::new(
+            DmaDomain::global(),
+            QueueConfig {
+                size: 64,
+                event_idx: true,
+                indirect_desc: false,
+                indirect_max: 1,
+            },
+        )
+        .unwrap();
+        let addrs = vq.addrs();
+        let h = t.setup_queue(1, &addrs).unwrap();
+        d.driver_ok().unwrap();
+        let q = dev.queue(1);
+        assert_eq!(q.size, 64);
+        assert_eq!(q.msix_vector, NO_VECTOR);
+        h.notifier.notify();
+        // Queue 1's notify_off is 1, the multiplier 4.
+        assert_eq!(dev.take_doorbells(), vec![(4, 1)]);
+        assert!(matches!(
+            t.setup_queue(2, &addrs),
+            Err(Error::NoSuchQueue { index: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_removed_device_turns_the_transport_dead() {
+        let (dev, t) = fake(FakePciConfig::blk(2048));
+        dev.remove();
+        assert!(matches!(
+            t.status(),
+            Err(Error::Pci {
+                source: PciError::DeviceGone,
+                ..
+            })
+        ));
+        assert!(!t.is_alive());
+        assert!(matches!(t.status(), Err(Error::Disconnected)));
+    }
+
+    #[test]
+    fn shutdown_resets_the_device_and_fails_later_calls() {
+        let (dev, t) = fake(FakePciConfig::blk(2048));
+        let _d = VirtioDevice::init(t.clone(), 0, 0).unwrap();
+        assert_ne!(dev.status(), 0);
+        t.shutdown();
+        assert_eq!(dev.status(), 0);
+        assert!(matches!(t.device_features(), Err(Error::Disconnected)));
+    }
+
+    #[test]
+    fn iova_range_capability_is_parsed_and_bounded() {
+        // info (24 bytes) + cap header (8) + nr_iovas/reserved (8) + 2 ranges (32).
+        let mut b = vec![0u8; 72];
+        b[16..20].copy_from_slice(&24u32.to_ne_bytes()); // cap_offset
+        b[24..26].copy_from_slice(&1u16.to_ne_bytes()); // IOVA_RANGE
+        b[32..36].copy_from_slice(&2u32.to_ne_bytes());
+        b[40..48].copy_from_slice(&0u64.to_ne_bytes());
+        b[48..56].copy_from_slice(&0xfedf_ffffu64.to_ne_bytes());
+        b[56..64].copy_from_slice(&0xfef0_0000u64.to_ne_bytes());
+        b[64..72].copy_from_slice(&((1u64 << 39) - 1).to_ne_bytes());
+        assert_eq!(
+            parse_iova_ranges(&b),
+            Some(vec![(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)])
+        );
+        // A count beyond the buffer, and a chain that loops, give None.
+        let mut c = b.clone();
+        c[32..36].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(parse_iova_ranges(&c), None);
+        let mut l = b.clone();
+        l[24..26].copy_from_slice(&7u16.to_ne_bytes());
+        l[28..32].copy_from_slice(&24u32.to_ne_bytes()); // next = itself
+        assert_eq!(parse_iova_ranges(&l), None);
+    }
+
+    #[test]
+    fn regions_outside_the_iova_ranges_are_refused_with_the_ranges() {
+        let dma = VfioDma {
+            bdf: "0000:00:02.0".into(),
+            domain: DmaDomain::global(),
+            container: OwnedFd::from(File::open("/dev/null").unwrap()),
+            ranges: Some(vec![(0, 0xfedf_ffff), (0xfef0_0000, (1 << 39) - 1)]),
+            mapped: AtomicU64::new(0),
+        };
+        let fd = {
+            DmaDomain::global().reserve().unwrap();
+            DmaDomain::global().regions()[0].fd
+        };
+        let r = |addr, len| RegionInfo {
+            id: RegionId(5),
+            addr,
+            len,
+            fd,
+            hugetlb: false,
+        };
+        assert!(dma.check_range(&r(1 << 36, 32 << 20)).is_ok());
+        let e = dma.check_range(&r(0x7f00_0000_0000, 32 << 20)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("0xfef00000-0x7fffffffff"), "{msg}");
+        assert!(msg.contains("0000:00:02.0"), "{msg}");
+        // Across the MSI window.
+        assert!(dma.check_range(&r(0xfe00_0000, 32 << 20)).is_err());
+    }
+}
