@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vbdev_virtio::{
-    AddError, DmaBuf, DmaDomain, Iova, Notifier, Segment, SplitQueue, Transport, Used,
+    AddError, DmaBuf, DmaDomain, Iova, Notifier, QueueError, Segment, SplitQueue, Transport, Used,
 };
 
 use crate::bdev::{Completion, IoError, IoOp, IoStatus, Request};
@@ -162,6 +162,13 @@ pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
     /// properly.
     fn read_cmd(&self, slot: &SlotView<'_>) -> (Self::Reply, IoStatus);
 
+    /// Whether a used length beyond the chain's writable space is only the device's
+    /// miscount for this request, not a fault: for request types whose answer says by
+    /// itself how much it wrote. Default: never (the request fails with a protocol error).
+    fn overlong_len_ok(&self, _req: &Request) -> bool {
+        false
+    }
+
     /// Whether the target went away (its failures then read as [`IoError::Removed`]).
     fn is_gone(_target: &Self::Target) -> bool {
         false
@@ -271,6 +278,8 @@ pub(crate) struct Engine<F: Format> {
     pub sleepers: u32,
     pub failed: bool,
     next_tag: u64,
+    /// A too-long used length was let through already (it is reported once).
+    overlong_len_seen: bool,
 }
 
 impl<F: Format> Engine<F> {
@@ -306,6 +315,7 @@ impl<F: Format> Engine<F> {
             sleepers: 0,
             failed: false,
             next_tag: 1,
+            overlong_len_seen: false,
         })
     }
 
@@ -558,7 +568,19 @@ impl<F: Format> Engine<F> {
             base: usize::from(ctx) * self.stride,
         };
         let parent = &mut self.parents[p as usize];
-        let status = match (&parent.kind, used.written) {
+        let written = match (&parent.kind, used.written) {
+            (Some(Kind::Io(req)), Err(QueueError::UsedLenTooLarge { len, writable, .. }))
+                if self.fmt.overlong_len_ok(req) =>
+            {
+                if !self.overlong_len_seen {
+                    self.overlong_len_seen = true;
+                    tracing::warn!(target: "vbdev::engine", queue = self.index, len, writable, "the device reports more bytes written than the request had room for; ignored for requests whose answer carries its own length (reported once per queue)");
+                }
+                Ok(u32::try_from(writable).unwrap_or(u32::MAX))
+            }
+            (_, w) => w,
+        };
+        let status = match (&parent.kind, written) {
             (_, Err(e)) => IoStatus::Failed(IoError::Protocol(e)),
             (Some(Kind::Cmd(_)), Ok(_)) => {
                 let (reply, status) = self.fmt.read_cmd(&view);

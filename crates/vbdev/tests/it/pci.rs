@@ -56,11 +56,15 @@ echo "STEP no such function"
 $V io --pci 0000:00:1e.7 info && exit 15
 echo "STEP scsi info"
 $V io --pci "$scsi" --dev-type scsi info || exit 16
+echo "STEP scsi write"
+$V io --pci "$scsi" --dev-type scsi write --offset 8192 --pattern 0x5c --length 65536 || exit 17
+echo "STEP scsi read"
+$V io --pci "$scsi" --dev-type scsi read --offset 8192 --pattern 0x5c --length 65536 || exit 18
 echo "STEP done"
 "#;
 
 #[test]
-fn vfio_type1_blk_write_read_reaches_the_image_and_scsi_attaches() {
+fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
     let run_sh = harness();
     let dir = tempfile::tempdir().unwrap();
     let blk = dir.path().join("blk.img");
@@ -136,4 +140,14 @@ fn vfio_type1_blk_write_read_reaches_the_image_and_scsi_attaches() {
     );
     assert_eq!(image[4095], 0, "write spilled before its range");
     assert_eq!(image[4096 + 65536], 0, "write spilled after its range");
+    // The SCSI write too (QEMU counts its Data-Out in the used length; the response
+    // decides).
+    let image = std::fs::read(&scsi).unwrap();
+    assert!(
+        image[8192..8192 + 65536].iter().all(|&b| b == 0x5c),
+        "the SCSI write is not in {}",
+        scsi.display()
+    );
+    assert_eq!(image[8191], 0);
+    assert_eq!(image[8192 + 65536], 0);
 }
