@@ -566,6 +566,22 @@ fn a_target_that_stops_answering_io_times_out_and_fails_the_controller() {
     assert!(b.is_removed() && ctrl.is_removed());
 }
 
+/// QEMU's virtio-scsi counts Data-Out in the used length; for a command without Data-In
+/// the response decides and the length beyond the chain is only reported (once).
+#[test]
+fn a_too_long_used_length_on_a_write_is_let_through() {
+    let s = Scsi::start(vec![(0, 0, malloc_bdev("m", 1024, 512, 3))], |_| {});
+    let ctrl = s.attach("W", opts(1, 32));
+    let b = ctrl.bdev("Wt0").unwrap();
+    let mut ch = b.open_channel().unwrap();
+    s.handle.faults.inject(Fault::BadUsed(BadUsed::LenTooLarge));
+    let data = pattern(9, 4096);
+    write(&mut ch, 8, &data);
+    s.handle.faults.clear();
+    assert_eq!(read(&mut ch, 8, 4096), data);
+    assert!(!b.is_removed());
+}
+
 #[test]
 fn garbage_in_the_used_ring_is_a_protocol_error_and_a_bad_length_fails_one_request() {
     for (bad, whole_device) in [
