@@ -176,11 +176,14 @@ pub struct PerfArgs {
     #[arg(long)]
     pub json: bool,
     /// vhost-user socket of the target.
-    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "pci"])]
     pub vhost_user: Option<PathBuf>,
-    /// Device type behind --vhost-user.
-    #[arg(long, value_enum, default_value = "blk", requires = "vhost_user")]
-    pub dev_type: DevType,
+    /// A virtio-pci function bound to vfio-pci (type1 IOMMU), e.g. `0000:00:04.0`.
+    #[arg(long, value_name = "BDF", conflicts_with = "config")]
+    pub pci: Option<String>,
+    /// Device type behind --vhost-user or --pci (default blk).
+    #[arg(long, value_enum)]
+    pub dev_type: Option<DevType>,
     /// SPDK JSON config to set up bdevs from (`bdev_virtio_attach_controller`,
     /// `bdev_malloc_create`, `bdev_null_create`); SPDK's `--json CONFIG`.
     #[arg(

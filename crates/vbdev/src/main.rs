@@ -38,7 +38,11 @@ fn main() -> ExitCode {
     logging::init(&cli.log);
     // A PCI function behind VFIO type1 pins its DMA memory and may translate only 39
     // address bits: small regions, placed low.
-    let pci = matches!(&cli.command, cli::Command::Io(a) if a.pci.is_some());
+    let pci = match &cli.command {
+        cli::Command::Io(a) => a.pci.is_some(),
+        cli::Command::Perf(a) => a.pci.is_some(),
+        _ => false,
+    };
     if cli.hugetlb || pci {
         let base = if pci {
             vbdev_virtio::DmaConfig::pinned()

@@ -44,6 +44,11 @@ enum Source {
         path: PathBuf,
         attach: Attach,
     },
+    /// A virtio-pci function through VFIO.
+    Pci {
+        bdf: String,
+        attach: Attach,
+    },
     Config(Vec<BdevConfig>),
     Embedded {
         size: u64,
@@ -209,7 +214,22 @@ impl TryFrom<&PerfArgs> for PerfConfig {
         } else if let Some(path) = &a.vhost_user {
             Source::VhostUser {
                 path: path.clone(),
-                attach: Attach::new(a.dev_type, queues, a.queue_size, timeout)?,
+                attach: Attach::new(
+                    a.dev_type.unwrap_or(DevType::Blk),
+                    queues,
+                    a.queue_size,
+                    timeout,
+                )?,
+            }
+        } else if let Some(bdf) = &a.pci {
+            Source::Pci {
+                bdf: bdf.clone(),
+                attach: Attach::new(
+                    a.dev_type.unwrap_or(DevType::Blk),
+                    queues,
+                    a.queue_size,
+                    timeout,
+                )?,
             }
         } else {
             let bs = u64::from(a.block_size);
@@ -226,6 +246,12 @@ impl TryFrom<&PerfArgs> for PerfConfig {
                 fault: a.inject_fault,
             }
         };
+        if a.dev_type.is_some() && !matches!(source, Source::VhostUser { .. } | Source::Pci { .. })
+        {
+            return Err(usage(
+                "--dev-type applies to --vhost-user and --pci only".into(),
+            ));
+        }
         if a.inject_fault.is_some() && !matches!(source, Source::Embedded { .. }) {
             return Err(usage(
                 "--inject-fault applies to the embedded target only".into(),
@@ -287,14 +313,22 @@ fn set_up(cfg: &PerfConfig) -> Result<Setup, Failure> {
     }
 }
 
+/// The attach name of a device type: `VirtioBlk0` or `VirtioScsi0`.
+fn attach_name(attach: &Attach) -> &'static str {
+    match attach {
+        Attach::Blk(_) => crate::attach::BLK_NAME,
+        Attach::Scsi(_) => SCSI_NAME,
+    }
+}
+
 fn set_up_into(cfg: &PerfConfig, s: &mut Setup) -> Result<(), Failure> {
     match &cfg.source {
         Source::VhostUser { path, attach } => {
-            let name = match attach {
-                Attach::Blk(_) => crate::attach::BLK_NAME,
-                Attach::Scsi(_) => SCSI_NAME,
-            };
-            s.attached.push(attach.connect(name, path)?);
+            s.attached.push(attach.connect(attach_name(attach), path)?);
+        }
+        Source::Pci { bdf, attach } => {
+            s.attached
+                .push(attach.connect_pci(attach_name(attach), bdf)?);
         }
         Source::Config(items) => {
             for item in items {
