@@ -60,6 +60,11 @@ pub struct ServeArgs {
         default_value = "/var/tmp"
     )]
     pub vhost_dir: PathBuf,
+    /// Allow `bdev_virtio_attach_controller` with `trtype` `pci` (virtio-pci functions
+    /// bound to vfio-pci, type1 IOMMU): DMA memory is then pinned 32 MiB regions placed
+    /// below 2^39, where an emulated IOMMU can reach them.
+    #[arg(long)]
+    pub pci: bool,
     /// Largest JSON-RPC request accepted, in bytes; a larger one gets an error and its
     /// connection is closed.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]

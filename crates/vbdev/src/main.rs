@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     let pci = match &cli.command {
         cli::Command::Io(a) => a.pci.is_some(),
         cli::Command::Perf(a) => a.pci.is_some(),
+        cli::Command::Serve(a) => a.pci,
         _ => false,
     };
     if cli.hugetlb || pci {

@@ -40,7 +40,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")
         .map_err(Failure::run)?;
-    let daemon = Arc::new(Daemon::new(args.vhost_dir.clone()));
+    let daemon = Arc::new(Daemon::new(args.vhost_dir.clone(), args.pci));
     if let Err(e) = load_config(&daemon, &args) {
         daemon.shutdown();
         return Err(e);

@@ -44,6 +44,8 @@ const EBUSY: i32 = -16;
 const EINVAL: i32 = -22;
 /// `-ENOTSUP`.
 const ENOTSUP: i32 = -95;
+/// Queue size of a PCI function attached by RPC.
+const PCI_QUEUE_SIZE: u16 = 256;
 /// JSON-RPC invalid params, SPDK's usual code for a failed call.
 const INVALID_PARAMS: i32 = -32602;
 /// SPDK's code for params that do not decode (`spdk_json_decode_object failed`).
@@ -60,7 +62,10 @@ struct Local {
 #[derive(Debug)]
 struct Virtio {
     name: String,
+    /// The vhost-user socket, or the PCI address with `pci`.
     socket: PathBuf,
+    /// Reached through virtio-pci (VFIO) rather than vhost-user.
+    pci: bool,
     vq_count: u16,
     vq_size: u16,
     dev: VirtioDev,
@@ -93,6 +98,15 @@ impl Virtio {
 
     /// The `bdev_virtio_attach_controller` call that recreates it.
     fn config(&self) -> Value {
+        if self.pci {
+            // SPDK: PCI takes no queue parameters.
+            return json!({"method": "bdev_virtio_attach_controller", "params": {
+                "name": self.name,
+                "dev_type": if self.is_scsi() { "scsi" } else { "blk" },
+                "trtype": "pci",
+                "traddr": self.socket,
+            }});
+        }
         json!({"method": "bdev_virtio_attach_controller", "params": {
             "name": self.name,
             "dev_type": if self.is_scsi() { "scsi" } else { "blk" },
@@ -111,6 +125,10 @@ impl Virtio {
         } else {
             u32::from(self.vq_count)
         };
+        if self.pci {
+            return json!({"vq_count": vq_count, "vq_size": self.vq_size,
+                          "type": "pci-modern", "pci_address": self.socket});
+        }
         json!({"vq_count": vq_count, "vq_size": self.vq_size, "type": "user",
                "socket": self.socket})
     }
@@ -246,6 +264,8 @@ pub struct Daemon {
     state: Mutex<State>,
     vhost_dir: PathBuf,
     started: Instant,
+    /// DMA memory is set up for PCI functions (`vbdev serve --pci`).
+    pci: bool,
 }
 
 /// Every method, for `rpc_get_methods`.
@@ -467,11 +487,12 @@ struct ConfigSubsystem {
 
 impl Daemon {
     /// An empty daemon whose vhost controllers get their sockets in `vhost_dir`.
-    pub fn new(vhost_dir: PathBuf) -> Self {
+    pub fn new(vhost_dir: PathBuf, pci: bool) -> Self {
         Self {
             state: Mutex::new(State::default()),
             vhost_dir,
             started: Instant::now(),
+            pci,
         }
     }
 
@@ -620,13 +641,22 @@ impl Daemon {
         match p.trtype.as_str() {
             "user" => {}
             "pci" => {
-                return Err(RpcError::new(
-                    ENOTSUP,
-                    format!(
-                        "{M} {}: trtype \"pci\" is not supported yet (the virtio-pci transport is issue 7)",
-                        p.name
-                    ),
-                ));
+                if !self.pci {
+                    return Err(RpcError::new(
+                        ENOTSUP,
+                        format!(
+                            "{M} {}: trtype \"pci\" needs the daemon started with --pci (its DMA memory is then pinned and placed for the IOMMU)",
+                            p.name
+                        ),
+                    ));
+                }
+                // SPDK: queue parameters are for the user transport only.
+                if p.vq_count.unwrap_or(0) != 0 || p.vq_size.unwrap_or(0) != 0 {
+                    return Err(RpcError::new(
+                        EINVAL,
+                        "vq_count or vq_size is not allowed for PCI transport type.",
+                    ));
+                }
             }
             "vfio-user" => {
                 return Err(RpcError::new(
@@ -677,7 +707,28 @@ impl Daemon {
         self.reserve(&p.name)?;
         let socket = PathBuf::from(&p.traddr);
         let vhost_user = VhostUserOptions::default();
-        let dev = if scsi {
+        let pci = p.trtype == "pci";
+        // PCI: one request queue of PCI_QUEUE_SIZE (QEMU's virtio-pci devices take 256).
+        let (vq_count, vq_size) = if pci {
+            (1, PCI_QUEUE_SIZE)
+        } else {
+            (vq_count, vq_size)
+        };
+        let dev = if pci {
+            if scsi {
+                let opts = virtio_scsi::AttachOptions {
+                    queue_size: vq_size,
+                    ..virtio_scsi::AttachOptions::default()
+                };
+                virtio_scsi::attach_pci(&p.name, &p.traddr, &opts).map(VirtioDev::Scsi)
+            } else {
+                let opts = virtio_blk::AttachOptions {
+                    queue_size: vq_size,
+                    ..virtio_blk::AttachOptions::default()
+                };
+                virtio_blk::attach_pci(&p.name, &p.traddr, &opts).map(VirtioDev::Blk)
+            }
+        } else if scsi {
             let opts = virtio_scsi::AttachOptions {
                 num_queues: vq_count,
                 queue_size: vq_size,
@@ -708,6 +759,7 @@ impl Daemon {
         let v = Virtio {
             name: p.name.clone(),
             socket,
+            pci,
             vq_count,
             vq_size,
             dev,

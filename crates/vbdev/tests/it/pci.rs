@@ -214,3 +214,73 @@ fn vfio_type1_perf_verify_passes_on_blk_and_scsi() {
         );
     }
 }
+
+/// `vbdev serve --pci` in the guest: `bdev_virtio_attach_controller` with `trtype` `pci`
+/// for both functions, their bdevs and `save_config`, then a clean SIGTERM.
+const SERVE_SCRIPT: &str = r#"#!/bin/sh
+V=/vbdev/bin/vbdev
+S=/tmp/rpc.sock
+$V serve --pci -r $S -S /tmp 2>/tmp/serve.err &
+pid=$!
+# The socket appears once the daemon listens.
+i=0
+while [ ! -S $S ]; do
+  i=$((i + 1)); [ $i -gt 400 ] && { cat /tmp/serve.err; exit 30; }
+  kill -0 $pid 2>/dev/null || { cat /tmp/serve.err; exit 30; }
+  sleep 0.05
+done
+echo "STEP attach"
+$V rpc -s $S bdev_virtio_attach_controller --name VirtioBlk0 --trtype pci --traddr "$VBDEV_PCI_BLK" --dev-type blk || exit 31
+$V rpc -s $S bdev_virtio_attach_controller --name VirtioScsi0 --trtype pci --traddr "$VBDEV_PCI_SCSI" --dev-type scsi || exit 32
+echo "STEP queue params refused"
+$V rpc -s $S bdev_virtio_attach_controller --name X --trtype pci --traddr "$VBDEV_PCI_BLK" --dev-type blk --vq-count 2 && exit 33
+echo "STEP list"
+$V rpc -s $S bdev_get_bdevs || exit 34
+$V rpc -s $S bdev_virtio_scsi_get_devices || exit 35
+$V rpc -s $S save_config || exit 36
+kill -TERM $pid
+wait $pid || exit 37
+[ -S $S ] && exit 38
+echo "STEP done"
+"#;
+
+#[test]
+fn vbdev_serve_attaches_pci_functions_by_rpc() {
+    let run_sh = harness();
+    let dir = tempfile::tempdir().unwrap();
+    let blk = dir.path().join("blk.img");
+    let scsi = dir.path().join("scsi0.img");
+    std::fs::write(&blk, vec![0u8; (8 * MIB) as usize]).unwrap();
+    std::fs::write(&scsi, vec![0u8; (8 * MIB) as usize]).unwrap();
+    let script = dir.path().join("guest.sh");
+    std::fs::write(&script, SERVE_SCRIPT).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(&run_sh)
+        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
+        .arg(&blk)
+        .arg("--scsi-disk")
+        .arg(&scsi)
+        .arg("--file")
+        .arg(VBDEV)
+        .arg("--")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/pci-guest/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let whole = format!(
+        "--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
+    for needle in [
+        "VirtioScsi0t0",
+        "\"product_name\": \"VirtioBlk Disk\"",
+        "\"type\": \"pci-modern\"",
+        "\"trtype\": \"pci\"",
+        "vq_count or vq_size is not allowed for PCI transport type.",
+        "STEP done",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{whole}");
+    }
+}
