@@ -35,6 +35,57 @@ fn harness() -> PathBuf {
     run
 }
 
+/// One guest boot: a blk and a scsi image of `size` zero bytes each (`prepare` may
+/// change the blk one first), `script` run as the guest program with the `vbdev` under
+/// test beside it. The run must exit 0; the images stay for the caller to check.
+struct GuestRun {
+    _dir: tempfile::TempDir,
+    blk: PathBuf,
+    scsi: PathBuf,
+    stdout: String,
+    /// stdout and stderr, for failure messages.
+    whole: String,
+}
+
+fn run_guest(script: &str, size: u64, prepare: impl FnOnce(&mut [u8])) -> GuestRun {
+    let run_sh = harness();
+    let dir = tempfile::tempdir().unwrap();
+    let blk = dir.path().join("blk.img");
+    let scsi = dir.path().join("scsi0.img");
+    let mut image = vec![0u8; size as usize];
+    prepare(&mut image);
+    std::fs::write(&blk, &image).unwrap();
+    std::fs::write(&scsi, vec![0u8; size as usize]).unwrap();
+    let guest = dir.path().join("guest.sh");
+    std::fs::write(&guest, script).unwrap();
+    std::fs::set_permissions(&guest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(&run_sh)
+        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
+        .arg(&blk)
+        .arg("--scsi-disk")
+        .arg(&scsi)
+        .arg("--file")
+        .arg(VBDEV)
+        .arg("--")
+        .arg(&guest)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/pci-guest/run.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let whole = format!(
+        "--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
+    GuestRun {
+        _dir: dir,
+        blk,
+        scsi,
+        stdout,
+        whole,
+    }
+}
+
 /// The guest's script: every command's output goes to the console; the first failing
 /// step exits with its own code.
 const GUEST_SCRIPT: &str = r#"#!/bin/sh
@@ -65,34 +116,10 @@ echo "STEP done"
 
 #[test]
 fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
-    let run_sh = harness();
-    let dir = tempfile::tempdir().unwrap();
-    let blk = dir.path().join("blk.img");
-    let scsi = dir.path().join("scsi0.img");
-    let mut image = vec![0u8; (64 * MIB) as usize];
-    image[..MARKER.len()].copy_from_slice(MARKER);
-    std::fs::write(&blk, &image).unwrap();
-    std::fs::write(&scsi, vec![0u8; (64 * MIB) as usize]).unwrap();
-    let script = dir.path().join("guest.sh");
-    std::fs::write(&script, GUEST_SCRIPT).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-
-    let out = Command::new(&run_sh)
-        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
-        .arg(&blk)
-        .arg("--scsi-disk")
-        .arg(&scsi)
-        .arg("--file")
-        .arg(VBDEV)
-        .arg("--")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/pci-guest/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let whole = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
+    let g = run_guest(GUEST_SCRIPT, 64 * MIB, |image| {
+        image[..MARKER.len()].copy_from_slice(MARKER);
+    });
+    let (stdout, whole, blk, scsi) = (&g.stdout, &g.whole, &g.blk, &g.scsi);
 
     // Each function bound to vfio-pci with its own IOMMU group.
     assert!(
@@ -131,7 +158,7 @@ fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
     assert!(stdout.contains("STEP done"), "{whole}");
 
     // QEMU flushed the image when it exited: the guest's write is on the host.
-    let image = std::fs::read(&blk).unwrap();
+    let image = std::fs::read(blk).unwrap();
     assert_eq!(&image[..MARKER.len()], MARKER);
     assert!(
         image[4096..4096 + 65536].iter().all(|&b| b == 0xab),
@@ -142,7 +169,7 @@ fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
     assert_eq!(image[4096 + 65536], 0, "write spilled after its range");
     // The SCSI write too (QEMU counts its Data-Out in the used length; the response
     // decides).
-    let image = std::fs::read(&scsi).unwrap();
+    let image = std::fs::read(scsi).unwrap();
     assert!(
         image[8192..8192 + 65536].iter().all(|&b| b == 0x5c),
         "the SCSI write is not in {}",
@@ -165,33 +192,8 @@ echo "STEP done"
 
 #[test]
 fn vfio_type1_perf_verify_passes_on_blk_and_scsi() {
-    let run_sh = harness();
-    let dir = tempfile::tempdir().unwrap();
-    let blk = dir.path().join("blk.img");
-    let scsi = dir.path().join("scsi0.img");
-    std::fs::write(&blk, vec![0u8; (16 * MIB) as usize]).unwrap();
-    std::fs::write(&scsi, vec![0u8; (16 * MIB) as usize]).unwrap();
-    let script = dir.path().join("guest.sh");
-    std::fs::write(&script, PERF_SCRIPT).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new(&run_sh)
-        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
-        .arg(&blk)
-        .arg("--scsi-disk")
-        .arg(&scsi)
-        .arg("--file")
-        .arg(VBDEV)
-        .arg("--")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/pci-guest/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let whole = format!(
-        "--- stdout\n{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
+    let g = run_guest(PERF_SCRIPT, 16 * MIB, |_| {});
+    let (stdout, whole) = (&g.stdout, &g.whole);
     // Two result tables (bdevperf's layout), each with I/O done and no failure.
     let totals: Vec<&str> = stdout.lines().filter(|l| l.starts_with(" Total")).collect();
     assert_eq!(totals.len(), 2, "{whole}");
@@ -205,7 +207,7 @@ fn vfio_type1_perf_verify_passes_on_blk_and_scsi() {
     }
     assert!(stdout.contains("STEP done"), "{whole}");
     // The verify pattern reached both images.
-    for img in [&blk, &scsi] {
+    for img in [&g.blk, &g.scsi] {
         let data = std::fs::read(img).unwrap();
         assert!(
             data[..4096].iter().any(|&b| b != 0),
@@ -246,33 +248,8 @@ echo "STEP done"
 
 #[test]
 fn vbdev_serve_attaches_pci_functions_by_rpc() {
-    let run_sh = harness();
-    let dir = tempfile::tempdir().unwrap();
-    let blk = dir.path().join("blk.img");
-    let scsi = dir.path().join("scsi0.img");
-    std::fs::write(&blk, vec![0u8; (8 * MIB) as usize]).unwrap();
-    std::fs::write(&scsi, vec![0u8; (8 * MIB) as usize]).unwrap();
-    let script = dir.path().join("guest.sh");
-    std::fs::write(&script, SERVE_SCRIPT).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new(&run_sh)
-        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
-        .arg(&blk)
-        .arg("--scsi-disk")
-        .arg(&scsi)
-        .arg("--file")
-        .arg(VBDEV)
-        .arg("--")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/pci-guest/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let whole = format!(
-        "--- stdout\n{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
+    let g = run_guest(SERVE_SCRIPT, 8 * MIB, |_| {});
+    let (stdout, whole) = (&g.stdout, &g.whole);
     for needle in [
         "VirtioScsi0t0",
         "\"product_name\": \"VirtioBlk Disk\"",

@@ -14,7 +14,7 @@ const FOUR: [(&str, u8, u16); 4] = [
 ];
 
 /// A scsi target with 2 targets x 2 LUNs of 8 MiB each (plus `extra` options).
-fn four_luns(extra: &[&str]) -> Target {
+pub fn four_luns(extra: &[&str]) -> Target {
     let mut args = vec![
         "--dev-type",
         "scsi",

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::qsd::{Backend, QsdBuilder};
+use crate::scsi_io::four_luns;
 use crate::util::{Target, VBDEV, io, path, vbdev};
 
 const MIB: u64 = 1 << 20;
@@ -160,19 +161,9 @@ fn names(bdevs: &Value) -> Vec<String> {
     v
 }
 
+/// Our scsi target, 2 targets x 2 LUNs, with 2 request queues (for `--vq-count 2`).
 fn scsi_target() -> Target {
-    Target::start(&[
-        "--dev-type",
-        "scsi",
-        "--targets",
-        "2",
-        "--luns",
-        "2",
-        "--malloc",
-        "8M",
-        "--queues",
-        "2",
-    ])
+    four_luns(&["--queues", "2"])
 }
 
 #[test]
