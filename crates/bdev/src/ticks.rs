@@ -29,6 +29,18 @@ struct Clock {
     base: Instant,
 }
 
+impl Clock {
+    /// The fallback: ticks are nanoseconds since `base`.
+    fn instant(base: Instant) -> Self {
+        Self {
+            tsc: false,
+            ns_per_tick: 1 << 32,
+            ticks_per_ns: 1 << 32,
+            base,
+        }
+    }
+}
+
 static CLOCK: OnceLock<Clock> = OnceLock::new();
 
 /// Whether this machine's TSC runs at a constant rate and through sleep states.
@@ -66,12 +78,7 @@ fn clock() -> &'static Clock {
     CLOCK.get_or_init(|| {
         let base = Instant::now();
         if !tsc_invariant() {
-            return Clock {
-                tsc: false,
-                ns_per_tick: 1 << 32,
-                ticks_per_ns: 1 << 32,
-                base,
-            };
+            return Clock::instant(base);
         }
         // Measured against Instant over 20 ms, taking the two ends as close together as
         // the calls allow.
@@ -83,12 +90,7 @@ fn clock() -> &'static Clock {
         let ns_per_tick = u64::try_from((ns << 32) / ticks).unwrap_or(u64::MAX);
         let ticks_per_ns = u64::try_from((ticks << 32) / ns).unwrap_or(u64::MAX);
         if ns_per_tick == 0 || ticks_per_ns == 0 {
-            return Clock {
-                tsc: false,
-                ns_per_tick: 1 << 32,
-                ticks_per_ns: 1 << 32,
-                base,
-            };
+            return Clock::instant(base);
         }
         Clock {
             tsc: true,

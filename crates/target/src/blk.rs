@@ -386,10 +386,7 @@ impl BlkDevice {
             tracing::debug!(target: TARGET, "request header shorter than 16 bytes");
             return (status::IOERR, 0);
         }
-        let type_ = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&hdr[8..16]);
-        let sector = u64::from_le_bytes(s);
+        let (type_, sector) = parse_header(&hdr);
         if let Some(Fault::BlkStatus(st)) = fault {
             return (st, 0);
         }
@@ -505,10 +502,7 @@ impl BlkDevice {
         if segs.writable_len() == 0 || !segs.read_at(mem, 0, &mut hdr) {
             return None;
         }
-        let type_ = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&hdr[8..16]);
-        let sector = u64::from_le_bytes(s);
+        let (type_, sector) = parse_header(&hdr);
         let data = segs.writable_len() - 1;
         let (st, written) = match type_ {
             req::IN if segs.readable_len() == 16 => {
@@ -657,6 +651,12 @@ impl BlkDevice {
 }
 
 /// The status byte for a disk operation's result.
+/// `struct virtio_blk_req`'s header (§5.2.6): its type and sector (`ioprio` unused).
+fn parse_header(hdr: &[u8; 16]) -> (u32, u64) {
+    let [t0, t1, t2, t3, _, _, _, _, s @ ..] = *hdr;
+    (u32::from_le_bytes([t0, t1, t2, t3]), u64::from_le_bytes(s))
+}
+
 fn code(r: std::result::Result<(), DiskError>) -> u8 {
     match r {
         Ok(()) => status::OK,
