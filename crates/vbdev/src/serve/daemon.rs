@@ -750,10 +750,7 @@ impl Daemon {
             Err(e) => {
                 self.release(&p.name);
                 tracing::warn!(target: TARGET, name = %p.name, error = %format!("{e:#}"), "attach failed");
-                return Err(RpcError::new(
-                    INVALID_PARAMS,
-                    format!("{M} {}: {}", p.name, error_chain(&e)),
-                ));
+                return Err(failed(M, &p.name, &e));
             }
         };
         let v = Virtio {
