@@ -38,6 +38,7 @@ pub mod error;
 pub mod mem;
 pub mod pci;
 pub mod scsi;
+pub mod sigbus;
 pub mod split;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
