@@ -506,6 +506,12 @@ impl<F: Format> Engine<F> {
                     self.partial = Some(p);
                     return;
                 }
+                Err(AddError::NotDma) => {
+                    // The buffer is not memory the device can reach: fail the request.
+                    tracing::warn!(target: TARGET, "request buffer outside DMA memory the device can reach");
+                    self.ctx_free.push(ctx);
+                    self.parents[p as usize].status = IoStatus::Failed(IoError::DoesNotFit);
+                }
                 Err(AddError::TooLong) => {
                     // Limits are computed from the ring's capacity, so this is a bug;
                     // fail the request rather than the process.

@@ -96,18 +96,25 @@ pub fn attach_vhost_user(name: &str, path: impl AsRef<Path>, opts: &AttachOption
     attach(name, Arc::new(transport), opts)
 }
 
-/// Opens the virtio-blk PCI function `bdf` (bound to `vfio-pci`, behind an IOMMU) and
-/// attaches it as bdev `name`. The DMA domain should be configured with
-/// [`DmaConfig::pinned`](vbdev_virtio::DmaConfig::pinned) before it is first used.
+/// Opens the virtio-blk PCI function `bdf` (bound to `vfio-pci` or `uio_pci_generic`,
+/// see [`PciTransport::open`]) and attaches it as bdev `name`. The DMA domain should be
+/// configured before it is first used: [`DmaConfig::physical`] for uio and VFIO
+/// no-IOMMU (physical addresses), [`DmaConfig::pinned`] or `physical` for VFIO type1.
+///
+/// [`DmaConfig::physical`]: vbdev_virtio::DmaConfig::physical
+/// [`DmaConfig::pinned`]: vbdev_virtio::DmaConfig::pinned
 ///
 /// # Errors
-/// [`Error::Attach`] with the cause: the function is not bound to `vfio-pci`, a VFIO
-/// step fails, the device lacks a required feature, or has fewer queues than asked for.
+/// [`Error::Attach`] with the cause: the function is bound to another driver, a VFIO
+/// or sysfs step fails, the DMA memory is not in the mode the binding needs, the device
+/// lacks a required feature, or has fewer queues than asked for.
 pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<Bdev> {
-    let transport = PciTransport::open_vfio(bdf, DmaDomain::global(), &PciOptions::default())
-        .map_err(|source| Error::Attach {
-            name: name.to_owned(),
-            source,
+    let transport =
+        PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default()).map_err(|source| {
+            Error::Attach {
+                name: name.to_owned(),
+                source,
+            }
         })?;
     attach(name, transport, opts)
 }
@@ -234,11 +241,20 @@ impl BlkShared {
                 size: opts.queue_size.into(),
             });
         }
-        let data_segs = seg_max.min(chain_max - 2);
+        // A device that sees physical addresses gets each segment split at huge-page
+        // boundaries (`SplitQueue` in physical mode): segments of at most a huge page
+        // become at most two descriptors each, so count two per segment.
+        let pieces = if t.phys_map().is_some() { 2 } else { 1 };
+        let data_segs = (seg_max.min(chain_max - 2) / pieces).max(1);
         let max_seg_bytes = if f & blk::features::SIZE_MAX != 0 && config.size_max > 0 {
             u64::from(config.size_max)
         } else {
             MAX_CHILD_BYTES
+        };
+        let max_seg_bytes = if pieces > 1 {
+            max_seg_bytes.min(vbdev_virtio::mem::HUGE_PAGE)
+        } else {
+            max_seg_bytes
         };
         let max_child_bytes =
             (data_segs.saturating_mul(max_seg_bytes).min(MAX_CHILD_BYTES) / bs) * bs;
@@ -270,7 +286,8 @@ impl BlkShared {
             size: opts.queue_size,
             event_idx: f & vfeat::RING_EVENT_IDX != 0,
             indirect_desc: indirect,
-            indirect_max: (data_segs + 2).min(1024) as u16,
+            indirect_max: (data_segs * pieces + 2).min(1024) as u16,
+            phys: t.phys_map(),
         };
         let mut queues = Vec::with_capacity(usize::from(opts.num_queues));
         for index in 0..opts.num_queues {

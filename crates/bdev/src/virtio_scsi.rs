@@ -288,17 +288,20 @@ pub fn attach_vhost_user(
     attach(name, Arc::new(transport), opts)
 }
 
-/// Opens the virtio-scsi PCI function `bdf` (bound to `vfio-pci`, behind an IOMMU),
-/// scans it and returns the controller. The DMA domain should be configured with
-/// [`DmaConfig::pinned`](vbdev_virtio::DmaConfig::pinned) before it is first used.
+/// Opens the virtio-scsi PCI function `bdf` (bound to `vfio-pci` or `uio_pci_generic`,
+/// see [`PciTransport::open`]), scans it and returns the controller. The DMA domain
+/// should be configured before it is first used, as for
+/// [`virtio_blk::attach_pci`](crate::virtio_blk::attach_pci).
 ///
 /// # Errors
-/// As [`attach_vhost_user`], with the VFIO steps in place of the socket.
+/// As [`attach_vhost_user`], with the VFIO or sysfs steps in place of the socket.
 pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<ScsiController> {
-    let transport = PciTransport::open_vfio(bdf, DmaDomain::global(), &PciOptions::default())
-        .map_err(|source| Error::Attach {
-            name: name.to_owned(),
-            source,
+    let transport =
+        PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default()).map_err(|source| {
+            Error::Attach {
+                name: name.to_owned(),
+                source,
+            }
         })?;
     attach(name, transport, opts)
 }
@@ -405,6 +408,7 @@ impl Ctrl {
             event_idx,
             indirect_desc: false,
             indirect_max: 4,
+            phys: t.phys_map(),
         };
         let cq = SplitQueue::new(DmaDomain::global(), ctrl_cfg)?;
         let ch = t.setup_queue(0, &cq.addrs())?;
@@ -413,6 +417,7 @@ impl Ctrl {
             event_idx,
             indirect_desc: false,
             indirect_max: 4,
+            phys: t.phys_map(),
         };
         let eq = SplitQueue::new(DmaDomain::global(), ev_cfg)?;
         let eh = t.setup_queue(1, &eq.addrs())?;
@@ -423,6 +428,7 @@ impl Ctrl {
             event_idx,
             indirect_desc: indirect,
             indirect_max: 4,
+            phys: t.phys_map(),
         };
         // One more request queue for scans when the device has it.
         let total = (opts.num_queues + 1).min(device_rq);

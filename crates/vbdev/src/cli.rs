@@ -61,8 +61,10 @@ pub struct ServeArgs {
     )]
     pub vhost_dir: PathBuf,
     /// Allow `bdev_virtio_attach_controller` with `trtype` `pci` (virtio-pci functions
-    /// bound to vfio-pci, type1 IOMMU): DMA memory is then pinned 32 MiB regions placed
-    /// below 2^39, where an emulated IOMMU can reach them.
+    /// bound to vfio-pci or uio_pci_generic). DMA memory is then placed below 2^39, where
+    /// an emulated IOMMU can reach it: hugetlb with known physical addresses (needed for
+    /// uio and VFIO no-IOMMU) when huge pages are reserved, else pinned 32 MiB regions
+    /// (VFIO type1 only).
     #[arg(long)]
     pub pci: bool,
     /// Largest JSON-RPC request accepted, in bytes; a larger one gets an error and its
@@ -183,7 +185,8 @@ pub struct PerfArgs {
     /// vhost-user socket of the target.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["config", "pci"])]
     pub vhost_user: Option<PathBuf>,
-    /// A virtio-pci function bound to vfio-pci (type1 IOMMU), e.g. `0000:00:04.0`.
+    /// A virtio-pci function bound to vfio-pci or uio_pci_generic, e.g. `0000:00:04.0`
+    /// (uio and VFIO no-IOMMU need reserved 2 MiB huge pages).
     #[arg(long, value_name = "BDF", conflicts_with = "config")]
     pub pci: Option<String>,
     /// Device type behind --vhost-user or --pci (default blk).
@@ -308,8 +311,10 @@ pub struct IoArgs {
     /// vhost-user socket of the target.
     #[arg(long, value_name = "PATH")]
     pub vhost_user: Option<PathBuf>,
-    /// Virtio PCI function to drive (e.g. 0000:00:02.0), bound to vfio-pci behind an
-    /// IOMMU. DMA memory then comes in 32 MiB regions placed below 512 GiB.
+    /// Virtio PCI function to drive (e.g. 0000:00:02.0), bound to vfio-pci (with an
+    /// IOMMU: pinned 32 MiB DMA regions below 512 GiB; without one: physical addresses)
+    /// or uio_pci_generic (physical addresses). Physical addresses need reserved 2 MiB
+    /// huge pages (/proc/sys/vm/nr_hugepages) and root.
     #[arg(long, value_name = "BDF")]
     pub pci: Option<String>,
     /// Device type behind the socket or PCI function.

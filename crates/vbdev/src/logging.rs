@@ -1,4 +1,5 @@
-//! The tracing subscriber: stderr, EnvFilter syntax from `--log`.
+//! The tracing subscriber: stderr, EnvFilter syntax from `--log`, colours only on a
+//! terminal and without `NO_COLOR`.
 
 use std::io::IsTerminal;
 
@@ -13,6 +14,7 @@ pub fn init(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(f)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colours on a terminal, unless NO_COLOR is set (no-color.org).
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 }

@@ -36,24 +36,7 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(&cli.log);
-    // A PCI function behind VFIO type1 pins its DMA memory and may translate only 39
-    // address bits: small regions, placed low.
-    let pci = match &cli.command {
-        cli::Command::Io(a) => a.pci.is_some(),
-        cli::Command::Perf(a) => a.pci.is_some(),
-        cli::Command::Serve(a) => a.pci,
-        _ => false,
-    };
-    if cli.hugetlb || pci {
-        let base = if pci {
-            vbdev_virtio::DmaConfig::pinned()
-        } else {
-            vbdev_virtio::DmaConfig::default()
-        };
-        let config = vbdev_virtio::DmaConfig {
-            hugetlb: cli.hugetlb,
-            ..base
-        };
+    if let Some(config) = dma_config(&cli) {
         if let Err(e) = vbdev_virtio::DmaDomain::configure(config) {
             eprintln!("vbdev: {e}");
             return ExitCode::from(2);
@@ -80,6 +63,47 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The DMA memory a command needs, when it is not the default.
+///
+/// PCI functions pin their DMA memory (VFIO type1) and may translate only 39 address
+/// bits: small regions, placed low ([`DmaConfig::pinned`]). A function bound to
+/// uio_pci_generic or to vfio-pci without an IOMMU sees physical addresses: physical
+/// mode, hugetlb ([`DmaConfig::physical`]). `vbdev serve --pci` attaches functions
+/// later, so it takes physical mode whenever huge pages are reserved.
+///
+/// [`DmaConfig::pinned`]: vbdev_virtio::DmaConfig::pinned
+/// [`DmaConfig::physical`]: vbdev_virtio::DmaConfig::physical
+fn dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
+    use vbdev_virtio::DmaConfig;
+    use vbdev_virtio::transport::pci::PciAccess;
+    let physical = |bdf: &str| PciAccess::of(bdf).is_ok_and(PciAccess::physical);
+    let pci = match &cli.command {
+        cli::Command::Io(a) => a.pci.as_deref().map(physical),
+        cli::Command::Perf(a) => a.pci.as_deref().map(physical),
+        cli::Command::Serve(a) if a.pci => Some(huge_pages_reserved()),
+        _ => None,
+    };
+    match pci {
+        Some(true) => Some(DmaConfig::physical()),
+        Some(false) => Some(DmaConfig {
+            hugetlb: cli.hugetlb,
+            ..DmaConfig::pinned()
+        }),
+        None => cli.hugetlb.then(|| DmaConfig {
+            hugetlb: true,
+            ..DmaConfig::default()
+        }),
+    }
+}
+
+/// Whether the system has 2 MiB huge pages reserved (`/proc/sys/vm/nr_hugepages`).
+fn huge_pages_reserved() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

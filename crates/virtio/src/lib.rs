@@ -22,7 +22,7 @@
 //!
 //! let domain = DmaDomain::global();
 //! let mut q = SplitQueue::new(domain, QueueConfig {
-//!     size: 8, event_idx: true, indirect_desc: false, indirect_max: 1,
+//!     size: 8, event_idx: true, indirect_desc: false, indirect_max: 1, phys: None,
 //! })?;
 //! let buf = domain.alloc(4096)?;
 //! // SAFETY: `buf` outlives the chain: nothing reaps it in this example.

@@ -17,9 +17,21 @@
 //! take all of a small machine's memory, and [`DmaConfig::addr_limit`], which places
 //! every region below an address the IOMMU can translate (QEMU's `intel-iommu` before
 //! 9.2 translates 39 bits, while the kernel puts mappings near 2^47).
+//!
+//! A device with no IOMMU in between (uio_pci_generic, VFIO no-IOMMU) sees physical
+//! addresses. For it the domain runs in *physical mode* ([`DmaConfig::physical`]):
+//! regions are hugetlb memfds (2 MiB pages, required, no fallback), populated when they
+//! are created, and the physical address of every 2 MiB page is read from
+//! `/proc/self/pagemap` then and kept in a lock-free [`PhysMap`]. Hugetlb pages are
+//! never swapped, and the kernel does not move them while they are mapped in normal
+//! operation (DPDK and SPDK rely on the same). A buffer is contiguous in physical memory
+//! only inside one 2 MiB page: [`PhysMap::translate`] splits a range at every
+//! discontinuity, and the split virtqueue turns each piece into a descriptor (never one
+//! descriptor across a boundary: SPDK bug #3189).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
 
 use rustix::fs::MemfdFlags;
@@ -44,6 +56,12 @@ pub const MAX_REGIONS: usize = 64;
 /// Region size that suits devices which pin DMA memory (VFIO type1): 32 MiB.
 pub const PINNED_REGION_SIZE: usize = 32 << 20;
 
+/// Region size in physical mode: 16 MiB, eight 2 MiB huge pages.
+pub const PHYSICAL_REGION_SIZE: usize = 16 << 20;
+
+/// Size of a huge page, the unit of physical contiguity in physical mode.
+pub const HUGE_PAGE: u64 = REGION_ALIGN as u64;
+
 /// The address width of QEMU's `intel-iommu` before 9.2 (`aw-bits=39`): IOVAs below
 /// 512 GiB.
 pub const IOMMU_39BIT_LIMIT: u64 = 1 << 39;
@@ -61,6 +79,11 @@ pub struct DmaConfig {
     /// no window below the limit is free. For IOMMUs that translate fewer address bits
     /// than the process uses (see [`IOMMU_39BIT_LIMIT`]).
     pub addr_limit: Option<u64>,
+    /// Physical mode: hugetlb regions (required), populated at creation, with their
+    /// physical addresses in a [`PhysMap`], for devices that see physical addresses.
+    /// Needs free huge pages (`/proc/sys/vm/nr_hugepages`) and `CAP_SYS_ADMIN` (pagemap
+    /// shows page frame numbers only to it).
+    pub physical: bool,
 }
 
 impl Default for DmaConfig {
@@ -69,6 +92,7 @@ impl Default for DmaConfig {
             region_size: DEFAULT_REGION_SIZE,
             hugetlb: false,
             addr_limit: None,
+            physical: false,
         }
     }
 }
@@ -81,8 +105,209 @@ impl DmaConfig {
             region_size: PINNED_REGION_SIZE,
             hugetlb: false,
             addr_limit: Some(IOMMU_39BIT_LIMIT),
+            physical: false,
         }
     }
+
+    /// The configuration for PCI functions of every kind: physical mode
+    /// ([`PHYSICAL_REGION_SIZE`] hugetlb regions, physical addresses known) below
+    /// [`IOMMU_39BIT_LIMIT`], so the same memory also suits VFIO type1 (IOVA = address).
+    pub fn physical() -> Self {
+        Self {
+            region_size: PHYSICAL_REGION_SIZE,
+            hugetlb: true,
+            addr_limit: Some(IOMMU_39BIT_LIMIT),
+            physical: true,
+        }
+    }
+}
+
+/// The physical addresses of a physical-mode domain's regions, read without locks.
+///
+/// Regions are added (under the domain's lock) and never removed; readers see a prefix
+/// of the table through `count` (Release on add, Acquire on read).
+pub struct PhysMap {
+    regions: [OnceLock<PhysRegion>; MAX_REGIONS],
+    count: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct PhysRegion {
+    addr: u64,
+    len: u64,
+    /// Physical address of each [`HUGE_PAGE`] of the region, in order.
+    pages: Box<[u64]>,
+}
+
+impl std::fmt::Debug for PhysMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhysMap")
+            .field("regions", &self.count.load(Ordering::Acquire))
+            .finish()
+    }
+}
+
+/// Identity: two maps are equal when they are the same map (a domain has one).
+impl PartialEq for PhysMap {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+impl Eq for PhysMap {}
+
+impl PhysMap {
+    fn new() -> Self {
+        Self {
+            regions: std::array::from_fn(|_| OnceLock::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// A table over the given `(address, length, physical page addresses)` regions,
+    /// for tests of code that translates.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn from_pages(regions: Vec<(u64, u64, Vec<u64>)>) -> Self {
+        let m = Self::new();
+        for (addr, len, pages) in regions {
+            assert_eq!(pages.len() as u64, len.div_ceil(HUGE_PAGE));
+            m.push(PhysRegion {
+                addr,
+                len,
+                pages: pages.into_boxed_slice(),
+            });
+        }
+        m
+    }
+
+    /// Appends a region; callers serialise (the domain's lock).
+    fn push(&self, r: PhysRegion) {
+        let i = self.count.load(Ordering::Acquire);
+        assert!(i < MAX_REGIONS, "more physical regions than MAX_REGIONS");
+        if self.regions[i].set(r).is_err() {
+            unreachable!("slot {i} filled twice: pushes are serialised");
+        }
+        self.count.store(i + 1, Ordering::Release);
+    }
+
+    fn region(&self, addr: u64, len: u64) -> Option<&PhysRegion> {
+        let n = self.count.load(Ordering::Acquire);
+        self.regions[..n].iter().find_map(|r| {
+            let r = r.get()?;
+            let off = addr.checked_sub(r.addr)?;
+            (off < r.len && len <= r.len - off).then_some(r)
+        })
+    }
+
+    /// Calls `piece(phys, len)` for each physically contiguous piece of
+    /// `[addr, addr + len)`, in order, merging adjacent huge pages that happen to be
+    /// contiguous. Returns false (and calls nothing) when the range is not inside one
+    /// region of the domain. A zero length gives one zero-length piece.
+    pub fn translate(&self, addr: u64, len: u64, mut piece: impl FnMut(u64, u64)) -> bool {
+        let Some(r) = self.region(addr, len) else {
+            return false;
+        };
+        let mut off = addr - r.addr;
+        let mut rest = len;
+        let mut cur: Option<(u64, u64)> = None;
+        loop {
+            let page = (off / HUGE_PAGE) as usize; // off < r.len, so page < pages.len()
+            let in_page = off % HUGE_PAGE;
+            let take = rest.min(HUGE_PAGE - in_page);
+            let pa = r.pages[page] + in_page;
+            cur = match cur {
+                Some((start, l)) if start + l == pa => Some((start, l + take)),
+                Some((start, l)) => {
+                    piece(start, l);
+                    Some((pa, take))
+                }
+                None => Some((pa, take)),
+            };
+            rest -= take;
+            off += take;
+            if rest == 0 {
+                break;
+            }
+        }
+        if let Some((start, l)) = cur {
+            piece(start, l);
+        }
+        true
+    }
+
+    /// The physical address of `[addr, addr + len)` when it is one contiguous piece.
+    pub fn contiguous(&self, addr: u64, len: u64) -> Option<u64> {
+        let mut first = None;
+        let mut pieces = 0;
+        let inside = self.translate(addr, len, |pa, _| {
+            pieces += 1;
+            first.get_or_insert(pa);
+        });
+        (inside && pieces == 1).then_some(first?)
+    }
+}
+
+fn open_pagemap() -> Result<std::fs::File> {
+    std::fs::File::open("/proc/self/pagemap").map_err(|e| {
+        Error::DmaMap(std::io::Error::new(
+            e.kind(),
+            format!("cannot open /proc/self/pagemap for physical addresses: {e}"),
+        ))
+    })
+}
+
+/// The page frame number of the present 4 KiB page at `va`, from `/proc/self/pagemap`
+/// (one `u64` per page: bit 63 present, bits 0-54 the frame number, which reads as 0
+/// without `CAP_SYS_ADMIN`).
+fn read_pfn(pagemap: &std::fs::File, va: u64) -> Result<u64> {
+    let mut b = [0u8; 8];
+    let n =
+        rustix::io::pread(pagemap, &mut b, va / 4096 * 8).map_err(|e| Error::DmaMap(e.into()))?;
+    if n != 8 {
+        return Err(Error::DmaMap(std::io::Error::other(format!(
+            "short read of /proc/self/pagemap at {va:#x}"
+        ))));
+    }
+    let entry = u64::from_le_bytes(b);
+    if entry & (1 << 63) == 0 {
+        return Err(Error::DmaMap(std::io::Error::other(format!(
+            "DMA page {va:#x} is not present"
+        ))));
+    }
+    let pfn = entry & ((1 << 55) - 1);
+    if pfn == 0 {
+        return Err(Error::DmaMap(std::io::Error::other(
+            "/proc/self/pagemap shows no page frame numbers: physical DMA addresses need CAP_SYS_ADMIN (run as root)",
+        )));
+    }
+    Ok(pfn)
+}
+
+/// Physical addresses of the huge pages of `[addr, addr + len)`, a populated hugetlb
+/// mapping; each page is checked to be contiguous (first and last 4 KiB frames).
+fn physical_pages(addr: u64, len: u64) -> Result<Box<[u64]>> {
+    let pagemap = open_pagemap()?;
+    (0..len.div_ceil(HUGE_PAGE))
+        .map(|i| {
+            let va = addr + i * HUGE_PAGE;
+            let first = read_pfn(&pagemap, va)?;
+            let last = read_pfn(&pagemap, va + HUGE_PAGE - 4096)?;
+            if last != first + (HUGE_PAGE / 4096 - 1) {
+                return Err(Error::DmaMap(std::io::Error::other(format!(
+                    "DMA page {va:#x} is not physically contiguous (frames {first:#x}..{last:#x}): not a 2 MiB huge page"
+                ))));
+            }
+            Ok(first * 4096)
+        })
+        .collect()
+}
+
+/// The physical address of byte `addr`, in a present page of this process.
+///
+/// # Errors
+/// [`Error::DmaMap`] when pagemap cannot be read, the page is not present, or the
+/// process may not see page frame numbers.
+pub fn physical_address(addr: u64) -> Result<u64> {
+    Ok(read_pfn(&open_pagemap()?, addr)? * 4096 + (addr & 4095))
 }
 
 /// Index of a region inside the domain (`0..MAX_REGIONS`).
@@ -124,6 +349,8 @@ pub trait RegionListener: Send + Sync {
 struct Region {
     info: RegionInfo,
     base: NonNull<u8>,
+    /// Physical address of each huge page, in physical mode (moved to the [`PhysMap`]).
+    pages: Option<Box<[u64]>>,
     /// Free ranges as `(offset, len)`, sorted by offset, never adjacent (coalesced).
     free: Vec<(usize, usize)>,
 }
@@ -141,6 +368,8 @@ struct Inner {
 pub struct DmaDomain {
     config: DmaConfig,
     inner: Mutex<Inner>,
+    /// Physical addresses, in physical mode.
+    phys: Option<PhysMap>,
 }
 
 // SAFETY: `Region::base` is a pointer into a mapping that is never unmapped and is only
@@ -182,14 +411,20 @@ impl DmaDomain {
         Ok(domain)
     }
 
-    fn new(config: DmaConfig) -> Self {
+    pub(crate) fn new(config: DmaConfig) -> Self {
         Self {
             config,
             inner: Mutex::new(Inner {
                 regions: Vec::new(),
                 listeners: Vec::new(),
             }),
+            phys: config.physical.then(PhysMap::new),
         }
+    }
+
+    /// The physical addresses of every region, when the domain is in physical mode.
+    pub fn phys_map(&'static self) -> Option<&'static PhysMap> {
+        self.phys.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -260,7 +495,21 @@ impl DmaDomain {
             .checked_next_multiple_of(REGION_ALIGN)
             .ok_or(Error::DmaAlloc { len, align })?;
         let id = RegionId(inner.regions.len() as u8); // < MAX_REGIONS = 64, fits in u8
-        let mut region = Region::create(id, size, self.config.hugetlb, self.config.addr_limit)?;
+        let mut region = Region::create(id, size, &self.config)?;
+        if let (Some(phys), Some(pages)) = (&self.phys, region.pages.take()) {
+            // Runs of physically adjacent huge pages: each run boundary splits the
+            // descriptors of a buffer that crosses it.
+            let runs = 1 + pages
+                .windows(2)
+                .filter(|w| w[0] + HUGE_PAGE != w[1])
+                .count();
+            tracing::info!(target: TARGET, region = id.0, pages = pages.len(), contiguous_runs = runs, first = format_args!("{:#x}", pages[0]), "physical addresses of the region");
+            phys.push(PhysRegion {
+                addr: region.info.addr,
+                len: region.info.len,
+                pages,
+            });
+        }
         let buf = region
             .carve(self, len, align)
             .expect("a fresh region at least `len` long holds the buffer");
@@ -305,9 +554,24 @@ impl DmaDomain {
 }
 
 impl Region {
-    fn create(id: RegionId, size: usize, want_huge: bool, limit: Option<u64>) -> Result<Self> {
-        if want_huge {
-            match Self::map(id, size, true, limit) {
+    fn create(id: RegionId, size: usize, config: &DmaConfig) -> Result<Self> {
+        let limit = config.addr_limit;
+        if config.physical {
+            return Self::map(id, size, true, limit, true).map_err(|e| match e {
+                Error::DmaMap(io) if io.raw_os_error().is_some() => {
+                    let pages = size as u64 / HUGE_PAGE;
+                    Error::DmaMap(std::io::Error::new(
+                        io.kind(),
+                        format!(
+                            "physical DMA memory needs {pages} free 2 MiB huge pages per region (HugePages_Free in /proc/meminfo; raise /proc/sys/vm/nr_hugepages): {io}"
+                        ),
+                    ))
+                }
+                e => e,
+            });
+        }
+        if config.hugetlb {
+            match Self::map(id, size, true, limit, false) {
                 Ok(r) => return Ok(r),
                 // No hugetlbfs, or not enough huge pages reserved (HugePages_Free).
                 Err(e) => {
@@ -315,10 +579,17 @@ impl Region {
                 }
             }
         }
-        Self::map(id, size, false, limit)
+        Self::map(id, size, false, limit, false)
     }
 
-    fn map(id: RegionId, size: usize, hugetlb: bool, limit: Option<u64>) -> Result<Self> {
+    /// Maps a new memfd region; `physical` populates it and reads its physical pages.
+    fn map(
+        id: RegionId,
+        size: usize,
+        hugetlb: bool,
+        limit: Option<u64>,
+        physical: bool,
+    ) -> Result<Self> {
         let name = format!("vbdev-dma-{}", id.0);
         let flags = if hugetlb {
             MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB
@@ -327,9 +598,26 @@ impl Region {
         };
         let fd = rustix::fs::memfd_create(&name, flags).map_err(|e| Error::DmaMap(e.into()))?;
         rustix::fs::ftruncate(&fd, size as u64).map_err(|e| Error::DmaMap(e.into()))?;
+        let populate = if physical {
+            MapFlags::POPULATE
+        } else {
+            MapFlags::empty()
+        };
         let aligned = match limit {
-            Some(limit) => Self::map_below(&fd, size, limit)?,
-            None => Self::map_anywhere(&fd, size)?,
+            Some(limit) => Self::map_below(&fd, size, limit, populate)?,
+            None => Self::map_anywhere(&fd, size, populate)?,
+        };
+        let pages = if physical {
+            match physical_pages(aligned as u64, size as u64) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // SAFETY: the mapping was made just above and nothing refers to it.
+                    let _ = unsafe { rustix::mm::munmap(aligned as *mut _, size) };
+                    return Err(e);
+                }
+            }
+        } else {
+            None
         };
         // The fd must outlive every device that maps it: the region is never freed, so
         // leak it into a `'static` borrow.
@@ -343,13 +631,14 @@ impl Region {
                 hugetlb,
             },
             base: NonNull::new(aligned as *mut u8).expect("mmap never returns address 0 here"),
+            pages,
             free: vec![(0, size)],
         })
     }
 
     /// Maps `fd` shared at the first free [`REGION_ALIGN`]ed address from `limit / 8` up
     /// where `size` bytes end at or below `limit`; returns the address.
-    fn map_below(fd: &OwnedFd, size: usize, limit: u64) -> Result<usize> {
+    fn map_below(fd: &OwnedFd, size: usize, limit: u64, extra: MapFlags) -> Result<usize> {
         let no_room = || {
             Error::DmaMap(std::io::Error::other(format!(
                 "no free {size}-byte window below {limit:#x} for a DMA region"
@@ -367,7 +656,7 @@ impl Region {
                     want as *mut _,
                     size,
                     ProtFlags::READ | ProtFlags::WRITE,
-                    MapFlags::SHARED | MapFlags::FIXED_NOREPLACE,
+                    MapFlags::SHARED | MapFlags::FIXED_NOREPLACE | extra,
                     fd,
                     0,
                 )
@@ -390,7 +679,7 @@ impl Region {
     }
 
     /// Maps `fd` shared at a [`REGION_ALIGN`]ed address the kernel chooses.
-    fn map_anywhere(fd: &OwnedFd, size: usize) -> Result<usize> {
+    fn map_anywhere(fd: &OwnedFd, size: usize, extra: MapFlags) -> Result<usize> {
         let map_err = |e: rustix::io::Errno| Error::DmaMap(e.into());
         // Reserve `size + REGION_ALIGN` of address space, then map the memfd over an
         // aligned window of it and give the rest back.
@@ -415,7 +704,7 @@ impl Region {
                 aligned as *mut _,
                 size,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::FIXED,
+                MapFlags::SHARED | MapFlags::FIXED | extra,
                 fd,
                 0,
             )
@@ -647,7 +936,12 @@ mod tests {
             .find_map(|l| l.strip_prefix("HugePages_Free:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let r = Region::create(RegionId(63), REGION_ALIGN, true, None).expect("falls back");
+        let config = DmaConfig {
+            hugetlb: true,
+            addr_limit: None,
+            ..DmaConfig::default()
+        };
+        let r = Region::create(RegionId(63), REGION_ALIGN, &config).expect("falls back");
         if free == 0 {
             assert!(!r.info.hugetlb, "no free huge pages, yet hugetlb claimed");
         }
@@ -658,8 +952,12 @@ mod tests {
     #[test]
     fn regions_with_an_addr_limit_are_placed_below_it_without_overlap() {
         let limit = IOMMU_39BIT_LIMIT;
-        let a = Region::create(RegionId(62), REGION_ALIGN, false, Some(limit)).unwrap();
-        let b = Region::create(RegionId(61), 2 * REGION_ALIGN, false, Some(limit)).unwrap();
+        let config = DmaConfig {
+            addr_limit: Some(limit),
+            ..DmaConfig::default()
+        };
+        let a = Region::create(RegionId(62), REGION_ALIGN, &config).unwrap();
+        let b = Region::create(RegionId(61), 2 * REGION_ALIGN, &config).unwrap();
         for r in [&a, &b] {
             assert!(
                 r.info.addr >= limit / 8,
@@ -686,7 +984,11 @@ mod tests {
     #[test]
     fn a_full_window_below_the_limit_is_an_error() {
         // A limit whose window [limit / 8, limit) cannot hold the region.
-        let r = Region::create(RegionId(60), 64 * REGION_ALIGN, false, Some(8 << 20));
+        let config = DmaConfig {
+            addr_limit: Some(8 << 20),
+            ..DmaConfig::default()
+        };
+        let r = Region::create(RegionId(60), 64 * REGION_ALIGN, &config);
         assert!(matches!(r, Err(Error::DmaMap(_))));
     }
 
@@ -695,6 +997,91 @@ mod tests {
         let d = DmaDomain::global();
         assert!(matches!(d.alloc(0), Err(Error::DmaAlloc { .. })));
         assert!(matches!(d.alloc_aligned(8, 3), Err(Error::DmaAlloc { .. })));
+    }
+
+    #[test]
+    fn translation_splits_at_physical_discontinuities_and_merges_contiguous_pages() {
+        const H: u64 = HUGE_PAGE;
+        // Region at 64 MiB: pages 0 and 1 contiguous, page 2 elsewhere, page 3 below.
+        let m = PhysMap::from_pages(vec![
+            (64 << 20, 4 * H, vec![10 * H, 11 * H, 40 * H, 3 * H]),
+            (128 << 20, H, vec![7 * H]),
+        ]);
+        let pieces = |addr: u64, len: u64| {
+            let mut v = Vec::new();
+            let ok = m.translate(addr, len, |pa, l| v.push((pa, l)));
+            ok.then_some(v)
+        };
+        let base = 64 << 20;
+        assert_eq!(pieces(base + 100, 50), Some(vec![(10 * H + 100, 50)]));
+        // Across the contiguous boundary: one piece.
+        assert_eq!(
+            pieces(base + H - 4096, 8192),
+            Some(vec![(11 * H - 4096, 8192)])
+        );
+        // Across the discontinuity between pages 1 and 2: two pieces.
+        assert_eq!(
+            pieces(base + 2 * H - 512, 1024),
+            Some(vec![(12 * H - 512, 512), (40 * H, 512)])
+        );
+        // The whole region: three pieces.
+        assert_eq!(
+            pieces(base, 4 * H),
+            Some(vec![(10 * H, 2 * H), (40 * H, H), (3 * H, H)])
+        );
+        assert_eq!(pieces(128 << 20, 16), Some(vec![(7 * H, 16)]));
+        assert_eq!(pieces(base, 0), Some(vec![(10 * H, 0)]));
+        // Outside, or running past the end of a region.
+        assert_eq!(pieces(base - 1, 2), None);
+        assert_eq!(pieces(base + 4 * H - 8, 16), None);
+        assert_eq!(pieces(0, 1), None);
+        assert_eq!(m.contiguous(base + H, 4096), Some(11 * H));
+        assert_eq!(m.contiguous(base + 2 * H - 8, 16), None);
+        assert_eq!(m.contiguous(1, 1), None);
+    }
+
+    #[test]
+    fn physical_addresses_come_from_pagemap_for_root_only() {
+        let mut buf = DmaBuf::zeroed(4096, 4096).unwrap();
+        buf[0] = 1;
+        let r = physical_address(buf.as_ptr() as u64 + 12);
+        if rustix::process::geteuid().is_root() {
+            let pa = r.expect("root reads page frame numbers");
+            assert_eq!(pa % 4096, 12);
+            assert!(pa >= 4096);
+        } else {
+            let e = r.expect_err("frame numbers are hidden from non-root");
+            assert!(format!("{:?}", e).contains("CAP_SYS_ADMIN"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn physical_regions_need_free_huge_pages_and_record_their_frames() {
+        let config = DmaConfig {
+            region_size: REGION_ALIGN,
+            addr_limit: None,
+            ..DmaConfig::physical()
+        };
+        match Region::create(RegionId(59), 2 * REGION_ALIGN, &config) {
+            Ok(r) => {
+                let pages = r.pages.as_ref().expect("physical regions know their pages");
+                assert_eq!(pages.len(), 2);
+                for (i, &pa) in pages.iter().enumerate() {
+                    assert_eq!(pa % HUGE_PAGE, 0, "page {i} at {pa:#x}");
+                    let va = r.info.addr + i as u64 * HUGE_PAGE + 4096 * 3;
+                    assert_eq!(physical_address(va).unwrap(), pa + 4096 * 3);
+                }
+                assert!(r.info.hugetlb);
+            }
+            Err(e) => {
+                // No free huge pages here: the error says what is missing.
+                let msg = format!("{e}: {:?}", e);
+                assert!(
+                    msg.contains("huge pages") || msg.contains("CAP_SYS_ADMIN"),
+                    "{msg}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -710,6 +1097,7 @@ mod tests {
                 hugetlb: false,
             },
             base: NonNull::dangling(),
+            pages: None,
             free: vec![],
         };
         r.give_back(10, 10);

@@ -9,11 +9,17 @@
 //! `len`) is read once, checked, and a violation either fails the one request (a `len`
 //! larger than the chain's writable space) or marks the queue broken (an `id` that is out
 //! of range or not in flight, a used `idx` that jumps past what was made available).
+//!
+//! For a device that sees physical addresses ([`QueueConfig::phys`]), `try_add`
+//! translates every segment and splits it at each physical discontinuity into several
+//! descriptors; the ring and every indirect table are allocated so that each is
+//! physically contiguous (virtio 1.2 §2.7: each ring part is contiguous in the device's
+//! view).
 
 use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use crate::error::{Error, QueueError, Result};
-use crate::mem::{DmaBuf, DmaDomain, Iova};
+use crate::mem::{DmaBuf, DmaDomain, Iova, PhysMap};
 
 const TARGET: &str = "vbdev::virtqueue";
 
@@ -118,6 +124,23 @@ pub struct QueueConfig {
     pub indirect_desc: bool,
     /// Entries of each indirect table (the longest chain sent indirectly), 1..=1024.
     pub indirect_max: u16,
+    /// The device sees physical addresses: translate with this map, which must be the
+    /// domain's (`DmaDomain::phys_map`). `None`: the device sees DMA addresses as they
+    /// are (vhost-user, an IOMMU at IOVA = address).
+    pub phys: Option<&'static PhysMap>,
+}
+
+impl QueueConfig {
+    /// A configuration without indirect descriptors or translation.
+    pub fn new(size: u16, event_idx: bool) -> Self {
+        Self {
+            size,
+            event_idx,
+            indirect_desc: false,
+            indirect_max: 1,
+            phys: None,
+        }
+    }
 }
 
 /// A completed chain, taken from the used ring.
@@ -139,6 +162,9 @@ pub enum AddError {
     TooLong,
     /// The queue is broken; no more requests go out.
     Broken,
+    /// A segment is not DMA memory the device can reach (outside the domain's
+    /// regions, in physical mode).
+    NotDma,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -169,6 +195,14 @@ pub struct SplitQueue {
     /// One cache line of indirect table per head, for the common short chains.
     small: Option<DmaBuf>,
     indirect_max: u16,
+    /// Entries between two heads' big indirect tables (`indirect_max`, rounded up to a
+    /// power of two in physical mode so that no table crosses a huge page).
+    indirect_stride: usize,
+    /// Device address of the ring's first byte.
+    ring_base: u64,
+    phys: Option<&'static PhysMap>,
+    /// Translated segments of the chain being added (physical mode), reused.
+    xlate: Vec<Segment>,
     /// Chains of at most this many segments go into the ring directly even when
     /// indirect descriptors are available (0: every multi-segment chain is indirect).
     direct_max: u16,
@@ -224,12 +258,38 @@ impl SplitQueue {
             return Err(Error::InvalidQueueSize { size: size.into() });
         }
         let (avail_off, used_off, total) = layout(size);
-        let ring = domain.alloc_zeroed(total, 4096)?;
+        let phys = config.phys;
+        // In physical mode a power-of-two alignment at least the size keeps an
+        // allocation of up to a huge page inside one huge page, so contiguous.
+        let contiguous_align = |len: usize| {
+            if phys.is_some() {
+                len.next_power_of_two().max(4096)
+            } else {
+                4096
+            }
+        };
+        let ring = domain.alloc_zeroed(total, contiguous_align(total))?;
+        let ring_base = match phys {
+            None => ring.iova().0,
+            Some(p) => p.contiguous(ring.iova().0, total as u64).ok_or_else(|| {
+                Error::DmaMap(std::io::Error::other(format!(
+                    "a ring of {total} bytes is not physically contiguous (queue size {size})"
+                )))
+            })?,
+        };
         let indirect_max = config.indirect_max.clamp(1, 1024);
+        let indirect_stride = if phys.is_some() {
+            usize::from(indirect_max).next_power_of_two()
+        } else {
+            usize::from(indirect_max)
+        };
         let indirect = if config.indirect_desc {
             // Not zeroed: an entry is always written before a chain points the device at
             // it, and untouched pages of a large table then cost no memory.
-            Some(domain.alloc_aligned(usize::from(size) * usize::from(indirect_max) * 16, 4096)?)
+            Some(domain.alloc_aligned(
+                usize::from(size) * indirect_stride * 16,
+                contiguous_align(indirect_stride * 16),
+            )?)
         } else {
             None
         };
@@ -248,6 +308,10 @@ impl SplitQueue {
             indirect,
             small,
             indirect_max,
+            indirect_stride,
+            ring_base,
+            phys,
+            xlate: Vec::new(),
             direct_max: 0,
             event_idx: config.event_idx,
             next,
@@ -262,13 +326,16 @@ impl SplitQueue {
             interrupts: true,
             broken: None,
         };
+        if phys.is_some() {
+            q.xlate.reserve(q.max_chain());
+        }
         q.set_interrupts(false);
         Ok(q)
     }
 
     /// Ring addresses for the transport.
     pub fn addrs(&self) -> RingAddrs {
-        let base = self.ring.iova().0;
+        let base = self.ring_base;
         RingAddrs {
             size: self.size,
             desc: Iova(base),
@@ -398,7 +465,7 @@ impl SplitQueue {
             (small, usize::from(head) * SMALL_TABLE)
         } else {
             let big = self.indirect.as_ref().expect("indirect tables exist");
-            (big, usize::from(head) * usize::from(self.indirect_max))
+            (big, usize::from(head) * self.indirect_stride)
         }
     }
 
@@ -408,8 +475,8 @@ impl SplitQueue {
         debug_assert!(off + 16 <= buf.len());
         let d = d.to_le();
         // SAFETY: `head < size` and `i < n`, with `n <= SMALL_TABLE` for the small tables
-        // (`size * SMALL_TABLE` entries) and `n <= indirect_max` for the big ones
-        // (`size * indirect_max` entries), so the entry is inside its allocation; the
+        // (`size * SMALL_TABLE` entries) and `n <= indirect_max <= indirect_stride` for
+        // the big ones (`size * indirect_stride` entries), so the entry is inside its allocation; the
         // table belongs to the free head `head`, so the device is not reading it.
         unsafe { buf.as_ptr().add(off).cast::<Desc>().write_volatile(d) }
     }
@@ -435,6 +502,50 @@ impl SplitQueue {
         segs: &[Segment],
         cookie: u64,
     ) -> std::result::Result<(), AddError> {
+        match self.phys {
+            None => self.add_chain(segs, cookie),
+            Some(phys) => self.add_translated(phys, segs, cookie),
+        }
+    }
+
+    /// `try_add` for a device that sees physical addresses: each segment becomes one
+    /// descriptor per physically contiguous piece.
+    #[cold]
+    fn add_translated(
+        &mut self,
+        phys: &PhysMap,
+        segs: &[Segment],
+        cookie: u64,
+    ) -> std::result::Result<(), AddError> {
+        let mut x = std::mem::take(&mut self.xlate);
+        x.clear();
+        let max = self.max_chain();
+        let mut inside = true;
+        for s in segs {
+            inside = phys.translate(s.addr.0, u64::from(s.len), |pa, len| {
+                if x.len() <= max {
+                    x.push(Segment {
+                        addr: Iova(pa),
+                        len: len as u32, // a piece of a u32-long segment
+                        device_writable: s.device_writable,
+                    });
+                }
+            });
+            if !inside {
+                break;
+            }
+        }
+        let r = if !inside {
+            Err(AddError::NotDma)
+        } else {
+            self.add_chain(&x, cookie)
+        };
+        self.xlate = x;
+        r
+    }
+
+    /// The chain of `segs`, device addresses as they are.
+    fn add_chain(&mut self, segs: &[Segment], cookie: u64) -> std::result::Result<(), AddError> {
         if self.broken.is_some() {
             return Err(AddError::Broken);
         }
@@ -471,6 +582,15 @@ impl SplitQueue {
             .map(|s| u64::from(s.len))
             .sum();
         if use_indirect {
+            let table = {
+                let (buf, first) = self.indirect_table(head, n);
+                let at = buf.iova().0 + first as u64 * 16;
+                match self.phys {
+                    None => at,
+                    // Contiguous by construction (aligned stride); checked anyway.
+                    Some(p) => p.contiguous(at, n as u64 * 16).ok_or(AddError::NotDma)?,
+                }
+            };
             for (i, s) in segs.iter().enumerate() {
                 let i = i as u16; // n <= indirect_max <= 1024
                 let last = usize::from(i) + 1 == n;
@@ -491,8 +611,6 @@ impl SplitQueue {
                     },
                 );
             }
-            let (buf, first) = self.indirect_table(head, n);
-            let table = buf.iova().0 + first as u64 * 16;
             self.write_desc(
                 head,
                 Desc {

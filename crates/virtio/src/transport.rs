@@ -40,6 +40,13 @@ pub trait Transport: Send + Sync + Debug {
         0
     }
 
+    /// The physical-address map to translate DMA addresses with, when the device sees
+    /// physical addresses (PCI through uio or VFIO no-IOMMU). Default: `None`, the
+    /// device sees DMA addresses as they are.
+    fn phys_map(&self) -> Option<&'static crate::mem::PhysMap> {
+        None
+    }
+
     /// Writes the driver's accepted features.
     ///
     /// # Errors

@@ -432,6 +432,22 @@ impl Ctrl {
                 max_transfer = max_transfer.min(u64::from(b0.max_transfer_length));
             }
         }
+        if self.device.transport().phys_map().is_some() {
+            // The device sees physical addresses: the data buffer becomes a descriptor
+            // per huge page it touches (at most `ceil(bytes / 2 MiB) + 1`), sent as a
+            // direct chain with the header and response; keep that within the ring and
+            // the device's seg_max.
+            let seg_max = match self.config.seg_max {
+                0 => u64::MAX,
+                m => u64::from(m),
+            };
+            let pieces = u64::from(self.queue_size)
+                .saturating_sub(2)
+                .min(seg_max)
+                .max(2);
+            max_transfer =
+                max_transfer.min(((pieces - 1) * vbdev_virtio::mem::HUGE_PAGE / bs).max(1));
+        }
         let rw16 = supports(cdb::opcode::READ_16) == Some(true)
             && supports(cdb::opcode::WRITE_16) == Some(true);
         if !rw16 && num_blocks <= u64::from(u32::MAX) {

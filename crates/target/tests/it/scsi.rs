@@ -153,6 +153,7 @@ impl Frontend {
             event_idx: f & vfeat::RING_EVENT_IDX != 0,
             indirect_desc: f & vfeat::RING_INDIRECT_DESC != 0,
             indirect_max: 8,
+            phys: None,
         };
         let mut queues: Vec<Vq> = (0..t.num_queues())
             .map(|i| {

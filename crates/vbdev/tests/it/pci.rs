@@ -18,7 +18,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// The harness, after checking its cache is there (never downloads from a test).
-fn harness() -> PathBuf {
+pub(crate) fn harness() -> PathBuf {
     let root = workspace_root();
     let run = root.join("scripts/pci-guest/run.sh");
     assert!(run.exists(), "{} is missing", run.display());
@@ -48,6 +48,17 @@ struct GuestRun {
 }
 
 fn run_guest(script: &str, size: u64, prepare: impl FnOnce(&mut [u8])) -> GuestRun {
+    run_guest_in("vfio", &[], script, size, prepare)
+}
+
+/// [`run_guest`] with the functions bound the way `mode` says (run.sh's `--mode`).
+fn run_guest_in(
+    mode: &str,
+    files: &[&Path],
+    script: &str,
+    size: u64,
+    prepare: impl FnOnce(&mut [u8]),
+) -> GuestRun {
     let run_sh = harness();
     let dir = tempfile::tempdir().unwrap();
     let blk = dir.path().join("blk.img");
@@ -60,12 +71,13 @@ fn run_guest(script: &str, size: u64, prepare: impl FnOnce(&mut [u8])) -> GuestR
     std::fs::write(&guest, script).unwrap();
     std::fs::set_permissions(&guest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = Command::new(&run_sh)
-        .args(["--mode", "vfio", "--timeout", "180", "--disk"])
+        .args(["--mode", mode, "--timeout", "180", "--disk"])
         .arg(&blk)
         .arg("--scsi-disk")
         .arg(&scsi)
         .arg("--file")
         .arg(VBDEV)
+        .args(files.iter().flat_map(|f| [Path::new("--file"), f]))
         .arg("--")
         .arg(&guest)
         .stdin(Stdio::null())
@@ -260,4 +272,153 @@ fn vbdev_serve_attaches_pci_functions_by_rpc() {
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing:\n{whole}");
     }
+}
+
+/// The same I/O as [`GUEST_SCRIPT`] and [`PERF_SCRIPT`], plus transfers that cross
+/// huge pages (2 MiB and 3 MiB buffers, whose descriptors are split wherever the
+/// physical pages are not adjacent), and a verify run on two request queues.
+const PHYSICAL_SCRIPT: &str = r#"#!/bin/sh
+V=/vbdev/bin/vbdev
+blk=$VBDEV_PCI_BLK
+scsi=$VBDEV_PCI_SCSI
+echo "STEP marker"
+$V io --pci "$blk" read --offset 0 --length 512 --out /tmp/sector0 || exit 11
+echo "MARKER $(head -c 16 /tmp/sector0)"
+echo "STEP perf blk"
+$V perf --pci "$blk" -C -m 0-1 -q 8 -o 16k -w verify -t 2 || exit 21
+echo "STEP perf scsi"
+$V perf --pci "$scsi" --dev-type scsi -C -m 0-1 -q 8 -o 16k -w verify -t 2 || exit 22
+echo "STEP write"
+$V io --pci "$blk" write --offset 4096 --pattern 0xab --length 65536 || exit 12
+$V io --pci "$blk" read --offset 4096 --pattern 0xab --length 65536 || exit 13
+$V io --pci "$blk" read --offset 4096 --pattern 0xac --length 65536 && exit 14
+echo "STEP large"
+# Every other huge page held elsewhere: the DMA region's pages are not adjacent.
+/vbdev/bin/hugehold 16 >/tmp/hugehold &
+i=0
+until grep -q HUGEHOLD /tmp/hugehold; do
+  i=$((i + 1)); [ $i -gt 200 ] && exit 19
+  sleep 0.05
+done
+NO_COLOR=1 $V --log vbdev::mem=info io --pci "$blk" write --offset 1048576 --pattern 0x3c --length 3145728 2>&1 || exit 15
+NO_COLOR=1 $V --log vbdev::mem=info io --pci "$blk" read --offset 1048576 --pattern 0x3c --length 3145728 2>&1 || exit 16
+echo "STEP scsi"
+$V io --pci "$scsi" --dev-type scsi write --offset 8192 --pattern 0x5c --length 2097152 || exit 17
+$V io --pci "$scsi" --dev-type scsi read --offset 8192 --pattern 0x5c --length 2097152 || exit 18
+echo "STEP done"
+"#;
+
+/// Checks a [`PHYSICAL_SCRIPT`] run: console lines, and the images on the host.
+fn check_physical_run(mode: &str) {
+    let hugehold = hugehold();
+    let g = run_guest_in(mode, &[&hugehold], PHYSICAL_SCRIPT, 16 * MIB, |image| {
+        image[..MARKER.len()].copy_from_slice(MARKER);
+    });
+    let (stdout, whole) = (&g.stdout, &g.whole);
+    let driver = if mode == "uio" {
+        "uio_pci_generic"
+    } else {
+        "vfio-pci"
+    };
+    for kind in ["blk", "scsi"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("VBDEV-PCI {kind} ")) && l.contains(driver)),
+            "{kind} function not bound to {driver}:\n{whole}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!("MARKER {}", std::str::from_utf8(MARKER).unwrap())),
+        "the marker written on the host was not read in the guest:\n{whole}"
+    );
+    for needle in [
+        "write 65536 bytes at offset 4096 ok",
+        "read 65536 bytes at offset 4096 ok",
+        "write 3145728 bytes at offset 1048576 ok",
+        "read 3145728 bytes at offset 1048576 ok",
+        "write 2097152 bytes at offset 8192 ok",
+        "read 2097152 bytes at offset 8192 ok",
+        "STEP done",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{whole}");
+    }
+    // The large transfers ran in a region with no two huge pages adjacent, so their
+    // descriptors were split at every 2 MiB.
+    let runs: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.split("contiguous_runs=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        runs.len(),
+        2,
+        "no region report from the large transfers:\n{whole}"
+    );
+    assert!(
+        runs.iter().all(|&r| r >= 4),
+        "the huge pages were adjacent anyway ({runs:?}): hugehold did not take effect\n{whole}"
+    );
+    // Two verify tables, each with two jobs (one per core and queue), no failure.
+    let totals: Vec<&str> = stdout.lines().filter(|l| l.starts_with(" Total")).collect();
+    assert_eq!(totals.len(), 2, "{whole}");
+    for t in totals {
+        let cols: Vec<f64> = t
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        assert!(cols[0] > 0.0, "no IOPS: {t}");
+        assert_eq!(cols[2], 0.0, "Fail/s: {t}");
+    }
+    // The images hold what the guest wrote last (perf's verify data is around it).
+    let image = std::fs::read(&g.blk).unwrap();
+    assert!(
+        image[4096..4096 + 65536].iter().all(|&b| b == 0xab),
+        "blk write not in the image"
+    );
+    assert!(
+        image[MIB as usize..4 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0x3c),
+        "blk 3 MiB write not in the image"
+    );
+    assert!(image[..4096].iter().any(|&b| b != 0), "perf wrote nothing");
+    let scsi = std::fs::read(&g.scsi).unwrap();
+    assert!(
+        scsi[8192..8192 + 2 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0x5c),
+        "scsi 2 MiB write not in the image"
+    );
+    assert!(scsi[..4096].iter().any(|&b| b != 0), "perf wrote nothing");
+}
+
+/// scripts/pci-guest/hugehold.rs, built once with the toolchain's `rustc`.
+fn hugehold() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = workspace_root().join("scripts/pci-guest/hugehold.rs");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hugehold");
+            let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+            let st = Command::new(rustc)
+                .args(["--edition", "2024", "-O", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .expect("run rustc for hugehold");
+            assert!(st.success(), "rustc failed to build {}", src.display());
+            out
+        })
+        .clone()
+}
+
+#[test]
+fn vfio_noiommu_blk_and_scsi_with_physical_addresses() {
+    check_physical_run("noiommu");
+}
+
+#[test]
+fn uio_blk_and_scsi_with_physical_addresses() {
+    check_physical_run("uio");
 }

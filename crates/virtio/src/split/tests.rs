@@ -10,6 +10,7 @@ fn queue(size: u16, event_idx: bool, indirect: bool) -> (SplitQueue, FakeDevice)
             event_idx,
             indirect_desc: indirect,
             indirect_max: 32,
+            phys: None,
         },
     )
     .unwrap();
@@ -285,6 +286,7 @@ fn queue_sizes_are_validated() {
         event_idx: false,
         indirect_desc: false,
         indirect_max: 1,
+        phys: None,
     };
     for bad in [0u16, 3, 100, 65535] {
         assert!(matches!(
@@ -388,4 +390,133 @@ fn short_chains_go_direct_while_a_quarter_of_the_ring_stays_free() {
     add(&mut q, &segs(&buf, 5, 1), 1).unwrap();
     q.publish();
     assert!(dev.pop_avail().unwrap().indirect);
+}
+
+/// A private domain with one region, and a fake physical map over it: huge pages in
+/// pairs that are contiguous, each pair far from the next.
+fn phys_domain() -> (&'static DmaDomain, &'static PhysMap, u64) {
+    const H: u64 = crate::mem::HUGE_PAGE;
+    let domain: &'static DmaDomain = Box::leak(Box::new(DmaDomain::new(crate::DmaConfig {
+        region_size: 8 * H as usize,
+        ..crate::DmaConfig::default()
+    })));
+    domain.reserve().unwrap();
+    let r = domain.regions()[0];
+    let pages = (0..r.len / H)
+        .map(|i| (1000 + (i / 2) * 16 + (i % 2)) * H)
+        .collect();
+    let map: &'static PhysMap =
+        Box::leak(Box::new(PhysMap::from_pages(vec![(r.addr, r.len, pages)])));
+    (domain, map, r.addr)
+}
+
+fn read_desc(base: *const u8, i: usize) -> Desc {
+    // SAFETY: callers pass a descriptor table inside a live DmaBuf, entry `i` in range.
+    let d = unsafe { base.add(16 * i).cast::<Desc>().read_volatile() };
+    Desc {
+        addr: u64::from_le(d.addr),
+        len: u32::from_le(d.len),
+        flags: u16::from_le(d.flags),
+        next: u16::from_le(d.next),
+    }
+}
+
+#[test]
+fn physical_mode_translates_and_splits_at_discontinuities() {
+    const H: u64 = crate::mem::HUGE_PAGE;
+    let (domain, map, base) = phys_domain();
+    let cfg = QueueConfig {
+        size: 16,
+        event_idx: false,
+        indirect_desc: true,
+        indirect_max: 6,
+        phys: Some(map),
+    };
+    let mut q = SplitQueue::new(domain, cfg).unwrap();
+    // The ring parts are given to the device by physical address.
+    let a = q.addrs();
+    assert_eq!(Some(a.desc.0), map.contiguous(q.ring.iova().0, 16));
+    assert_eq!(a.avail.0 - a.desc.0, q.avail_off as u64);
+    assert_eq!(a.used.0 - a.desc.0, q.used_off as u64);
+    assert!(a.desc.0 >= 1000 * H);
+
+    // Pages 1 and 2 are discontiguous (pair 0 ends at 1002 H, pair 1 starts at 1016 H);
+    // pages 2 and 3 are contiguous.
+    let hdr = Segment::readable(Iova(base + 2 * H - 16), 32);
+    let data = Segment::writable(Iova(base + 3 * H - 4096), 8192);
+    add(&mut q, &[data], 1).unwrap();
+    let d = read_desc(q.ring.as_ptr(), 0);
+    assert_eq!(
+        (d.addr, d.len, d.flags),
+        (1017 * H - 4096, 8192, VIRTQ_DESC_F_WRITE),
+        "contiguous pages: one descriptor"
+    );
+
+    // Two segments, the first across the discontinuity: three entries in the head's
+    // indirect table, which is itself given by physical address.
+    add(&mut q, &[hdr, data], 2).unwrap();
+    let head = 1;
+    let d = read_desc(q.ring.as_ptr(), head);
+    assert_eq!(d.flags, VIRTQ_DESC_F_INDIRECT);
+    assert_eq!(d.len, 3 * 16);
+    let (buf, first) = q.indirect_table(head as u16, 3);
+    let table_va = buf.iova().0 + first as u64 * 16;
+    assert_eq!(Some(d.addr), map.contiguous(table_va, 48));
+    let t: Vec<Desc> = (0..3)
+        .map(|i| read_desc(buf.as_ptr().cast_const().wrapping_add(first * 16), i))
+        .collect();
+    assert_eq!(
+        (t[0].addr, t[0].len, t[0].flags),
+        (1002 * H - 16, 16, VIRTQ_DESC_F_NEXT)
+    );
+    assert_eq!((t[0].next, t[1].next), (1, 2));
+    assert_eq!(
+        (t[1].addr, t[1].len, t[1].flags),
+        (1016 * H, 16, VIRTQ_DESC_F_NEXT)
+    );
+    assert_eq!(
+        (t[2].addr, t[2].len, t[2].flags),
+        (1017 * H - 4096, 8192, VIRTQ_DESC_F_WRITE)
+    );
+    // The writable total is that of the caller's segments.
+    assert_eq!(q.slots[head].writable, 8192);
+
+    // Memory outside the domain is refused, and nothing is taken from the ring.
+    let free = q.num_free();
+    let outside = Segment::readable(Iova(base + 8 * H), 16);
+    assert_eq!(add(&mut q, &[outside], 3), Err(AddError::NotDma));
+    assert_eq!(q.num_free(), free);
+
+    // A chain that only becomes too long after splitting: 6 entries allowed
+    // indirectly, ring of 16 directly; 9 segments each across a discontinuity.
+    let long: Vec<Segment> = (0..9)
+        .map(|_| Segment::readable(Iova(base + 2 * H - 8), 16))
+        .collect();
+    assert_eq!(add(&mut q, &long, 4), Err(AddError::TooLong));
+    assert_eq!(q.num_free(), free);
+}
+
+#[test]
+fn physical_mode_keeps_every_indirect_table_contiguous() {
+    let (domain, map, _) = phys_domain();
+    // indirect_max 100 gives a stride of 128 entries (2 KiB): 1024 heads' tables span
+    // the 2 MiB boundary of the buffer's pages; none of them may straddle it.
+    let cfg = QueueConfig {
+        size: 1024,
+        event_idx: true,
+        indirect_desc: true,
+        indirect_max: 100,
+        phys: Some(map),
+    };
+    let q = SplitQueue::new(domain, cfg).unwrap();
+    assert_eq!(q.indirect_stride, 128);
+    for head in 0..1024u16 {
+        let (buf, first) = q.indirect_table(head, 100);
+        let va = buf.iova().0 + first as u64 * 16;
+        assert!(map.contiguous(va, 100 * 16).is_some(), "head {head}");
+    }
+    assert!(
+        map.contiguous(q.ring.iova().0, q.ring.len() as u64)
+            .is_some()
+    );
 }

@@ -26,6 +26,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +42,7 @@ use vmm_sys_util::ioctl::{
 
 use super::{CallFd, Notifier, QueueHandles, Transport};
 use crate::error::{Error, IovaOutOfRange, Result, VfioError};
-use crate::mem::{DmaDomain, RegionId, RegionInfo, RegionListener};
+use crate::mem::{DmaDomain, PhysMap, RegionId, RegionInfo, RegionListener};
 use crate::pci::{
     BarIndex, CommonCfg, Doorbell, NO_VECTOR, PciBars, PciError, VirtioPciLayout, header,
     parse_config_space, transport_features,
@@ -288,6 +289,89 @@ impl PciBars for VfioBars {
     }
 }
 
+/// BAR access through mappings of the sysfs `resourceN` files (uio_pci_generic):
+/// volatile loads and stores of the register's width.
+#[derive(Debug)]
+pub struct MmapBars {
+    bars: [Option<Arc<BarMapping>>; 6],
+}
+
+impl MmapBars {
+    fn at(&self, bar: BarIndex, offset: u64, width: u8) -> crate::pci::Result<*mut u8> {
+        let bad = PciError::BadAccess { bar, offset, width };
+        let m = self.bars[usize::from(bar.get())].as_ref().ok_or(bad)?;
+        let w = u64::from(width);
+        let end = offset
+            .checked_add(w)
+            .ok_or(PciError::BadAccess { bar, offset, width })?;
+        if offset % w != 0 || end > m.len as u64 {
+            return Err(PciError::BadAccess { bar, offset, width });
+        }
+        // SAFETY: `offset + width <= len` (checked), so the pointer stays inside the
+        // mapping, which `self` keeps alive.
+        Ok(unsafe { m.ptr.as_ptr().add(offset as usize) })
+    }
+}
+
+impl PciBars for MmapBars {
+    fn read8(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u8> {
+        let p = self.at(bar, offset, 1)?;
+        // SAFETY: `at` checked that the byte lies inside a live BAR mapping; a volatile
+        // load is the access device memory needs.
+        Ok(unsafe { p.read_volatile() })
+    }
+    fn read16(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u16> {
+        let p = self.at(bar, offset, 2)?;
+        // SAFETY: `at` checked bounds and 2-byte alignment inside a live BAR mapping.
+        Ok(u16::from_le(unsafe { p.cast::<u16>().read_volatile() }))
+    }
+    fn read32(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u32> {
+        let p = self.at(bar, offset, 4)?;
+        // SAFETY: `at` checked bounds and 4-byte alignment inside a live BAR mapping.
+        Ok(u32::from_le(unsafe { p.cast::<u32>().read_volatile() }))
+    }
+    fn write8(&self, bar: BarIndex, offset: u64, value: u8) -> crate::pci::Result<()> {
+        let p = self.at(bar, offset, 1)?;
+        // SAFETY: as in `read8`; a volatile store.
+        unsafe { p.write_volatile(value) };
+        Ok(())
+    }
+    fn write16(&self, bar: BarIndex, offset: u64, value: u16) -> crate::pci::Result<()> {
+        let p = self.at(bar, offset, 2)?;
+        // SAFETY: as in `read16`; a volatile store.
+        unsafe { p.cast::<u16>().write_volatile(value.to_le()) };
+        Ok(())
+    }
+    fn write32(&self, bar: BarIndex, offset: u64, value: u32) -> crate::pci::Result<()> {
+        let p = self.at(bar, offset, 4)?;
+        // SAFETY: as in `read32`; a volatile store.
+        unsafe { p.cast::<u32>().write_volatile(value.to_le()) };
+        Ok(())
+    }
+}
+
+/// Maps `len` bytes of `file` shared, read-write, at an address the kernel chooses.
+fn map_shared(
+    file: &impl std::os::fd::AsFd,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<Arc<BarMapping>> {
+    // SAFETY: a new shared mapping at an address the kernel chooses overlaps nothing of
+    // ours; `BarMapping` owns it from here and unmaps it on drop.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            file,
+            offset,
+        )
+    }?;
+    let ptr = NonNull::new(p.cast()).ok_or_else(|| std::io::Error::other("mmap returned 0"))?;
+    Ok(Arc::new(BarMapping { ptr, len }))
+}
+
 /// The IOMMU side: the VFIO container, its IOVA ranges, and which DMA regions are
 /// mapped in it.
 #[derive(Debug)]
@@ -380,14 +464,60 @@ impl RegionListener for VfioDma {
 enum Dma {
     /// Through an IOMMU, region by region.
     Vfio(Arc<VfioDma>),
+    /// By physical address (uio, VFIO no-IOMMU): every region of a physical-mode
+    /// domain is populated and translated when it is created.
+    Physical(&'static PhysMap),
     /// Every address as is (a fake device in tests).
     Identity,
 }
 
-/// What keeps a VFIO-opened function open: dropped after the device is reset.
+/// What keeps an opened function open: dropped after the device is reset.
 #[derive(Debug)]
 struct VfioHandles {
-    _group: OwnedFd,
+    _group: Option<OwnedFd>,
+    _container: Option<OwnedFd>,
+}
+
+/// How a function is reached, from its driver binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PciAccess {
+    /// vfio-pci with an IOMMU: IOVAs mapped with `VFIO_IOMMU_MAP_DMA`.
+    VfioType1,
+    /// vfio-pci in no-IOMMU mode: physical addresses.
+    VfioNoIommu,
+    /// uio_pci_generic: sysfs resource mappings, physical addresses.
+    Uio,
+}
+
+impl PciAccess {
+    /// Whether the device sees physical addresses (the DMA domain must be in physical
+    /// mode, [`DmaConfig::physical`](crate::DmaConfig::physical)).
+    pub fn physical(self) -> bool {
+        !matches!(self, PciAccess::VfioType1)
+    }
+
+    /// How `bdf` can be reached now, from its driver binding and IOMMU group.
+    ///
+    /// # Errors
+    /// [`Error::PciSetup`] when the function does not exist or is bound to another
+    /// driver (or none).
+    pub fn of(bdf: &str) -> Result<Self> {
+        let v = VfioOpen::new(bdf)?;
+        match v.driver().as_deref() {
+            Some("vfio-pci") => Ok(if v.find_group()?.2 {
+                PciAccess::VfioNoIommu
+            } else {
+                PciAccess::VfioType1
+            }),
+            Some("uio_pci_generic") => Ok(PciAccess::Uio),
+            Some(other) => Err(v.setup(format!(
+                "bound to {other}, not vfio-pci or uio_pci_generic (vbdev pci bind {bdf} vfio-pci)"
+            ))),
+            None => Err(v.setup(format!(
+                "bound to no driver (vbdev pci bind {bdf} vfio-pci, or uio_pci_generic)"
+            ))),
+        }
+    }
 }
 
 /// A virtio-pci function driven from user space.
@@ -424,13 +554,46 @@ impl PciTransport {
     /// [`Error::Pci`] for a config space or register failure;
     /// [`Error::IovaOutOfRange`] when a DMA region is outside the IOMMU's ranges;
     /// [`Error::NoAccessPlatform`] when the device would bypass the IOMMU.
+    /// Opens the virtio-pci function `bdf` the way its driver binding allows
+    /// ([`PciAccess::of`]): VFIO type1, VFIO no-IOMMU or uio_pci_generic.
+    ///
+    /// The two no-IOMMU ways need `domain` in physical mode
+    /// ([`DmaConfig::physical`](crate::DmaConfig::physical)); type1 works with either,
+    /// and wants [`DmaConfig::pinned`](crate::DmaConfig::pinned) or `physical` (small
+    /// regions below 2^39).
+    ///
+    /// # Errors
+    /// As [`PciTransport::open_vfio`] and [`PciTransport::open_uio`].
+    pub fn open(
+        bdf: &str,
+        domain: &'static DmaDomain,
+        opts: &PciOptions,
+    ) -> Result<Arc<PciTransport>> {
+        match PciAccess::of(bdf)? {
+            PciAccess::VfioType1 | PciAccess::VfioNoIommu => Self::open_vfio(bdf, domain, opts),
+            PciAccess::Uio => Self::open_uio(bdf, domain, opts),
+        }
+    }
+
+    /// Opens `bdf` bound to `vfio-pci`: with an IOMMU (type1) the DMA regions are
+    /// mapped at IOVA = address; in a no-IOMMU group the device gets physical addresses
+    /// and `domain` must be in physical mode.
+    ///
+    /// # Errors
+    /// As for [`PciTransport::open`]; [`Error::PciSetup`] for a no-IOMMU group when
+    /// `domain` is not in physical mode.
     pub fn open_vfio(
         bdf: &str,
         domain: &'static DmaDomain,
         opts: &PciOptions,
     ) -> Result<Arc<PciTransport>> {
         let v = VfioOpen::new(bdf)?;
-        let (group_no, group_path) = v.find_group()?;
+        let (group_no, group_path, noiommu) = v.find_group()?;
+        let phys = if noiommu {
+            Some(v.phys_map(domain, "VFIO no-IOMMU")?)
+        } else {
+            None
+        };
         let container = v.open_file(Path::new("/dev/vfio/vfio"), ": is the vfio module loaded?")?;
         // SAFETY: VFIO_GET_API_VERSION takes no argument and only returns a value.
         let api = unsafe { ioctl(&container, VFIO_GET_API_VERSION()) };
@@ -440,13 +603,23 @@ impl PciTransport {
                 vb::VFIO_API_VERSION
             )));
         }
-        let iommu_type = [vb::VFIO_TYPE1v2_IOMMU, vb::VFIO_TYPE1_IOMMU]
-            .into_iter()
+        let wanted: &[u32] = if noiommu {
+            &[vb::VFIO_NOIOMMU_IOMMU]
+        } else {
+            &[vb::VFIO_TYPE1v2_IOMMU, vb::VFIO_TYPE1_IOMMU]
+        };
+        let iommu_type = wanted
+            .iter()
+            .copied()
             // SAFETY: VFIO_CHECK_EXTENSION takes the extension number by value and only
             // returns a value.
             .find(|&t| unsafe { ioctl_with_val(&container, VFIO_CHECK_EXTENSION(), t.into()) } > 0)
             .ok_or_else(|| {
-                v.setup("the VFIO container supports no type1 IOMMU (no-IOMMU mode is not supported yet)".into())
+                v.setup(if noiommu {
+                    "the VFIO container does not offer no-IOMMU mode (load vfio with enable_unsafe_noiommu_mode=1, on a kernel with CONFIG_VFIO_NOIOMMU)".into()
+                } else {
+                    "the VFIO container supports no type1 IOMMU".into()
+                })
             })?;
         let group = v.open_file(&group_path, ": is the device bound to vfio-pci?")?;
         let mut status = vb::vfio_group_status {
@@ -478,7 +651,11 @@ impl PciTransport {
         // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value.
         let rc = unsafe { ioctl_with_val(&container, VFIO_SET_IOMMU(), iommu_type.into()) };
         v.check(rc, || format!("VFIO_SET_IOMMU({iommu_type})"), "")?;
-        let ranges = iova_ranges(&container);
+        let ranges = if noiommu {
+            None
+        } else {
+            iova_ranges(&container)
+        };
         match &ranges {
             Some(r) => {
                 tracing::debug!(target: TARGET, bdf, ranges = %format_ranges(r), "IOMMU IOVA ranges")
@@ -558,6 +735,23 @@ impl PciTransport {
         } else {
             None
         };
+        if let Some(map) = phys {
+            domain.reserve()?;
+            let t = Self::from_parts(
+                bdf,
+                layout,
+                Arc::new(vbars),
+                notify_map,
+                Dma::Physical(map),
+                Some(VfioHandles {
+                    _group: Some(group),
+                    _container: Some(container),
+                }),
+                opts,
+            )?;
+            tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO no-IOMMU (physical addresses)");
+            return Ok(Arc::new(t));
+        }
         let dma = Arc::new(VfioDma {
             bdf: bdf.to_owned(),
             domain,
@@ -576,13 +770,111 @@ impl PciTransport {
             Arc::new(vbars),
             notify_map,
             Dma::Vfio(dma),
-            Some(VfioHandles { _group: group }),
+            Some(VfioHandles {
+                _group: Some(group),
+                _container: None,
+            }),
             opts,
         )?;
         if t.offered & transport_features::ACCESS_PLATFORM == 0 {
             return Err(Error::NoAccessPlatform { bdf: bdf.into() });
         }
         tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, iommu_type, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO");
+        Ok(Arc::new(t))
+    }
+
+    /// Opens `bdf` bound to `uio_pci_generic`: registers through mappings of its sysfs
+    /// `resourceN` files, configuration space through its sysfs `config` file, and
+    /// physical addresses for DMA, so `domain` must be in physical mode.
+    ///
+    /// The driver sets Memory Space, Bus Master and Interrupt Disable (polled mode:
+    /// uio_pci_generic only has INTx) in the command register.
+    ///
+    /// # Errors
+    /// [`Error::PciSetup`] when the function is not bound to uio_pci_generic or `domain`
+    /// is not in physical mode; [`Error::Vfio`] naming the file that could not be
+    /// opened, read or mapped; [`Error::Pci`] for a config space or register failure.
+    pub fn open_uio(
+        bdf: &str,
+        domain: &'static DmaDomain,
+        opts: &PciOptions,
+    ) -> Result<Arc<PciTransport>> {
+        let v = VfioOpen::new(bdf)?;
+        match v.driver().as_deref() {
+            Some("uio_pci_generic") => {}
+            other => {
+                return Err(v.setup(format!(
+                    "bound to {}, not uio_pci_generic (vbdev pci bind {bdf} uio_pci_generic)",
+                    other.unwrap_or("no driver")
+                )));
+            }
+        }
+        let phys = v.phys_map(domain, "uio_pci_generic")?;
+        let config_path = v.sysfs.join("config");
+        let config = File::options()
+            .read(true)
+            .write(true)
+            .open(&config_path)
+            .map_err(|e| v.vfio(&format!("open {}", config_path.display()), e, ""))?;
+        let mut cfg = vec![0u8; CONFIG_SPACE_MAX as usize];
+        let n = rustix::io::pread(&config, &mut cfg, 0)
+            .map_err(|e| v.vfio(&format!("read {}", config_path.display()), e.into(), ""))?;
+        cfg.truncate(n);
+        let layout = parse_config_space(&cfg).map_err(|e| v.pci(e))?;
+        let mut bars: [Option<Arc<BarMapping>>; 6] = Default::default();
+        for cap in layout.used_caps() {
+            let i = usize::from(cap.bar.get());
+            if bars[i].is_some() {
+                continue;
+            }
+            let path = v.sysfs.join(format!("resource{i}"));
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::SYNC.bits() as i32)
+                .open(&path)
+                .map_err(|e| {
+                    v.vfio(
+                        &format!("open {}", path.display()),
+                        e,
+                        ": the BAR must be a memory BAR",
+                    )
+                })?;
+            let len = file
+                .metadata()
+                .map_err(|e| v.vfio(&format!("stat {}", path.display()), e, ""))?
+                .len();
+            let len = usize::try_from(len)
+                .map_err(|_| v.setup(format!("{} is too large", path.display())))?;
+            bars[i] = Some(
+                map_shared(&file, 0, len)
+                    .map_err(|e| v.vfio(&format!("mmap {}", path.display()), e, ""))?,
+            );
+        }
+        layout
+            .check_bars(|b| bars[usize::from(b.get())].as_ref().map(|m| m.len as u64))
+            .map_err(|e| v.pci(e))?;
+        let mut cmd = [0u8; 2];
+        rustix::io::pread(&config, &mut cmd, header::COMMAND as u64)
+            .map_err(|e| v.vfio("read the command register", e.into(), ""))?;
+        let cmd = u16::from_le_bytes(cmd)
+            | header::COMMAND_MEMORY
+            | header::COMMAND_BUS_MASTER
+            | header::COMMAND_INTX_DISABLE;
+        rustix::io::pwrite(&config, &cmd.to_le_bytes(), header::COMMAND as u64)
+            .map_err(|e| v.vfio("write the command register", e.into(), ""))?;
+        let notify_map = bars[usize::from(layout.notify.cap.bar.get())].clone();
+        domain.reserve()?;
+        let t = Self::from_parts(
+            bdf,
+            layout,
+            Arc::new(MmapBars { bars }),
+            if opts.mmio_doorbell { notify_map } else { None },
+            Dma::Physical(phys),
+            None,
+            opts,
+        )?;
+        tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, "virtio-pci function opened through uio_pci_generic (physical addresses)");
         Ok(Arc::new(t))
     }
 
@@ -672,7 +964,8 @@ impl PciTransport {
 
     fn ring_visible(&self, addrs: &RingAddrs) -> bool {
         match &self.dma {
-            Dma::Identity => true,
+            // Physical: the queue translated the ring; every region is visible.
+            Dma::Identity | Dma::Physical(_) => true,
             Dma::Vfio(d) => [addrs.desc, addrs.avail, addrs.used].iter().all(|a| {
                 d.domain
                     .lookup(a.0, 1)
@@ -857,12 +1150,26 @@ impl VfioOpen {
             .map_err(|e| self.vfio(&format!("open {}", path.display()), e, hint))
     }
 
-    /// The IOMMU group number and its VFIO node, after checking the driver binding.
-    fn find_group(&self) -> Result<(String, PathBuf)> {
-        let driver = std::fs::read_link(self.sysfs.join("driver"))
+    /// The name of the driver the function is bound to.
+    fn driver(&self) -> Option<String> {
+        std::fs::read_link(self.sysfs.join("driver"))
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        match driver.as_deref() {
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+
+    /// The domain's physical map, or the error that `way` needs physical mode.
+    fn phys_map(&self, domain: &'static DmaDomain, way: &str) -> Result<&'static PhysMap> {
+        domain.phys_map().ok_or_else(|| {
+            self.setup(format!(
+                "{way} gives the device physical addresses, and the DMA memory is not in physical mode (DmaConfig::physical: 2 MiB huge pages)"
+            ))
+        })
+    }
+
+    /// The IOMMU group number, its VFIO node and whether it is a no-IOMMU group, after
+    /// checking the driver binding.
+    fn find_group(&self) -> Result<(String, PathBuf, bool)> {
+        match self.driver().as_deref() {
             Some("vfio-pci") => {}
             Some(other) => {
                 return Err(self.setup(format!(
@@ -886,12 +1193,9 @@ impl VfioOpen {
         let node = PathBuf::from(format!("/dev/vfio/{group}"));
         let noiommu = PathBuf::from(format!("/dev/vfio/noiommu-{group}"));
         if !node.exists() && noiommu.exists() {
-            return Err(self.setup(format!(
-                "{} is a no-IOMMU group; only VFIO type1 (with an IOMMU) is supported yet",
-                noiommu.display()
-            )));
+            return Ok((group, noiommu, true));
         }
-        Ok((group, node))
+        Ok((group, node, false))
     }
 }
 
@@ -998,9 +1302,16 @@ impl Transport for PciTransport {
         Ok(0)
     }
 
+    fn phys_map(&self) -> Option<&'static PhysMap> {
+        match &self.dma {
+            Dma::Physical(m) => Some(m),
+            Dma::Vfio(_) | Dma::Identity => None,
+        }
+    }
+
     fn region_visible(&self, region: RegionId) -> bool {
         match &self.dma {
-            Dma::Identity => true,
+            Dma::Identity | Dma::Physical(_) => true,
             Dma::Vfio(d) => d.mapped.load(Ordering::Relaxed) & region.bit() != 0,
         }
     }
@@ -1075,6 +1386,7 @@ mod tests {
                 event_idx: true,
                 indirect_desc: false,
                 indirect_max: 1,
+                phys: None,
             },
         )
         .unwrap();
