@@ -1,25 +1,37 @@
-//! The virtio-pci transport (virtio 1.2 §4.1) over VFIO type1: a function bound to
-//! `vfio-pci` behind an IOMMU, driven from user space in polled mode.
+//! The virtio-pci transport (virtio 1.2 §4.1): a function bound to `vfio-pci` or
+//! `uio_pci_generic`, driven from user space in polled mode.
 //!
-//! [`PciTransport::open_vfio`] runs the VFIO sequence (container, group, IOMMU type,
-//! device fd), reads the configuration space through the config region, parses it with
-//! [`parse_config_space`], sets Memory Space and Bus Master, and maps every region of
-//! the [`DmaDomain`] with `VFIO_IOMMU_MAP_DMA` at IOVA = process address, so
-//! descriptors carry the same addresses as with vhost-user. Regions created later are
-//! mapped from a [`RegionListener`]. A region outside the IOMMU's IOVA ranges fails the
-//! attach naming the ranges; use [`DmaConfig::pinned`](crate::DmaConfig::pinned)
-//! (small regions below 2^39) before the domain is first used.
+//! [`PciTransport::open`] picks the way in from the driver binding ([`PciAccess`]):
+//! - **VFIO type1** ([`PciTransport::open_vfio`]): the VFIO sequence (container, group,
+//!   IOMMU type, device fd); configuration space and registers through the VFIO
+//!   regions; every region of the [`DmaDomain`] mapped with `VFIO_IOMMU_MAP_DMA` at
+//!   IOVA = process address, so descriptors carry the same addresses as with
+//!   vhost-user. Regions created later are mapped from a [`RegionListener`]. A region
+//!   outside the IOMMU's IOVA ranges fails the attach naming the ranges; an IOMMU
+//!   while the device does not offer ACCESS_PLATFORM fails it too.
+//! - **VFIO no-IOMMU** (same function, `/dev/vfio/noiommu-N`, `VFIO_NOIOMMU_IOMMU`):
+//!   no DMA mapping; the device sees physical addresses.
+//! - **uio_pci_generic** ([`PciTransport::open_uio`]): registers through mappings of
+//!   the sysfs `resourceN` files ([`MmapBars`]), configuration space through the sysfs
+//!   `config` file; physical addresses.
 //!
-//! Register access on the control path is `pread`/`pwrite` on the VFIO device fd, so a
-//! vanished device gives errors, not signals. The doorbell is a 16-bit store into the
-//! mapped notify BAR ([`MmioDoorbell`]), or a `pwrite` when the BAR cannot be mapped.
+//! With physical addresses the domain must be in physical mode
+//! ([`DmaConfig::physical`](crate::DmaConfig::physical)) and the transport hands its
+//! [`PhysMap`] to the queues ([`Transport::phys_map`]), which split every buffer at
+//! physical discontinuities. The driver sets Memory Space and Bus Master itself (and
+//! INTx Disable for uio).
+//!
+//! With VFIO, register access on the control path is `pread`/`pwrite` on the device fd,
+//! so a vanished device gives errors, not signals. Every BAR mapping (the notify BAR
+//! for doorbells, every BAR for uio) is registered with the SIGBUS guard
+//! ([`crate::sigbus`]): an access to a removed function turns the mapping into memory
+//! that reads all ones, the register layer reports [`PciError::DeviceGone`], and
+//! [`Transport::is_alive`] turns false.
 //!
 //! Queues are polled: each gets [`NO_VECTOR`] and a [`CallFd`] on an eventfd that
 //! nothing signals, so a caller that sleeps on it wakes at its timeout and polls then.
-//! Not done yet (issue 7): MSI-X interrupts, VFIO no-IOMMU and uio (physical
-//! addresses), the SIGBUS guard for the doorbell mapping of a removed device, and
-//! per-queue reset (VIRTIO_F_RING_RESET is not accepted; `stop_queue` does nothing and
-//! `shutdown` resets the device).
+//! Not done: MSI-X interrupts, and per-queue reset (VIRTIO_F_RING_RESET is not
+//! accepted; `stop_queue` does nothing and `shutdown` resets the device).
 //!
 //! [`DmaDomain`]: crate::DmaDomain
 
@@ -103,14 +115,50 @@ impl Default for PciOptions {
     }
 }
 
-/// A mapping of a BAR into this process, unmapped on drop.
+/// A mapping of a BAR into this process, guarded against SIGBUS, unmapped on drop.
+///
+/// When the function is removed, an access that faults turns the whole mapping into
+/// memory that reads all ones ([`crate::sigbus`]), which the register layer reports as
+/// [`PciError::DeviceGone`]; [`BarMapping::is_gone`] says so without an access.
 ///
 /// # Invariants
-/// `ptr..ptr + len` is a live shared mapping of the BAR, owned by this value.
+/// `ptr..ptr + len` is a live shared mapping of the BAR, owned by this value, and
+/// registered with the SIGBUS guard `guard` until `drop` unmaps it; it is only
+/// accessed through raw pointers (volatile loads and stores).
 #[derive(Debug)]
 pub struct BarMapping {
     ptr: NonNull<u8>,
     len: usize,
+    guard: Option<crate::sigbus::Guard>,
+}
+
+impl BarMapping {
+    /// Takes ownership of the new shared mapping `ptr..ptr + len` and guards it.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must be a mapping the caller just made, that nothing else
+    /// refers to or unmaps.
+    unsafe fn new(ptr: NonNull<u8>, len: usize) -> Result<Self> {
+        // SAFETY: the caller's contract: we own the mapping; it is only accessed through
+        // raw pointers (MmapBars, MmioDoorbell) and `drop` unregisters before unmapping.
+        match unsafe { crate::sigbus::Guard::register(ptr, len) } {
+            Ok(guard) => Ok(Self {
+                ptr,
+                len,
+                guard: Some(guard),
+            }),
+            Err(e) => {
+                // SAFETY: the caller's mapping, not handed out yet.
+                let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether an access faulted because the device is gone.
+    pub fn is_gone(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.is_faulted())
+    }
 }
 
 // SAFETY: the mapping is device memory that any thread may access; the pointer is only
@@ -121,6 +169,9 @@ unsafe impl Sync for BarMapping {}
 
 impl Drop for BarMapping {
     fn drop(&mut self) {
+        // Unregister before unmapping (sigbus's rule): no handler touches the range
+        // once the guard is gone.
+        drop(self.guard.take());
         // SAFETY: type invariant: this value owns the mapping; every `MmioDoorbell` that
         // points into it holds an `Arc` to it, so none is left when this runs.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
@@ -369,7 +420,9 @@ fn map_shared(
         )
     }?;
     let ptr = NonNull::new(p.cast()).ok_or_else(|| std::io::Error::other("mmap returned 0"))?;
-    Ok(Arc::new(BarMapping { ptr, len }))
+    // SAFETY: the mapping was just made and nothing else refers to it.
+    let m = unsafe { BarMapping::new(ptr, len) }.map_err(std::io::Error::other)?;
+    Ok(Arc::new(m))
 }
 
 /// The IOMMU side: the VFIO container, its IOVA ranges, and which DMA regions are
@@ -531,6 +584,8 @@ pub struct PciTransport {
     bars: Arc<dyn PciBars>,
     common: Mutex<CommonCfg<Arc<dyn PciBars>>>,
     notify_map: Option<Arc<BarMapping>>,
+    /// Every BAR mapping (guarded): one that faulted means the device is gone.
+    mappings: Vec<Arc<BarMapping>>,
     dma: Dma,
     num_queues: u16,
     offered: u64,
@@ -737,10 +792,12 @@ impl PciTransport {
         };
         if let Some(map) = phys {
             domain.reserve()?;
+            let mappings = notify_map.iter().cloned().collect();
             let t = Self::from_parts(
                 bdf,
                 layout,
                 Arc::new(vbars),
+                mappings,
                 notify_map,
                 Dma::Physical(map),
                 Some(VfioHandles {
@@ -764,10 +821,12 @@ impl PciTransport {
         for r in domain.subscribe(Arc::downgrade(&listener)) {
             dma.map(&r)?;
         }
+        let mappings = notify_map.iter().cloned().collect();
         let t = Self::from_parts(
             bdf,
             layout,
             Arc::new(vbars),
+            mappings,
             notify_map,
             Dma::Vfio(dma),
             Some(VfioHandles {
@@ -865,10 +924,12 @@ impl PciTransport {
             .map_err(|e| v.vfio("write the command register", e.into(), ""))?;
         let notify_map = bars[usize::from(layout.notify.cap.bar.get())].clone();
         domain.reserve()?;
+        let mappings: Vec<Arc<BarMapping>> = bars.iter().flatten().cloned().collect();
         let t = Self::from_parts(
             bdf,
             layout,
             Arc::new(MmapBars { bars }),
+            mappings,
             if opts.mmio_doorbell { notify_map } else { None },
             Dma::Physical(phys),
             None,
@@ -898,13 +959,24 @@ impl PciTransport {
         };
         let layout = parse_config_space(config_space).map_err(pci)?;
         layout.check_bars(bar_len).map_err(pci)?;
-        Self::from_parts(name, layout, bars, None, Dma::Identity, None, opts)
+        Self::from_parts(
+            name,
+            layout,
+            bars,
+            Vec::new(),
+            None,
+            Dma::Identity,
+            None,
+            opts,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)] // one private constructor for three ways in
     fn from_parts(
         bdf: &str,
         layout: VirtioPciLayout,
         bars: Arc<dyn PciBars>,
+        mappings: Vec<Arc<BarMapping>>,
         notify_map: Option<Arc<BarMapping>>,
         dma: Dma,
         vfio: Option<VfioHandles>,
@@ -925,6 +997,7 @@ impl PciTransport {
             bars,
             common: Mutex::new(common),
             notify_map,
+            mappings,
             dma,
             num_queues,
             offered,
@@ -997,10 +1070,17 @@ fn map_bar(bars: &VfioBars, bar: BarIndex, bdf: &str) -> Option<Arc<BarMapping>>
         )
     };
     match mapped {
-        Ok(p) => Some(Arc::new(BarMapping {
-            ptr: NonNull::new(p.cast())?,
-            len,
-        })),
+        Ok(p) => {
+            let ptr = NonNull::new(p.cast::<u8>())?;
+            // SAFETY: the mapping was just made and nothing else refers to it.
+            match unsafe { BarMapping::new(ptr, len) } {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    tracing::debug!(target: TARGET, bdf, %bar, error = %e, "BAR mapping cannot be guarded: doorbells use pwrite");
+                    None
+                }
+            }
+        }
         Err(e) => {
             tracing::debug!(target: TARGET, bdf, %bar, error = %e, "mmap of the BAR failed: doorbells use pwrite");
             None
@@ -1317,7 +1397,18 @@ impl Transport for PciTransport {
     }
 
     fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
+        if !self.alive.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.mappings.iter().any(|m| m.is_gone()) {
+            // A BAR access faulted: the function was removed (the SIGBUS guard made
+            // the mapping inert).
+            if self.alive.swap(false, Ordering::AcqRel) {
+                tracing::error!(target: TARGET, bdf = %self.bdf, "virtio-pci function removed (BAR access faulted)");
+            }
+            return false;
+        }
+        true
     }
 
     /// Resets the device, which stops its DMA, and fails every later call.
