@@ -34,6 +34,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a JSON-RPC method of a running `vbdev serve` (or SPDK) and print the result.
     Rpc(RpcArgs),
+    /// List virtio PCI functions and bind them to vfio-pci or uio_pci_generic (or back
+    /// to the kernel's virtio-pci), as SPDK's scripts/setup.sh does.
+    Pci(PciArgs),
 }
 
 /// Default JSON-RPC socket of `vbdev serve` and `vbdev rpc`.
@@ -96,6 +99,57 @@ pub struct RpcArgs {
         value_name = "--KEY VALUE"
     )]
     pub args: Vec<String>,
+}
+
+/// `vbdev pci`: virtio PCI functions and their driver binding.
+#[derive(Debug, Args)]
+pub struct PciArgs {
+    /// Where sysfs is mounted (default: $VBDEV_SYSFS_ROOT, else /sys); for tests.
+    #[arg(long, value_name = "DIR", hide = true, global = true)]
+    pub sysfs_root: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: PciCmd,
+}
+
+/// `vbdev pci` commands.
+#[derive(Debug, Subcommand)]
+pub enum PciCmd {
+    /// List the virtio PCI functions (vendor 1af4): address, device type, driver
+    /// binding, IOMMU group, NUMA node.
+    List {
+        /// Print one JSON object (`{"functions": [...]}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bind a virtio function to a driver: write driver_override, unbind it from its
+    /// driver, probe (writing vfio-pci's unbind waits while a process uses the function).
+    Bind {
+        /// PCI address, DDDD:BB:DD.F (or BB:DD.F for domain 0000).
+        bdf: String,
+        /// The driver: vfio-pci or uio_pci_generic for user space, virtio-pci to give the
+        /// function back to the kernel.
+        #[arg(value_enum)]
+        driver: PciDriver,
+    },
+    /// Unbind a virtio function from its driver and clear its driver_override.
+    Unbind {
+        /// PCI address, DDDD:BB:DD.F (or BB:DD.F for domain 0000).
+        bdf: String,
+    },
+}
+
+/// Drivers `vbdev pci bind` binds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PciDriver {
+    /// VFIO (type1 IOMMU, or no-IOMMU mode).
+    #[value(name = "vfio-pci")]
+    VfioPci,
+    /// UIO (no IOMMU translation).
+    #[value(name = "uio_pci_generic")]
+    UioPciGeneric,
+    /// The kernel's virtio drivers.
+    #[value(name = "virtio-pci")]
+    VirtioPci,
 }
 
 /// bdevperf's workloads (`-w`).

@@ -6,6 +6,7 @@ mod cli;
 mod io;
 mod logging;
 mod output;
+mod pci_cmd;
 mod perf;
 mod rpc_cmd;
 mod serve;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         cli::Command::Perf(args) => perf::run(args),
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Rpc(args) => rpc_cmd::run(args),
+        cli::Command::Pci(args) => pci_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,7 +84,7 @@ fn dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
     let pci = match &cli.command {
         cli::Command::Io(a) => a.pci.as_deref().map(physical),
         cli::Command::Perf(a) => a.pci.as_deref().map(physical),
-        cli::Command::Serve(a) if a.pci => Some(huge_pages_reserved()),
+        cli::Command::Serve(a) if a.pci => return Some(serve_pci_dma_config()),
         _ => None,
     };
     match pci {
@@ -95,6 +97,16 @@ fn dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
             hugetlb: true,
             ..DmaConfig::default()
         }),
+    }
+}
+
+/// DMA memory for a daemon that attaches PCI functions later: physical mode when huge
+/// pages are reserved (every way in works), else pinned (VFIO type1 only).
+fn serve_pci_dma_config() -> vbdev_virtio::DmaConfig {
+    if huge_pages_reserved() {
+        vbdev_virtio::DmaConfig::physical()
+    } else {
+        vbdev_virtio::DmaConfig::pinned()
     }
 }
 

@@ -2,7 +2,10 @@
 //!
 //! Start-up: the config (`--json` SPDK JSON, or `--config` legacy INI converted to the
 //! same calls) is replayed first; a failing call stops the start with its error, and what
-//! was created is torn down again. Then the JSON-RPC socket is opened. SIGINT/SIGTERM
+//! was created is torn down again. An INI's `[VirtioPci] Enable Yes` then attaches every
+//! virtio-blk/virtio-scsi PCI function bound to a user-space driver; it sets up the DMA
+//! memory for PCI as `--pci` does when that flag is not given. Then the JSON-RPC socket
+//! is opened. SIGINT/SIGTERM
 //! close the socket (calls in progress finish), stop the vhost controllers, detach every
 //! virtio device (its queues stopped, the ring state read back with GET_VRING_BASE) and
 //! remove the sockets.
@@ -40,8 +43,18 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")
         .map_err(Failure::run)?;
-    let daemon = Arc::new(Daemon::new(args.vhost_dir.clone(), args.pci));
-    if let Err(e) = load_config(&daemon, &args) {
+    let ini = read_ini(&args)?;
+    let pci_enable = ini.as_ref().is_some_and(|i| i.pci_enable);
+    if pci_enable && !args.pci {
+        // What main does for --pci, before any DMA memory exists.
+        vbdev_virtio::DmaDomain::configure(crate::serve_pci_dma_config()).map_err(|e| {
+            Failure::usage(anyhow!(
+                "[VirtioPci] Enable Yes: cannot set up DMA memory for PCI ({e}); start with --pci"
+            ))
+        })?;
+    }
+    let daemon = Daemon::new(args.vhost_dir.clone(), args.pci || pci_enable);
+    if let Err(e) = load_config(&daemon, &args, ini) {
         daemon.shutdown();
         return Err(e);
     }
@@ -69,8 +82,22 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Replays `--json` or `--config`.
-fn load_config(daemon: &Daemon, args: &ServeArgs) -> Result<(), Failure> {
+/// Reads and converts `--config`, if given.
+fn read_ini(args: &ServeArgs) -> Result<Option<ini::Ini>, Failure> {
+    let Some(path) = &args.config else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Failure::usage)?;
+    let ini = ini::parse_full(&text)
+        .with_context(|| format!("config {}", path.display()))
+        .map_err(Failure::usage)?;
+    Ok(Some(ini))
+}
+
+/// Replays `--json` or `--config` (read by [`read_ini`]).
+fn load_config(daemon: &Daemon, args: &ServeArgs, ini: Option<ini::Ini>) -> Result<(), Failure> {
     if let Some(path) = &args.json {
         let cfg = daemon::read_json(path).map_err(Failure::usage)?;
         let n = daemon.load(&cfg).map_err(|e| {
@@ -83,13 +110,7 @@ fn load_config(daemon: &Daemon, args: &ServeArgs) -> Result<(), Failure> {
         })?;
         tracing::info!(target: "vbdev::serve", calls = n, config = %path.display(), "config loaded");
     }
-    if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))
-            .map_err(Failure::usage)?;
-        let ini = ini::parse_full(&text)
-            .with_context(|| format!("config {}", path.display()))
-            .map_err(Failure::usage)?;
+    if let (Some(path), Some(ini)) = (&args.config, ini) {
         for section in &ini.ignored_sections {
             eprintln!(
                 "vbdev serve: config {}: section [{section}] ignored (only [VirtioUser<N>] and [VirtioPci] are read)",
@@ -106,6 +127,23 @@ fn load_config(daemon: &Daemon, args: &ServeArgs) -> Result<(), Failure> {
                     e.code
                 ))
             })?;
+        }
+        if ini.pci_enable {
+            let names = daemon.attach_all_pci().map_err(|e| {
+                Failure::run(anyhow!(
+                    "config {}: [VirtioPci] Enable: {} (code {})",
+                    path.display(),
+                    e.message,
+                    e.code
+                ))
+            })?;
+            if names.is_empty() {
+                eprintln!(
+                    "vbdev serve: config {}: [VirtioPci] Enable: no virtio-blk or virtio-scsi PCI function is bound to vfio-pci or uio_pci_generic",
+                    path.display()
+                );
+            }
+            tracing::info!(target: "vbdev::serve", devices = ?names, "[VirtioPci] functions attached");
         }
     }
     Ok(())

@@ -135,6 +135,7 @@
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
+pub mod sysfs;
 #[cfg(test)]
 mod tests;
 

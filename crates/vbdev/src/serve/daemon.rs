@@ -16,10 +16,23 @@
 //! A bdev served by a vhost controller is "claimed" (as SPDK says): deleting or detaching
 //! it fails with `-16` (EBUSY) naming the controller, instead of pulling it from under a
 //! frontend.
+//!
+//! # PCI enumeration and the hotplug monitor
+//! [`Daemon::attach_all_pci`] (`[VirtioPci] Enable Yes`) attaches every modern
+//! virtio-blk and virtio-scsi function bound to `vfio-pci` or `uio_pci_generic`, under
+//! the first free `VirtioBlk<N>` / `VirtioScsi<N>` name. `bdev_virtio_blk_set_hotplug`
+//! starts a monitor thread (SPDK §4.4) that reads sysfs every `period_us`: it detaches
+//! the PCI virtio-blk devices whose function is gone or no longer bound to a user-space
+//! driver (a hot-remove: their bdevs go), then attaches the virtio-blk functions bound
+//! to one that are not attached yet. It goes through the same reserve / attach unlocked
+//! / add steps as the RPC; it holds no lock while it sleeps or attaches. Unbinding
+//! `vfio-pci` from a function in use blocks in the kernel until the process lets go: the
+//! monitor sees the `driver` link go first, detaches, and the unbind completes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -28,11 +41,15 @@ use serde_json::{Value, json};
 use vbdev_bdev::virtio_scsi::{self, ScsiController};
 use vbdev_bdev::{Bdev, malloc, null, virtio_blk};
 use vbdev_target::{BlkTargetConfig, ScsiHandle, ScsiTargetConfig, TargetHandle};
+use vbdev_virtio::pci::sysfs::{Bdf, DeviceType, PciFunction, Sysfs};
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
 
 use super::rpc::{Handler, RpcError};
 
 const TARGET: &str = "vbdev::serve";
+
+/// The attach method.
+const ATTACH: &str = "bdev_virtio_attach_controller";
 
 /// `-ENODEV`.
 const ENODEV: i32 = -19;
@@ -46,6 +63,12 @@ const EINVAL: i32 = -22;
 const ENOTSUP: i32 = -95;
 /// Queue size of a PCI function attached by RPC.
 const PCI_QUEUE_SIZE: u16 = 256;
+/// SPDK's hotplug period when 0 is given, in microseconds.
+const HOTPLUG_PERIOD_DEFAULT_US: u64 = 100_000;
+/// SPDK's longest hotplug period, in microseconds.
+const HOTPLUG_PERIOD_MAX_US: u64 = 10_000_000;
+/// Environment variable naming the sysfs mount point (tests); `/sys` without it.
+const SYSFS_ROOT_ENV: &str = "VBDEV_SYSFS_ROOT";
 /// JSON-RPC invalid params, SPDK's usual code for a failed call.
 const INVALID_PARAMS: i32 = -32602;
 /// SPDK's code for params that do not decode (`spdk_json_decode_object failed`).
@@ -222,6 +245,8 @@ struct State {
     vhost: Vec<Vhost>,
     /// Names being created right now (bdevs, controllers).
     reserved: HashSet<String>,
+    /// PCI functions being attached right now, by address.
+    reserved_pci: HashSet<String>,
     hotplug: Option<u64>,
 }
 
@@ -250,6 +275,44 @@ impl State {
             || self.virtio.iter().any(|v| v.name == name)
     }
 
+    /// Whether the PCI function `bdf` (the kernel's form) is attached or being attached.
+    fn pci_taken(&self, bdf: &str) -> bool {
+        self.reserved_pci.contains(bdf)
+            || self
+                .virtio
+                .iter()
+                .any(|v| v.pci && v.socket.as_os_str() == bdf)
+    }
+
+    /// Reserves `name` and the PCI function `bdf` for an attach.
+    fn reserve_pci(&mut self, name: &str, bdf: &str) -> Result<(), RpcError> {
+        if self.name_taken(name) {
+            return Err(RpcError::new(
+                EEXIST,
+                format!("File exists: {name:?} is already used"),
+            ));
+        }
+        if let Some(v) = self
+            .virtio
+            .iter()
+            .find(|v| v.pci && v.socket.as_os_str() == bdf)
+        {
+            return Err(RpcError::new(
+                EEXIST,
+                format!("File exists: {bdf} is attached already, as {}", v.name),
+            ));
+        }
+        if self.reserved_pci.contains(bdf) {
+            return Err(RpcError::new(
+                EEXIST,
+                format!("File exists: {bdf} is being attached"),
+            ));
+        }
+        self.reserved.insert(name.to_owned());
+        self.reserved_pci.insert(bdf.to_owned());
+        Ok(())
+    }
+
     fn claimed_by(&self, bdev: &str) -> Option<&str> {
         self.vhost
             .iter()
@@ -266,6 +329,42 @@ pub struct Daemon {
     started: Instant,
     /// DMA memory is set up for PCI functions (`vbdev serve --pci`).
     pci: bool,
+    /// Where PCI functions are found.
+    sysfs: Sysfs,
+    /// The hotplug monitor, when enabled. Never locked by the monitor thread itself, so
+    /// stopping it (a join) under this lock cannot deadlock.
+    monitor: Mutex<Option<Monitor>>,
+    /// This daemon, for the monitor thread.
+    me: Weak<Daemon>,
+}
+
+/// A function the hotplug monitor failed to attach.
+#[derive(Debug)]
+struct AttachFailure {
+    /// Its driver then; another one makes it new.
+    driver: Option<String>,
+    /// The wait before the next try.
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+/// The hotplug monitor thread and its stop flag.
+#[derive(Debug)]
+struct Monitor {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+impl Monitor {
+    /// Tells the thread to stop and waits for it (at most one attach or detach long).
+    fn stop(self) {
+        let (flag, cv) = &*self.stop;
+        *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if self.thread.join().is_err() {
+            tracing::error!(target: TARGET, "the hotplug monitor panicked");
+        }
+    }
 }
 
 /// Every method, for `rpc_get_methods`.
@@ -350,6 +449,26 @@ struct AttachParams {
     vq_count: Option<u32>,
     #[serde(default)]
     vq_size: Option<u32>,
+}
+
+/// A validated `bdev_virtio_attach_controller`.
+#[derive(Debug)]
+struct AttachSpec {
+    name: String,
+    /// Socket path, or the PCI address in the kernel's form.
+    traddr: String,
+    pci: bool,
+    scsi: bool,
+    vq_count: u16,
+    vq_size: u16,
+}
+
+/// A function `[VirtioPci] Enable` attaches: modern virtio-blk or virtio-scsi, bound to
+/// a user-space driver (SPDK took 0x1042 and 0x1048 only).
+fn attachable(f: &PciFunction) -> bool {
+    !f.transitional
+        && matches!(f.device_type, DeviceType::Blk | DeviceType::Scsi)
+        && f.is_user_space_bound()
 }
 
 #[derive(Debug, Deserialize)]
@@ -486,14 +605,22 @@ struct ConfigSubsystem {
 }
 
 impl Daemon {
-    /// An empty daemon whose vhost controllers get their sockets in `vhost_dir`.
-    pub fn new(vhost_dir: PathBuf, pci: bool) -> Self {
-        Self {
+    /// An empty daemon whose vhost controllers get their sockets in `vhost_dir`; `pci`:
+    /// DMA memory is set up for PCI functions. PCI functions are looked up under
+    /// `$VBDEV_SYSFS_ROOT`, `/sys` without it.
+    pub fn new(vhost_dir: PathBuf, pci: bool) -> Arc<Self> {
+        let sysfs = std::env::var_os(SYSFS_ROOT_ENV)
+            .map(Sysfs::new)
+            .unwrap_or_default();
+        Arc::new_cyclic(|me| Self {
             state: Mutex::new(State::default()),
             vhost_dir,
             started: Instant::now(),
             pci,
-        }
+            sysfs,
+            monitor: Mutex::new(None),
+            me: me.clone(),
+        })
     }
 
     /// Replays an SPDK JSON config (`{"subsystems": [...]}`): every call of every
@@ -599,6 +726,15 @@ impl Daemon {
     /// devices (each detach stops its queues and reads back the ring state), then the
     /// local bdevs.
     pub fn shutdown(&self) {
+        // First, so that nothing is attached behind our back.
+        if let Some(m) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            m.stop();
+        }
         let (mut vhost, virtio, locals) = {
             let mut s = lock(&self.state);
             (
@@ -631,25 +767,13 @@ impl Daemon {
         Ok(())
     }
 
-    fn release(&self, name: &str) {
-        lock(&self.state).reserved.remove(name);
-    }
-
     fn attach(&self, params: Option<Value>) -> Result<Value, RpcError> {
-        const M: &str = "bdev_virtio_attach_controller";
-        let p: AttachParams = decode(M, params, DECODE_FAILED)?;
+        let p: AttachParams = decode(ATTACH, params, DECODE_FAILED)?;
+        let mut traddr = p.traddr.clone();
         match p.trtype.as_str() {
             "user" => {}
             "pci" => {
-                if !self.pci {
-                    return Err(RpcError::new(
-                        ENOTSUP,
-                        format!(
-                            "{M} {}: trtype \"pci\" needs the daemon started with --pci (its DMA memory is then pinned and placed for the IOMMU)",
-                            p.name
-                        ),
-                    ));
-                }
+                self.check_pci(&p.name)?;
                 // SPDK: queue parameters are for the user transport only.
                 if p.vq_count.unwrap_or(0) != 0 || p.vq_size.unwrap_or(0) != 0 {
                     return Err(RpcError::new(
@@ -657,17 +781,24 @@ impl Daemon {
                         "vq_count or vq_size is not allowed for PCI transport type.",
                     ));
                 }
+                // SPDK's message; the kernel's form from here on (`00:02.0` too).
+                let bdf: Bdf = p.traddr.parse().map_err(|_| {
+                    RpcError::new(EINVAL, format!("Invalid PCI address '{}'", p.traddr))
+                })?;
+                traddr = bdf.to_string();
             }
             "vfio-user" => {
                 return Err(RpcError::new(
                     ENOTSUP,
-                    format!("{M} {}: trtype \"vfio-user\" is not supported", p.name),
+                    format!("{ATTACH} {}: trtype \"vfio-user\" is not supported", p.name),
                 ));
             }
             t => {
                 return Err(RpcError::new(
                     DECODE_FAILED,
-                    format!("{M}: trtype {t:?} is not one of \"user\", \"pci\", \"vfio-user\""),
+                    format!(
+                        "{ATTACH}: trtype {t:?} is not one of \"user\", \"pci\", \"vfio-user\""
+                    ),
                 ));
             }
         }
@@ -677,7 +808,7 @@ impl Daemon {
             t => {
                 return Err(RpcError::new(
                     DECODE_FAILED,
-                    format!("{M}: dev_type {t:?} is not \"blk\" or \"scsi\""),
+                    format!("{ATTACH}: dev_type {t:?} is not \"blk\" or \"scsi\""),
                 ));
             }
         };
@@ -685,7 +816,10 @@ impl Daemon {
         let vq_count = match p.vq_count.unwrap_or(0) {
             0 => 1,
             n => u16::try_from(n).map_err(|_| {
-                RpcError::new(EINVAL, format!("{M} {}: vq_count {n} is too large", p.name))
+                RpcError::new(
+                    EINVAL,
+                    format!("{ATTACH} {}: vq_count {n} is too large", p.name),
+                )
             })?,
         };
         let vq_size = match p.vq_size.unwrap_or(0) {
@@ -695,18 +829,15 @@ impl Daemon {
                 return Err(RpcError::new(
                     EINVAL,
                     format!(
-                        "{M} {}: vq_size {n} is not a power of two from 1 to 32768",
+                        "{ATTACH} {}: vq_size {n} is not a power of two from 1 to 32768",
                         p.name
                     ),
                 ));
             }
         };
         if p.name.is_empty() {
-            return Err(RpcError::new(EINVAL, format!("{M}: name is empty")));
+            return Err(RpcError::new(EINVAL, format!("{ATTACH}: name is empty")));
         }
-        self.reserve(&p.name)?;
-        let socket = PathBuf::from(&p.traddr);
-        let vhost_user = VhostUserOptions::default();
         let pci = p.trtype == "pci";
         // PCI: one request queue of PCI_QUEUE_SIZE (QEMU's virtio-pci devices take 256).
         let (vq_count, vq_size) = if pci {
@@ -714,19 +845,62 @@ impl Daemon {
         } else {
             (vq_count, vq_size)
         };
+        let spec = AttachSpec {
+            name: p.name,
+            traddr,
+            pci,
+            scsi,
+            vq_count,
+            vq_size,
+        };
+        if pci {
+            let mut s = lock(&self.state);
+            s.reserve_pci(&spec.name, &spec.traddr)?;
+        } else {
+            self.reserve(&spec.name)?;
+        }
+        self.attach_reserved(spec).map(|names| json!(names))
+    }
+
+    /// PCI attaches need the DMA memory set up for them (`vbdev serve --pci`).
+    fn check_pci(&self, name: &str) -> Result<(), RpcError> {
+        if self.pci {
+            return Ok(());
+        }
+        Err(RpcError::new(
+            ENOTSUP,
+            format!(
+                "{ATTACH} {name}: trtype \"pci\" needs the daemon started with --pci (its DMA memory is then pinned and placed for the IOMMU)"
+            ),
+        ))
+    }
+
+    /// Attaches what `spec` says, its name (and PCI address) reserved by the caller;
+    /// releases them. Returns the names of the bdevs created.
+    fn attach_reserved(&self, spec: AttachSpec) -> Result<Vec<String>, RpcError> {
+        let AttachSpec {
+            name,
+            traddr,
+            pci,
+            scsi,
+            vq_count,
+            vq_size,
+        } = spec;
+        let socket = PathBuf::from(&traddr);
+        let vhost_user = VhostUserOptions::default();
         let dev = if pci {
             if scsi {
                 let opts = virtio_scsi::AttachOptions {
                     queue_size: vq_size,
                     ..virtio_scsi::AttachOptions::default()
                 };
-                virtio_scsi::attach_pci(&p.name, &p.traddr, &opts).map(VirtioDev::Scsi)
+                virtio_scsi::attach_pci(&name, &traddr, &opts).map(VirtioDev::Scsi)
             } else {
                 let opts = virtio_blk::AttachOptions {
                     queue_size: vq_size,
                     ..virtio_blk::AttachOptions::default()
                 };
-                virtio_blk::attach_pci(&p.name, &p.traddr, &opts).map(VirtioDev::Blk)
+                virtio_blk::attach_pci(&name, &traddr, &opts).map(VirtioDev::Blk)
             }
         } else if scsi {
             let opts = virtio_scsi::AttachOptions {
@@ -735,7 +909,7 @@ impl Daemon {
                 vhost_user,
                 ..virtio_scsi::AttachOptions::default()
             };
-            virtio_scsi::attach_vhost_user(&p.name, &socket, &opts).map(VirtioDev::Scsi)
+            virtio_scsi::attach_vhost_user(&name, &socket, &opts).map(VirtioDev::Scsi)
         } else {
             let opts = virtio_blk::AttachOptions {
                 num_queues: vq_count,
@@ -743,38 +917,95 @@ impl Daemon {
                 vhost_user,
                 ..virtio_blk::AttachOptions::default()
             };
-            virtio_blk::attach_vhost_user(&p.name, &socket, &opts).map(VirtioDev::Blk)
+            virtio_blk::attach_vhost_user(&name, &socket, &opts).map(VirtioDev::Blk)
         };
         let dev = match dev {
             Ok(d) => d,
             Err(e) => {
-                self.release(&p.name);
-                tracing::warn!(target: TARGET, name = %p.name, error = %format!("{e:#}"), "attach failed");
-                return Err(failed(M, &p.name, &e));
+                let mut s = lock(&self.state);
+                s.reserved.remove(&name);
+                s.reserved_pci.remove(&traddr);
+                drop(s);
+                tracing::warn!(target: TARGET, name = %name, error = %format!("{e:#}"), "attach failed");
+                return Err(failed(ATTACH, &name, &e));
             }
         };
         let v = Virtio {
-            name: p.name.clone(),
+            name: name.clone(),
             socket,
             pci,
             vq_count,
             vq_size,
             dev,
         };
-        let names: Vec<Value> = v.bdevs().iter().map(|b| json!(b.name())).collect();
+        let names: Vec<String> = v.bdevs().iter().map(|b| b.name().to_owned()).collect();
         let mut s = lock(&self.state);
-        s.reserved.remove(&p.name);
+        s.reserved.remove(&name);
+        s.reserved_pci.remove(&traddr);
         // A LUN name may collide with a bdev created meanwhile (a malloc called
         // VirtioScsi0t0): refuse the whole device rather than shadow one.
         if let Some(b) = v.bdevs().iter().find(|b| s.bdev(b.name()).is_some()) {
-            let msg = format!("{M} {}: bdev name {:?} is already used", p.name, b.name());
+            let msg = format!("{ATTACH} {name}: bdev name {:?} is already used", b.name());
             drop(s);
             v.detach();
             return Err(RpcError::new(EEXIST, msg));
         }
-        tracing::info!(target: TARGET, name = %p.name, bdevs = names.len(), "virtio device attached");
+        tracing::info!(target: TARGET, name = %name, bdevs = names.len(), "virtio device attached");
         s.virtio.push(v);
-        Ok(Value::Array(names))
+        Ok(names)
+    }
+
+    /// `[VirtioPci] Enable Yes`: attaches every modern virtio-blk and virtio-scsi
+    /// function bound to `vfio-pci` or `uio_pci_generic` and not attached yet, as
+    /// `VirtioBlk<N>` / `VirtioScsi<N>` (the first free N). Returns the device names.
+    ///
+    /// # Errors
+    /// Sysfs cannot be read, or a function fails to attach (the ones attached before it
+    /// stay).
+    pub fn attach_all_pci(&self) -> Result<Vec<String>, RpcError> {
+        self.check_pci("VirtioPci")?;
+        let fns = self.sysfs.virtio_functions().map_err(|e| {
+            RpcError::new(
+                INVALID_PARAMS,
+                format!("[VirtioPci] Enable: {}", error_chain(&e)),
+            )
+        })?;
+        let mut names = Vec::new();
+        for f in fns.iter().filter(|f| attachable(f)) {
+            let scsi = f.device_type == DeviceType::Scsi;
+            if let Some(name) = self.attach_auto(f.bdf, scsi)? {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Attaches the PCI function `bdf` under the first free `VirtioBlk<N>` or
+    /// `VirtioScsi<N>`; `None` when it is attached (or being attached) already.
+    fn attach_auto(&self, bdf: Bdf, scsi: bool) -> Result<Option<String>, RpcError> {
+        let traddr = bdf.to_string();
+        let prefix = if scsi { "VirtioScsi" } else { "VirtioBlk" };
+        let name = {
+            let mut s = lock(&self.state);
+            if s.pci_taken(&traddr) {
+                return Ok(None);
+            }
+            let name = (0u32..)
+                .map(|i| format!("{prefix}{i}"))
+                .find(|n| !s.name_taken(n))
+                .unwrap_or_default();
+            s.reserve_pci(&name, &traddr)?;
+            name
+        };
+        self.attach_reserved(AttachSpec {
+            name: name.clone(),
+            traddr,
+            pci: true,
+            scsi,
+            vq_count: 1,
+            vq_size: PCI_QUEUE_SIZE,
+        })?;
+        Ok(Some(name))
     }
 
     fn detach(&self, params: Option<Value>) -> Result<Value, RpcError> {
@@ -952,15 +1183,124 @@ impl Daemon {
     }
 
     fn hotplug(&self, params: Option<Value>) -> Result<Value, RpcError> {
-        let p: HotplugParams = decode("bdev_virtio_blk_set_hotplug", params, INVALID_PARAMS)?;
-        // SPDK: 0 means 100 ms, capped at 10 s. There is no PCI transport yet, so nothing
-        // is monitored; the setting is kept for save_config.
+        const M: &str = "bdev_virtio_blk_set_hotplug";
+        let p: HotplugParams = decode(M, params, INVALID_PARAMS)?;
+        // SPDK: 0 means 100 ms, capped at 10 s.
         let period = match p.period_us.unwrap_or(0) {
-            0 => 100_000,
-            n => n.min(10_000_000),
+            0 => HOTPLUG_PERIOD_DEFAULT_US,
+            n => n.min(HOTPLUG_PERIOD_MAX_US),
         };
+        if p.enable && !self.pci {
+            return Err(RpcError::new(
+                ENOTSUP,
+                format!(
+                    "{M}: the hotplug monitor attaches PCI functions: it needs the daemon started with --pci"
+                ),
+            ));
+        }
+        // Held throughout, so that two calls cannot both start a thread; the thread
+        // never takes it.
+        let mut monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = monitor.take() {
+            m.stop();
+        }
+        if p.enable {
+            let stop = Arc::new((Mutex::new(false), Condvar::new()));
+            let me = self.me.clone();
+            let flag = Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name("vbdev-hotplug".into())
+                .spawn(move || monitor_loop(&me, &flag, Duration::from_micros(period)))
+                .map_err(|e| {
+                    RpcError::invalid_params(format!("{M}: cannot start the monitor thread: {e}"))
+                })?;
+            *monitor = Some(Monitor { stop, thread });
+            tracing::info!(target: TARGET, period_us = period, "hotplug monitor started");
+        } else {
+            tracing::info!(target: TARGET, "hotplug monitor stopped");
+        }
         lock(&self.state).hotplug = p.enable.then_some(period);
         Ok(json!(true))
+    }
+
+    /// One pass of the hotplug monitor: detach the PCI virtio-blk devices whose function
+    /// is gone or unbound, then attach the new ones. `failed` holds the functions whose
+    /// attach failed: each is tried again after a backoff that doubles up to
+    /// [`HOTPLUG_PERIOD_MAX_US`] (a `/dev/vfio` node may appear a moment after the bind),
+    /// and forgotten when it goes or changes driver.
+    fn hotplug_poll(&self, period: Duration, failed: &mut HashMap<Bdf, AttachFailure>) {
+        let fns = match self.sysfs.virtio_functions() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(target: TARGET, error = %error_chain(&e), "hotplug: cannot list PCI functions");
+                return;
+            }
+        };
+        // Still there for an attached device: present and bound to a user-space driver
+        // (whatever its ID: an RPC may have attached a transitional one).
+        let bound: HashSet<String> = fns
+            .iter()
+            .filter(|f| f.is_user_space_bound())
+            .map(|f| f.bdf.to_string())
+            .collect();
+        // To attach: the modern virtio-blk ones among them.
+        let usable: Vec<&PciFunction> = fns
+            .iter()
+            .filter(|f| f.device_type == DeviceType::Blk && attachable(f))
+            .collect();
+        let gone: Vec<Virtio> = {
+            let mut s = lock(&self.state);
+            let (gone, kept) = std::mem::take(&mut s.virtio).into_iter().partition(|v| {
+                v.pci && !v.is_scsi() && !v.socket.to_str().is_some_and(|b| bound.contains(b))
+            });
+            s.virtio = kept;
+            for v in &gone {
+                for b in v.bdevs() {
+                    if let Some(c) = s.claimed_by(b.name()) {
+                        tracing::warn!(target: TARGET, bdev = %b.name(), ctrlr = %c, "hot-removed bdev was used by a vhost controller");
+                    }
+                }
+            }
+            gone
+        };
+        for v in gone {
+            tracing::info!(target: TARGET, name = %v.name, bdf = %v.socket.display(), "hotplug: PCI function removed; detaching");
+            v.detach();
+        }
+        failed.retain(|bdf, fail| fns.iter().any(|f| f.bdf == *bdf && f.driver == fail.driver));
+        let now = Instant::now();
+        for f in usable {
+            if failed.get(&f.bdf).is_some_and(|fail| now < fail.retry_at) {
+                continue;
+            }
+            match self.attach_auto(f.bdf, false) {
+                Ok(Some(name)) => {
+                    failed.remove(&f.bdf);
+                    tracing::info!(target: TARGET, name = %name, bdf = %f.bdf, "hotplug: PCI function attached");
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let backoff = match failed.get(&f.bdf) {
+                        Some(fail) => {
+                            tracing::debug!(target: TARGET, bdf = %f.bdf, error = %e.message, "hotplug: attach failed again");
+                            (fail.backoff * 2).min(Duration::from_micros(HOTPLUG_PERIOD_MAX_US))
+                        }
+                        None => {
+                            tracing::warn!(target: TARGET, bdf = %f.bdf, error = %e.message, "hotplug: attach failed; retrying with a backoff");
+                            period
+                        }
+                    };
+                    failed.insert(
+                        f.bdf,
+                        AttachFailure {
+                            driver: f.driver.clone(),
+                            backoff,
+                            retry_at: Instant::now() + backoff,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     fn socket_for(&self, ctrlr: &str) -> Result<PathBuf, RpcError> {
@@ -1142,6 +1482,26 @@ impl Daemon {
             )));
         }
         Ok(self.subsystem_config(&p.name))
+    }
+}
+
+/// The hotplug monitor thread: [`Daemon::hotplug_poll`] every `period` until `stop` is
+/// set or the daemon is gone.
+fn monitor_loop(daemon: &Weak<Daemon>, stop: &(Mutex<bool>, Condvar), period: Duration) {
+    let mut failed = HashMap::new();
+    let (flag, cv) = stop;
+    loop {
+        match daemon.upgrade() {
+            Some(d) => d.hotplug_poll(period, &mut failed),
+            None => return,
+        }
+        let stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (stopped, _) = cv
+            .wait_timeout_while(stopped, period, |s| !*s)
+            .unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
     }
 }
 

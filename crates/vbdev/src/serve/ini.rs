@@ -13,8 +13,11 @@
 //! ```
 //!
 //! Every call also gets `trtype: "user"` and `vq_size: 512` (SPDK's hard-coded queue size).
-//! `[VirtioPci] Enable Yes` (attach every virtio PCI device at start) is refused: there is
-//! no PCI transport yet, and SPDK itself dropped it without an RPC equivalent. Every other
+//! `[VirtioPci] Enable Yes` (attach every virtio PCI device at start) has no RPC (SPDK
+//! dropped it without one): it sets [`Ini::pci_enable`], and the daemon attaches every
+//! modern virtio-blk and virtio-scsi function bound to a user-space driver after the
+//! calls, as `VirtioBlk<N>` / `VirtioScsi<N>`. `save_config` then writes one
+//! `bdev_virtio_attach_controller` call with `trtype: "pci"` per device. Every other
 //! section (`[Global]`, `[Malloc]`, `[Nvme]`, ...) is skipped and listed in
 //! [`Ini::ignored_sections`] so that the caller can warn about it.
 //!
@@ -58,6 +61,9 @@ pub struct Ini {
     /// Sections this module does not handle (`Global`, `Malloc`, ...), by name, in file
     /// order, once per occurrence; the caller should warn that they were ignored.
     pub ignored_sections: Vec<String>,
+    /// `[VirtioPci] Enable Yes`: attach every virtio-blk and virtio-scsi PCI function
+    /// bound to `vfio-pci` or `uio_pci_generic`, after the calls.
+    pub pci_enable: bool,
 }
 
 /// Parses INI text into the calls it stands for and the sections it ignored.
@@ -66,8 +72,7 @@ pub struct Ini {
 /// A message that starts with `line <n>: ` and says what is wrong: a line that is neither a
 /// section header, a `Key Value` line nor a comment; a key outside any section; in a virtio
 /// section, an unknown or repeated key or a bad value; a `[VirtioUser<N>]` section without
-/// `Path` or with a suffix that is not a decimal number; two controllers with one name;
-/// `[VirtioPci] Enable Yes`.
+/// `Path` or with a suffix that is not a decimal number; two controllers with one name.
 pub fn parse_full(text: &str) -> anyhow::Result<Ini> {
     let mut ini = Ini::default();
     // Controller names given so far, with the line of their section, to refuse doubles
@@ -223,16 +228,9 @@ impl Section {
             }
             Kind::Pci => {
                 if let Some(e) = self.keys.get("Enable") {
-                    if parse_bool(&e.value)
-                        .with_context(|| format!("line {}: [{}]: Enable", e.line, self.name))?
-                    {
-                        bail!(
-                            "line {}: [{}]: Enable Yes: PCI auto-enumeration is not supported \
-                             (there is no PCI transport yet, and SPDK had no RPC for it either)",
-                            e.line,
-                            self.name
-                        );
-                    }
+                    // A second [VirtioPci] section may not turn off what a first enabled.
+                    ini.pci_enable |= parse_bool(&e.value)
+                        .with_context(|| format!("line {}: [{}]: Enable", e.line, self.name))?;
                 }
             }
             Kind::Ignored => {}
@@ -348,12 +346,15 @@ mod tests {
     }
 
     #[test]
-    fn seed_readme_pci_example_is_refused() {
-        let e = err("[VirtioPci]\n  Enable Yes\n");
-        assert!(
-            e.starts_with("line 2: [VirtioPci]: Enable Yes: PCI auto-enumeration is not supported"),
-            "{e}"
-        );
+    fn seed_readme_pci_example_enables_enumeration() {
+        let ini = parse_full("[VirtioPci]\n  Enable Yes\n").unwrap();
+        assert!(ini.pci_enable);
+        assert!(ini.calls.is_empty());
+        assert!(ini.ignored_sections.is_empty());
+        // With user sections: their calls, and the enumeration after them.
+        let ini = parse_full("[VirtioPci]\nEnable Yes\n[VirtioUser0]\nPath /p\n").unwrap();
+        assert!(ini.pci_enable);
+        assert_eq!(ini.calls, vec![attach("VirtioScsi0", "/p", "scsi", 1)]);
     }
 
     #[test]
@@ -535,11 +536,8 @@ mod tests {
             assert_eq!(ini, Ini::default(), "Enable {v}");
         }
         for v in ["Yes", "yes", "Y", "True", "true", "1"] {
-            let e = err(&format!("[VirtioPci]\n  Enable {v}\n"));
-            assert!(
-                e.contains("PCI auto-enumeration is not supported"),
-                "{v}: {e}"
-            );
+            let ini = parse_full(&format!("[VirtioPci]\n  Enable {v}\n")).unwrap();
+            assert!(ini.pci_enable, "Enable {v}");
         }
         assert_eq!(
             err("[VirtioPci]\nEnable maybe\n"),

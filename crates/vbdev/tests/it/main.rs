@@ -5,6 +5,7 @@ mod io_errors;
 mod io_info;
 mod io_rw;
 mod pci;
+mod pci_admin;
 mod perf;
 mod qsd;
 mod scsi_io;
