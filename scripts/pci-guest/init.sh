@@ -6,9 +6,14 @@
 # 2. loads the modules of the mode and binds every virtio-blk (1af4:1042) and
 #    virtio-scsi (1af4:1048) PCI function to vfio-pci, uio_pci_generic, or
 #    leaves it to the kernel's virtio drivers;
-# 3. prints one "VBDEV-PCI <blk|scsi> <BDF> <driver> <node>" line per function,
-#    exports VBDEV_PCI_BLK / VBDEV_PCI_SCSI (space-separated BDFs) and
-#    VBDEV_PCI_MODE, runs the program, prints "VBDEV-EXIT <code>";
+# 3. prints one "VBDEV-PCI <kind> <BDF> <driver> <node>" line per function,
+#    kind blk/scsi (QEMU-emulated) or vhost-blk/vhost-scsi (vhost-user, told
+#    apart by their PCI slots: 0x10-0x17 and 0x18-0x1e), exports
+#    VBDEV_PCI_BLK / VBDEV_PCI_SCSI / VBDEV_PCI_VHOST_BLK /
+#    VBDEV_PCI_VHOST_SCSI (space-separated BDFs) and VBDEV_PCI_MODE; in mode
+#    kernel waits for the disks, prints "VBDEV-DISK <dev> <kind> <BDF>" per
+#    disk and exports VBDEV_VHOST_BLK_DEV / VBDEV_VHOST_SCSI_DEV (their
+#    /dev nodes); runs the program, prints "VBDEV-EXIT <code>";
 # 4. powers off. Any failure before the program prints "VBDEV-ERROR <why>".
 
 export PATH=/bin:/sbin HOME=/ TERM=dumb
@@ -20,7 +25,7 @@ exec </dev/console >/dev/console 2>&1
 mkdir -p /dev/pts /dev/shm
 mount -t tmpfs tmpfs /dev/shm
 
-MODE=vfio HUGEPAGES=0 NBLK=0 NSCSI=0 NSCSIDISKS=0
+MODE=vfio HUGEPAGES=0 NBLK=0 NSCSI=0 NSCSIDISKS=0 NVBLK=0 NVSCSI=0
 . /vbdev/config
 KVER=$(cat /etc/kver)
 MODDIR=/lib/modules/$KVER
@@ -86,8 +91,13 @@ esac
 
 VBDEV_PCI_BLK=""
 VBDEV_PCI_SCSI=""
+VBDEV_PCI_VHOST_BLK=""
+VBDEV_PCI_VHOST_SCSI=""
 nblk=0
 nscsi=0
+nvblk=0
+nvscsi=0
+functions=""
 for dev in /sys/bus/pci/devices/*; do
     [ "$(cat "$dev/vendor")" = 0x1af4 ] || continue
     case $(cat "$dev/device") in
@@ -96,6 +106,13 @@ for dev in /sys/bus/pci/devices/*; do
     *) continue ;;
     esac
     bdf=${dev##*/}
+    # run.sh puts the vhost-user functions (same device ids) at fixed slots.
+    slot=$(( 0x$(echo "$bdf" | cut -d: -f3 | cut -d. -f1) ))
+    if [ $kind = blk ] && [ $slot -ge 16 ] && [ $slot -le 23 ]; then
+        kind=vhost-blk
+    elif [ $kind = scsi ] && [ $slot -ge 24 ] && [ $slot -le 30 ]; then
+        kind=vhost-scsi
+    fi
     if [ "$MODE" != kernel ]; then
         if [ -e "$dev/driver" ]; then
             echo "$bdf" >"$dev/driver/unbind" || fail "cannot unbind $bdf"
@@ -104,7 +121,7 @@ for dev in /sys/bus/pci/devices/*; do
         echo "$bdf" >/sys/bus/pci/drivers_probe
     fi
     bound=$(readlink "$dev/driver")
-    [ "${bound##*/}" = "$driver" ] || fail "$bdf is bound to '${bound##*/}', not $driver"
+    [ "${bound##*/}" = "$driver" ] || fail "$bdf ($kind) is bound to '${bound##*/}', not $driver"
     case $MODE in
     vfio)
         group=$(readlink "$dev/iommu_group") || fail "$bdf has no IOMMU group (is the vIOMMU on?)"
@@ -128,33 +145,71 @@ for dev in /sys/bus/pci/devices/*; do
         wait_for "$node" || fail "$node for $bdf did not appear"
     fi
     echo "VBDEV-PCI $kind $bdf $driver $node"
-    if [ $kind = blk ]; then
+    functions="$functions $kind:$bdf"
+    case $kind in
+    blk)
         VBDEV_PCI_BLK="${VBDEV_PCI_BLK:+$VBDEV_PCI_BLK }$bdf"
         nblk=$((nblk + 1))
-    else
+        ;;
+    scsi)
         VBDEV_PCI_SCSI="${VBDEV_PCI_SCSI:+$VBDEV_PCI_SCSI }$bdf"
         nscsi=$((nscsi + 1))
-    fi
+        ;;
+    vhost-blk)
+        VBDEV_PCI_VHOST_BLK="${VBDEV_PCI_VHOST_BLK:+$VBDEV_PCI_VHOST_BLK }$bdf"
+        nvblk=$((nvblk + 1))
+        ;;
+    vhost-scsi)
+        VBDEV_PCI_VHOST_SCSI="${VBDEV_PCI_VHOST_SCSI:+$VBDEV_PCI_VHOST_SCSI }$bdf"
+        nvscsi=$((nvscsi + 1))
+        ;;
+    esac
 done
 [ $nblk -eq "$NBLK" ] || fail "found $nblk virtio-blk functions, expected $NBLK"
 [ $nscsi -eq "$NSCSI" ] || fail "found $nscsi virtio-scsi functions, expected $NSCSI"
+[ $nvblk -eq "$NVBLK" ] || fail "found $nvblk vhost-user-blk functions, expected $NVBLK"
+[ $nvscsi -eq "$NVSCSI" ] || fail "found $nvscsi vhost-user-scsi functions, expected $NVSCSI"
 if [ "$MODE" = vfio ] || [ "$MODE" = noiommu ]; then
     wait_for /dev/vfio/vfio || fail "/dev/vfio/vfio did not appear"
 fi
+
+# disks_of BDF: the kernel's disks (vdX, sdX) behind one PCI function
+disks_of() {
+    for b in /sys/bus/pci/devices/$1/virtio*/block/* \
+        /sys/bus/pci/devices/$1/virtio*/host*/target*/*/block/*; do
+        [ -e "$b" ] && echo "${b##*/}"
+    done
+}
+
+VBDEV_VHOST_BLK_DEV=""
+VBDEV_VHOST_SCSI_DEV=""
 if [ "$MODE" = kernel ]; then
     # The kernel's disks: virtio-blk ones at once, SCSI ones after the scan.
-    i=0
-    while [ "$(ls /sys/block | grep -c '^[vs]d')" -lt $((NBLK + NSCSIDISKS)) ]; do
-        i=$((i + 1))
-        [ $i -gt 100 ] && fail "the kernel did not show all disks: $(ls /sys/block)"
-        usleep 50000
-    done
-    for b in /sys/block/vd* /sys/block/sd*; do
-        [ -e "$b" ] && echo "VBDEV-DISK /dev/${b##*/}"
+    # Each blk function has one; the emulated SCSI controller NSCSIDISKS; a
+    # vhost-user-scsi one at least one (its LUNs are the target's business).
+    for f in $functions; do
+        kind=${f%%:*}
+        bdf=${f#*:}
+        want=1
+        [ $kind = scsi ] && want=$NSCSIDISKS
+        i=0
+        while [ "$(disks_of "$bdf" | wc -l)" -lt "$want" ]; do
+            i=$((i + 1))
+            [ $i -gt 200 ] && fail "the kernel did not show the disks of $kind $bdf: $(ls /sys/block)"
+            usleep 50000
+        done
+        for d in $(disks_of "$bdf"); do
+            echo "VBDEV-DISK /dev/$d $kind $bdf"
+            case $kind in
+            vhost-blk) VBDEV_VHOST_BLK_DEV="${VBDEV_VHOST_BLK_DEV:+$VBDEV_VHOST_BLK_DEV }/dev/$d" ;;
+            vhost-scsi) VBDEV_VHOST_SCSI_DEV="${VBDEV_VHOST_SCSI_DEV:+$VBDEV_VHOST_SCSI_DEV }/dev/$d" ;;
+            esac
+        done
     done
 fi
 
-export VBDEV_PCI_MODE=$MODE VBDEV_PCI_BLK VBDEV_PCI_SCSI
+export VBDEV_PCI_MODE=$MODE VBDEV_PCI_BLK VBDEV_PCI_SCSI VBDEV_PCI_VHOST_BLK VBDEV_PCI_VHOST_SCSI
+export VBDEV_VHOST_BLK_DEV VBDEV_VHOST_SCSI_DEV
 echo "VBDEV-RUN $(cat /vbdev/cmdline)"
 cd /tmp
 sh /vbdev/cmd </dev/null

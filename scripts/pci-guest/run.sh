@@ -15,6 +15,17 @@
 #   --disk FILE        raw image as a virtio-blk-pci function (repeatable)
 #   --scsi-disk FILE   raw image as a scsi-hd disk on one virtio-scsi-pci
 #                      controller, target N (0, 1, ...) LUN 0 (repeatable)
+#   --vhost-user-blk SOCKET
+#                      a vhost-user-blk-pci function connected to the target
+#                      listening on SOCKET, at PCI slot 0x10, 0x11, ...
+#                      (repeatable, up to 8; not with --mode vfio)
+#   --vhost-user-scsi SOCKET
+#                      a vhost-user-scsi-pci function connected to SOCKET, at
+#                      PCI slot 0x18, 0x19, ... (repeatable, up to 7; not with
+#                      --mode vfio). Guest RAM becomes a shared memfd when any
+#                      vhost-user function is given.
+#   --vhost-queues N   request queues of each vhost-user function (default 1;
+#                      the target must offer at least N)
 #   --timeout SECS     kill QEMU and fail (exit 124) after SECS (default 120)
 #   --mem SIZE         guest RAM (default 512M)
 #   --smp N            guest vCPUs (default 2; virtio-blk gets N queues)
@@ -27,8 +38,13 @@
 #   --verbose          kernel messages at boot, and the QEMU command line
 #
 # The program runs as root in /tmp as /vbdev/bin/NAME, with VBDEV_PCI_MODE,
-# VBDEV_PCI_BLK and VBDEV_PCI_SCSI (space-separated BDFs) set. Console lines:
-#   VBDEV-PCI <blk|scsi> <BDF> <driver> <node>   one per virtio PCI function
+# VBDEV_PCI_BLK and VBDEV_PCI_SCSI (space-separated BDFs of the emulated
+# functions), VBDEV_PCI_VHOST_BLK and VBDEV_PCI_VHOST_SCSI (those of the
+# vhost-user functions) set; in mode kernel also VBDEV_VHOST_BLK_DEV and
+# VBDEV_VHOST_SCSI_DEV (their disks, e.g. /dev/vdb, /dev/sdb). Console lines:
+#   VBDEV-PCI <blk|scsi|vhost-blk|vhost-scsi> <BDF> <driver> <node>
+#                                                one per virtio PCI function
+#   VBDEV-DISK <dev> <kind> <BDF>                mode kernel: one per disk
 #   VBDEV-EXIT <code>                            the program's exit code
 #   VBDEV-ERROR <why>                            the guest setup failed
 # Exit code: the program's, 124 on timeout, 125 when the guest printed no
@@ -43,7 +59,7 @@ usage() {
 }
 bad_usage() {
     echo "run.sh: $*" >&2
-    echo "usage: run.sh [--mode vfio|noiommu|uio|kernel] [--disk FILE]... [--scsi-disk FILE]... [--timeout SECS] -- HOST_BINARY [ARGS...]" >&2
+    echo "usage: run.sh [--mode vfio|noiommu|uio|kernel] [--disk FILE]... [--scsi-disk FILE]... [--vhost-user-blk SOCKET]... [--vhost-user-scsi SOCKET]... [--timeout SECS] -- HOST_BINARY [ARGS...]" >&2
     exit 2
 }
 log() {
@@ -53,6 +69,9 @@ log() {
 mode=vfio
 disks=()
 scsi_disks=()
+vhost_blk=()
+vhost_scsi=()
+vhost_queues=1
 timeout=120
 mem=512M
 smp=2
@@ -67,6 +86,9 @@ while (($# > 0)); do
         --mode) mode=${2:?}; shift ;;
         --disk) disks+=("${2:?}"); shift ;;
         --scsi-disk) scsi_disks+=("${2:?}"); shift ;;
+        --vhost-user-blk) vhost_blk+=("${2:?}"); shift ;;
+        --vhost-user-scsi) vhost_scsi+=("${2:?}"); shift ;;
+        --vhost-queues) vhost_queues=${2:?}; shift ;;
         --timeout) timeout=${2:?}; shift ;;
         --mem) mem=${2:?}; shift ;;
         --smp) smp=${2:?}; shift ;;
@@ -92,6 +114,17 @@ case $mode in vfio | noiommu | uio | kernel) ;; *) bad_usage "unknown mode: $mod
 for f in "${disks[@]}" "${scsi_disks[@]}"; do
     [[ -f $f || -b $f ]] || bad_usage "no such image file: $f"
 done
+for s in "${vhost_blk[@]}" "${vhost_scsi[@]}"; do
+    [[ -S $s ]] || bad_usage "no vhost-user socket (is the target running?): $s"
+done
+((${#vhost_blk[@]} <= 8)) || bad_usage "at most 8 --vhost-user-blk (slots 0x10-0x17)"
+((${#vhost_scsi[@]} <= 7)) || bad_usage "at most 7 --vhost-user-scsi (slots 0x18-0x1e)"
+[[ $vhost_queues =~ ^[0-9]+$ ]] && ((vhost_queues > 0)) || bad_usage "--vhost-queues wants a positive number"
+if [[ $mode == vfio ]] && ((${#vhost_blk[@]} + ${#vhost_scsi[@]} > 0)); then
+    # With iommu_platform=on the frontend would send IOTLB messages, which the
+    # targets do not implement; without it the device would bypass the vIOMMU.
+    bad_usage "vhost-user functions need --mode noiommu, uio or kernel (no vIOMMU)"
+fi
 for e in "${envs[@]}"; do
     [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || bad_usage "--env wants NAME=VALUE: $e"
 done
@@ -183,6 +216,8 @@ sq() {
     echo "NBLK=${#disks[@]}"
     if ((${#scsi_disks[@]} > 0)); then echo "NSCSI=1"; else echo "NSCSI=0"; fi
     echo "NSCSIDISKS=${#scsi_disks[@]}"
+    echo "NVBLK=${#vhost_blk[@]}"
+    echo "NVSCSI=${#vhost_scsi[@]}"
 } >"$tmp/config"
 {
     for e in "${envs[@]}"; do echo "export ${e%%=*}=$(sq "${e#*=}")"; done
@@ -234,6 +269,25 @@ if ((${#scsi_disks[@]} > 0)); then
         i=$((i + 1))
     done
 fi
+# vhost-user functions: the target maps guest RAM, so it must be a shared
+# memfd. They sit at fixed slots (blk 0x10.., scsi 0x18..) so the guest tells
+# them from the emulated functions of the same device ids (1af4:1042/1048).
+if ((${#vhost_blk[@]} + ${#vhost_scsi[@]} > 0)); then
+    qemu+=(-object "memory-backend-memfd,id=vbdev-ram,size=$mem,share=on"
+        -machine memory-backend=vbdev-ram)
+fi
+i=0
+for s in "${vhost_blk[@]}"; do
+    qemu+=(-chardev "socket,id=vub$i,path=$s"
+        -device "vhost-user-blk-pci,chardev=vub$i,num-queues=$vhost_queues,disable-legacy=on,addr=$(printf '0x%x' $((0x10 + i)))")
+    i=$((i + 1))
+done
+i=0
+for s in "${vhost_scsi[@]}"; do
+    qemu+=(-chardev "socket,id=vus$i,path=$s"
+        -device "vhost-user-scsi-pci,chardev=vus$i,num_queues=$vhost_queues,disable-legacy=on,addr=$(printf '0x%x' $((0x18 + i)))")
+    i=$((i + 1))
+done
 qemu+=(-append "$append" "${qemu_extra[@]}")
 ((verbose)) && log "QEMU: ${qemu[*]}"
 

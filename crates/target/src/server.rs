@@ -32,7 +32,11 @@
 //! faults never apply to them. A device may keep a chain ([`Device::serve`] returns
 //! `None`) and complete it later from any thread with the queue's [`Completer`], which
 //! it is given ([`Device::queue_ready`]) before the queue's first chain of each
-//! connection is served.
+//! connection is served. When the frontend stops the queue (`GET_VRING_BASE`, e.g. a
+//! guest resetting the device, which then sets up new rings on the same connection),
+//! the device lets go of the chains it kept ([`Device::queue_stopped`]) and the server
+//! moves the ring's `next_avail` back over them, so the base it reports is where a
+//! restarted ring picks them up again.
 //!
 //! # Faults
 //! The server asks [`Faults::decide`] once per request and applies the transport-level
@@ -62,7 +66,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use vhost::vhost_user::Listener;
@@ -229,6 +233,19 @@ pub trait Device: Send + Sync + 'static {
     /// the ones that concern it (`BlkStatus`, `ScsiSense`) and ignores the rest, which
     /// the server handles.
     fn serve(&self, queue: u16, mem: &Mem, chain: Chain, fault: Option<Fault>) -> Option<u32>;
+
+    /// The frontend stopped `queue` (`GET_VRING_BASE`: a device reset, or a stop before
+    /// the ring is handed over). The device lets go of every chain of `queue` it kept
+    /// ([`Device::serve`] returned `None`) and returns how many; those must be the last
+    /// chains taken off the queue's avail ring. The server gives them back to the ring:
+    /// the base it reports points at the first of them, so a frontend that restarts the
+    /// ring from there hands them out again, and one that resets the device forgets
+    /// them with the old ring (a kept chain completed on the new ring would write into
+    /// freed memory and name a descriptor the driver never made). Default: 0.
+    fn queue_stopped(&self, queue: u16) -> u16 {
+        let _ = queue;
+        0
+    }
 
     /// Whether the device has a fast path ([`Device::serve_fast`]); polling request
     /// queues then use it while no fault is armed. Default: no.
@@ -638,8 +655,8 @@ impl<D: Device> Server<D> {
             busy: (0..self.device.num_queues())
                 .map(|_| Mutex::new(()))
                 .collect(),
-            started: (0..self.device.num_queues())
-                .map(|_| AtomicBool::new(false))
+            rings: (0..self.device.num_queues())
+                .map(|_| OnceLock::new())
                 .collect(),
         });
         match VhostUserDaemon::new("vbdev-vhost-user".into(), session, mem) {
@@ -699,8 +716,9 @@ struct Session<D> {
     /// completed; `stop_vring` takes it to wait for that request (vhost-user
     /// `GET_VRING_BASE`: the ring is stopped once it returns).
     busy: Box<[Mutex<()>]>,
-    /// Whether the device has been given the queue's [`Completer`].
-    started: Box<[AtomicBool]>,
+    /// Each queue's vring, from the queue's first event on; the device was given the
+    /// queue's [`Completer`] then.
+    rings: Box<[OnceLock<Vring>]>,
 }
 
 /// Why serving a queue stopped.
@@ -1149,8 +1167,27 @@ impl<D: Device> VhostUserBackend for Session<D> {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // The ring is no longer ready, so no new request comes off it; wait for the one
         // being served, if any.
-        if let Some(b) = self.busy.get(queue_index as usize) {
-            drop(lock(b));
+        let (Some(busy), Ok(q)) = (
+            self.busy.get(queue_index as usize),
+            u16::try_from(queue_index),
+        ) else {
+            return Ok(());
+        };
+        let _busy = lock(busy);
+        // The daemon reads next_avail for the GET_VRING_BASE reply after this returns:
+        // chains the device kept go back to the avail ring (vhost-user "Starting and
+        // stopping rings": the base is where the back-end would continue).
+        let kept = self.device.queue_stopped(q);
+        if kept > 0 {
+            // A device keeps chains only of a queue it was served, so the ring is known.
+            if let Some(v) = self.rings.get(usize::from(q)).and_then(OnceLock::get) {
+                let mut state = v.get_mut();
+                let queue = state.get_queue_mut();
+                // kept <= chains taken off this ring, as the device promises.
+                let next = queue.next_avail().wrapping_sub(kept);
+                queue.set_next_avail(next);
+                tracing::debug!(target: TARGET, queue = q, kept, next_avail = next, "kept chains given back to the avail ring");
+            }
         }
         Ok(())
     }
@@ -1170,8 +1207,8 @@ impl<D: Device> VhostUserBackend for Session<D> {
         if device_event != 0 || self.conn.is_closing() {
             return Ok(());
         }
-        if let Some(started) = self.started.get(usize::from(q)) {
-            if !started.swap(true, Ordering::AcqRel) {
+        if let Some(ring) = self.rings.get(usize::from(q)) {
+            if ring.set(vring.clone()).is_ok() {
                 let completer = Completer {
                     queue: q,
                     vring: vring.clone(),

@@ -80,7 +80,14 @@
 //! An event raised with no buffer posted is lost, and the device remembers it: the next
 //! event sent has `VIRTIO_SCSI_T_EVENTS_MISSED` set. When the driver posts a buffer
 //! while events are missed, the device fills it at once with `VIRTIO_SCSI_T_NO_EVENT`
-//! and that flag, so the driver can rescan without waiting for another event.
+//! and that flag, so the driver can rescan without waiting for another event (the
+//! oldest held buffer, when it still holds some).
+//!
+//! The held buffers belong to the event queue's current ring: when the frontend stops
+//! it (`GET_VRING_BASE`, as QEMU does when the guest resets the device) they are given
+//! back ([`Device::queue_stopped`]), so the base reported is that of the oldest one,
+//! and no event is ever written into a ring the driver has dropped. While the ring is
+//! disabled or stopped an event is missed, and the buffers stay held.
 
 pub mod wire;
 
@@ -599,13 +606,16 @@ impl ScsiDevice {
             if e.missed {
                 ev.event |= event::EVENTS_MISSED;
             }
-            if c.complete(chain, &ev.to_bytes()) {
+            if c.complete(chain.clone(), &ev.to_bytes()) {
                 tracing::debug!(target: TARGET, event = ev.event, reason = ev.reason, "event sent");
                 e.missed = false;
                 return;
             }
             if !c.is_live() {
-                e.buffers.clear();
+                // The ring is disabled or stopped: the buffer stays the driver's, kept
+                // at the front (the oldest), for the ring's restart or for
+                // `queue_stopped` to give back.
+                e.buffers.push_front(chain);
                 e.missed = true;
                 return;
             }
@@ -635,6 +645,24 @@ impl ScsiDevice {
             lun: [0; 8],
             reason: 0,
         };
+        let completer = e.completer.clone();
+        if let (Some(c), false) = (completer, e.buffers.is_empty()) {
+            // Buffers are still kept (the ring was disabled when an event came): the
+            // oldest one reports the miss, the new one is kept behind the others, so the
+            // kept buffers stay the last ones taken off the ring (`queue_stopped`).
+            e.buffers.push_back(chain);
+            let oldest = e
+                .buffers
+                .pop_front()
+                .expect("not empty: a buffer was pushed");
+            if c.complete(oldest.clone(), &ev.to_bytes()) {
+                e.missed = false;
+                tracing::debug!(target: TARGET, "missed events reported");
+            } else {
+                e.buffers.push_front(oldest);
+            }
+            return None;
+        }
         let Ok(mut w) = Writer::new(mem, chain) else {
             return Some(0);
         };
@@ -984,6 +1012,24 @@ impl Device for ScsiDevice {
         if queue == EVENT_QUEUE {
             lock(&self.events).completer = Some(completer);
         }
+    }
+
+    fn queue_stopped(&self, queue: u16) -> u16 {
+        if queue != EVENT_QUEUE {
+            return 0;
+        }
+        let mut e = lock(&self.events);
+        // The kept buffers are the last ones taken off the ring: one is taken only while
+        // none is missed, or it is filled at once (`serve_event_buffer`), and they are
+        // used oldest first.
+        let n = e.buffers.len();
+        e.buffers.clear();
+        if n > 0 {
+            tracing::debug!(target: TARGET, buffers = n, "event queue stopped; buffers given back");
+        }
+        // At most the ring's size (a power of two up to 32768) are kept: each is a
+        // distinct chain of the ring, taken before it was completed.
+        u16::try_from(n).unwrap_or(u16::MAX)
     }
 
     fn serve(&self, queue: u16, mem: &Mem, chain: Chain, fault: Option<Fault>) -> Option<u32> {

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use vbdev_bdev::Bdev;
 use vbdev_target::Fault;
 use vbdev_target::vscsi::wire::{config, ctrl, event, features, response, tmf};
-use vbdev_target::vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};
+use vbdev_target::vscsi::{EVENT_QUEUE, ScsiHandle, ScsiTargetConfig, start_scsi};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
     CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, Segment, SplitQueue, Transport, Used,
@@ -75,6 +75,28 @@ impl Vq {
             }
             self.vq.set_interrupts(false);
         }
+    }
+}
+
+/// A fresh ring of 64 descriptors for queue `index`, set up on the device's transport.
+fn new_ring(dev: &VirtioDevice, index: u16) -> Vq {
+    let f = dev.features();
+    let qcfg = QueueConfig {
+        size: 64,
+        event_idx: f & vfeat::RING_EVENT_IDX != 0,
+        indirect_desc: f & vfeat::RING_INDIRECT_DESC != 0,
+        indirect_max: 8,
+        phys: None,
+    };
+    let vq = SplitQueue::new(DmaDomain::global(), qcfg).unwrap();
+    let h = dev
+        .transport()
+        .setup_queue(index, &vq.addrs())
+        .expect("queue setup");
+    Vq {
+        vq,
+        notifier: h.notifier,
+        call: h.call,
     }
 }
 
@@ -147,25 +169,7 @@ impl Frontend {
             .expect("vhost-user connect");
         let t: Arc<dyn Transport> = Arc::new(t);
         let dev = VirtioDevice::init(Arc::clone(&t), wanted, 0).expect("features");
-        let f = dev.features();
-        let qcfg = QueueConfig {
-            size: 64,
-            event_idx: f & vfeat::RING_EVENT_IDX != 0,
-            indirect_desc: f & vfeat::RING_INDIRECT_DESC != 0,
-            indirect_max: 8,
-            phys: None,
-        };
-        let mut queues: Vec<Vq> = (0..t.num_queues())
-            .map(|i| {
-                let vq = SplitQueue::new(DmaDomain::global(), qcfg).unwrap();
-                let h = t.setup_queue(i, &vq.addrs()).expect("queue setup");
-                Vq {
-                    vq,
-                    notifier: h.notifier,
-                    call: h.call,
-                }
-            })
-            .collect();
+        let mut queues: Vec<Vq> = (0..t.num_queues()).map(|i| new_ring(&dev, i)).collect();
         assert!(queues.len() >= 3, "control, event and a request queue");
         dev.driver_ok().expect("DRIVER_OK");
         let requests = queues.split_off(2);
@@ -212,6 +216,11 @@ impl Frontend {
     /// The next event, within `WAIT`.
     fn next_event(&mut self) -> Ev {
         let u = self.events.wait(WAIT).expect("an event");
+        self.event_in(u)
+    }
+
+    /// The event in the buffer `u` completed.
+    fn event_in(&self, u: Used) -> Ev {
         assert_eq!(u.written, Ok(16), "event length");
         let b = &self.event_bufs[u.cookie as usize][..];
         let le = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -692,6 +701,71 @@ fn an_event_without_a_buffer_is_reported_as_missed() {
         fe.next_event().event,
         event::NO_EVENT | event::EVENTS_MISSED
     );
+}
+
+/// A guest resetting the device (QEMU: `GET_VRING_BASE` on every queue, then new rings
+/// on the same connection) drops the event buffers it had posted: the target gives
+/// them back when the queue stops, and the next event goes into a buffer of the new
+/// ring, never into the old one.
+#[test]
+fn a_stopped_event_queue_gives_its_buffers_back_and_a_new_ring_gets_the_events() {
+    let s = Setup::start(|_| {});
+    let mut fe = s.connect();
+    fe.post_and_wait(&s.handle, 4);
+    s.handle
+        .add_lun(0, 6, &malloc_bdev("used", 64, 512, 0))
+        .unwrap();
+    assert_eq!(fe.next_event().reason, event::RESET_RESCAN);
+    assert_eq!(s.handle.event_buffers(), 3);
+    let base = fe.dev.transport().stop_queue(EVENT_QUEUE).unwrap();
+    assert_eq!(
+        base, 1,
+        "one buffer used: the base is that of the first one held"
+    );
+    assert_eq!(s.handle.event_buffers(), 0);
+
+    // The driver sets up a new event ring and posts new buffers: only those are held,
+    // and the next event goes into one of them.
+    fe.events = new_ring(&fe.dev, EVENT_QUEUE);
+    let first_new = fe.event_bufs.len() as u64;
+    fe.post_and_wait(&s.handle, 2);
+    assert_eq!(
+        s.handle.event_buffers(),
+        2,
+        "only the new ring's buffers are held"
+    );
+    let extra = malloc_bdev("reset", 64, 512, 0x42);
+    s.handle.add_lun(0, 7, &extra).unwrap();
+    let u = fe.events.wait(WAIT).expect("an event on the new ring");
+    assert_eq!(
+        u.cookie, first_new,
+        "not the new ring's first buffer: {u:?}"
+    );
+    assert_eq!(
+        fe.event_in(u),
+        Ev {
+            event: event::TRANSPORT_RESET,
+            lun: [1, 0, 0, 7, 0, 0, 0, 0],
+            reason: event::RESET_RESCAN,
+        }
+    );
+
+    // An event while the ring is stopped is missed, and reported in the first buffer
+    // of the ring that follows.
+    assert_eq!(fe.dev.transport().stop_queue(EVENT_QUEUE).unwrap(), 1);
+    s.handle.remove_lun(0, 7).unwrap();
+    fe.events = new_ring(&fe.dev, EVENT_QUEUE);
+    fe.post_event_buffers(1);
+    assert_eq!(
+        fe.next_event(),
+        Ev {
+            event: event::NO_EVENT | event::EVENTS_MISSED,
+            lun: [0; 8],
+            reason: 0,
+        }
+    );
+    // The other queues carried on.
+    fe.cmd(0, 0, &inquiry(36), &[], 36).assert_good();
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Integration tests of the `vbdev` binary against qemu-storage-daemon, its own
 //! `vbdev target`, and virtio PCI functions in a QEMU guest.
 
+mod guest_kernel;
 mod io_errors;
 mod io_info;
 mod io_rw;
