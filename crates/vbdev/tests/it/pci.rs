@@ -35,16 +35,18 @@ pub(crate) fn harness() -> PathBuf {
     run
 }
 
-/// One guest boot: a blk and a scsi image of `size` zero bytes each (`prepare` may
-/// change the blk one first), `script` run as the guest program with the `vbdev` under
-/// test beside it. The run must exit 0; the images stay for the caller to check.
-struct GuestRun {
+/// One guest boot: a blk image and two scsi disks (targets 0 and 1 of one controller)
+/// of `size` zero bytes each (`prepare` may change the blk one first), `script` run as
+/// the guest program with the `vbdev` under test beside it. The run must exit 0; the
+/// images stay for the caller to check.
+pub(crate) struct GuestRun {
     _dir: tempfile::TempDir,
-    blk: PathBuf,
-    scsi: PathBuf,
-    stdout: String,
+    pub(crate) blk: PathBuf,
+    pub(crate) scsi: PathBuf,
+    pub(crate) scsi1: PathBuf,
+    pub(crate) stdout: String,
     /// stdout and stderr, for failure messages.
-    whole: String,
+    pub(crate) whole: String,
 }
 
 fn run_guest(script: &str, size: u64, prepare: impl FnOnce(&mut [u8])) -> GuestRun {
@@ -52,7 +54,7 @@ fn run_guest(script: &str, size: u64, prepare: impl FnOnce(&mut [u8])) -> GuestR
 }
 
 /// [`run_guest`] with the functions bound the way `mode` says (run.sh's `--mode`).
-fn run_guest_in(
+pub(crate) fn run_guest_in(
     mode: &str,
     files: &[&Path],
     script: &str,
@@ -63,10 +65,12 @@ fn run_guest_in(
     let dir = tempfile::tempdir().unwrap();
     let blk = dir.path().join("blk.img");
     let scsi = dir.path().join("scsi0.img");
+    let scsi1 = dir.path().join("scsi1.img");
     let mut image = vec![0u8; size as usize];
     prepare(&mut image);
     std::fs::write(&blk, &image).unwrap();
     std::fs::write(&scsi, vec![0u8; size as usize]).unwrap();
+    std::fs::write(&scsi1, vec![0u8; size as usize]).unwrap();
     let guest = dir.path().join("guest.sh");
     std::fs::write(&guest, script).unwrap();
     std::fs::set_permissions(&guest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -75,6 +79,8 @@ fn run_guest_in(
         .arg(&blk)
         .arg("--scsi-disk")
         .arg(&scsi)
+        .arg("--scsi-disk")
+        .arg(&scsi1)
         .arg("--file")
         .arg(VBDEV)
         .args(files.iter().flat_map(|f| [Path::new("--file"), f]))
@@ -93,6 +99,7 @@ fn run_guest_in(
         _dir: dir,
         blk,
         scsi,
+        scsi1,
         stdout,
         whole,
     }
@@ -305,6 +312,9 @@ NO_COLOR=1 $V --log vbdev::mem=info io --pci "$blk" read --offset 1048576 --patt
 echo "STEP scsi"
 $V io --pci "$scsi" --dev-type scsi write --offset 8192 --pattern 0x5c --length 2097152 || exit 17
 $V io --pci "$scsi" --dev-type scsi read --offset 8192 --pattern 0x5c --length 2097152 || exit 18
+echo "STEP scsi target 1"
+$V io --pci "$scsi" --dev-type scsi --bdev VirtioScsi0t1 write --offset 65536 --pattern 0x71 --length 1048576 || exit 23
+$V io --pci "$scsi" --dev-type scsi --bdev VirtioScsi0t1 read --offset 65536 --pattern 0x71 --length 1048576 || exit 24
 echo "STEP done"
 "#;
 
@@ -391,6 +401,18 @@ fn check_physical_run(mode: &str) {
         "scsi 2 MiB write not in the image"
     );
     assert!(scsi[..4096].iter().any(|&b| b != 0), "perf wrote nothing");
+    // The second disk (target 1) holds its own write.
+    let scsi1 = std::fs::read(&g.scsi1).unwrap();
+    let (at, len) = (65536, MIB as usize);
+    assert!(
+        scsi1[at..at + len].iter().all(|&b| b == 0x71),
+        "scsi target 1 write not in its image"
+    );
+    // perf's jobs ran on both LUN bdevs of the controller.
+    assert!(
+        scsi1[..4096].iter().any(|&b| b != 0),
+        "perf wrote nothing to scsi target 1"
+    );
 }
 
 /// scripts/pci-guest/hugehold.rs, built once with the toolchain's `rustc`.

@@ -7,7 +7,7 @@
 //! they fail and say so.
 
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -339,60 +339,11 @@ impl Drop for Daemon {
 
 // ------------------------------------------------------------------ the guest ---
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The harness, after checking its cache is there (never downloads from a test).
-/// (A copy of `pci.rs`'s; see the module docs there.)
-fn harness() -> PathBuf {
-    let run = workspace_root().join("scripts/pci-guest/run.sh");
-    assert!(run.exists(), "{} is missing", run.display());
-    let cache = std::env::var_os("VBDEV_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/vbdev")))
-        .expect("HOME or VBDEV_CACHE must be set")
-        .join("pci-guest/env");
-    assert!(
-        cache.exists(),
-        "the PCI guest harness is not set up ({} is missing): run scripts/pci-guest/setup.sh",
-        cache.display()
-    );
-    run
-}
-
-/// Boots the guest in `mode` with one blk and one scsi image of 8 MiB, runs `script`
-/// with `vbdev` beside it; the run must exit 0. Returns the console (stdout) and the
-/// whole output for failure messages.
+/// Boots the guest in `mode` with `vbdev` beside `script` (8 MiB images); the run must
+/// exit 0. Returns the console (stdout) and the whole output for failure messages.
 fn run_guest(mode: &str, script: &str) -> (String, String) {
-    let run_sh = harness();
-    let dir = tempfile::tempdir().unwrap();
-    let blk = dir.path().join("blk.img");
-    let scsi = dir.path().join("scsi0.img");
-    std::fs::write(&blk, vec![0u8; 8 << 20]).unwrap();
-    std::fs::write(&scsi, vec![0u8; 8 << 20]).unwrap();
-    let guest = dir.path().join("guest.sh");
-    std::fs::write(&guest, script).unwrap();
-    std::fs::set_permissions(&guest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new(&run_sh)
-        .args(["--mode", mode, "--timeout", "240", "--disk"])
-        .arg(&blk)
-        .arg("--scsi-disk")
-        .arg(&scsi)
-        .arg("--file")
-        .arg(VBDEV)
-        .arg("--")
-        .arg(&guest)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/pci-guest/run.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let whole = format!(
-        "--- stdout\n{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(0), "the guest run failed:\n{whole}");
-    (stdout, whole)
+    let g = crate::pci::run_guest_in(mode, &[], script, 8 << 20, |_| {});
+    (g.stdout, g.whole)
 }
 
 /// The `LIST <tag> <json>` line of the console, parsed.
