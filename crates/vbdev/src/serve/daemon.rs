@@ -119,6 +119,14 @@ impl Virtio {
         matches!(self.dev, VirtioDev::Scsi(_))
     }
 
+    /// The device is gone (its transport died).
+    fn is_removed(&self) -> bool {
+        match &self.dev {
+            VirtioDev::Blk(b) => b.is_removed(),
+            VirtioDev::Scsi(c) => c.is_removed(),
+        }
+    }
+
     /// The `bdev_virtio_attach_controller` call that recreates it.
     fn config(&self) -> Value {
         if self.pci {
@@ -1250,8 +1258,13 @@ impl Daemon {
             .collect();
         let gone: Vec<Virtio> = {
             let mut s = lock(&self.state);
+            // Gone: a blk function no longer bound to a user-space driver, or any PCI
+            // device whose transport died (VFIO asked for it back, its BARs faulted):
+            // detaching closes the device so that the kernel can finish the removal.
             let (gone, kept) = std::mem::take(&mut s.virtio).into_iter().partition(|v| {
-                v.pci && !v.is_scsi() && !v.socket.to_str().is_some_and(|b| bound.contains(b))
+                v.pci
+                    && ((!v.is_scsi() && !v.socket.to_str().is_some_and(|b| bound.contains(b)))
+                        || v.is_removed())
             });
             s.virtio = kept;
             for v in &gone {

@@ -444,3 +444,57 @@ fn vfio_noiommu_blk_and_scsi_with_physical_addresses() {
 fn uio_blk_and_scsi_with_physical_addresses() {
     check_physical_run("uio");
 }
+
+/// Hot-removal of functions in use, through VFIO's device request: `vbdev perf` on the
+/// blk function fails its I/O as removed and exits (the kernel then finishes removing
+/// the function), and `vbdev serve` with the hotplug monitor detaches the scsi
+/// controller whose function is being removed.
+const REMOVE_SCRIPT: &str = r#"#!/bin/sh
+V=/vbdev/bin/vbdev
+NO_COLOR=1 $V --log info perf --pci "$VBDEV_PCI_BLK" -q 8 -o 4k -w randread -t 60 >/tmp/perf.out 2>&1 &
+pid=$!
+i=0
+until grep -q "attached" /tmp/perf.out; do
+  i=$((i + 1)); [ $i -gt 400 ] && { cat /tmp/perf.out; exit 40; }
+  sleep 0.05
+done
+echo "STEP remove blk"
+echo 1 >/sys/bus/pci/devices/$VBDEV_PCI_BLK/remove || exit 41
+wait $pid
+echo "PERF rc=$?"
+cat /tmp/perf.out
+[ -e /sys/bus/pci/devices/$VBDEV_PCI_BLK ] && exit 42
+S=/tmp/rpc.sock
+$V serve --pci -r $S -S /tmp 2>/tmp/serve.err &
+spid=$!
+i=0
+while [ ! -S $S ]; do
+  i=$((i + 1)); [ $i -gt 400 ] && { cat /tmp/serve.err; exit 43; }
+  sleep 0.05
+done
+$V rpc -s $S bdev_virtio_attach_controller --name VirtioScsi0 --trtype pci --traddr "$VBDEV_PCI_SCSI" --dev-type scsi || exit 44
+$V rpc -s $S bdev_virtio_blk_set_hotplug --enable true --period-us 100000 || exit 45
+echo "STEP remove scsi"
+echo 1 >/sys/bus/pci/devices/$VBDEV_PCI_SCSI/remove || exit 46
+[ -e /sys/bus/pci/devices/$VBDEV_PCI_SCSI ] && exit 47
+echo "BDEVS $($V rpc -s $S bdev_get_bdevs | tr -d '\n ')"
+kill -TERM $spid
+wait $spid || { cat /tmp/serve.err; exit 48; }
+echo "STEP done"
+"#;
+
+#[test]
+fn vfio_hot_removal_fails_io_and_releases_the_function() {
+    let g = run_guest(REMOVE_SCRIPT, 16 * MIB, |_| {});
+    let (stdout, whole) = (&g.stdout, &g.whole);
+    for needle in [
+        "PERF rc=1",
+        "the kernel asks for the virtio-pci function back",
+        "refused: the device was removed",
+        "STEP remove scsi",
+        "BDEVS []",
+        "STEP done",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{whole}");
+    }
+}

@@ -77,6 +77,8 @@ mod nr {
     ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, T, VFIO_BASE + 6);
     ioctl_io_nr!(VFIO_DEVICE_GET_INFO, T, VFIO_BASE + 7);
     ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, T, VFIO_BASE + 8);
+    ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, T, VFIO_BASE + 9);
+    ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, T, VFIO_BASE + 10);
     ioctl_io_nr!(VFIO_IOMMU_GET_INFO, T, VFIO_BASE + 12);
     ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, T, VFIO_BASE + 13);
 
@@ -591,6 +593,8 @@ pub struct PciTransport {
     offered: u64,
     alive: AtomicBool,
     opts: PciOptions,
+    /// The thread that answers VFIO's device request (hot-remove), when there is one.
+    req_watch: std::sync::OnceLock<RequestWatch>,
     // Last, so the device is reset (in `Drop`) before the group and container close.
     _vfio: Option<VfioHandles>,
 }
@@ -790,6 +794,7 @@ impl PciTransport {
         } else {
             None
         };
+        let req = request_eventfd(&vbars.device, bdf);
         if let Some(map) = phys {
             domain.reserve()?;
             let mappings = notify_map.iter().cloned().collect();
@@ -807,7 +812,9 @@ impl PciTransport {
                 opts,
             )?;
             tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO no-IOMMU (physical addresses)");
-            return Ok(Arc::new(t));
+            let t = Arc::new(t);
+            RequestWatch::start(&t, req);
+            return Ok(t);
         }
         let dma = Arc::new(VfioDma {
             bdf: bdf.to_owned(),
@@ -839,7 +846,9 @@ impl PciTransport {
             return Err(Error::NoAccessPlatform { bdf: bdf.into() });
         }
         tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, iommu_type, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO");
-        Ok(Arc::new(t))
+        let t = Arc::new(t);
+        RequestWatch::start(&t, req);
+        Ok(t)
     }
 
     /// Opens `bdf` bound to `uio_pci_generic`: registers through mappings of its sysfs
@@ -1002,6 +1011,7 @@ impl PciTransport {
             num_queues,
             offered,
             alive: AtomicBool::new(true),
+            req_watch: std::sync::OnceLock::new(),
             opts: *opts,
             _vfio: vfio,
         })
@@ -1084,6 +1094,137 @@ fn map_bar(bars: &VfioBars, bar: BarIndex, bdf: &str) -> Option<Arc<BarMapping>>
         Err(e) => {
             tracing::debug!(target: TARGET, bdf, %bar, error = %e, "mmap of the BAR failed: doorbells use pwrite");
             None
+        }
+    }
+}
+
+/// `vfio_irq_set` with one eventfd in its data (linux/vfio.h).
+#[repr(C)]
+struct IrqSetOne {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    start: u32,
+    count: u32,
+    fd: i32,
+}
+const _: () = assert!(std::mem::offset_of!(IrqSetOne, fd) == size_of::<vb::vfio_irq_set>());
+
+/// An eventfd that VFIO signals when the kernel wants the device back (the function is
+/// being removed: `VFIO_PCI_REQ_IRQ_INDEX`), or `None` when the device has no such
+/// interrupt or it cannot be set up (then a removal waits until the process lets go).
+fn request_eventfd(device: &OwnedFd, bdf: &str) -> Option<EventFd> {
+    let mut info = vb::vfio_irq_info {
+        argsz: size_of::<vb::vfio_irq_info>() as u32,
+        index: vb::VFIO_PCI_REQ_IRQ_INDEX,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_DEVICE_GET_IRQ_INFO writes at most `argsz` bytes of a `vfio_irq_info`
+    // into `info`, which is that struct, exclusively borrowed.
+    let rc = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_IRQ_INFO(), &mut info) };
+    if rc < 0 || info.count < 1 || info.flags & vb::VFIO_IRQ_INFO_EVENTFD == 0 {
+        tracing::debug!(target: TARGET, bdf, "no VFIO device request interrupt");
+        return None;
+    }
+    let efd = EventFd::new(EFD_NONBLOCK).ok()?;
+    let set = IrqSetOne {
+        argsz: size_of::<IrqSetOne>() as u32,
+        flags: vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER,
+        index: vb::VFIO_PCI_REQ_IRQ_INDEX,
+        start: 0,
+        count: 1,
+        fd: efd.as_raw_fd(),
+    };
+    // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes: a `vfio_irq_set` header followed
+    // by `count` (1) eventfd numbers, which is exactly `IrqSetOne` (layout asserted
+    // above); the eventfd stays open as long as the returned `EventFd`, and VFIO takes
+    // its own reference to it.
+    let rc = unsafe { ioctl_with_ref(device, VFIO_DEVICE_SET_IRQS(), &set) };
+    if rc < 0 {
+        tracing::debug!(target: TARGET, bdf, error = %std::io::Error::last_os_error(), "VFIO device request interrupt not set up");
+        return None;
+    }
+    Some(efd)
+}
+
+/// A thread waiting for VFIO's device request: it resets the device (stopping its
+/// DMA) and marks the transport dead, so the bdevs fail their I/O and their owner can
+/// detach them, which closes the device and lets the kernel finish the removal.
+#[derive(Debug)]
+struct RequestWatch {
+    stop: EventFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RequestWatch {
+    fn start(t: &Arc<PciTransport>, req: Option<EventFd>) {
+        let (Some(req), Ok(stop)) = (req, EventFd::new(EFD_NONBLOCK)) else {
+            return;
+        };
+        let Ok(stop2) = stop.try_clone() else { return };
+        let weak = Arc::downgrade(t);
+        let bdf = t.bdf.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vbdev-pci-req-{bdf}"))
+            .spawn(move || {
+                use rustix::event::{PollFd, PollFlags, poll};
+                // SAFETY: both eventfds are owned by this closure and stay open until
+                // it returns, so they outlive these borrows.
+                let (req_fd, stop_fd) = unsafe {
+                    (
+                        std::os::fd::BorrowedFd::borrow_raw(req.as_raw_fd()),
+                        std::os::fd::BorrowedFd::borrow_raw(stop2.as_raw_fd()),
+                    )
+                };
+                loop {
+                    let mut fds = [
+                        PollFd::new(&req_fd, PollFlags::IN),
+                        PollFd::new(&stop_fd, PollFlags::IN),
+                    ];
+                    match poll(&mut fds, None) {
+                        Ok(_) => {}
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(e) => {
+                            tracing::warn!(target: TARGET, bdf = %bdf, error = %e, "waiting for VFIO device requests failed");
+                            return;
+                        }
+                    }
+                    if !fds[1].revents().is_empty() {
+                        return;
+                    }
+                    if !fds[0].revents().is_empty() {
+                        let _ = req.read();
+                        tracing::warn!(target: TARGET, bdf = %bdf, "the kernel asks for the virtio-pci function back (it is being removed): resetting it and failing its I/O");
+                        if let Some(t) = weak.upgrade() {
+                            t.shutdown();
+                        }
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => {
+                let _ = t.req_watch.set(RequestWatch {
+                    stop,
+                    thread: Some(thread),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(target: TARGET, bdf = %t.bdf, error = %e, "cannot start the VFIO device request thread");
+            }
+        }
+    }
+}
+
+impl Drop for RequestWatch {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(th) = self.thread.take() {
+            // The watcher may hold the last reference to the transport for a moment:
+            // then this runs on the watcher itself, which is returning anyway.
+            if th.thread().id() != std::thread::current().id() {
+                let _ = th.join();
+            }
         }
     }
 }
