@@ -112,14 +112,18 @@ pub struct QueueHandles {
 /// A queue's used-buffer notification eventfd ("call"), for sleeping until the device
 /// completes something (interrupt mode).
 ///
-/// The PCI transport runs polled for now: its queues have no MSI-X vector and their
-/// eventfd is never signalled, so [`CallFd::wait`] sleeps for its whole timeout and the
-/// caller finds completions when it polls after it.
+/// The PCI transport signals it from an MSI-X vector through VFIO; without interrupts
+/// (uio, or no MSI-X) it hands out [`CallFd::polled`], whose `wait` only naps.
 #[derive(Debug)]
 pub struct CallFd {
     fd: EventFd,
     epoll: Epoll,
+    /// Nothing ever signals the eventfd: `wait` naps briefly instead.
+    polled: bool,
 }
+
+/// How long [`CallFd::wait`] naps on a transport without interrupts.
+pub const POLLED_NAP: Duration = Duration::from_micros(50);
 
 impl CallFd {
     /// Wraps an eventfd the device signals.
@@ -133,7 +137,23 @@ impl CallFd {
             fd.as_raw_fd(),
             EpollEvent::new(EventSet::IN, 0),
         )?;
-        Ok(Self { fd, epoll })
+        Ok(Self {
+            fd,
+            epoll,
+            polled: false,
+        })
+    }
+
+    /// A call "fd" for a queue without used-buffer interrupts (polled PCI): `wait`
+    /// sleeps [`POLLED_NAP`] (or less), so a caller waiting for a completion polls about
+    /// every 50 µs instead of sleeping out its whole timeout.
+    ///
+    /// # Errors
+    /// When the eventfd or the epoll instance cannot be created.
+    pub fn polled() -> std::io::Result<Self> {
+        let mut c = Self::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?)?;
+        c.polled = true;
+        Ok(c)
     }
 
     /// The eventfd, for handing to the device.
@@ -144,6 +164,10 @@ impl CallFd {
     /// Sleeps until the device signals or `timeout` passes; returns whether it signalled.
     /// Clears the signal.
     pub fn wait(&self, timeout: Duration) -> bool {
+        if self.polled {
+            std::thread::sleep(timeout.min(POLLED_NAP));
+            return false;
+        }
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         let mut ev = [EpollEvent::default()];
         match self.epoll.wait(ms, &mut ev) {

@@ -28,10 +28,14 @@
 //! that reads all ones, the register layer reports [`PciError::DeviceGone`], and
 //! [`Transport::is_alive`] turns false.
 //!
-//! Queues are polled: each gets [`NO_VECTOR`] and a [`CallFd`] on an eventfd that
-//! nothing signals, so a caller that sleeps on it wakes at its timeout and polls then.
-//! Not done: MSI-X interrupts, and per-queue reset (VIRTIO_F_RING_RESET is not
-//! accepted; `stop_queue` does nothing and `shutdown` resets the device).
+//! Used-buffer notifications: through VFIO, MSI-X is enabled with one eventfd per
+//! vector (`VFIO_DEVICE_SET_IRQS`), queue `i` gets vector `i` modulo the vectors, and
+//! its [`CallFd`] is that eventfd. With uio (INTx only) or without MSI-X the queues get
+//! [`NO_VECTOR`] and [`CallFd::polled`], whose wait naps 50 µs. VFIO's device request
+//! interrupt (the kernel removing the function) resets the device and marks the
+//! transport dead, so the bdevs fail as removed and their owner can let go of it.
+//! Not done: per-queue reset (VIRTIO_F_RING_RESET is not accepted; `stop_queue` does
+//! nothing and `shutdown` resets the device).
 //!
 //! [`DmaDomain`]: crate::DmaDomain
 
@@ -595,6 +599,8 @@ pub struct PciTransport {
     opts: PciOptions,
     /// The thread that answers VFIO's device request (hot-remove), when there is one.
     req_watch: std::sync::OnceLock<RequestWatch>,
+    /// One eventfd per MSI-X vector set up through VFIO (empty: polled).
+    msix: Vec<EventFd>,
     // Last, so the device is reset (in `Drop`) before the group and container close.
     _vfio: Option<VfioHandles>,
 }
@@ -795,10 +801,11 @@ impl PciTransport {
             None
         };
         let req = request_eventfd(&vbars.device, bdf);
+        let msix = msix_eventfds(&vbars.device, bdf);
         if let Some(map) = phys {
             domain.reserve()?;
             let mappings = notify_map.iter().cloned().collect();
-            let t = Self::from_parts(
+            let mut t = Self::from_parts(
                 bdf,
                 layout,
                 Arc::new(vbars),
@@ -811,7 +818,8 @@ impl PciTransport {
                 }),
                 opts,
             )?;
-            tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO no-IOMMU (physical addresses)");
+            t.msix = msix;
+            tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, msix_vectors = t.msix.len(), mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO no-IOMMU (physical addresses)");
             let t = Arc::new(t);
             RequestWatch::start(&t, req);
             return Ok(t);
@@ -842,10 +850,12 @@ impl PciTransport {
             }),
             opts,
         )?;
+        let mut t = t;
+        t.msix = msix;
         if t.offered & transport_features::ACCESS_PLATFORM == 0 {
             return Err(Error::NoAccessPlatform { bdf: bdf.into() });
         }
-        tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, iommu_type, mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO");
+        tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, iommu_type, msix_vectors = t.msix.len(), mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO");
         let t = Arc::new(t);
         RequestWatch::start(&t, req);
         Ok(t)
@@ -1012,6 +1022,7 @@ impl PciTransport {
             offered,
             alive: AtomicBool::new(true),
             req_watch: std::sync::OnceLock::new(),
+            msix: Vec::new(),
             opts: *opts,
             _vfio: vfio,
         })
@@ -1109,6 +1120,55 @@ struct IrqSetOne {
     fd: i32,
 }
 const _: () = assert!(std::mem::offset_of!(IrqSetOne, fd) == size_of::<vb::vfio_irq_set>());
+
+/// Most MSI-X vectors set up (queues beyond share them).
+const MAX_MSIX: u32 = 64;
+
+/// Enables MSI-X through VFIO with one eventfd per vector (up to [`MAX_MSIX`]), or
+/// returns none when the function has no MSI-X or VFIO refuses (then polled).
+fn msix_eventfds(device: &OwnedFd, bdf: &str) -> Vec<EventFd> {
+    let mut info = vb::vfio_irq_info {
+        argsz: size_of::<vb::vfio_irq_info>() as u32,
+        index: vb::VFIO_PCI_MSIX_IRQ_INDEX,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_DEVICE_GET_IRQ_INFO writes at most `argsz` bytes of a `vfio_irq_info`
+    // into `info`, which is that struct, exclusively borrowed.
+    let rc = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_IRQ_INFO(), &mut info) };
+    if rc < 0 || info.count == 0 || info.flags & vb::VFIO_IRQ_INFO_EVENTFD == 0 {
+        tracing::debug!(target: TARGET, bdf, "no MSI-X through VFIO: queues are polled");
+        return Vec::new();
+    }
+    let n = info.count.min(MAX_MSIX);
+    let Ok(fds) = (0..n)
+        .map(|_| EventFd::new(EFD_NONBLOCK))
+        .collect::<std::io::Result<Vec<_>>>()
+    else {
+        return Vec::new();
+    };
+    // vfio_irq_set's five u32 fields, then `n` eventfd numbers.
+    let header = size_of::<vb::vfio_irq_set>() / 4;
+    let mut words = vec![0u32; header + fds.len()];
+    words[0] = (words.len() * 4) as u32; // argsz
+    words[1] = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+    words[2] = vb::VFIO_PCI_MSIX_IRQ_INDEX;
+    words[3] = 0; // start
+    words[4] = n; // count
+    for (w, fd) in words[header..].iter_mut().zip(&fds) {
+        *w = fd.as_raw_fd() as u32;
+    }
+    // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes from the pointer: the
+    // `vfio_irq_set` header (five u32s, 4-byte aligned) followed by `count` i32 eventfd
+    // numbers, all inside `words`, which lives across the call; the eventfds stay open
+    // as long as the returned vector, and VFIO takes its own references.
+    let rc = unsafe { ioctl_with_ptr(device, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
+    if rc < 0 {
+        tracing::warn!(target: TARGET, bdf, error = %std::io::Error::last_os_error(), "MSI-X could not be enabled through VFIO: queues are polled");
+        return Vec::new();
+    }
+    tracing::debug!(target: TARGET, bdf, vectors = n, "MSI-X enabled through VFIO");
+    fds
+}
 
 /// An eventfd that VFIO signals when the kernel wants the device back (the function is
 /// being removed: `VFIO_PCI_REQ_IRQ_INDEX`), or `None` when the device has no such
@@ -1486,10 +1546,13 @@ impl Transport for PciTransport {
                 what: format!("queue {index}: its ring is in a DMA region the IOMMU does not map"),
             });
         }
+        // Queue i takes MSI-X vector i (modulo the vectors there are); none: polled.
+        let vector = (!self.msix.is_empty()).then(|| usize::from(index) % self.msix.len());
         let setup = {
             let mut c = self.lock()?;
             let q = c.queue(index).map_err(|e| self.err(e))?;
-            q.configure(addrs, NO_VECTOR).map_err(|e| self.err(e))?
+            let v = vector.map_or(NO_VECTOR, |v| v as u16); // v < msix.len() <= MAX_MSIX
+            q.configure(addrs, v).map_err(|e| self.err(e))?
         };
         // NOTIF_CONFIG_DATA is never negotiated: the doorbell value is the index.
         let doorbell = self
@@ -1506,9 +1569,13 @@ impl Transport for PciTransport {
             None => Notifier::bars(Arc::clone(&self.bars), doorbell),
         };
         let io = |op| move |source| Error::Io { op, source };
-        // Polled mode: nothing signals this eventfd (no MSI-X vector is mapped).
-        let call =
-            CallFd::new(EventFd::new(EFD_NONBLOCK).map_err(io("eventfd"))?).map_err(io("epoll"))?;
+        let call = match vector {
+            // The vector's eventfd (shared by the queues on the same vector: a spurious
+            // wake-up only costs an empty poll).
+            Some(v) => CallFd::new(self.msix[v].try_clone().map_err(io("dup eventfd"))?)
+                .map_err(io("epoll"))?,
+            None => CallFd::polled().map_err(io("eventfd"))?,
+        };
         tracing::debug!(target: TARGET, bdf = %self.bdf, queue = index, size = setup.size, doorbell = doorbell.offset, "virtqueue set up");
         Ok(QueueHandles { notifier, call })
     }
