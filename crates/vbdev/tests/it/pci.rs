@@ -475,7 +475,8 @@ fn uio_blk_and_scsi_with_physical_addresses() {
     check_physical_run("uio");
 }
 
-/// Hot-removal of functions in use, through VFIO's device request: `vbdev perf` on the
+/// Hot-removal of functions in use (VFIO's device request, or the uio device going
+/// away): `vbdev perf` on the
 /// blk function fails its I/O as removed and exits (the kernel then finishes removing
 /// the function), and `vbdev serve` with the hotplug monitor detaches the scsi
 /// controller whose function is being removed.
@@ -515,7 +516,17 @@ echo "STEP done"
 
 #[test]
 fn vfio_hot_removal_fails_io_and_releases_the_function() {
-    let g = run_guest(REMOVE_SCRIPT, 16 * MIB, |_| {});
+    check_hot_removal("vfio");
+}
+
+/// The same with uio_pci_generic: the uio device's unregistration wakes the watcher.
+#[test]
+fn uio_hot_removal_fails_io_and_releases_the_function() {
+    check_hot_removal("uio");
+}
+
+fn check_hot_removal(mode: &str) {
+    let g = run_guest_in(mode, &[], REMOVE_SCRIPT, 16 * MIB, |_| {});
     let (stdout, whole) = (&g.stdout, &g.whole);
     for needle in [
         "PERF rc=1",

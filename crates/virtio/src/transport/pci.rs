@@ -32,8 +32,8 @@
 //! vector (`VFIO_DEVICE_SET_IRQS`), queue `i` gets vector `i` modulo the vectors, and
 //! its [`CallFd`] is that eventfd. With uio (INTx only) or without MSI-X the queues get
 //! [`NO_VECTOR`] and [`CallFd::polled`], whose wait naps 50 µs. VFIO's device request
-//! interrupt (the kernel removing the function) resets the device and marks the
-//! transport dead, so the bdevs fail as removed and their owner can let go of it.
+//! interrupt, or the unregistration of the uio device (the kernel removing the
+//! function), resets the device and marks the transport dead, so the bdevs fail as removed and their owner can let go of it.
 //! Not done: per-queue reset (VIRTIO_F_RING_RESET is not accepted; `stop_queue` does
 //! nothing and `shutdown` resets the device).
 //!
@@ -800,7 +800,7 @@ impl PciTransport {
         } else {
             None
         };
-        let req = request_eventfd(&vbars.device, bdf);
+        let req = request_eventfd(&vbars.device, bdf).map(Removal::VfioRequest);
         let msix = msix_eventfds(&vbars.device, bdf);
         if let Some(map) = phys {
             domain.reserve()?;
@@ -955,7 +955,9 @@ impl PciTransport {
             opts,
         )?;
         tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, "virtio-pci function opened through uio_pci_generic (physical addresses)");
-        Ok(Arc::new(t))
+        let t = Arc::new(t);
+        RequestWatch::start(&t, uio_removal(&v.sysfs, bdf));
+        Ok(t)
     }
 
     /// A transport over any BAR accessor, for a device whose DMA needs no mapping (a
@@ -1207,7 +1209,70 @@ fn request_eventfd(device: &OwnedFd, bdf: &str) -> Option<EventFd> {
     Some(efd)
 }
 
-/// A thread waiting for VFIO's device request: it resets the device (stopping its
+/// What tells that the kernel is removing the function.
+#[derive(Debug)]
+enum Removal {
+    /// VFIO's device request eventfd.
+    VfioRequest(EventFd),
+    /// The function's `/dev/uioN`: with INTx disabled it only becomes readable when
+    /// the uio device is unregistered, and then `read` fails with EIO.
+    Uio(File),
+}
+
+impl Removal {
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Removal::VfioRequest(e) => e.as_raw_fd(),
+            Removal::Uio(f) => f.as_raw_fd(),
+        }
+    }
+
+    /// Consumes the readiness; true when it means removal (not a stray interrupt).
+    fn removed(&self) -> bool {
+        match self {
+            Removal::VfioRequest(e) => {
+                let _ = e.read();
+                true
+            }
+            Removal::Uio(f) => {
+                let mut count = [0u8; 4];
+                match rustix::io::read(f, &mut count) {
+                    Ok(4) => false,
+                    Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => false,
+                    _ => true,
+                }
+            }
+        }
+    }
+}
+
+/// The function's `/dev/uioN`, opened non-blocking, when it has one that is usable for
+/// removal notices (a uio device without an interrupt line fails every poll).
+fn uio_removal(sysfs: &Path, bdf: &str) -> Option<Removal> {
+    let name = std::fs::read_dir(sysfs.join("uio"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("uio"))?;
+    let path = Path::new("/dev").join(&name);
+    let f = File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&path)
+        .map_err(|e| tracing::debug!(target: TARGET, bdf, path = %path.display(), error = %e, "no uio removal notices"))
+        .ok()?;
+    // Ready at once means "no interrupt line" (or already gone): not usable.
+    let mut fds = [rustix::event::PollFd::new(&f, rustix::event::PollFlags::IN)];
+    match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(0) => Some(Removal::Uio(f)),
+        _ => {
+            tracing::debug!(target: TARGET, bdf, path = %path.display(), "uio device is ready at once: no removal notices");
+            None
+        }
+    }
+}
+
+/// A thread waiting for a removal notice ([`Removal`]): it resets the device (stopping its
 /// DMA) and marks the transport dead, so the bdevs fail their I/O and their owner can
 /// detach them, which closes the device and lets the kernel finish the removal.
 #[derive(Debug)]
@@ -1217,7 +1282,7 @@ struct RequestWatch {
 }
 
 impl RequestWatch {
-    fn start(t: &Arc<PciTransport>, req: Option<EventFd>) {
+    fn start(t: &Arc<PciTransport>, req: Option<Removal>) {
         let (Some(req), Ok(stop)) = (req, EventFd::new(EFD_NONBLOCK)) else {
             return;
         };
@@ -1232,7 +1297,7 @@ impl RequestWatch {
                 // it returns, so they outlive these borrows.
                 let (req_fd, stop_fd) = unsafe {
                     (
-                        std::os::fd::BorrowedFd::borrow_raw(req.as_raw_fd()),
+                        std::os::fd::BorrowedFd::borrow_raw(req.raw_fd()),
                         std::os::fd::BorrowedFd::borrow_raw(stop2.as_raw_fd()),
                     )
                 };
@@ -1253,7 +1318,9 @@ impl RequestWatch {
                         return;
                     }
                     if !fds[0].revents().is_empty() {
-                        let _ = req.read();
+                        if !req.removed() {
+                            continue;
+                        }
                         tracing::warn!(target: TARGET, bdf = %bdf, "the kernel asks for the virtio-pci function back (it is being removed): resetting it and failing its I/O");
                         if let Some(t) = weak.upgrade() {
                             t.shutdown();
