@@ -1236,11 +1236,11 @@ impl Removal {
             }
             Removal::Uio(f) => {
                 let mut count = [0u8; 4];
-                match rustix::io::read(f, &mut count) {
-                    Ok(4) => false,
-                    Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => false,
-                    _ => true,
-                }
+                // A full count is a stray interrupt; EIO (or anything odd) is removal.
+                !matches!(
+                    rustix::io::read(f, &mut count),
+                    Ok(4) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR)
+                )
             }
         }
     }
