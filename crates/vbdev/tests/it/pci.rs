@@ -74,8 +74,24 @@ pub(crate) fn run_guest_in(
     size: u64,
     prepare: impl FnOnce(&mut [u8]),
 ) -> GuestRun {
+    run_guest_with(mode, files, |_| Vec::new(), script, size, prepare)
+}
+
+/// [`run_guest_in`] with extra QEMU arguments, made from the run's directory.
+fn run_guest_with(
+    mode: &str,
+    files: &[&Path],
+    qemu_args: impl FnOnce(&Path) -> Vec<String>,
+    script: &str,
+    size: u64,
+    prepare: impl FnOnce(&mut [u8]),
+) -> GuestRun {
     let run_sh = harness();
     let dir = tempfile::tempdir().unwrap();
+    let extra: Vec<String> = qemu_args(dir.path())
+        .into_iter()
+        .flat_map(|a| ["--qemu-arg".to_owned(), a])
+        .collect();
     let blk = dir.path().join("blk.img");
     let scsi = dir.path().join("scsi0.img");
     let scsi1 = dir.path().join("scsi1.img");
@@ -97,6 +113,7 @@ pub(crate) fn run_guest_in(
         .arg("--file")
         .arg(VBDEV)
         .args(files.iter().flat_map(|f| [Path::new("--file"), f]))
+        .args(&extra)
         .arg("--")
         .arg(&guest)
         .stdin(Stdio::null())
@@ -143,12 +160,30 @@ echo "STEP scsi write"
 $V io --pci "$scsi" --dev-type scsi write --offset 8192 --pattern 0x5c --length 65536 || exit 17
 echo "STEP scsi read"
 $V io --pci "$scsi" --dev-type scsi read --offset 8192 --pattern 0x5c --length 65536 || exit 18
+echo "STEP legacy"
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor) $(cat $d/device)" = "0x1af4 0x1001" ] && legacy=${d##*/}
+done
+[ -n "$legacy" ] || exit 19
+$V pci bind "$legacy" vfio-pci || exit 20
+$V io --pci "$legacy" info 2>&1 && exit 21
 echo "STEP done"
 "#;
 
 #[test]
 fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
-    let g = run_guest(GUEST_SCRIPT, 64 * MIB, |image| {
+    // Plus a legacy-only (virtio 0.9.5) blk function, which must be refused clearly.
+    let legacy = |dir: &Path| {
+        let img = dir.join("legacy.img");
+        std::fs::write(&img, vec![0u8; MIB as usize]).unwrap();
+        vec![
+            "-drive".to_owned(),
+            format!("file={},if=none,id=legacy,format=raw", img.display()),
+            "-device".to_owned(),
+            "virtio-blk-pci,drive=legacy,disable-modern=on,disable-legacy=off,addr=0x9".to_owned(),
+        ]
+    };
+    let g = run_guest_with("vfio", &[], legacy, GUEST_SCRIPT, 64 * MIB, |image| {
         image[..MARKER.len()].copy_from_slice(MARKER);
     });
     let (stdout, whole, blk, scsi) = (&g.stdout, &g.whole, &g.blk, &g.scsi);
@@ -187,6 +222,10 @@ fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
         "the error for a missing function does not say so:\n{whole}"
     );
     assert!(stdout.contains("bdev VirtioScsi0t0"), "{whole}");
+    assert!(
+        stdout.contains("the legacy interface is not supported"),
+        "a legacy-only function was not refused clearly:\n{whole}"
+    );
     assert!(stdout.contains("STEP done"), "{whole}");
 
     // QEMU flushed the image when it exited: the guest's write is on the host.
