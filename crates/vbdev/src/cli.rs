@@ -306,7 +306,8 @@ pub struct TargetArgs {
     /// Logical block size in bytes.
     #[arg(long, default_value_t = 512)]
     pub block_size: u32,
-    /// Request queues offered.
+    /// Request queues offered. QEMU's vhost-user-blk-pci asks for one per vCPU unless its
+    /// `num-queues` is set, and refuses a target that offers fewer.
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
     /// SCSI targets (vhost-user-scsi only).
