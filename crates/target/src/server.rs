@@ -25,7 +25,10 @@
 //!   general way below, then the fast path goes on.
 //!
 //! Completions are signalled on the call eventfd when the driver asked for them
-//! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`).
+//! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`). A ring
+//! may run before its call eventfd arrives (QEMU 7.2 enables vhost-user-scsi rings
+//! before it sends `SET_VRING_CALL`): a notification due meanwhile is signalled on the
+//! call eventfd the frontend sets next (`server/vring.rs`).
 //!
 //! A device may have queues that are not request queues ([`Device::is_request_queue`],
 //! e.g. virtio-scsi's control and event queues): they are always event-driven and
@@ -71,7 +74,7 @@ use std::thread::JoinHandle;
 
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
@@ -84,6 +87,10 @@ use vmm_sys_util::event::{
 
 use crate::fast::{Ring, RingAddrs, Segments};
 use crate::fault::{BadUsed, Fault, Faults};
+
+mod vring;
+
+use vring::Vring;
 
 const TARGET: &str = "vbdev::target";
 
@@ -99,8 +106,6 @@ pub type Mem = GuestMemoryMmap<()>;
 
 /// A descriptor chain taken off a request queue.
 pub type Chain = DescriptorChain<GuestMemoryLoadGuard<Mem>>;
-
-type Vring = VringRwLock<GuestMemoryAtomic<Mem>>;
 
 /// Most request queues a target can have.
 pub const MAX_QUEUES: u16 = 64;
