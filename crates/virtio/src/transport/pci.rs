@@ -1079,49 +1079,53 @@ fn map_bar(bars: &VfioBars, bar: BarIndex, bdf: &str) -> Option<Arc<BarMapping>>
         return None;
     }
     let len = usize::try_from(r.size).ok()?;
-    // SAFETY: a new shared mapping of the device fd at the offset VFIO gave for this BAR,
-    // at an address the kernel chooses, so it overlaps nothing of ours; `BarMapping`
-    // owns it from here.
-    let mapped = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            &bars.device,
-            r.offset,
-        )
-    };
-    match mapped {
-        Ok(p) => {
-            let ptr = NonNull::new(p.cast::<u8>())?;
-            // SAFETY: the mapping was just made and nothing else refers to it.
-            match unsafe { BarMapping::new(ptr, len) } {
-                Ok(m) => Some(Arc::new(m)),
-                Err(e) => {
-                    tracing::debug!(target: TARGET, bdf, %bar, error = %e, "BAR mapping cannot be guarded: doorbells use pwrite");
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            tracing::debug!(target: TARGET, bdf, %bar, error = %e, "mmap of the BAR failed: doorbells use pwrite");
-            None
-        }
-    }
+    map_shared(&bars.device, r.offset, len)
+        .map_err(|e| {
+            tracing::debug!(target: TARGET, bdf, %bar, error = %e, "BAR cannot be mapped and guarded: doorbells use pwrite");
+        })
+        .ok()
 }
 
-/// `vfio_irq_set` with one eventfd in its data (linux/vfio.h).
-#[repr(C)]
-struct IrqSetOne {
-    argsz: u32,
-    flags: u32,
-    index: u32,
-    start: u32,
-    count: u32,
-    fd: i32,
+/// The number of interrupts of VFIO index `index` that can signal an eventfd (0: none).
+fn irq_count(device: &OwnedFd, index: u32) -> u32 {
+    let mut info = vb::vfio_irq_info {
+        argsz: size_of::<vb::vfio_irq_info>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_DEVICE_GET_IRQ_INFO writes at most `argsz` bytes of a `vfio_irq_info`
+    // into `info`, which is that struct, exclusively borrowed.
+    let rc = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_IRQ_INFO(), &mut info) };
+    if rc < 0 || info.flags & vb::VFIO_IRQ_INFO_EVENTFD == 0 {
+        return 0;
+    }
+    info.count
 }
-const _: () = assert!(std::mem::offset_of!(IrqSetOne, fd) == size_of::<vb::vfio_irq_set>());
+
+/// Makes interrupts `0..fds.len()` of VFIO index `index` signal `fds` (enabling MSI-X
+/// when `index` is the MSI-X one).
+fn set_irq_eventfds(device: &OwnedFd, index: u32, fds: &[EventFd]) -> std::io::Result<()> {
+    // vfio_irq_set's five u32 fields, then one eventfd number per interrupt.
+    let header = size_of::<vb::vfio_irq_set>() / 4;
+    let mut words = vec![0u32; header + fds.len()];
+    words[0] = (words.len() * 4) as u32; // argsz
+    words[1] = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+    words[2] = index;
+    words[3] = 0; // start
+    words[4] = fds.len() as u32; // count; callers pass at most MAX_MSIX
+    for (w, fd) in words[header..].iter_mut().zip(fds) {
+        *w = fd.as_raw_fd() as u32;
+    }
+    // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes from the pointer: the
+    // `vfio_irq_set` header (five u32s, 4-byte aligned) followed by `count` i32 eventfd
+    // numbers, all inside `words`, which lives across the call; VFIO takes its own
+    // references to the eventfds.
+    let rc = unsafe { ioctl_with_ptr(device, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Most MSI-X vectors set up (queues beyond share them).
 const MAX_MSIX: u32 = 64;
@@ -1129,43 +1133,19 @@ const MAX_MSIX: u32 = 64;
 /// Enables MSI-X through VFIO with one eventfd per vector (up to [`MAX_MSIX`]), or
 /// returns none when the function has no MSI-X or VFIO refuses (then polled).
 fn msix_eventfds(device: &OwnedFd, bdf: &str) -> Vec<EventFd> {
-    let mut info = vb::vfio_irq_info {
-        argsz: size_of::<vb::vfio_irq_info>() as u32,
-        index: vb::VFIO_PCI_MSIX_IRQ_INDEX,
-        ..Default::default()
-    };
-    // SAFETY: VFIO_DEVICE_GET_IRQ_INFO writes at most `argsz` bytes of a `vfio_irq_info`
-    // into `info`, which is that struct, exclusively borrowed.
-    let rc = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_IRQ_INFO(), &mut info) };
-    if rc < 0 || info.count == 0 || info.flags & vb::VFIO_IRQ_INFO_EVENTFD == 0 {
+    let n = irq_count(device, vb::VFIO_PCI_MSIX_IRQ_INDEX).min(MAX_MSIX);
+    if n == 0 {
         tracing::debug!(target: TARGET, bdf, "no MSI-X through VFIO: queues are polled");
         return Vec::new();
     }
-    let n = info.count.min(MAX_MSIX);
     let Ok(fds) = (0..n)
         .map(|_| EventFd::new(EFD_NONBLOCK))
         .collect::<std::io::Result<Vec<_>>>()
     else {
         return Vec::new();
     };
-    // vfio_irq_set's five u32 fields, then `n` eventfd numbers.
-    let header = size_of::<vb::vfio_irq_set>() / 4;
-    let mut words = vec![0u32; header + fds.len()];
-    words[0] = (words.len() * 4) as u32; // argsz
-    words[1] = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
-    words[2] = vb::VFIO_PCI_MSIX_IRQ_INDEX;
-    words[3] = 0; // start
-    words[4] = n; // count
-    for (w, fd) in words[header..].iter_mut().zip(&fds) {
-        *w = fd.as_raw_fd() as u32;
-    }
-    // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes from the pointer: the
-    // `vfio_irq_set` header (five u32s, 4-byte aligned) followed by `count` i32 eventfd
-    // numbers, all inside `words`, which lives across the call; the eventfds stay open
-    // as long as the returned vector, and VFIO takes its own references.
-    let rc = unsafe { ioctl_with_ptr(device, VFIO_DEVICE_SET_IRQS(), words.as_ptr()) };
-    if rc < 0 {
-        tracing::warn!(target: TARGET, bdf, error = %std::io::Error::last_os_error(), "MSI-X could not be enabled through VFIO: queues are polled");
+    if let Err(e) = set_irq_eventfds(device, vb::VFIO_PCI_MSIX_IRQ_INDEX, &fds) {
+        tracing::warn!(target: TARGET, bdf, error = %e, "MSI-X could not be enabled through VFIO: queues are polled");
         return Vec::new();
     }
     tracing::debug!(target: TARGET, bdf, vectors = n, "MSI-X enabled through VFIO");
@@ -1176,34 +1156,17 @@ fn msix_eventfds(device: &OwnedFd, bdf: &str) -> Vec<EventFd> {
 /// being removed: `VFIO_PCI_REQ_IRQ_INDEX`), or `None` when the device has no such
 /// interrupt or it cannot be set up (then a removal waits until the process lets go).
 fn request_eventfd(device: &OwnedFd, bdf: &str) -> Option<EventFd> {
-    let mut info = vb::vfio_irq_info {
-        argsz: size_of::<vb::vfio_irq_info>() as u32,
-        index: vb::VFIO_PCI_REQ_IRQ_INDEX,
-        ..Default::default()
-    };
-    // SAFETY: VFIO_DEVICE_GET_IRQ_INFO writes at most `argsz` bytes of a `vfio_irq_info`
-    // into `info`, which is that struct, exclusively borrowed.
-    let rc = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_IRQ_INFO(), &mut info) };
-    if rc < 0 || info.count < 1 || info.flags & vb::VFIO_IRQ_INFO_EVENTFD == 0 {
+    if irq_count(device, vb::VFIO_PCI_REQ_IRQ_INDEX) == 0 {
         tracing::debug!(target: TARGET, bdf, "no VFIO device request interrupt");
         return None;
     }
     let efd = EventFd::new(EFD_NONBLOCK).ok()?;
-    let set = IrqSetOne {
-        argsz: size_of::<IrqSetOne>() as u32,
-        flags: vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER,
-        index: vb::VFIO_PCI_REQ_IRQ_INDEX,
-        start: 0,
-        count: 1,
-        fd: efd.as_raw_fd(),
-    };
-    // SAFETY: VFIO_DEVICE_SET_IRQS reads `argsz` bytes: a `vfio_irq_set` header followed
-    // by `count` (1) eventfd numbers, which is exactly `IrqSetOne` (layout asserted
-    // above); the eventfd stays open as long as the returned `EventFd`, and VFIO takes
-    // its own reference to it.
-    let rc = unsafe { ioctl_with_ref(device, VFIO_DEVICE_SET_IRQS(), &set) };
-    if rc < 0 {
-        tracing::debug!(target: TARGET, bdf, error = %std::io::Error::last_os_error(), "VFIO device request interrupt not set up");
+    if let Err(e) = set_irq_eventfds(
+        device,
+        vb::VFIO_PCI_REQ_IRQ_INDEX,
+        std::slice::from_ref(&efd),
+    ) {
+        tracing::debug!(target: TARGET, bdf, error = %e, "VFIO device request interrupt not set up");
         return None;
     }
     Some(efd)
