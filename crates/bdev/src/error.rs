@@ -86,6 +86,16 @@ pub enum Error {
     WaitTimeout(std::time::Duration),
 }
 
+impl Error {
+    /// Wraps a virtio error of the attach of `name` (for `map_err`).
+    pub(crate) fn attach(name: &str) -> impl Fn(vbdev_virtio::Error) -> Error + '_ {
+        move |source| Error::Attach {
+            name: name.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Why [`IoChannel::submit`](crate::IoChannel::submit) refused a request before sending
 /// anything. `Copy`, so it costs nothing on the data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -87,10 +87,7 @@ impl Default for AttachOptions {
 /// [`Error::Attach`] with the cause: the socket cannot be reached, the target does not
 /// answer in time, lacks a required feature, or has fewer queues than asked for.
 pub fn attach_vhost_user(name: &str, path: impl AsRef<Path>, opts: &AttachOptions) -> Result<Bdev> {
-    let attach_err = |source| Error::Attach {
-        name: name.to_owned(),
-        source,
-    };
+    let attach_err = Error::attach(name);
     let transport =
         VhostUser::connect(path, DmaDomain::global(), opts.vhost_user).map_err(attach_err)?;
     attach(name, Arc::new(transport), opts)
@@ -109,13 +106,8 @@ pub fn attach_vhost_user(name: &str, path: impl AsRef<Path>, opts: &AttachOption
 /// or sysfs step fails, the DMA memory is not in the mode the binding needs, the device
 /// lacks a required feature, or has fewer queues than asked for.
 pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<Bdev> {
-    let transport =
-        PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default()).map_err(|source| {
-            Error::Attach {
-                name: name.to_owned(),
-                source,
-            }
-        })?;
+    let transport = PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default())
+        .map_err(Error::attach(name))?;
     attach(name, transport, opts)
 }
 
@@ -137,10 +129,7 @@ pub fn attach(name: &str, transport: Arc<dyn Transport>, opts: &AttachOptions) -
             why: format!("{} is not a power of two from 1 to 32768", opts.queue_size),
         });
     }
-    let attach_err = |source| Error::Attach {
-        name: name.to_owned(),
-        source,
-    };
+    let attach_err = Error::attach(name);
     let result = BlkShared::new(name, Arc::clone(&transport), opts).map_err(attach_err);
     if result.is_err() {
         transport.shutdown();

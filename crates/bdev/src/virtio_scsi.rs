@@ -278,13 +278,8 @@ pub fn attach_vhost_user(
     path: impl AsRef<Path>,
     opts: &AttachOptions,
 ) -> Result<ScsiController> {
-    let transport =
-        VhostUser::connect(path, DmaDomain::global(), opts.vhost_user).map_err(|source| {
-            Error::Attach {
-                name: name.to_owned(),
-                source,
-            }
-        })?;
+    let transport = VhostUser::connect(path, DmaDomain::global(), opts.vhost_user)
+        .map_err(Error::attach(name))?;
     attach(name, Arc::new(transport), opts)
 }
 
@@ -296,13 +291,8 @@ pub fn attach_vhost_user(
 /// # Errors
 /// As [`attach_vhost_user`], with the VFIO or sysfs steps in place of the socket.
 pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<ScsiController> {
-    let transport =
-        PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default()).map_err(|source| {
-            Error::Attach {
-                name: name.to_owned(),
-                source,
-            }
-        })?;
+    let transport = PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default())
+        .map_err(Error::attach(name))?;
     attach(name, transport, opts)
 }
 
@@ -331,10 +321,7 @@ pub fn attach(
         Ok(c) => Arc::new(c),
         Err(source) => {
             transport.shutdown();
-            return Err(Error::Attach {
-                name: name.to_owned(),
-                source,
-            });
+            return Err(Error::attach(name)(source));
         }
     };
     ctrl.evq
