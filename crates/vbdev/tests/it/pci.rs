@@ -250,6 +250,21 @@ fn vfio_type1_blk_and_scsi_writes_and_reads_reach_the_images() {
     assert_eq!(image[8192 + 65536], 0);
 }
 
+/// Checks that `stdout` holds `n` bdevperf result tables whose Total rows show I/O done
+/// and no failure.
+fn assert_perf_totals(stdout: &str, n: usize, whole: &str) {
+    let totals: Vec<&str> = stdout.lines().filter(|l| l.starts_with(" Total")).collect();
+    assert_eq!(totals.len(), n, "{whole}");
+    for t in totals {
+        let cols: Vec<f64> = t
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        assert!(cols[0] > 0.0, "no IOPS: {t}");
+        assert_eq!(cols[2], 0.0, "Fail/s: {t}");
+    }
+}
+
 /// `vbdev perf -w verify` through vfio-pci, on virtio-blk and on virtio-scsi: every
 /// byte written is read back and compared in the guest.
 const PERF_SCRIPT: &str = r#"#!/bin/sh
@@ -266,16 +281,7 @@ fn vfio_type1_perf_verify_passes_on_blk_and_scsi() {
     let g = run_guest(PERF_SCRIPT, 16 * MIB, |_| {});
     let (stdout, whole) = (&g.stdout, &g.whole);
     // Two result tables (bdevperf's layout), each with I/O done and no failure.
-    let totals: Vec<&str> = stdout.lines().filter(|l| l.starts_with(" Total")).collect();
-    assert_eq!(totals.len(), 2, "{whole}");
-    for t in totals {
-        let cols: Vec<f64> = t
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        assert!(cols[0] > 0.0, "no IOPS: {t}");
-        assert_eq!(cols[2], 0.0, "Fail/s: {t}");
-    }
+    assert_perf_totals(stdout, 2, whole);
     assert!(stdout.contains("STEP done"), "{whole}");
     // The verify pattern reached both images.
     for img in [&g.blk, &g.scsi] {
@@ -439,16 +445,7 @@ fn check_physical_run(mode: &str) {
         "the huge pages were adjacent anyway ({runs:?}): hugehold did not take effect\n{whole}"
     );
     // Two verify tables, each with two jobs (one per core and queue), no failure.
-    let totals: Vec<&str> = stdout.lines().filter(|l| l.starts_with(" Total")).collect();
-    assert_eq!(totals.len(), 2, "{whole}");
-    for t in totals {
-        let cols: Vec<f64> = t
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .collect();
-        assert!(cols[0] > 0.0, "no IOPS: {t}");
-        assert_eq!(cols[2], 0.0, "Fail/s: {t}");
-    }
+    assert_perf_totals(stdout, 2, whole);
     // The images hold what the guest wrote last (perf's verify data is around it).
     let image = std::fs::read(&g.blk).unwrap();
     assert!(
