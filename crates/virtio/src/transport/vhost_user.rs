@@ -287,8 +287,22 @@ impl Shared {
             sent = regions;
             fe.set_mem_table(&infos).map(|_| ())
         };
-        let bytes = self.domain.regions().iter().map(|r| r.len).sum::<u64>();
-        self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)?;
+        let regions = self.domain.regions();
+        let bytes = regions.iter().map(|r| r.len).sum::<u64>();
+        let small_pages = regions.iter().any(|r| !r.hugetlb);
+        self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)
+            .map_err(|e| match e {
+                // A hang-up, not a refusal: the target went away while mapping.
+                Error::VhostUser { .. } | Error::Disconnected
+                    if small_pages && !self.alive.load(Ordering::Acquire) =>
+                {
+                    Error::MemTableRefused {
+                        op: "SET_MEM_TABLE",
+                        source: Box::new(e),
+                    }
+                }
+                e => e,
+            })?;
         let known = sent.iter().fold(0u64, |m, r| m | r.id.bit());
         self.regions_known.fetch_or(known, Ordering::AcqRel);
         Ok(sent.len())
