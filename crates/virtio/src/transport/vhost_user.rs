@@ -296,8 +296,9 @@ impl Shared {
         let small_pages = regions.iter().any(|r| !r.hugetlb);
         self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)
             .map_err(|e| match e {
-                // A hang-up, not a refusal: the target went away while mapping.
-                Error::VhostUser { .. } | Error::Disconnected
+                // The target went away while mapping, or is still dying (SPDK's
+                // segfault, dumping core): no refusal, the connection is gone.
+                Error::VhostUser { .. } | Error::Disconnected | Error::Timeout { .. }
                     if small_pages && !self.alive.load(Ordering::Acquire) =>
                 {
                     Error::MemTableRefused {
