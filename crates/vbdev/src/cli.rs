@@ -318,9 +318,12 @@ pub struct TargetArgs {
     /// Logical block size in bytes.
     #[arg(long, default_value_t = 512)]
     pub block_size: u32,
-    /// Request queues offered. QEMU's vhost-user-blk-pci asks for one per vCPU unless its
-    /// `num-queues` is set, and refuses a target that offers fewer.
-    #[arg(long, default_value_t = 1)]
+    /// Request queues offered (a frontend may use fewer). QEMU's vhost-user-blk-pci asks
+    /// for one per vCPU unless its `num-queues` is set, and refuses a target that offers
+    /// fewer; SPDK's initiator needs `vq_count` 2 for a plain bdevperf run and reads
+    /// vhost-user-scsi's queue count as request queues, so it may set up two more than
+    /// asked for. Idle queues cost a sleeping thread each, or nothing when polled.
+    #[arg(long, default_value_t = 4)]
     pub queues: u16,
     /// SCSI targets (vhost-user-scsi only).
     #[arg(long, default_value_t = 1)]
