@@ -176,6 +176,14 @@ impl BlkShared {
         transport: Arc<dyn Transport>,
         opts: &AttachOptions,
     ) -> vbdev_virtio::Result<Self> {
+        if !transport.has_config() {
+            // The capacity lives in the configuration space (virtio 1.2 §5.2.4).
+            return Err(vbdev_virtio::Error::MissingFeature {
+                name: "VHOST_USER_PROTOCOL_F_CONFIG (virtio-blk reads its capacity from the \
+                       configuration space; a vhost-user target without it, such as SPDK's \
+                       vhost-scsi, is likely a virtio-scsi device)",
+            });
+        }
         let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
         let t = device.transport();
         let f = device.features();

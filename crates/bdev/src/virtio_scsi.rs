@@ -347,9 +347,18 @@ impl Ctrl {
         let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
         let t = Arc::clone(device.transport());
         let f = device.features();
-        let mut raw = [0u8; wire::config::LEN];
-        t.read_config(0, &mut raw)?;
-        let config = ScsiConfig::parse(&raw);
+        let config = if t.has_config() {
+            let mut raw = [0u8; wire::config::LEN];
+            t.read_config(0, &mut raw)?;
+            ScsiConfig::parse(&raw)
+        } else {
+            // SPDK's vhost-scsi offers no CONFIG (nor does SPDK's own initiator read it):
+            // the spec's initial values, request queues from the transport, limits from
+            // the VPD pages at scan time.
+            let rq = u32::from(t.num_queues().saturating_sub(2));
+            tracing::info!(target: TARGET, name, request_queues = rq, "no configuration space (the target offers no CONFIG): assuming the spec's defaults");
+            ScsiConfig::assumed(rq)
+        };
         if !(16..=wire::CDB_SIZE_MAX).contains(&config.cdb_size) {
             return Err(vbdev_virtio::Error::BadConfig {
                 what: format!(
@@ -524,6 +533,15 @@ impl Ctrl {
             ("offered_features", format!("0x{:x}", self.device.offered())),
             ("vq_count", (self.queues.len() + 2).to_string()),
             ("vq_size", self.queue_size.to_string()),
+            (
+                "config",
+                if self.device.transport().has_config() {
+                    "read"
+                } else {
+                    "assumed (no VHOST_USER_PROTOCOL_F_CONFIG)"
+                }
+                .to_owned(),
+            ),
             ("num_queues", c.num_queues.to_string()),
             ("seg_max", c.seg_max.to_string()),
             ("max_sectors", c.max_sectors.to_string()),

@@ -36,6 +36,11 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `SET_MEM_TABLE` carries at most this many regions (`VHOST_MEMORY_BASELINE_NREGIONS`).
 pub const MEM_TABLE_MAX_REGIONS: usize = 8;
 
+/// Extra reply time a memory-sharing message (`SET_MEM_TABLE`, `ADD_MEM_REG`) gets per
+/// GiB it shares, on top of [`VhostUserOptions::timeout`]: 20 s, four times what SPDK's
+/// target took on a 2-core VM with 4 KiB pages (10 s with huge pages).
+pub const MEM_REGISTER_MS_PER_GIB: u64 = 20_000;
+
 /// Options of a vhost-user connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VhostUserOptions {
@@ -72,6 +77,7 @@ struct Shared {
     alive: AtomicBool,
     regions_known: AtomicU64,
     mem_slots: AtomicBool,
+    domain: &'static DmaDomain,
     timeout: Duration,
 }
 
@@ -124,12 +130,34 @@ impl Shared {
         op: &'static str,
         f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
     ) -> Result<T> {
+        self.call_for(op, self.timeout, f)
+    }
+
+    /// The reply deadline of a message that shares `bytes` of memory: the timeout, plus
+    /// [`MEM_REGISTER_MS_PER_GIB`] per GiB. A target may do real work per page before it
+    /// answers (SPDK's: a populated mapping and a pagemap lookup per 4 KiB page); that
+    /// is a slow target, not a dead one (a dead one hangs up, which is seen at once).
+    fn mem_deadline(&self, bytes: u64) -> Duration {
+        let per_gib = Duration::from_millis(MEM_REGISTER_MS_PER_GIB);
+        // bytes >> 20 is at most 2^44; times a u32 factor below, no overflow.
+        let mib = u32::try_from(bytes >> 20).unwrap_or(u32::MAX);
+        self.timeout
+            .saturating_add(per_gib.saturating_mul(mib) / 1024)
+    }
+
+    /// Runs one control call; its reply must come within `timeout`.
+    fn call_for<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
         if !self.alive.load(Ordering::Acquire) {
             return Err(Error::Disconnected);
         }
         let mut fe = lock(&self.frontend);
         tracing::debug!(target: TARGET, op, "request");
-        self.arm(Some(Instant::now() + self.timeout));
+        self.arm(Some(Instant::now() + timeout));
         let r = f(&mut fe);
         let fired = self.arm(None);
         match (r, fired) {
@@ -137,7 +165,7 @@ impl Shared {
                 self.mark_dead("reply timeout");
                 Err(Error::Timeout {
                     op,
-                    timeout_ms: self.timeout.as_millis() as u64,
+                    timeout_ms: timeout.as_millis() as u64,
                 })
             }
             (Ok(v), false) => Ok(v),
@@ -239,6 +267,33 @@ impl Shared {
         }
     }
 
+    /// Sends the domain's regions in one `SET_MEM_TABLE`: the first 8 made (all a
+    /// table holds; libvhost-user takes no more), so a region once shared stays in every
+    /// later table, sorted by address (rust-vmm backends reject unsorted tables). A target without
+    /// `CONFIGURE_MEM_SLOTS` learns of every later region this way too: the vhost-user
+    /// spec lets the front-end send a new table at any time (QEMU does on memory
+    /// hot-plug); SPDK's targets stop the device, register the new table and start it
+    /// again, in-flight requests completed first. Returns how many regions went out.
+    fn send_mem_table(&self) -> Result<usize> {
+        let mut sent = Vec::new();
+        // The regions are read under the frontend lock, so of two tables sent for two
+        // new regions the later one always holds both.
+        let op = |fe: &mut Frontend| {
+            // `regions()` lists them in the order they were made.
+            let mut regions = self.domain.regions();
+            regions.truncate(MEM_TABLE_MAX_REGIONS);
+            regions.sort_by_key(|r| r.addr);
+            let infos: Vec<_> = regions.iter().map(region_info).collect();
+            sent = regions;
+            fe.set_mem_table(&infos).map(|_| ())
+        };
+        let bytes = self.domain.regions().iter().map(|r| r.len).sum::<u64>();
+        self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)?;
+        let known = sent.iter().fold(0u64, |m, r| m | r.id.bit());
+        self.regions_known.fetch_or(known, Ordering::AcqRel);
+        Ok(sent.len())
+    }
+
     /// Shares one more region (ADD_MEM_REG), unless it is shared already.
     fn add_region(&self, r: &RegionInfo) -> Result<()> {
         let bit = r.id.bit();
@@ -246,7 +301,9 @@ impl Shared {
             return Ok(());
         }
         let info = region_info(r);
-        let res = self.call("ADD_MEM_REG", |fe| fe.add_mem_region(&info));
+        let res = self.call_for("ADD_MEM_REG", self.mem_deadline(r.len), |fe| {
+            fe.add_mem_region(&info)
+        });
         if res.is_err() {
             self.regions_known.fetch_and(!bit, Ordering::AcqRel);
         }
@@ -256,11 +313,15 @@ impl Shared {
 
 impl RegionListener for Shared {
     fn region_added(&self, region: &RegionInfo) {
-        if !self.mem_slots.load(Ordering::Acquire) {
-            tracing::warn!(target: TARGET, region = region.id.0, "target lacks CONFIGURE_MEM_SLOTS: new DMA region is not visible to it");
+        let res = if self.mem_slots.load(Ordering::Acquire) {
+            self.add_region(region)
+        } else if usize::from(region.id.0) < MEM_TABLE_MAX_REGIONS {
+            self.send_mem_table().map(|_| ())
+        } else {
+            tracing::warn!(target: TARGET, region = region.id.0, "the target lacks CONFIGURE_MEM_SLOTS and a memory table holds 8 regions: buffers in this one are refused");
             return;
-        }
-        if let Err(e) = self.add_region(region) {
+        };
+        if let Err(e) = res {
             tracing::warn!(target: TARGET, region = region.id.0, error = %e, "cannot share new DMA region");
         }
     }
@@ -325,7 +386,8 @@ impl VhostUser {
     /// # Errors
     /// [`Error::Connect`] when the socket cannot be reached, [`Error::Timeout`] when the
     /// target does not answer in time, [`Error::MissingFeature`] when it lacks
-    /// `PROTOCOL_FEATURES` or `CONFIG`, and [`Error::VhostUser`] for protocol errors.
+    /// `PROTOCOL_FEATURES`, and [`Error::VhostUser`] for protocol errors. A target
+    /// without `CONFIG` is accepted: [`Transport::has_config`] tells the device type.
     pub fn connect(
         path: impl AsRef<Path>,
         domain: &'static DmaDomain,
@@ -348,6 +410,7 @@ impl VhostUser {
             alive: AtomicBool::new(true),
             regions_known: AtomicU64::new(0),
             mem_slots: AtomicBool::new(false),
+            domain,
             timeout: opts.timeout,
         });
         let thread_shared = Arc::clone(&shared);
@@ -388,11 +451,8 @@ impl VhostUser {
             fe.set_protocol_features(proto)
         })?;
         self.protocol = proto;
-        if !proto.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(Error::MissingFeature {
-                name: "VHOST_USER_PROTOCOL_F_CONFIG",
-            });
-        }
+        // Without CONFIG there is no configuration space to read: `has_config` says so
+        // and the device type decides (virtio-scsi can do without, virtio-blk cannot).
         if proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             lock(&s.frontend).set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
@@ -413,25 +473,22 @@ impl VhostUser {
         };
         s.mem_slots.store(slots, Ordering::Release);
         domain.reserve()?;
-        // The first (up to) 8 regions go in SET_MEM_TABLE, sorted by address: rust-vmm
-        // backends reject unsorted tables, libvhost-user takes at most 8.
-        let mut regions = domain.regions();
-        regions.sort_by_key(|r| r.addr);
-        let table = &regions[..regions.len().min(MEM_TABLE_MAX_REGIONS)];
-        let infos: Vec<_> = table.iter().map(region_info).collect();
-        s.call("SET_MEM_TABLE", |fe| fe.set_mem_table(&infos).map(|_| ()))?;
-        let known = table.iter().fold(0u64, |m, r| m | r.id.bit());
-        s.regions_known.fetch_or(known, Ordering::Release);
+        let sent = s.send_mem_table()?;
         // Subscribe only now, so no ADD_MEM_REG can precede SET_MEM_TABLE; then share
         // whatever else exists. A region created meanwhile may be reported both ways:
-        // `add_region` claims its bit first, so it is sent once.
+        // `add_region` claims its bit first, so it is sent once; without memory slots a
+        // second table is sent, which the target takes as the same or a larger one.
         let listener: Arc<dyn RegionListener> = self.shared.clone();
-        for r in domain.subscribe(Arc::downgrade(&listener)) {
-            if s.regions_known.load(Ordering::Acquire) & r.id.bit() != 0 {
+        let all = domain.subscribe(Arc::downgrade(&listener));
+        if !slots && all.len() > sent {
+            s.send_mem_table()?;
+        }
+        for r in all {
+            if !slots || s.regions_known.load(Ordering::Acquire) & r.id.bit() != 0 {
                 continue;
             }
             let used = u64::from(s.regions_known.load(Ordering::Acquire).count_ones());
-            if !slots || used >= max_slots {
+            if used >= max_slots {
                 tracing::warn!(target: TARGET, region = r.id.0, "DMA region not visible to the target (no free memory slot)");
                 continue;
             }
@@ -483,6 +540,11 @@ impl Transport for VhostUser {
     }
 
     fn read_config(&self, offset: u32, buf: &mut [u8]) -> Result<()> {
+        if !self.has_config() {
+            return Err(Error::MissingFeature {
+                name: "VHOST_USER_PROTOCOL_F_CONFIG",
+            });
+        }
         // qemu-storage-daemon ignores the offset and rejects sizes beyond its struct
         // (research/vhost-frontend-spike.md §6): always read from 0, exactly what we need.
         let size = offset as usize + buf.len();
@@ -497,6 +559,10 @@ impl Transport for VhostUser {
             })?;
         buf.copy_from_slice(src);
         Ok(())
+    }
+
+    fn has_config(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
     }
 
     fn num_queues(&self) -> u16 {
