@@ -23,6 +23,8 @@
 #                   output and exit code, and what the target logged during the row; plus each
 #                   target process's whole log).
 #   PARTS           which parts to run, any of "A B C" (default all three; see below).
+#   VBDEV_OPTS      global options put before every vbdev initiator command of part A (io, perf,
+#                   serve), e.g. "--hugetlb" or "--log debug". Default none: vbdev as users run it.
 #   VBDEV_TIMEOUT_MS  --timeout-ms given to vbdev in the functional A rows (default 30000). The
 #                   "attach, default timeout" rows use vbdev's own default instead, so a slow
 #                   attach shows there and does not hide the other checks.
@@ -51,7 +53,9 @@
 #     INITIATOR_CPU.
 #     - setup: SPDK's vhost started, bdevs and controllers created.
 #     - attach, default timeout: `vbdev io ... info` with vbdev's default --timeout-ms (scsi and
-#       blk); attach time < ATTACH_MAX_MS: the wall time of that command.
+#       blk); attach time < ATTACH_MAX_MS: the wall time of that command; attach --hugetlb: the
+#       same with vbdev's DMA memory on 2 MiB huge pages (FAIL too if vbdev fell back to normal
+#       pages).
 #     - per bdev (scsi t0 512 B, scsi t1 4096 B through `--bdev VirtioScsi0t1`, blk 512 B, blk
 #       4096 B), each command a fresh vbdev process with --timeout-ms VBDEV_TIMEOUT_MS:
 #       info --json (parsed: the bdev, its block size and size match SPDK's bdev),
@@ -81,7 +85,12 @@
 #     bdev completes a RESET at once without sending anything (only scsi sends LUN RESET).
 #  C. The same bdevperf rows against SPDK's own vhost target (512-byte malloc bdevs): a check
 #     that the harness works, and what SPDK does with itself.
+#
+# When SPDK's vhost dies during a row of A or C, that row FAILs saying how ("SPDK's vhost was
+# killed by SIGSEGV during this row; ..."), and the next row starts a new vhost with the same
+# bdevs and sockets (at most 20 times per part), so one crash hides no other result.
 set -uo pipefail
+ulimit -c 0 # a crashing SPDK process would otherwise drop a core file in the caller's directory
 
 case ${1:-} in
     -h | --help)
@@ -348,6 +357,9 @@ row_dir='' row_target='' row_check=''
 fmt='%-3s %-26s %-24s %-40s %-4s %s\n'
 
 begin_row() {
+    if [[ -n $vhost_keep ]] && ! alive "$VHOST_PID"; then
+        restart_vhost
+    fi
     row_dir=$1 row_target=$2 row_check=$3
     nrow=$((nrow + 1))
     local slug
@@ -359,6 +371,10 @@ begin_row() {
 
 end_row() {
     local status=$1 reason=$2
+    if vhost_death; then
+        status=FAIL
+        reason="SPDK's vhost $VHOST_DEATH during this row; $reason"
+    fi
     case $status in
         PASS) npass=$((npass + 1)) ;;
         FAIL) nfail=$((nfail + 1)) ;;
@@ -400,7 +416,6 @@ start_spdk_vhost() {
     VHOST_RPC=$tmp/$1.rpc
     mkdir -p "$VHOST_DIR"
     tlog=$logdir/$1.log
-    : >"$tlog"
     start_bg "$tlog" "${spdk_env[@]}" "$spdk_vhost" -m "$target_mask" -s 512 -u \
         --huge-dir "$hugedir" -S "$VHOST_DIR" -r "$VHOST_RPC"
     VHOST_PID=$BG_PID
@@ -414,6 +429,52 @@ start_spdk_vhost() {
         return 1
     fi
     return 0
+}
+
+# A part that needs SPDK's vhost through many rows keeps it running: vhost_keep names the
+# function that configures it (bdevs, controllers), vhost_name its log name. When it dies during
+# a row, that row FAILs saying how (vhost_death), and the next row starts a new one with the same
+# sockets (restart_vhost), at most MAX_RESTARTS times per part, so one crash hides no other row.
+vhost_keep=''
+vhost_name=''
+vhost_restarts=0
+VHOST_PID=0
+MAX_RESTARTS=20
+
+# vhost_death: if the kept vhost has died, reap it, note how in VHOST_DEATH and its log, and
+# succeed (once per death).
+vhost_death() {
+    [[ -n $vhost_keep && $VHOST_PID != 0 ]] || return 1
+    alive "$VHOST_PID" && return 1
+    local st
+    wait "$VHOST_PID" 2>/dev/null
+    st=$?
+    forget_pid "$VHOST_PID"
+    if ((st > 128)); then
+        VHOST_DEATH="was killed by SIG$(kill -l $((st - 128)))"
+    else
+        VHOST_DEATH="exited with status $st"
+    fi
+    printf '*** spdk-interop.sh: SPDK vhost (pid %s) %s\n' "$VHOST_PID" "$VHOST_DEATH" >>"$tlog"
+    VHOST_PID=0
+    return 0
+}
+
+restart_vhost() {
+    vhost_death
+    if ((vhost_restarts >= MAX_RESTARTS)); then
+        return
+    fi
+    vhost_restarts=$((vhost_restarts + 1))
+    row_log=$logdir/$vhost_name-restart-$vhost_restarts.log
+    : >"$row_log"
+    echo "==> SPDK's vhost is not running (${VHOST_DEATH:-?}): restart $vhost_restarts of at most $MAX_RESTARTS" | tee -a "$OUT/table.txt"
+    rm -f "$VHOST_DIR"/* "$VHOST_RPC" "$VHOST_RPC.lock"
+    if ! start_spdk_vhost "$vhost_name" || ! "$vhost_keep"; then
+        echo "==> the restart failed: $START_WHY" | tee -a "$OUT/table.txt"
+        alive "$VHOST_PID" && stop_pid "$VHOST_PID"
+        VHOST_PID=0
+    fi
 }
 
 # spdk_setup_step DESCRIPTION RPC-ARGS...: one setup RPC; on failure sets START_WHY.
@@ -523,7 +584,8 @@ unlock() {
 
 # ---------------------------------------------------------------- part A
 
-vb=(taskset -c "$INITIATOR_CPU" "$VBDEV")
+read -r -a vbdev_opts <<<"${VBDEV_OPTS:-}"
+vb=(taskset -c "$INITIATOR_CPU" "$VBDEV" "${vbdev_opts[@]}")
 
 # A rows for one bdev: DEV SOCK BDEV(--bdev value or "") LABEL BLOCK_SIZE
 a_bdev_rows() {
@@ -533,14 +595,7 @@ a_bdev_rows() {
     local want=$bdev
     [[ -n $bdev ]] && sel=(--bdev "$bdev")
     [[ -z $want ]] && { if [[ $dev == scsi ]]; then want=VirtioScsi0t0; else want=VirtioBlk0; fi; }
-    local has_flush=unknown has_unmap=unknown has_wz=unknown st reason c
-
-    if ! alive "$VHOST_PID"; then
-        for c in "info --json" write+read flush discard write-zeroes+read; do
-            one_row "$d" "$label" "$c" FAIL "SPDK's vhost is no longer running (see ${tlog#"$OUT"/})"
-        done
-        return
-    fi
+    local has_flush=unknown has_unmap=unknown has_wz=unknown st reason
 
     begin_row "$d" "$label" "io ${sel[*]:+${sel[*]} }info --json"
     run "$lim" "${io[@]}" info "${sel[@]}" --json
@@ -717,37 +772,77 @@ EOF
     fi
 }
 
+# configure_a: part A's bdevs and controllers in a started SPDK vhost (START_WHY on failure).
+configure_a() {
+    spdk_setup_step "bdev_malloc_create Malloc0" bdev_malloc_create -b Malloc0 64 512 &&
+        spdk_setup_step "bdev_malloc_create Malloc1" bdev_malloc_create -b Malloc1 64 4096 &&
+        spdk_setup_step "bdev_malloc_create Malloc2" bdev_malloc_create -b Malloc2 64 512 &&
+        spdk_setup_step "bdev_malloc_create Malloc3" bdev_malloc_create -b Malloc3 64 4096 &&
+        spdk_setup_step "vhost_create_scsi_controller" vhost_create_scsi_controller --cpumask "$target_mask" vhost.scsi0 &&
+        spdk_setup_step "vhost_scsi_controller_add_target 0" vhost_scsi_controller_add_target vhost.scsi0 0 Malloc0 &&
+        spdk_setup_step "vhost_scsi_controller_add_target 1" vhost_scsi_controller_add_target vhost.scsi0 1 Malloc1 &&
+        spdk_setup_step "vhost_create_blk_controller 512" vhost_create_blk_controller --cpumask "$target_mask" vhost.blk512 Malloc2 &&
+        spdk_setup_step "vhost_create_blk_controller 4096" vhost_create_blk_controller --cpumask "$target_mask" vhost.blk4096 Malloc3 &&
+        check_sockets vhost.scsi0 vhost.blk512 vhost.blk4096
+}
+
+# configure_c: part C's bdevs and controllers.
+configure_c() {
+    spdk_setup_step "bdev_malloc_create Malloc0" bdev_malloc_create -b Malloc0 256 512 &&
+        spdk_setup_step "bdev_malloc_create Malloc1" bdev_malloc_create -b Malloc1 64 512 &&
+        spdk_setup_step "bdev_malloc_create Malloc2" bdev_malloc_create -b Malloc2 256 512 &&
+        spdk_setup_step "vhost_create_scsi_controller" vhost_create_scsi_controller --cpumask "$target_mask" vhost.scsi0 &&
+        spdk_setup_step "vhost_scsi_controller_add_target 0" vhost_scsi_controller_add_target vhost.scsi0 0 Malloc0 &&
+        spdk_setup_step "vhost_scsi_controller_add_target 1" vhost_scsi_controller_add_target vhost.scsi0 1 Malloc1 &&
+        spdk_setup_step "vhost_create_blk_controller" vhost_create_blk_controller --cpumask "$target_mask" vhost.blk0 Malloc2 &&
+        check_sockets vhost.scsi0 vhost.blk0
+}
+
+# check_sockets NAME...: the vhost-user sockets of the controllers exist.
+check_sockets() {
+    local s missing=''
+    for s in "$@"; do
+        [[ -S $VHOST_DIR/$s ]] || missing+=" $s"
+    done
+    [[ -z $missing ]] && return 0
+    START_WHY="controllers created but no socket for:$missing"
+    return 1
+}
+
+# start_kept_vhost PART: the setup row of part A or C; starts and configures SPDK's vhost and
+# keeps it running for the part's rows.
+start_kept_vhost() {
+    local configure=configure_${1,,} ok=true
+    vhost_name=$1-spdk-vhost vhost_restarts=0 vhost_keep=''
+    start_spdk_vhost "$vhost_name" && "$configure" || ok=false
+    if $ok; then
+        rpc "$VHOST_RPC" spdk_get_version
+        spdk_version=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$tmp/stdout" 2>/dev/null || echo unknown)
+        vhost_keep=$configure
+        return 0
+    fi
+    stop_pid "$VHOST_PID"
+    VHOST_PID=0
+    return 1
+}
+
+stop_kept_vhost() {
+    vhost_keep=''
+    ((VHOST_PID != 0)) && stop_pid "$VHOST_PID"
+    VHOST_PID=0
+    tlog=/dev/null
+}
+
 part_a() {
     local d="vbdev -> SPDK vhost" scsi blk512 blk4096
     echo "==> part A: vbdev -> SPDK's vhost target"
     begin_row "$d" "SPDK vhost" "setup: vhost, 4 malloc bdevs, 3 ctrlrs"
-    if ! start_spdk_vhost A-spdk-vhost ||
-        ! spdk_setup_step "bdev_malloc_create Malloc0" bdev_malloc_create -b Malloc0 64 512 ||
-        ! spdk_setup_step "bdev_malloc_create Malloc1" bdev_malloc_create -b Malloc1 64 4096 ||
-        ! spdk_setup_step "bdev_malloc_create Malloc2" bdev_malloc_create -b Malloc2 64 512 ||
-        ! spdk_setup_step "bdev_malloc_create Malloc3" bdev_malloc_create -b Malloc3 64 4096 ||
-        ! spdk_setup_step "vhost_create_scsi_controller" vhost_create_scsi_controller --cpumask "$target_mask" vhost.scsi0 ||
-        ! spdk_setup_step "vhost_scsi_controller_add_target 0" vhost_scsi_controller_add_target vhost.scsi0 0 Malloc0 ||
-        ! spdk_setup_step "vhost_scsi_controller_add_target 1" vhost_scsi_controller_add_target vhost.scsi0 1 Malloc1 ||
-        ! spdk_setup_step "vhost_create_blk_controller 512" vhost_create_blk_controller --cpumask "$target_mask" vhost.blk512 Malloc2 ||
-        ! spdk_setup_step "vhost_create_blk_controller 4096" vhost_create_blk_controller --cpumask "$target_mask" vhost.blk4096 Malloc3; then
+    if ! start_kept_vhost A; then
         end_row FAIL "$START_WHY"
-        stop_pid "$VHOST_PID"
-        return
-    fi
-    rpc "$VHOST_RPC" spdk_get_version
-    spdk_version=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$tmp/stdout" 2>/dev/null || echo unknown)
-    scsi=$VHOST_DIR/vhost.scsi0 blk512=$VHOST_DIR/vhost.blk512 blk4096=$VHOST_DIR/vhost.blk4096
-    local s missing=
-    for s in "$scsi" "$blk512" "$blk4096"; do
-        [[ -S $s ]] || missing+=" ${s##*/}"
-    done
-    if [[ -n $missing ]]; then
-        end_row FAIL "controllers created but no socket for:$missing"
-        stop_pid "$VHOST_PID"
         return
     fi
     end_row PASS "$spdk_version; scsi0 t0=Malloc0 (512 B) t1=Malloc1 (4096 B), blk512, blk4096"
+    scsi=$VHOST_DIR/vhost.scsi0 blk512=$VHOST_DIR/vhost.blk512 blk4096=$VHOST_DIR/vhost.blk4096
 
     # Attach with vbdev's default reply deadline, timed.
     local dev sock label
@@ -764,6 +859,19 @@ part_a() {
             end_row FAIL "io info took $ms ms"
         else
             end_row PASS "io info took $ms ms"
+        fi
+        # The same with DMA memory on 2 MiB huge pages, which SPDK's vhost maps 2 MiB-aligned
+        # (it registers every region rounded out to 2 MiB boundaries).
+        begin_row "$d" "$label" "attach --hugetlb: io info"
+        local hv=("${vb[@]}")
+        [[ " ${vbdev_opts[*]} " == *" --hugetlb "* ]] || hv+=(--hugetlb)
+        run 60 "${hv[@]}" io --vhost-user "$sock" --dev-type "$dev" info
+        if ((RC != 0)); then
+            end_row FAIL "$(why 60)"
+        elif grep -q "huge pages unavailable" "$tmp/stderr"; then
+            end_row FAIL "attached in $MS ms, but on normal pages: vbdev found no free huge pages"
+        else
+            end_row PASS "attached and listed in $MS ms"
         fi
     done
 
@@ -782,14 +890,13 @@ part_a() {
     slog=$logdir/A-vbdev-serve.log
     : >"$slog"
     mkdir -p "$tmp/serve-vhost"
-    start_bg "$slog" taskset -c "$INITIATOR_CPU" "$VBDEV" serve -r "$tmp/serve.rpc" -S "$tmp/serve-vhost"
+    start_bg "$slog" "${vb[@]}" serve -r "$tmp/serve.rpc" -S "$tmp/serve-vhost"
     SERVE_PID=$BG_PID
     wait_socket "$tmp/serve.rpc" "$SERVE_PID" 30 || echo "vbdev serve did not create its socket within 30 s" >>"$slog"
     a_serve_rows scsi "$scsi" "vhost-scsi" VirtioScsi0 "VirtioScsi0t0:512 VirtioScsi0t1:4096"
     a_serve_rows blk "$blk512" "vhost-blk (512 B)" VirtioBlk0 "VirtioBlk0:512"
     stop_pid "$SERVE_PID"
-    stop_pid "$VHOST_PID"
-    tlog=/dev/null
+    stop_kept_vhost
 }
 
 # ---------------------------------------------------------------- part B
@@ -825,30 +932,17 @@ part_c() {
     local d="bdevperf -> SPDK vhost" dev w
     echo "==> part C: SPDK's bdevperf -> SPDK's vhost target (harness check)"
     begin_row "$d" "SPDK vhost" "setup: vhost, 3 malloc bdevs, 2 ctrlrs"
-    if ! start_spdk_vhost C-spdk-vhost ||
-        ! spdk_setup_step "bdev_malloc_create Malloc0" bdev_malloc_create -b Malloc0 256 512 ||
-        ! spdk_setup_step "bdev_malloc_create Malloc1" bdev_malloc_create -b Malloc1 64 512 ||
-        ! spdk_setup_step "bdev_malloc_create Malloc2" bdev_malloc_create -b Malloc2 256 512 ||
-        ! spdk_setup_step "vhost_create_scsi_controller" vhost_create_scsi_controller --cpumask "$target_mask" vhost.scsi0 ||
-        ! spdk_setup_step "vhost_scsi_controller_add_target 0" vhost_scsi_controller_add_target vhost.scsi0 0 Malloc0 ||
-        ! spdk_setup_step "vhost_scsi_controller_add_target 1" vhost_scsi_controller_add_target vhost.scsi0 1 Malloc1 ||
-        ! spdk_setup_step "vhost_create_blk_controller" vhost_create_blk_controller --cpumask "$target_mask" vhost.blk0 Malloc2; then
+    if ! start_kept_vhost C; then
         end_row FAIL "$START_WHY"
-        stop_pid "$VHOST_PID"
         return
     fi
     end_row PASS "scsi0 t0=Malloc0 t1=Malloc1, blk0=Malloc2 (512 B blocks)"
     for dev in blk scsi; do
         for w in verify reset unmap write_zeroes; do
-            if ! alive "$VHOST_PID"; then
-                one_row "$d" "SPDK vhost-$dev" "bdevperf -w $w" FAIL "SPDK's vhost is no longer running"
-                continue
-            fi
             bdevperf_row "$d" "SPDK vhost-$dev" "$dev" "$VHOST_DIR/vhost.${dev}0" "$w"
         done
     done
-    stop_pid "$VHOST_PID"
-    tlog=/dev/null
+    stop_kept_vhost
 }
 
 # ---------------------------------------------------------------- main
@@ -862,7 +956,7 @@ setup_hugepages
     echo "# vbdev commit: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown) ($(git -C "$root" log -1 --format=%s 2>/dev/null | cut -c1-100))"
     echo "# SPDK: $(basename "$SPDK_DIR") tree, DPDK $(pkg-config --modversion libdpdk 2>/dev/null || echo '?')"
     echo "# machine: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "# settings: PARTS='$PARTS' SECS=$SECS RESET_SECS=$RESET_SECS VBDEV_TIMEOUT_MS=$VBDEV_TIMEOUT_MS ATTACH_MAX_MS=$ATTACH_MAX_MS TARGET_CPU=$TARGET_CPU INITIATOR_CPU=$INITIATOR_CPU"
+    echo "# settings: PARTS='$PARTS' VBDEV_OPTS='${VBDEV_OPTS:-}' SECS=$SECS RESET_SECS=$RESET_SECS VBDEV_TIMEOUT_MS=$VBDEV_TIMEOUT_MS ATTACH_MAX_MS=$ATTACH_MAX_MS TARGET_CPU=$TARGET_CPU INITIATOR_CPU=$INITIATOR_CPU"
     echo "# hugepages: nr_hugepages ${huge_nr_old:-$(cat /proc/sys/vm/nr_hugepages)} -> $(cat /proc/sys/vm/nr_hugepages) (restored at exit), private hugetlbfs mount"
 } >"$OUT/summary"
 cat "$OUT/summary"
@@ -871,12 +965,14 @@ printf "$fmt" "#" "direction" "target" "check" "res." "reason" | tee "$OUT/table
 
 for p in $PARTS; do
     lock_ex
+    part_start=$SECONDS
     case $p in
         A) part_a ;;
         B) part_b ;;
         C) part_c ;;
     esac
     unlock
+    echo "==> part $p took $((SECONDS - part_start)) s" | tee -a "$OUT/table.txt"
 done
 
 {
