@@ -214,7 +214,11 @@ impl BlkShared {
         } else {
             1
         }
-        .min(t.num_queues());
+        .min(if t.num_queues_known() {
+            t.num_queues()
+        } else {
+            1
+        });
         crate::stall::check_queues(
             opts.num_queues,
             available,

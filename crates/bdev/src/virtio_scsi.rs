@@ -355,7 +355,11 @@ impl Ctrl {
             // SPDK's vhost-scsi offers no CONFIG (nor does SPDK's own initiator read it):
             // the spec's initial values, request queues from the transport, limits from
             // the VPD pages at scan time.
-            let rq = u32::from(t.num_queues().saturating_sub(2));
+            let rq = if t.num_queues_known() {
+                u32::from(t.num_queues().saturating_sub(2))
+            } else {
+                1
+            };
             tracing::info!(target: TARGET, name, request_queues = rq, "no configuration space (the target offers no CONFIG): assuming the spec's defaults");
             ScsiConfig::assumed(rq)
         };
@@ -373,8 +377,14 @@ impl Ctrl {
                 what: format!("sense_size {} is above 4096", config.sense_size),
             });
         }
-        // The transport counts every queue; the config counts request queues.
-        let device_rq = u32::from(t.num_queues().saturating_sub(2)).min(config.num_queues.max(1));
+        // The transport counts every queue; the config counts request queues. A
+        // transport that cannot count (vhost-user without MQ) gets one, as SPDK does.
+        let transport_rq = if t.num_queues_known() {
+            u32::from(t.num_queues().saturating_sub(2))
+        } else {
+            1
+        };
+        let device_rq = transport_rq.min(config.num_queues.max(1));
         let device_rq = u16::try_from(device_rq).unwrap_or(u16::MAX);
         if device_rq == 0 {
             return Err(vbdev_virtio::Error::BadConfig {

@@ -288,6 +288,9 @@ pub struct Quirks {
     /// Offer no `VHOST_USER_PROTOCOL_F_CONFIG`: the configuration space cannot be read
     /// (SPDK's vhost-scsi, every version).
     pub no_config: bool,
+    /// Offer no `VHOST_USER_PROTOCOL_F_MQ`: the frontend cannot ask how many queues
+    /// there are (`GET_QUEUE_NUM`).
+    pub no_mq: bool,
     /// Offer no `VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS`: memory can only be shared
     /// with `SET_MEM_TABLE` (DPDK's vhost library, under SPDK's targets).
     pub no_mem_slots: bool,
@@ -319,6 +322,7 @@ impl Quirks {
     pub fn spdk_blk() -> Self {
         Self {
             no_config: false,
+            no_mq: false,
             no_mem_slots: true,
             no_event_idx: true,
             mem_table_us_per_mib: 5000,
@@ -1209,6 +1213,9 @@ impl<D: Device> VhostUserBackend for Session<D> {
         }
         if self.quirks.no_mem_slots {
             f.remove(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        }
+        if self.quirks.no_mq {
+            f.remove(VhostUserProtocolFeatures::MQ);
         }
         f
     }

@@ -82,8 +82,17 @@ pub trait Transport: Send + Sync + Debug {
         true
     }
 
-    /// Number of virtqueues the device has.
+    /// Number of virtqueues the device has. When the transport cannot ask
+    /// ([`Transport::num_queues_known`] is false) this is an upper bound, and the device
+    /// type assumes its minimum: one request queue.
     fn num_queues(&self) -> u16;
+
+    /// Whether [`Transport::num_queues`] is the device's own count. A vhost-user target
+    /// that does not offer `VHOST_USER_PROTOCOL_F_MQ` cannot be asked (`GET_QUEUE_NUM`);
+    /// SPDK's initiator then uses one request queue, and so do we. Default: true.
+    fn num_queues_known(&self) -> bool {
+        true
+    }
 
     /// Largest queue size the device takes for queue `index`.
     fn max_queue_size(&self, index: u16) -> u16;

@@ -220,3 +220,47 @@ fn regression_15_regions_made_after_attach_reach_a_target_without_memory_slots()
     assert!(vu.is_alive());
     vu.device_features().expect("the target still answers");
 }
+
+/// A target that offers no `VHOST_USER_PROTOCOL_F_MQ` cannot be asked how many queues it
+/// has: as SPDK's initiator does, one request queue is used, and asking for more is a
+/// clear error, not a failed `SET_VRING_*`.
+#[test]
+fn regression_15_without_mq_one_request_queue_is_used() {
+    let no_mq = Quirks {
+        no_mq: true,
+        ..Quirks::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let h = scsi_target(&dir, no_mq, &[(0, malloc_bdev("nomq", 256, 512, 0))]);
+    let one = AttachOptions {
+        num_queues: 1,
+        queue_size: 64,
+        ..AttachOptions::default()
+    };
+    let ctrl = virtio_scsi::attach_vhost_user("NoMq", &h.socket, &one)
+        .unwrap_or_else(|e| panic!("attach: {}", error_chain(&e)));
+    let b = ctrl.bdev("NoMqt0").expect("LUN 0");
+    let mut ch = b.open_channel().unwrap();
+    write(&mut ch, 1, &pattern(3, 512));
+    drop(ch);
+    ctrl.detach();
+    drop(ctrl);
+    let two = AttachOptions {
+        num_queues: 2,
+        ..one
+    };
+    let e = virtio_scsi::attach_vhost_user("NoMq2", &h.socket, &two).expect_err("one queue");
+    assert!(
+        error_chain(&e).contains("request queues"),
+        "{}",
+        error_chain(&e)
+    );
+
+    let t = Target::start(256, 512, 0, |c| {
+        c.num_queues = 2;
+        c.quirks = no_mq;
+    });
+    let bdev = t.attach("NoMqBlk", 1, 64);
+    let mut ch = bdev.open_channel().unwrap();
+    write(&mut ch, 2, &pattern(4, 512));
+}

@@ -36,6 +36,10 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `SET_MEM_TABLE` carries at most this many regions (`VHOST_MEMORY_BASELINE_NREGIONS`).
 pub const MEM_TABLE_MAX_REGIONS: usize = 8;
 
+/// The queues a target without `VHOST_USER_PROTOCOL_F_MQ` is assumed to have: one
+/// request queue after virtio-scsi's two fixed ones (virtio-blk uses the first only).
+const QUEUES_WITHOUT_MQ: u16 = 3;
+
 /// Extra reply time a memory-sharing message (`SET_MEM_TABLE`, `ADD_MEM_REG`) gets per
 /// GiB it shares, on top of [`VhostUserOptions::timeout`]: 20 s, four times what SPDK's
 /// target took on a 2-core VM with 4 KiB pages (10 s with huge pages).
@@ -287,8 +291,22 @@ impl Shared {
             sent = regions;
             fe.set_mem_table(&infos).map(|_| ())
         };
-        let bytes = self.domain.regions().iter().map(|r| r.len).sum::<u64>();
-        self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)?;
+        let regions = self.domain.regions();
+        let bytes = regions.iter().map(|r| r.len).sum::<u64>();
+        let small_pages = regions.iter().any(|r| !r.hugetlb);
+        self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)
+            .map_err(|e| match e {
+                // A hang-up, not a refusal: the target went away while mapping.
+                Error::VhostUser { .. } | Error::Disconnected
+                    if small_pages && !self.alive.load(Ordering::Acquire) =>
+                {
+                    Error::MemTableRefused {
+                        op: "SET_MEM_TABLE",
+                        source: Box::new(e),
+                    }
+                }
+                e => e,
+            })?;
         let known = sent.iter().fold(0u64, |m, r| m | r.id.bit());
         self.regions_known.fetch_or(known, Ordering::AcqRel);
         Ok(sent.len())
@@ -403,7 +421,9 @@ impl VhostUser {
                 source: e.into(),
             })?;
         let shared = Arc::new(Shared {
-            frontend: Mutex::new(Frontend::from_stream(stream, 1)),
+            // The `vhost` crate refuses ring indexes at or above this until GET_QUEUE_NUM
+            // (with MQ) replaces it.
+            frontend: Mutex::new(Frontend::from_stream(stream, u64::from(QUEUES_WITHOUT_MQ))),
             sock,
             wake,
             watch: Mutex::new(Watch::default()),
@@ -464,6 +484,10 @@ impl VhostUser {
                 });
             }
             self.num_queues = n as u16;
+        } else {
+            // No way to ask: room for one request queue of any device type (virtio-scsi's
+            // control and event queues come first); `num_queues_known` says so.
+            self.num_queues = QUEUES_WITHOUT_MQ;
         }
         let slots = proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
         let max_slots = if slots {
@@ -567,6 +591,10 @@ impl Transport for VhostUser {
 
     fn num_queues(&self) -> u16 {
         self.num_queues
+    }
+
+    fn num_queues_known(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::MQ)
     }
 
     fn max_queue_size(&self, _index: u16) -> u16 {
