@@ -53,9 +53,12 @@
 #     INITIATOR_CPU.
 #     - setup: SPDK's vhost started, bdevs and controllers created.
 #     - attach, default timeout: `vbdev io ... info` with vbdev's default --timeout-ms (scsi and
-#       blk); attach time < ATTACH_MAX_MS: the wall time of that command; attach --hugetlb: the
-#       same with vbdev's DMA memory on 2 MiB huge pages (FAIL too if vbdev fell back to normal
-#       pages).
+#       blk; vbdev backs DMA memory with huge pages by default when some are free, and this
+#       script makes sure some are); attach time < ATTACH_MAX_MS: the wall time of that command;
+#       attach --no-hugetlb: the same on 4 KiB pages, which SPDK v24.01 may crash on (it
+#       touches the 2 MiB page below a region the kernel did not map 2 MiB-aligned): PASS when
+#       vbdev attaches or refuses with advice to reserve huge pages; SPDK's crash there is
+#       expected and noted, not a FAIL.
 #     - per bdev (scsi t0 512 B, scsi t1 4096 B through `--bdev VirtioScsi0t1`, blk 512 B, blk
 #       4096 B), each command a fresh vbdev process with --timeout-ms VBDEV_TIMEOUT_MS:
 #       info --json (parsed: the bdev, its block size and size match SPDK's bdev),
@@ -372,9 +375,14 @@ begin_row() {
 end_row() {
     local status=$1 reason=$2
     if vhost_death; then
-        status=FAIL
-        reason="SPDK's vhost $VHOST_DEATH during this row; $reason"
+        if $vhost_death_ok; then
+            reason+=" (SPDK's vhost $VHOST_DEATH: expected in this row)"
+        else
+            status=FAIL
+            reason="SPDK's vhost $VHOST_DEATH during this row; $reason"
+        fi
     fi
+    vhost_death_ok=false
     case $status in
         PASS) npass=$((npass + 1)) ;;
         FAIL) nfail=$((nfail + 1)) ;;
@@ -437,6 +445,7 @@ start_spdk_vhost() {
 # sockets (restart_vhost), at most MAX_RESTARTS times per part, so one crash hides no other row.
 vhost_keep=''
 vhost_name=''
+vhost_death_ok=false # set for one row in which SPDK's vhost may die (its own bug, not ours)
 vhost_restarts=0
 VHOST_PID=0
 MAX_RESTARTS=20
@@ -860,18 +869,21 @@ part_a() {
         else
             end_row PASS "io info took $ms ms"
         fi
-        # The same with DMA memory on 2 MiB huge pages, which SPDK's vhost maps 2 MiB-aligned
-        # (it registers every region rounded out to 2 MiB boundaries).
-        begin_row "$d" "$label" "attach --hugetlb: io info"
-        local hv=("${vb[@]}")
-        [[ " ${vbdev_opts[*]} " == *" --hugetlb "* ]] || hv+=(--hugetlb)
-        run 60 "${hv[@]}" io --vhost-user "$sock" --dev-type "$dev" info
-        if ((RC != 0)); then
-            end_row FAIL "$(why 60)"
-        elif grep -q "huge pages unavailable" "$tmp/stderr"; then
-            end_row FAIL "attached in $MS ms, but on normal pages: vbdev found no free huge pages"
+        # The same with DMA memory on 4 KiB pages: SPDK v24.01 registers each region rounded
+        # out to 2 MiB and touches the first byte of every 2 MiB page, which crashes it when the
+        # kernel mapped the region off a 2 MiB boundary with nothing below. vbdev must either
+        # attach or refuse with advice (reserve huge pages); SPDK's crash is expected here.
+        begin_row "$d" "$label" "attach --no-hugetlb: io info"
+        local o nh=(taskset -c "$INITIATOR_CPU" "$VBDEV")
+        for o in "${vbdev_opts[@]}"; do [[ $o == --hugetlb || $o == --no-hugetlb ]] || nh+=("$o"); done
+        vhost_death_ok=true
+        run 60 "${nh[@]}" --no-hugetlb io --vhost-user "$sock" --dev-type "$dev" info
+        if ((RC == 0)); then
+            end_row PASS "attached on 4 KiB pages in $MS ms"
+        elif grep -q "huge-page memory" "$tmp/stderr"; then
+            end_row PASS "refused with advice: $(grep -m1 -o "hung up.*" "$tmp/stderr" | cut -c1-150)"
         else
-            end_row PASS "attached and listed in $MS ms"
+            end_row FAIL "$(why 60)"
         fi
     done
 
@@ -957,7 +969,7 @@ setup_hugepages
     echo "# SPDK: $(basename "$SPDK_DIR") tree, DPDK $(pkg-config --modversion libdpdk 2>/dev/null || echo '?')"
     echo "# machine: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# settings: PARTS='$PARTS' VBDEV_OPTS='${VBDEV_OPTS:-}' SECS=$SECS RESET_SECS=$RESET_SECS VBDEV_TIMEOUT_MS=$VBDEV_TIMEOUT_MS ATTACH_MAX_MS=$ATTACH_MAX_MS TARGET_CPU=$TARGET_CPU INITIATOR_CPU=$INITIATOR_CPU"
-    echo "# hugepages: nr_hugepages ${huge_nr_old:-$(cat /proc/sys/vm/nr_hugepages)} -> $(cat /proc/sys/vm/nr_hugepages) (restored at exit), private hugetlbfs mount"
+    echo "# hugepages: nr_hugepages ${huge_nr_old:-$(cat /proc/sys/vm/nr_hugepages)} -> $(cat /proc/sys/vm/nr_hugepages) (restored at exit), $(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo) free at start, private hugetlbfs mount"
 } >"$OUT/summary"
 cat "$OUT/summary"
 # shellcheck disable=SC2059
