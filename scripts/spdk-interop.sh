@@ -581,10 +581,13 @@ setup_hugepages() {
     huge_mounted=true
 }
 
+lock_waited=0
 lock_ex() {
     [[ -z ${LOCK:-} ]] && return 0
+    local t0=$SECONDS
     echo "==> waiting for an exclusive lock on $LOCK (at most $LOCK_WAIT s)"
     flock -x -w "$LOCK_WAIT" "$lock_fd" || die "no exclusive lock on $LOCK within $LOCK_WAIT s"
+    lock_waited=$((lock_waited + SECONDS - t0))
 }
 unlock() {
     [[ -z ${LOCK:-} ]] && return 0
@@ -881,7 +884,7 @@ part_a() {
         if ((RC == 0)); then
             end_row PASS "attached on 4 KiB pages in $MS ms"
         elif grep -q "huge-page memory" "$tmp/stderr"; then
-            end_row PASS "refused with advice: $(grep -m1 -o "hung up.*" "$tmp/stderr" | cut -c1-150)"
+            end_row PASS "refused with advice: $(grep -m1 -o "hung up.*" "$tmp/stderr" | cut -c1-220)"
         else
             end_row FAIL "$(why 60)"
         fi
@@ -989,8 +992,9 @@ done
 
 {
     echo
-    echo "$nrow rows: $npass PASS, $nfail FAIL, $nna N/A ($((SECONDS - start)) s)."
-    echo "Per-row logs (commands, both sides' output): ${logdir#"$root"/}/"
+    echo "$nrow rows: $npass PASS, $nfail FAIL, $nna N/A ($((SECONDS - start - lock_waited)) s, not counting $lock_waited s of waiting for LOCK)."
+    echo "Per-row logs (commands, both sides' output): logs/ next to this table"
 } | tee -a "$OUT/table.txt"
+echo "Output: $OUT"
 [[ -n $spdk_version && $spdk_version != unknown ]] && sed -i "s|^# SPDK: .*|&, $spdk_version|" "$OUT/summary"
 ((nfail == 0))
