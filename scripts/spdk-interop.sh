@@ -71,8 +71,9 @@
 #       in bdevperf) (scsi: both LUN bdevs; blk512; verify on blk4096).
 #     - serve: `vbdev serve -r RPC2 -S DIR` driven by SPDK's own scripts/rpc.py:
 #       bdev_virtio_attach_controller -t user -a SOCK -d scsi|blk, bdev_get_bdevs (names and
-#       block sizes), bdev_virtio_detach_controller (then the bdevs are gone). `vbdev serve` has
-#       no timeout option, so these attaches run with vbdev's default reply deadline.
+#       block sizes), bdev_virtio_detach_controller (then the bdevs are gone). SPDK's rpc.py
+#       cannot pass vbdev's `timeout_ms` extension, so these attaches run with vbdev's default
+#       reply deadline.
 #  B. SPDK's stock bdevperf (`-m INITIATOR_CPU -g -s 1024 -u --json cfg -q 32 -o 4096 -w W`, cfg:
 #     bdev_virtio_attach_controller trtype user, vq_count 2, vq_size 512) -> vbdev's own target
 #     (`vbdev target --malloc 256M --queues 2`, scsi with `--targets 2`), a fresh target per row:
@@ -736,7 +737,7 @@ a_serve_rows() {
     if ((RC != 0)); then
         local r
         r=$(why 90)
-        [[ $r == *within* || $r == *"timed out"* ]] && r+=" (vbdev serve has no reply-deadline option)"
+        [[ $r == *within* || $r == *"timed out"* ]] && r+=" (SPDK's rpc.py cannot pass vbdev's timeout_ms)"
         end_row FAIL "$r"
     else
         end_row PASS "answered $(tr -d '\n ' <"$tmp/stdout" | cut -c1-80) in $attach_ms ms"
