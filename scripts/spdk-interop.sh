@@ -969,7 +969,9 @@ setup_hugepages
 {
     echo "# scripts/spdk-interop.sh, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "# vbdev: $VBDEV ($("$VBDEV" --version 2>/dev/null))"
-    echo "# vbdev commit: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown) ($(git -C "$root" log -1 --format=%s 2>/dev/null | cut -c1-100))"
+    # "-dirty" counts changes outside bench/runs (where this very output may go).
+    dirty=$(git -C "$root" status --porcelain -- . ':(exclude)bench/runs' 2>/dev/null | head -n1)
+    echo "# vbdev commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)${dirty:+-dirty} ($(git -C "$root" log -1 --format=%s 2>/dev/null | cut -c1-100))"
     echo "# SPDK: $(basename "$SPDK_DIR") tree, DPDK $(pkg-config --modversion libdpdk 2>/dev/null || echo '?')"
     echo "# machine: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# settings: PARTS='$PARTS' VBDEV_OPTS='${VBDEV_OPTS:-}' SECS=$SECS RESET_SECS=$RESET_SECS VBDEV_TIMEOUT_MS=$VBDEV_TIMEOUT_MS ATTACH_MAX_MS=$ATTACH_MAX_MS TARGET_CPU=$TARGET_CPU INITIATOR_CPU=$INITIATOR_CPU"
