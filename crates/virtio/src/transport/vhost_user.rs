@@ -256,10 +256,13 @@ impl Shared {
             }
             if hup {
                 self.mark_dead("target hung up");
-                // Keep serving deadlines until stopped; calls now fail at once.
+                // Calls now fail at once: the shutdown ends a read in progress with an
+                // error, and later calls see the connection dead before they wait. A
+                // deadline armed meanwhile is dropped, not fired: the caller was told by
+                // the hang-up, not by the clock (a timeout would hide why).
                 let mut w = lock(&self.watch);
                 while !w.stop {
-                    w.fired = w.deadline.take().is_some() || w.fired;
+                    w.deadline = None;
                     drop(w);
                     let mut fds = [PollFd::new(&self.wake, PollFlags::IN)];
                     let _ = rustix::event::poll(&mut fds, None);
