@@ -71,6 +71,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -86,7 +87,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::fast::{Ring, RingAddrs, Segments};
-use crate::fault::{BadUsed, Fault, Faults};
+use crate::fault::{BadUsed, Decision, Fault, Faults};
 
 mod vring;
 
@@ -273,8 +274,12 @@ pub trait Device: Send + Sync + 'static {
 pub struct ServeOptions {
     /// The Unix socket path to listen on. A stale socket there is replaced.
     pub socket: PathBuf,
-    /// Busy-poll each queue instead of waiting for kicks.
+    /// Busy-poll the request queues instead of waiting for kicks.
     pub poll: bool,
+    /// Polling threads: the request queues are shared out among them, queue `i` of the
+    /// request queues to thread `i % poll_threads`, and each thread polls all of its
+    /// queues in turn. From 1 to the number of request queues; ignored without `poll`.
+    pub poll_threads: u16,
     /// Behave like another target where initiators notice ([`Quirks`]).
     pub quirks: Quirks,
 }
@@ -576,6 +581,19 @@ pub fn serve<D: Device>(
             why: format!("{size} is not a power of two from 1 to {MAX_QUEUE_SIZE}"),
         });
     }
+    if opts.poll {
+        let requests = (0..n).filter(|&q| device.is_request_queue(q)).count();
+        let t = usize::from(opts.poll_threads);
+        if t == 0 || t > requests.max(1) {
+            return Err(Error::InvalidOption {
+                option: "poll_threads",
+                why: format!(
+                    "{t} is not from 1 to {} (the request queues)",
+                    requests.max(1)
+                ),
+            });
+        }
+    }
     let path = opts.socket.clone();
     match std::fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_socket() => remove_socket(&path),
@@ -594,7 +612,7 @@ pub fn serve<D: Device>(
             return Err(e);
         }
     };
-    tracing::info!(target: TARGET, socket = %path.display(), queues = n, poll = opts.poll, "target listening");
+    tracing::info!(target: TARGET, socket = %path.display(), queues = n, poll = opts.poll, poll_threads = opts.poll_threads, "target listening");
     Ok(TargetHandle {
         socket: path,
         faults,
@@ -632,6 +650,7 @@ fn start_thread<D: Device>(
         faults,
         ctl: Arc::clone(&ctl),
         poll: opts.poll,
+        poll_threads: opts.poll_threads,
         quirks: opts.quirks,
         path: path.to_owned(),
     };
@@ -648,6 +667,7 @@ struct Server<D> {
     faults: Arc<Faults>,
     ctl: Arc<Control>,
     poll: bool,
+    poll_threads: u16,
     quirks: Quirks,
     path: PathBuf,
 }
@@ -710,8 +730,9 @@ impl<D: Device> Server<D> {
             conn: Arc::clone(&conn),
             poll: self.poll,
             quirks: self.quirks,
+            threads: worker_queues(&*self.device, self.poll, self.poll_threads),
             busy: (0..self.device.num_queues())
-                .map(|_| Mutex::new(()))
+                .map(|_| Mutex::new(None))
                 .collect(),
             rings: (0..self.device.num_queues())
                 .map(|_| OnceLock::new())
@@ -771,13 +792,63 @@ struct Session<D> {
     conn: Arc<Conn>,
     poll: bool,
     quirks: Quirks,
-    /// Held by a queue's worker while it has a request off the ring and not yet
-    /// completed; `stop_vring` takes it to wait for that request (vhost-user
-    /// `GET_VRING_BASE`: the ring is stopped once it returns).
-    busy: Box<[Mutex<()>]>,
+    /// The queues of each worker thread (the daemon's thread `i` serves `threads[i]`),
+    /// in increasing order, as [`VhostUserBackend::queues_per_thread`] gives them.
+    threads: Box<[Box<[u16]>]>,
+    /// Held by the thread serving a queue while it has a request off the ring and not
+    /// yet completed; `stop_vring` takes it to wait for that request (vhost-user
+    /// `GET_VRING_BASE`: the ring is stopped once it returns). In polling mode it also
+    /// holds the request a `Delay` fault holds up ([`Held`]).
+    busy: Box<[Mutex<Option<Held>>]>,
     /// Each queue's vring, from the queue's first event on; the device was given the
     /// queue's [`Completer`] then.
     rings: Box<[OnceLock<Vring>]>,
+}
+
+/// A request a `Delay` fault holds up on a polling queue: the poller serves the queue's
+/// other requests after it, and the other queues meanwhile.
+struct Held {
+    chain: Chain,
+    /// The memory map the chain was taken with.
+    mem: GuestMemoryLoadGuard<Mem>,
+    decision: Decision,
+    until: Instant,
+}
+
+/// The queues each worker thread serves: one queue per thread, except in polling mode,
+/// where the request queues are shared out among `poll_threads` threads (queue `i` of
+/// them to thread `i % poll_threads`) after one thread per other queue. Each list is
+/// in increasing order.
+fn worker_queues<D: Device + ?Sized>(
+    device: &D,
+    poll: bool,
+    poll_threads: u16,
+) -> Box<[Box<[u16]>]> {
+    let n = device.num_queues();
+    if !poll {
+        return (0..n).map(|q| Box::from([q])).collect();
+    }
+    let mut threads: Vec<Vec<u16>> = (0..n)
+        .filter(|&q| !device.is_request_queue(q))
+        .map(|q| vec![q])
+        .collect();
+    let first = threads.len();
+    let requests: Vec<u16> = (0..n).filter(|&q| device.is_request_queue(q)).collect();
+    let k = usize::from(poll_threads).clamp(1, requests.len().max(1));
+    threads.resize_with(first + k, Vec::new);
+    for (i, q) in requests.into_iter().enumerate() {
+        threads[first + i % k].push(q);
+    }
+    threads.retain(|t| !t.is_empty());
+    threads.into_iter().map(Vec::into_boxed_slice).collect()
+}
+
+/// A request queue as its poller sees it.
+struct Polled<'a> {
+    q: u16,
+    vring: &'a Vring,
+    /// The ring's [`Vring::epoch`] when the poller last set it up.
+    epoch: Option<u32>,
 }
 
 /// Why serving a queue stopped.
@@ -816,47 +887,105 @@ impl<D: Device> Session<D> {
         }
     }
 
-    /// Polling: spins on the avail ring until the ring is disabled or stopped or the
-    /// connection closes. Uses the device's fast path, if it has one, while no fault is
-    /// armed.
-    fn poll_queue(&self, q: u16, vring: &Vring) {
-        tracing::debug!(target: TARGET, queue = q, "polling starts");
-        if let Err(e) = vring.disable_notification() {
-            tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
-        }
-        let fast = self.device.has_fast_path();
+    /// Polling: serves `queues` (their rings are `vrings`) in turn, up to [`BATCH`]
+    /// requests of one before the next, until none of them is enabled and started or
+    /// the connection closes. A ring (re)started or (re)enabled meanwhile is set up again
+    /// ([`Session::poll_one`]); once none is left the thread goes back to its event loop,
+    /// which brings it here again when one is. Uses the device's fast path, if it has
+    /// one, while no fault is armed.
+    fn poll_queues(&self, queues: &[u16], vrings: &[Vring]) {
+        let mut polled: Vec<Polled<'_>> = queues
+            .iter()
+            .zip(vrings)
+            .map(|(&q, vring)| Polled {
+                q,
+                vring,
+                epoch: None,
+            })
+            .collect();
+        tracing::debug!(target: TARGET, ?queues, "polling starts");
         let mut segs = Segments::new();
         let mut idle = 0u32;
         loop {
-            let flow = if fast {
-                match self.serve_fast(q, vring, &mut segs) {
-                    // One request the general way, then the fast path again.
-                    Flow::General => self.serve_available(q, vring, 1),
-                    f => f,
+            if self.conn.is_closing() {
+                break;
+            }
+            let (mut live, mut busy) = (false, false);
+            for p in &mut polled {
+                match self.poll_one(p, &mut segs) {
+                    Flow::Stop => {}
+                    Flow::Empty(0) => live = true,
+                    Flow::Empty(_) | Flow::General => (live, busy) = (true, true),
                 }
+            }
+            if !live {
+                break;
+            }
+            if busy {
+                idle = 0;
             } else {
-                {
-                    let state = vring.get_ref();
-                    if !state.is_enabled() || !state.get_queue().ready() {
-                        break;
-                    }
+                idle = idle.wrapping_add(1);
+                if idle % 4096 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
                 }
-                self.serve_available(q, vring, usize::MAX)
-            };
-            match flow {
-                Flow::Stop => break,
-                Flow::Empty(0) => {
-                    idle = idle.wrapping_add(1);
-                    if idle % 4096 == 0 {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
-                Flow::Empty(_) | Flow::General => idle = 0,
             }
         }
-        tracing::debug!(target: TARGET, queue = q, "polling stops");
+        tracing::debug!(target: TARGET, ?queues, "polling stops");
+    }
+
+    /// One turn of a polled queue: up to [`BATCH`] requests. [`Flow::Stop`] when the
+    /// ring is not enabled and started.
+    fn poll_one(&self, p: &mut Polled<'_>, segs: &mut Segments) -> Flow {
+        let (q, vring) = (p.q, p.vring);
+        let epoch = vring.epoch();
+        if p.epoch != Some(epoch) {
+            // First look, or the ring was (re)started or (re)enabled since the last one.
+            p.epoch = Some(epoch);
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return Flow::Stop;
+                }
+            }
+            tracing::debug!(target: TARGET, queue = q, "polling the ring");
+            self.ring_seen(q, vring);
+            if let Err(e) = vring.disable_notification() {
+                tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
+            }
+        }
+        if self.device.has_fast_path() {
+            match self.serve_fast(q, vring, segs) {
+                // One request the general way; the fast path goes on next turn.
+                Flow::General => self.serve_available(q, vring, 1),
+                f => f,
+            }
+        } else {
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return Flow::Stop;
+                }
+            }
+            self.serve_available(q, vring, BATCH)
+        }
+    }
+
+    /// Records `vring` as queue `q`'s ring and gives the device the queue's
+    /// [`Completer`], the first time the queue is seen on this connection.
+    fn ring_seen(&self, q: u16, vring: &Vring) {
+        if let Some(ring) = self.rings.get(usize::from(q)) {
+            if ring.set(vring.clone()).is_ok() {
+                let completer = Completer {
+                    queue: q,
+                    vring: vring.clone(),
+                    mem: self.mem.clone(),
+                    conn: Arc::clone(&self.conn),
+                };
+                self.device.queue_ready(q, completer);
+            }
+        }
     }
 
     /// The fast path ([`crate::fast`]): serves up to [`BATCH`] requests with
@@ -869,7 +998,12 @@ impl<D: Device> Session<D> {
         }
         // Held until the ring state is written back: `stop_vring` (GET_VRING_BASE) waits
         // for it, so it reads the final next_avail.
-        let _busy = lock(&self.busy[usize::from(q)]);
+        let busy = lock(&self.busy[usize::from(q)]);
+        if busy.is_some() {
+            // A request held up by a Delay fault: the general path serves it when due,
+            // and nothing after it before.
+            return Flow::General;
+        }
         let (addrs, next_avail, next_used) = {
             let state = vring.get_ref();
             let queue = state.get_queue();
@@ -974,7 +1108,16 @@ impl<D: Device> Session<D> {
                 return Flow::Empty(served);
             }
             let per_request = !batched || self.faults.is_armed();
-            let _busy = lock(&self.busy[usize::from(q)]);
+            let mut busy = lock(&self.busy[usize::from(q)]);
+            if let Some(h) = busy.take() {
+                if Instant::now() < h.until {
+                    *busy = Some(h);
+                    return Flow::Empty(served);
+                }
+                self.finish_chain(q, vring, &h.mem, h.chain, h.decision);
+                served += 1;
+                continue;
+            }
             let mem = {
                 let mut state = vring.get_mut();
                 let queue = state.get_queue_mut();
@@ -1022,7 +1165,7 @@ impl<D: Device> Session<D> {
             served += batch.len();
             if per_request {
                 for chain in batch.drain(..) {
-                    self.serve_chain(q, vring, &mem, chain);
+                    self.serve_chain(q, vring, &mem, chain, &mut busy);
                 }
                 continue;
             }
@@ -1045,21 +1188,48 @@ impl<D: Device> Session<D> {
         }
     }
 
-    /// Serves one request, with whatever fault applies to it.
-    fn serve_chain(&self, q: u16, vring: &Vring, mem: &Mem, chain: Chain) {
+    /// Serves one request, with whatever fault applies to it. `busy` is the queue's
+    /// [`Session::busy`] slot, locked: in polling mode a request a `Delay` fault holds up
+    /// waits there (the poller serves other queues meanwhile); otherwise the thread
+    /// sleeps the delay.
+    fn serve_chain(
+        &self,
+        q: u16,
+        vring: &Vring,
+        mem: &GuestMemoryLoadGuard<Mem>,
+        chain: Chain,
+        busy: &mut Option<Held>,
+    ) {
         let head = chain.head_index();
         let d = if self.device.is_request_queue(q) {
             self.faults.decide()
         } else {
-            crate::fault::Decision::default()
+            Decision::default()
         };
         if d.drop {
             tracing::trace!(target: TARGET, queue = q, head, "request held (StopAnswering)");
             return;
         }
         if let Some(Fault::Delay(t)) = d.fault {
+            if self.poll {
+                tracing::trace!(target: TARGET, queue = q, head, delay = ?t, "request held up (Delay)");
+                *busy = Some(Held {
+                    chain,
+                    mem: mem.clone(),
+                    decision: d,
+                    until: Instant::now() + t,
+                });
+                return;
+            }
             std::thread::sleep(t);
         }
+        self.finish_chain(q, vring, mem, chain, d);
+    }
+
+    /// Serves one request once its delay, if any, is over: the device-level fault of
+    /// `d` goes to the device, the transport-level ones are applied here.
+    fn finish_chain(&self, q: u16, vring: &Vring, mem: &Mem, chain: Chain, d: Decision) {
+        let head = chain.head_index();
         let bad = match d.fault {
             Some(Fault::BadUsed(kind)) => Some((kind, writable_len(&chain))),
             _ => None,
@@ -1250,7 +1420,11 @@ impl<D: Device> VhostUserBackend for Session<D> {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.device.num_queues()).map(|i| 1u64 << i).collect()
+        // At most MAX_QUEUES (64) queues: each fits in the mask.
+        self.threads
+            .iter()
+            .map(|t| t.iter().fold(0u64, |m, &q| m | 1u64 << q))
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -1273,7 +1447,15 @@ impl<D: Device> VhostUserBackend for Session<D> {
         ) else {
             return Ok(());
         };
-        let _busy = lock(busy);
+        let mut busy = lock(busy);
+        if let Some(h) = busy.take() {
+            // A request a Delay fault holds up on a polling queue: served once its delay
+            // is over, as a worker sleeping the delay would serve it before this lock.
+            std::thread::sleep(h.until.saturating_duration_since(Instant::now()));
+            if let Some(v) = self.rings.get(usize::from(q)).and_then(OnceLock::get) {
+                self.finish_chain(q, v, &h.mem, h.chain, h.decision);
+            }
+        }
         // The daemon reads next_avail for the GET_VRING_BASE reply after this returns:
         // chains the device kept go back to the avail ring (vhost-user "Starting and
         // stopping rings": the base is where the back-end would continue).
@@ -1299,27 +1481,19 @@ impl<D: Device> VhostUserBackend for Session<D> {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        // One queue per worker thread: the queue is the thread's index and its only ring
-        // is event 0.
-        let (Some(vring), Ok(q)) = (vrings.first(), u16::try_from(thread_id)) else {
+        // The thread's rings are its queues' (`threads[thread_id]`), in the same order;
+        // event `i` is the kick of ring `i`.
+        let i = usize::from(device_event);
+        let queues = self.threads.get(thread_id).map_or(&[][..], |t| &t[..]);
+        let (Some(&q), Some(vring)) = (queues.get(i), vrings.get(i)) else {
             return Ok(());
         };
-        if device_event != 0 || self.conn.is_closing() {
+        if self.conn.is_closing() {
             return Ok(());
         }
-        if let Some(ring) = self.rings.get(usize::from(q)) {
-            if ring.set(vring.clone()).is_ok() {
-                let completer = Completer {
-                    queue: q,
-                    vring: vring.clone(),
-                    mem: self.mem.clone(),
-                    conn: Arc::clone(&self.conn),
-                };
-                self.device.queue_ready(q, completer);
-            }
-        }
+        self.ring_seen(q, vring);
         if self.poll && self.device.is_request_queue(q) {
-            self.poll_queue(q, vring);
+            self.poll_queues(queues, vrings);
         } else {
             self.drain_queue(q, vring);
         }

@@ -160,6 +160,9 @@ pub struct ScsiTargetConfig {
     pub queue_size: u16,
     /// Busy-poll the request queues instead of waiting for kicks (default false).
     pub poll: bool,
+    /// With `poll`: threads polling the request queues, from 1 to `num_queues`
+    /// (default 1: one thread polls every request queue in turn, as an SPDK reactor does).
+    pub poll_threads: u16,
     /// Most data segments per request, `seg_max` (default 126).
     pub seg_max: u32,
     /// Largest transfer in 512-byte sectors, `max_sectors`, also each LUN's MAXIMUM
@@ -179,6 +182,7 @@ impl ScsiTargetConfig {
             num_queues: 1,
             queue_size: 1024,
             poll: false,
+            poll_threads: 1,
             seg_max: 126,
             max_sectors: 8192,
             cmd_per_lun: 128,
@@ -224,6 +228,7 @@ pub fn start_scsi(
         ServeOptions {
             socket: cfg.socket,
             poll: cfg.poll,
+            poll_threads: cfg.poll_threads,
             quirks: cfg.quirks,
         },
         Arc::clone(&device.faults),
