@@ -49,7 +49,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
 use crate::disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
-use crate::fast::Segments;
+use crate::fast::{Requests, Segments};
 use crate::fault::{Fault, Faults};
 use crate::server::{self, Chain, Device, Error, Mem, Quirks, Result, ServeOptions, TargetHandle};
 
@@ -722,10 +722,18 @@ impl Device for BlkDevice {
         true
     }
 
-    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
-        let slot = self.queues.get(usize::from(queue))?;
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
+        let Some(slot) = self.queues.get(usize::from(queue)) else {
+            return;
+        };
+        // Once per batch (see `Device::serve_fast`).
         let mut q = slot.lock().unwrap_or_else(|e| e.into_inner());
-        self.serve_segments(&mut q, mem, segs)
+        while let Some(segs) = requests.next() {
+            match self.serve_segments(&mut q, mem, segs) {
+                Some(len) => requests.complete(len),
+                None => return,
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Serving vhost-user targets: a listening socket per target, one frontend at a time, a
-//! worker thread per queue, event-driven or polling.
+//! Serving vhost-user targets: a listening socket per target, one frontend at a time,
+//! event-driven (a worker thread per queue) or polling (a few threads polling every
+//! request queue).
 //!
 //! # Serving model
 //! [`serve`] binds the socket and starts one server thread for the target. For each
@@ -9,20 +10,30 @@
 //! resets the [`Device`] and accepts the next frontend. Only the device (its disk, its
 //! settings) and the target's [`Faults`] carry over from one frontend to the next.
 //!
-//! Each request queue has its own worker thread, the daemon's `vring_worker` (queue `i`
-//! on thread `i`), which serves that queue's requests one at a time, synchronously:
-//! - **event-driven** (default): the worker sleeps in `epoll` on the queue's kick eventfd.
-//!   On a kick it turns driver notifications off, serves everything available, turns
-//!   them back on and looks once more, so a request that raced the switch is not missed
-//!   (virtio 1.2 §2.7.10). An idle target uses no CPU.
-//! - **polling** (`poll: true`): once the ring is enabled (or kicked) the worker turns
-//!   notifications off and spins on the avail ring until the ring is disabled or stopped
-//!   (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`) or the frontend goes. One busy core per
-//!   queue: for benchmarks. A device with a fast path ([`Device::serve_fast`]: blk and
-//!   scsi) is served through [`crate::fast`] while no fault is armed: the ring is read
-//!   directly, up to 32 requests per batch, one `used.idx` store and at most one
-//!   notification per batch; a request the fast path does not take is served the
-//!   general way below, then the fast path goes on.
+//! The daemon's worker threads (`vring_worker`) serve the queues, each request
+//! synchronously, one request at a time per queue:
+//! - **event-driven** (default): one worker per queue (queue `i` on thread `i`) sleeps
+//!   in `epoll` on the queue's kick eventfd. On a kick it turns driver notifications
+//!   off, serves everything available, turns them back on and looks once more, so a
+//!   request that raced the switch is not missed (virtio 1.2 §2.7.10). An idle target
+//!   uses no CPU.
+//! - **polling** (`poll: true`): the request queues are shared out among
+//!   [`ServeOptions::poll_threads`] workers (default 1; queue `i` of the request queues
+//!   on poller `i % poll_threads`, through vhost-user-backend's `queues_per_thread`), as
+//!   an SPDK reactor polls every queue of its controllers: more queues than cores cost
+//!   no more cores. A poller visits its queues in turn and serves at most 32 requests of
+//!   one before it looks at the next, so no queue starves another. A ring it finds
+//!   enabled and started (first seen, or (re)started or (re)enabled since its last
+//!   look: `Vring::epoch`) gets driver notifications turned off; a ring
+//!   disabled or stopped (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`) is skipped while the
+//!   others go on. When none of its rings is running, or the frontend goes, the poller
+//!   returns to `epoll`, and the kick or enable of one of its rings brings it back. One
+//!   busy core per poller: for benchmarks. A device with a fast path
+//!   ([`Device::serve_fast`]: blk and scsi) is served through [`crate::fast`] while no
+//!   fault is armed: the ring is read directly, up to 32 requests per batch handed to
+//!   the device in one call, one `used.idx` store and at most one notification per
+//!   batch; a request the fast path does not take is served the general way below,
+//!   then the fast path goes on.
 //!
 //! Completions are signalled on the call eventfd when the driver asked for them
 //! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`). A ring
@@ -43,8 +54,11 @@
 //!
 //! # Faults
 //! The server asks [`Faults::decide`] once per request and applies the transport-level
-//! faults itself: `Delay` (the worker sleeps before serving the request, so the delay
-//! holds up that queue only), `StopAnswering` (the chain is taken off the avail ring and
+//! faults itself: `Delay` (the request is served once the delay is over, and the
+//! requests behind it on its queue after it: the delay holds up that queue only. An
+//! event-driven worker sleeps; a poller sets the request aside and serves its other
+//! queues meanwhile; a `GET_VRING_BASE` of the queue waits for the delay and the
+//! request, as for any request in flight), `StopAnswering` (the chain is taken off the avail ring and
 //! never completed), `CloseAfter` (the socket is shut down right after the request
 //! completes: the frontend sees a hang-up and the queues stop serving) and `BadUsed`
 //! (a wrong used entry, written straight into the used ring when virtio-queue refuses
@@ -58,7 +72,12 @@
 //!   succeeds, its first message gets no answer) until the first is gone.
 //! - At most 64 queues (vhost-user-backend maps queues to threads with a 64-bit mask).
 //! - One request at a time per queue: a slow request holds up the requests behind it
-//!   on the same queue, never those of other queues.
+//!   on the same queue. Event-driven, never those of other queues; polling, a slow
+//!   bdev request also holds up the other queues of its poller (a `Delay` fault does
+//!   not): give each queue its own poller (`poll_threads` = request queues) when that
+//!   matters more than cores.
+//! - A request a `Delay` fault set aside on a polling queue is dropped, not served,
+//!   when the connection ends first.
 //! - No `INFLIGHT_SHMFD`: requests in flight when a frontend goes are dropped; a new
 //!   frontend starts with fresh rings and must resubmit its own.
 //! - Split rings only; no dirty-page logging (migration), no postcopy.
@@ -86,7 +105,7 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use crate::fast::{Ring, RingAddrs, Segments};
+use crate::fast::{Requests, Ring, RingAddrs, Segments};
 use crate::fault::{BadUsed, Decision, Fault, Faults};
 
 mod vring;
@@ -177,8 +196,10 @@ pub enum Error {
 /// serves one request.
 ///
 /// One value serves every frontend of a target, one after the other; [`Device::reset`]
-/// runs before and after each. [`Device::serve`] is called for queue `q` only from that
-/// queue's worker thread, one request at a time.
+/// runs before and after each. [`Device::serve`] and [`Device::serve_fast`] are called
+/// for queue `q` one request (or batch) at a time, from the thread that serves the
+/// queue (a polling thread serves several), or, for a request a `Delay` fault set aside
+/// on a polling queue, from the thread that stops the ring.
 pub trait Device: Send + Sync + 'static {
     /// Virtqueues, request queues and others (1 to [`MAX_QUEUES`]).
     fn num_queues(&self) -> u16;
@@ -259,13 +280,17 @@ pub trait Device: Send + Sync + 'static {
         false
     }
 
-    /// Serves one request of polling request queue `queue` from its resolved buffers
-    /// ([`crate::fast`]) and returns the used length, as [`Device::serve`]; `None` declines
-    /// it, and the server then serves it through [`Device::serve`]. A device declines
-    /// before it has done anything with the request. Default: declines everything.
-    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
-        let _ = (queue, mem, segs);
-        None
+    /// Serves a batch of polling request queue `queue`'s requests from their resolved
+    /// buffers ([`crate::fast`]): takes each with [`Requests::next`] and completes it with
+    /// [`Requests::complete`] and its used length, as [`Device::serve`] returns it.
+    /// Returning with a request taken and not completed declines it: the server then
+    /// serves it through [`Device::serve`]. A device declines before it has done anything
+    /// with the request. One call per batch (up to 32 requests), so per-queue state is
+    /// locked once per batch: an atomic read-modify-write per request would wait, each
+    /// time, for the cache misses on the driver's ring before it. Default: declines the
+    /// first request.
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
+        let _ = (queue, mem, requests.next());
     }
 }
 
@@ -436,7 +461,8 @@ pub struct TargetHandle {
 impl TargetHandle {
     /// Stops serving: the current frontend (if any) sees a hang-up, the threads end and
     /// the socket file is removed. Waits for the requests being served to finish (a
-    /// `Delay` fault holds it up that long). Idempotent.
+    /// `Delay` fault holds an event-driven target up that long; a polling one drops the
+    /// delayed request). Idempotent.
     pub fn stop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
@@ -843,6 +869,58 @@ fn worker_queues<D: Device + ?Sized>(
     threads.into_iter().map(Vec::into_boxed_slice).collect()
 }
 
+/// One fast-path batch: what [`Device::serve_fast`] takes requests from.
+struct Batch<'a, 'm> {
+    ring: &'a Ring<'m>,
+    mem: &'a Mem,
+    segs: &'a mut Segments,
+    /// The next avail and used positions.
+    na: u16,
+    nu: u16,
+    /// `nu` at the start of the batch.
+    first_used: u16,
+    /// Requests the batch may still give.
+    left: usize,
+    /// `used.idx` is exposed every this many completions.
+    every: u16,
+    /// The head of the request given and not yet completed.
+    taken: Option<u16>,
+    /// The batch stopped at a request the fast path does not take.
+    general: bool,
+}
+
+impl Requests for Batch<'_, '_> {
+    fn next(&mut self) -> Option<&Segments> {
+        if self.taken.is_some() || self.general || self.left == 0 {
+            // A device that asks again without completing the last one declines it.
+            return None;
+        }
+        let Some(head) = self.ring.avail_head(self.na) else {
+            self.general = true;
+            return None;
+        };
+        if !self.ring.parse(self.mem, head, self.segs) {
+            self.general = true;
+            return None;
+        }
+        self.left -= 1;
+        self.taken = Some(head);
+        Some(self.segs)
+    }
+
+    fn complete(&mut self, len: u32) {
+        let Some(head) = self.taken.take() else {
+            return;
+        };
+        self.ring.put_used(self.nu, head, len);
+        self.na = self.na.wrapping_add(1);
+        self.nu = self.nu.wrapping_add(1);
+        if self.nu.wrapping_sub(self.first_used) % self.every == 0 {
+            self.ring.expose_used(self.nu);
+        }
+    }
+}
+
 /// A request queue as its poller sees it.
 struct Polled<'a> {
     q: u16,
@@ -1039,7 +1117,6 @@ impl<D: Device> Session<D> {
         let Some(ring) = Ring::new(&mem, &addrs) else {
             return Flow::General;
         };
-        let (mut na, mut nu) = (next_avail, next_used);
         // With no backlog behind this batch the driver is waiting for these completions:
         // used.idx moves every EARLY_USED requests, so it can reap and resubmit while the
         // rest of the batch is served (QD32 1.5x). With a backlog, once per batch.
@@ -1048,27 +1125,23 @@ impl<D: Device> Session<D> {
         } else {
             BATCH as u16
         };
-        let mut general = false;
-        for _ in 0..usize::from(pending).min(BATCH) {
-            let Some(head) = ring.avail_head(na) else {
-                general = true;
-                break;
-            };
-            if !ring.parse(&mem, head, segs) {
-                general = true;
-                break;
-            }
-            let Some(len) = self.device.serve_fast(q, &mem, segs) else {
-                general = true;
-                break;
-            };
-            ring.put_used(nu, head, len);
-            na = na.wrapping_add(1);
-            nu = nu.wrapping_add(1);
-            if nu.wrapping_sub(next_used) % every == 0 {
-                ring.expose_used(nu);
-            }
-        }
+        let mut batch = Batch {
+            ring: &ring,
+            mem: &mem,
+            segs,
+            na: next_avail,
+            nu: next_used,
+            first_used: next_used,
+            left: usize::from(pending).min(BATCH),
+            every,
+            taken: None,
+            general: false,
+        };
+        self.device.serve_fast(q, &mem, &mut batch);
+        let (na, nu) = (batch.na, batch.nu);
+        // A request taken and not completed was declined; so was the first one if the
+        // device took none.
+        let general = batch.general || batch.taken.is_some() || na == next_avail;
         let served = usize::from(na.wrapping_sub(next_avail));
         if served > 0 {
             let notify = ring.publish_used(next_used, nu);

@@ -108,7 +108,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
 use crate::disk::{BlockIo, ChannelIo};
-use crate::fast::Segments;
+use crate::fast::{Requests, Segments};
 use crate::fault::{Fault, Faults};
 use crate::scsi::{
     CmdOutcome, Limits, Lun, LunError, ScsiTarget, Sense, SenseKey, parse_virtio_lun,
@@ -1077,10 +1077,19 @@ impl Device for ScsiDevice {
         true
     }
 
-    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
-        let i = queue.checked_sub(FIRST_REQUEST_QUEUE)?;
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
         // Only request queues poll; the server asks for none beyond num_queues.
-        let mut cq = lock(self.queues.get(usize::from(i))?);
-        Some(self.serve_command(&mut cq, mem, segs, None))
+        let Some(slot) = queue
+            .checked_sub(FIRST_REQUEST_QUEUE)
+            .and_then(|i| self.queues.get(usize::from(i)))
+        else {
+            return;
+        };
+        // Once per batch (see `Device::serve_fast`).
+        let mut cq = lock(slot);
+        while let Some(segs) = requests.next() {
+            let len = self.serve_command(&mut cq, mem, segs, None);
+            requests.complete(len);
+        }
     }
 }
