@@ -927,7 +927,37 @@ struct Polled<'a> {
     vring: &'a Vring,
     /// The ring's [`Vring::epoch`] when the poller last set it up.
     epoch: Option<u32>,
+    /// Where to look for new requests without taking a lock, once the ring was found
+    /// empty.
+    peek: Option<Peek>,
+    /// Turns answered by `peek` alone since the last full look.
+    peeks: u32,
 }
+
+/// A ring found empty: its `avail.idx` and the `next_avail` it had then. While the
+/// index has not moved there is nothing to serve, which one load tells, where a full
+/// look takes the queue's locks (several atomic read-modify-writes, each of which waits
+/// for the memory accesses before it). Only a hint: a full look decides everything.
+/// The memory map it holds stays mapped while it does (a frontend may replace the map
+/// meanwhile: the peek then reads a ring that no longer runs, and the full look at
+/// most [`PEEKS`] turns later sees that).
+struct Peek {
+    mem: GuestMemoryLoadGuard<Mem>,
+    avail_idx: GuestAddress,
+    next_avail: u16,
+}
+
+impl Peek {
+    fn idle(&self) -> bool {
+        self.mem
+            .load::<u16>(self.avail_idx, Ordering::Acquire)
+            .is_ok_and(|i| u16::from_le(i) == self.next_avail)
+    }
+}
+
+/// Turns an idle ring is answered by its [`Peek`] before a full look: a ring disabled or
+/// stopped meanwhile is noticed, and an old memory map let go, within that many turns.
+const PEEKS: u32 = 1024;
 
 /// Why serving a queue stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -979,6 +1009,8 @@ impl<D: Device> Session<D> {
                 q,
                 vring,
                 epoch: None,
+                peek: None,
+                peeks: 0,
             })
             .collect();
         tracing::debug!(target: TARGET, ?queues, "polling starts");
@@ -1021,6 +1053,7 @@ impl<D: Device> Session<D> {
         if p.epoch != Some(epoch) {
             // First look, or the ring was (re)started or (re)enabled since the last one.
             p.epoch = Some(epoch);
+            p.peek = None;
             {
                 let state = vring.get_ref();
                 if !state.is_enabled() || !state.get_queue().ready() {
@@ -1033,8 +1066,16 @@ impl<D: Device> Session<D> {
                 tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
             }
         }
+        if let Some(peek) = &p.peek {
+            if p.peeks < PEEKS && peek.idle() {
+                p.peeks += 1;
+                return Flow::Empty(0);
+            }
+            p.peek = None;
+            p.peeks = 0;
+        }
         if self.device.has_fast_path() {
-            match self.serve_fast(q, vring, segs) {
+            match self.serve_fast(q, vring, segs, &mut p.peek) {
                 // One request the general way; the fast path goes on next turn.
                 Flow::General => self.serve_available(q, vring, 1),
                 f => f,
@@ -1070,7 +1111,14 @@ impl<D: Device> Session<D> {
     /// [`Device::serve_fast`], publishes their used entries with one `used.idx` store and
     /// notifies the driver once if it asked. Stops at the first request the fast path
     /// does not take ([`Flow::General`]).
-    fn serve_fast(&self, q: u16, vring: &Vring, segs: &mut Segments) -> Flow {
+    /// When the ring is empty, `peek` is set to watch it ([`Peek`]).
+    fn serve_fast(
+        &self,
+        q: u16,
+        vring: &Vring,
+        segs: &mut Segments,
+        peek: &mut Option<Peek>,
+    ) -> Flow {
         if self.conn.is_closing() {
             return Flow::Stop;
         }
@@ -1097,11 +1145,17 @@ impl<D: Device> Session<D> {
             };
             (addrs, queue.next_avail(), queue.next_used())
         };
-        let Some(avail) = Ring::avail_idx_of(&self.mem.memory(), &addrs) else {
+        let mem = self.mem.memory();
+        let Some(avail) = Ring::avail_idx_of(&mem, &addrs) else {
             return Flow::General;
         };
         let pending = avail.wrapping_sub(next_avail);
         if pending == 0 {
+            *peek = addrs.avail.checked_add(2).map(|a| Peek {
+                mem,
+                avail_idx: GuestAddress(a),
+                next_avail,
+            });
             return Flow::Empty(0);
         }
         // Checked after the Acquire load of avail.idx: a fault armed before these requests
