@@ -49,7 +49,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
 use crate::disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
-use crate::fast::Segments;
+use crate::fast::{Requests, Segments};
 use crate::fault::{Fault, Faults};
 use crate::server::{self, Chain, Device, Error, Mem, Quirks, Result, ServeOptions, TargetHandle};
 
@@ -90,6 +90,9 @@ pub struct BlkTargetConfig {
     pub serial: Option<String>,
     /// Busy-poll the queues instead of waiting for kicks (default false).
     pub poll: bool,
+    /// With `poll`: threads polling the request queues, from 1 to `num_queues`
+    /// (default 1: one thread polls every request queue in turn, as an SPDK reactor does).
+    pub poll_threads: u16,
     /// Most data segments per request, `seg_max` (default 126).
     pub seg_max: u32,
     /// Largest data segment in bytes, `size_max`; 0 leaves `SIZE_MAX` out (default 1 MiB).
@@ -113,6 +116,7 @@ impl BlkTargetConfig {
             read_only: false,
             serial: None,
             poll: false,
+            poll_threads: 1,
             seg_max: 126,
             size_max: 1 << 20,
             max_discard_sectors: 1 << 22,
@@ -151,6 +155,7 @@ pub fn start_blk(bdev: Bdev, cfg: BlkTargetConfig) -> Result<TargetHandle> {
         ServeOptions {
             socket: cfg.socket,
             poll: cfg.poll,
+            poll_threads: cfg.poll_threads,
             quirks: cfg.quirks,
         },
         faults,
@@ -717,10 +722,18 @@ impl Device for BlkDevice {
         true
     }
 
-    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
-        let slot = self.queues.get(usize::from(queue))?;
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
+        let Some(slot) = self.queues.get(usize::from(queue)) else {
+            return;
+        };
+        // Once per batch (see `Device::serve_fast`).
         let mut q = slot.lock().unwrap_or_else(|e| e.into_inner());
-        self.serve_segments(&mut q, mem, segs)
+        while let Some(segs) = requests.next() {
+            match self.serve_segments(&mut q, mem, segs) {
+                Some(len) => requests.complete(len),
+                None => return,
+            }
+        }
     }
 }
 

@@ -200,6 +200,19 @@ fn walk(
     true
 }
 
+/// One fast-path batch of a polling request queue's requests, handed to
+/// [`Device::serve_fast`](crate::Device::serve_fast) to serve one after the other.
+pub trait Requests {
+    /// The next request's buffers, or `None` when the batch is over: its limit reached,
+    /// the ring empty, or the next request one the fast path does not take (the general
+    /// path then serves it).
+    fn next(&mut self) -> Option<&Segments>;
+
+    /// Completes the request [`Requests::next`] gave last, with its used length (bytes
+    /// written, status included). Does nothing when that request is completed already.
+    fn complete(&mut self, len: u32);
+}
+
 /// Where a ring lives and how it runs, copied from the queue for one batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RingAddrs {

@@ -6,7 +6,8 @@
 //! - [`fast`]: the polling request queues' fast path ([`fast::Segments`]).
 //! - [`fault`]: [`Faults`], the fault-injection switchboard (off unless a test arms it).
 //! - [`server`]: serving a [`Device`] on a vhost-user socket ([`serve`], [`TargetHandle`]):
-//!   one frontend at a time, a worker per queue, event-driven or polling.
+//!   one frontend at a time, event-driven (a worker per queue) or polling (one poller,
+//!   or a few, for all request queues).
 //! - [`blk`]: the vhost-user-blk device ([`start_blk`], [`BlkTargetConfig`]).
 //! - [`scsi`]: SPC-5/SBC-4 emulation ([`scsi::ScsiTarget`], [`scsi::Lun`]).
 //! - [`vscsi`]: the vhost-user-scsi device over that emulation ([`start_scsi`],

@@ -1,5 +1,6 @@
-//! Serving vhost-user targets: a listening socket per target, one frontend at a time, a
-//! worker thread per queue, event-driven or polling.
+//! Serving vhost-user targets: a listening socket per target, one frontend at a time,
+//! event-driven (a worker thread per queue) or polling (a few threads polling every
+//! request queue).
 //!
 //! # Serving model
 //! [`serve`] binds the socket and starts one server thread for the target. For each
@@ -9,20 +10,30 @@
 //! resets the [`Device`] and accepts the next frontend. Only the device (its disk, its
 //! settings) and the target's [`Faults`] carry over from one frontend to the next.
 //!
-//! Each request queue has its own worker thread, the daemon's `vring_worker` (queue `i`
-//! on thread `i`), which serves that queue's requests one at a time, synchronously:
-//! - **event-driven** (default): the worker sleeps in `epoll` on the queue's kick eventfd.
-//!   On a kick it turns driver notifications off, serves everything available, turns
-//!   them back on and looks once more, so a request that raced the switch is not missed
-//!   (virtio 1.2 §2.7.10). An idle target uses no CPU.
-//! - **polling** (`poll: true`): once the ring is enabled (or kicked) the worker turns
-//!   notifications off and spins on the avail ring until the ring is disabled or stopped
-//!   (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`) or the frontend goes. One busy core per
-//!   queue: for benchmarks. A device with a fast path ([`Device::serve_fast`]: blk and
-//!   scsi) is served through [`crate::fast`] while no fault is armed: the ring is read
-//!   directly, up to 32 requests per batch, one `used.idx` store and at most one
-//!   notification per batch; a request the fast path does not take is served the
-//!   general way below, then the fast path goes on.
+//! The daemon's worker threads (`vring_worker`) serve the queues, each request
+//! synchronously, one request at a time per queue:
+//! - **event-driven** (default): one worker per queue (queue `i` on thread `i`) sleeps
+//!   in `epoll` on the queue's kick eventfd. On a kick it turns driver notifications
+//!   off, serves everything available, turns them back on and looks once more, so a
+//!   request that raced the switch is not missed (virtio 1.2 §2.7.10). An idle target
+//!   uses no CPU.
+//! - **polling** (`poll: true`): the request queues are shared out among
+//!   [`ServeOptions::poll_threads`] workers (default 1; queue `i` of the request queues
+//!   on poller `i % poll_threads`, through vhost-user-backend's `queues_per_thread`), as
+//!   an SPDK reactor polls every queue of its controllers: more queues than cores cost
+//!   no more cores. A poller visits its queues in turn and serves at most 32 requests of
+//!   one before it looks at the next, so no queue starves another. A ring it finds
+//!   enabled and started (first seen, or (re)started or (re)enabled since its last
+//!   look: `Vring::epoch`) gets driver notifications turned off; a ring
+//!   disabled or stopped (`SET_VRING_ENABLE 0`, `GET_VRING_BASE`) is skipped while the
+//!   others go on. When none of its rings is running, or the frontend goes, the poller
+//!   returns to `epoll`, and the kick or enable of one of its rings brings it back. One
+//!   busy core per poller: for benchmarks. A device with a fast path
+//!   ([`Device::serve_fast`]: blk and scsi) is served through [`crate::fast`] while no
+//!   fault is armed: the ring is read directly, up to 32 requests per batch handed to
+//!   the device in one call, one `used.idx` store and at most one notification per
+//!   batch; a request the fast path does not take is served the general way below,
+//!   then the fast path goes on.
 //!
 //! Completions are signalled on the call eventfd when the driver asked for them
 //! (`EVENT_IDX` / `NO_INTERRUPT`, through virtio-queue's `needs_notification`). A ring
@@ -43,8 +54,11 @@
 //!
 //! # Faults
 //! The server asks [`Faults::decide`] once per request and applies the transport-level
-//! faults itself: `Delay` (the worker sleeps before serving the request, so the delay
-//! holds up that queue only), `StopAnswering` (the chain is taken off the avail ring and
+//! faults itself: `Delay` (the request is served once the delay is over, and the
+//! requests behind it on its queue after it: the delay holds up that queue only. An
+//! event-driven worker sleeps; a poller sets the request aside and serves its other
+//! queues meanwhile; a `GET_VRING_BASE` of the queue waits for the delay and the
+//! request, as for any request in flight), `StopAnswering` (the chain is taken off the avail ring and
 //! never completed), `CloseAfter` (the socket is shut down right after the request
 //! completes: the frontend sees a hang-up and the queues stop serving) and `BadUsed`
 //! (a wrong used entry, written straight into the used ring when virtio-queue refuses
@@ -58,7 +72,12 @@
 //!   succeeds, its first message gets no answer) until the first is gone.
 //! - At most 64 queues (vhost-user-backend maps queues to threads with a 64-bit mask).
 //! - One request at a time per queue: a slow request holds up the requests behind it
-//!   on the same queue, never those of other queues.
+//!   on the same queue. Event-driven, never those of other queues; polling, a slow
+//!   bdev request also holds up the other queues of its poller (a `Delay` fault does
+//!   not): give each queue its own poller (`poll_threads` = request queues) when that
+//!   matters more than cores.
+//! - A request a `Delay` fault set aside on a polling queue is dropped, not served,
+//!   when the connection ends first.
 //! - No `INFLIGHT_SHMFD`: requests in flight when a frontend goes are dropped; a new
 //!   frontend starts with fresh rings and must resubmit its own.
 //! - Split rings only; no dirty-page logging (migration), no postcopy.
@@ -71,6 +90,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -85,8 +105,8 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use crate::fast::{Ring, RingAddrs, Segments};
-use crate::fault::{BadUsed, Fault, Faults};
+use crate::fast::{Requests, Ring, RingAddrs, Segments};
+use crate::fault::{BadUsed, Decision, Fault, Faults};
 
 mod vring;
 
@@ -176,8 +196,10 @@ pub enum Error {
 /// serves one request.
 ///
 /// One value serves every frontend of a target, one after the other; [`Device::reset`]
-/// runs before and after each. [`Device::serve`] is called for queue `q` only from that
-/// queue's worker thread, one request at a time.
+/// runs before and after each. [`Device::serve`] and [`Device::serve_fast`] are called
+/// for queue `q` one request (or batch) at a time, from the thread that serves the
+/// queue (a polling thread serves several), or, for a request a `Delay` fault set aside
+/// on a polling queue, from the thread that stops the ring.
 pub trait Device: Send + Sync + 'static {
     /// Virtqueues, request queues and others (1 to [`MAX_QUEUES`]).
     fn num_queues(&self) -> u16;
@@ -258,13 +280,17 @@ pub trait Device: Send + Sync + 'static {
         false
     }
 
-    /// Serves one request of polling request queue `queue` from its resolved buffers
-    /// ([`crate::fast`]) and returns the used length, as [`Device::serve`]; `None` declines
-    /// it, and the server then serves it through [`Device::serve`]. A device declines
-    /// before it has done anything with the request. Default: declines everything.
-    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
-        let _ = (queue, mem, segs);
-        None
+    /// Serves a batch of polling request queue `queue`'s requests from their resolved
+    /// buffers ([`crate::fast`]): takes each with [`Requests::next`] and completes it with
+    /// [`Requests::complete`] and its used length, as [`Device::serve`] returns it.
+    /// Returning with a request taken and not completed declines it: the server then
+    /// serves it through [`Device::serve`]. A device declines before it has done anything
+    /// with the request. One call per batch (up to 32 requests), so per-queue state is
+    /// locked once per batch: an atomic read-modify-write per request would wait, each
+    /// time, for the cache misses on the driver's ring before it. Default: declines the
+    /// first request.
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
+        let _ = (queue, mem, requests.next());
     }
 }
 
@@ -273,8 +299,12 @@ pub trait Device: Send + Sync + 'static {
 pub struct ServeOptions {
     /// The Unix socket path to listen on. A stale socket there is replaced.
     pub socket: PathBuf,
-    /// Busy-poll each queue instead of waiting for kicks.
+    /// Busy-poll the request queues instead of waiting for kicks.
     pub poll: bool,
+    /// Polling threads: the request queues are shared out among them, queue `i` of the
+    /// request queues to thread `i % poll_threads`, and each thread polls all of its
+    /// queues in turn. From 1 to the number of request queues; ignored without `poll`.
+    pub poll_threads: u16,
     /// Behave like another target where initiators notice ([`Quirks`]).
     pub quirks: Quirks,
 }
@@ -435,7 +465,8 @@ pub struct TargetHandle {
 impl TargetHandle {
     /// Stops serving: the current frontend (if any) sees a hang-up, the threads end and
     /// the socket file is removed. Waits for the requests being served to finish (a
-    /// `Delay` fault holds it up that long). Idempotent.
+    /// `Delay` fault holds an event-driven target up that long; a polling one drops the
+    /// delayed request). Idempotent.
     pub fn stop(&mut self) {
         let Some(thread) = self.thread.take() else {
             return;
@@ -580,6 +611,19 @@ pub fn serve<D: Device>(
             why: format!("{size} is not a power of two from 1 to {MAX_QUEUE_SIZE}"),
         });
     }
+    if opts.poll {
+        let requests = (0..n).filter(|&q| device.is_request_queue(q)).count();
+        let t = usize::from(opts.poll_threads);
+        if t == 0 || t > requests.max(1) {
+            return Err(Error::InvalidOption {
+                option: "poll_threads",
+                why: format!(
+                    "{t} is not from 1 to {} (the request queues)",
+                    requests.max(1)
+                ),
+            });
+        }
+    }
     let path = opts.socket.clone();
     match std::fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_socket() => remove_socket(&path),
@@ -598,7 +642,7 @@ pub fn serve<D: Device>(
             return Err(e);
         }
     };
-    tracing::info!(target: TARGET, socket = %path.display(), queues = n, poll = opts.poll, "target listening");
+    tracing::info!(target: TARGET, socket = %path.display(), queues = n, poll = opts.poll, poll_threads = opts.poll_threads, "target listening");
     Ok(TargetHandle {
         socket: path,
         faults,
@@ -636,6 +680,7 @@ fn start_thread<D: Device>(
         faults,
         ctl: Arc::clone(&ctl),
         poll: opts.poll,
+        poll_threads: opts.poll_threads,
         quirks: opts.quirks,
         path: path.to_owned(),
     };
@@ -652,6 +697,7 @@ struct Server<D> {
     faults: Arc<Faults>,
     ctl: Arc<Control>,
     poll: bool,
+    poll_threads: u16,
     quirks: Quirks,
     path: PathBuf,
 }
@@ -714,8 +760,9 @@ impl<D: Device> Server<D> {
             conn: Arc::clone(&conn),
             poll: self.poll,
             quirks: self.quirks,
+            threads: worker_queues(&*self.device, self.poll, self.poll_threads),
             busy: (0..self.device.num_queues())
-                .map(|_| Mutex::new(()))
+                .map(|_| Mutex::new(None))
                 .collect(),
             rings: (0..self.device.num_queues())
                 .map(|_| OnceLock::new())
@@ -775,14 +822,146 @@ struct Session<D> {
     conn: Arc<Conn>,
     poll: bool,
     quirks: Quirks,
-    /// Held by a queue's worker while it has a request off the ring and not yet
-    /// completed; `stop_vring` takes it to wait for that request (vhost-user
-    /// `GET_VRING_BASE`: the ring is stopped once it returns).
-    busy: Box<[Mutex<()>]>,
+    /// The queues of each worker thread (the daemon's thread `i` serves `threads[i]`),
+    /// in increasing order, as [`VhostUserBackend::queues_per_thread`] gives them.
+    threads: Box<[Box<[u16]>]>,
+    /// Held by the thread serving a queue while it has a request off the ring and not
+    /// yet completed; `stop_vring` takes it to wait for that request (vhost-user
+    /// `GET_VRING_BASE`: the ring is stopped once it returns). In polling mode it also
+    /// holds the request a `Delay` fault holds up ([`Held`]).
+    busy: Box<[Mutex<Option<Held>>]>,
     /// Each queue's vring, from the queue's first event on; the device was given the
     /// queue's [`Completer`] then.
     rings: Box<[OnceLock<Vring>]>,
 }
+
+/// A request a `Delay` fault holds up on a polling queue: the poller serves the queue's
+/// other requests after it, and the other queues meanwhile.
+struct Held {
+    chain: Chain,
+    /// The memory map the chain was taken with.
+    mem: GuestMemoryLoadGuard<Mem>,
+    decision: Decision,
+    until: Instant,
+}
+
+/// The queues each worker thread serves: one queue per thread, except in polling mode,
+/// where the request queues are shared out among `poll_threads` threads (queue `i` of
+/// them to thread `i % poll_threads`) after one thread per other queue. Each list is
+/// in increasing order.
+fn worker_queues<D: Device + ?Sized>(
+    device: &D,
+    poll: bool,
+    poll_threads: u16,
+) -> Box<[Box<[u16]>]> {
+    let n = device.num_queues();
+    if !poll {
+        return (0..n).map(|q| Box::from([q])).collect();
+    }
+    let mut threads: Vec<Vec<u16>> = (0..n)
+        .filter(|&q| !device.is_request_queue(q))
+        .map(|q| vec![q])
+        .collect();
+    let first = threads.len();
+    let requests: Vec<u16> = (0..n).filter(|&q| device.is_request_queue(q)).collect();
+    let k = usize::from(poll_threads).clamp(1, requests.len().max(1));
+    threads.resize_with(first + k, Vec::new);
+    for (i, q) in requests.into_iter().enumerate() {
+        threads[first + i % k].push(q);
+    }
+    threads.retain(|t| !t.is_empty());
+    threads.into_iter().map(Vec::into_boxed_slice).collect()
+}
+
+/// One fast-path batch: what [`Device::serve_fast`] takes requests from.
+struct Batch<'a, 'm> {
+    ring: &'a Ring<'m>,
+    mem: &'a Mem,
+    segs: &'a mut Segments,
+    /// The next avail and used positions.
+    na: u16,
+    nu: u16,
+    /// `nu` at the start of the batch.
+    first_used: u16,
+    /// Requests the batch may still give.
+    left: usize,
+    /// `used.idx` is exposed every this many completions.
+    every: u16,
+    /// The head of the request given and not yet completed.
+    taken: Option<u16>,
+    /// The batch stopped at a request the fast path does not take.
+    general: bool,
+}
+
+impl Requests for Batch<'_, '_> {
+    fn next(&mut self) -> Option<&Segments> {
+        if self.taken.is_some() || self.general || self.left == 0 {
+            // A device that asks again without completing the last one declines it.
+            return None;
+        }
+        let Some(head) = self.ring.avail_head(self.na) else {
+            self.general = true;
+            return None;
+        };
+        if !self.ring.parse(self.mem, head, self.segs) {
+            self.general = true;
+            return None;
+        }
+        self.left -= 1;
+        self.taken = Some(head);
+        Some(self.segs)
+    }
+
+    fn complete(&mut self, len: u32) {
+        let Some(head) = self.taken.take() else {
+            return;
+        };
+        self.ring.put_used(self.nu, head, len);
+        self.na = self.na.wrapping_add(1);
+        self.nu = self.nu.wrapping_add(1);
+        if self.nu.wrapping_sub(self.first_used) % self.every == 0 {
+            self.ring.expose_used(self.nu);
+        }
+    }
+}
+
+/// A request queue as its poller sees it.
+struct Polled<'a> {
+    q: u16,
+    vring: &'a Vring,
+    /// The ring's [`Vring::epoch`] when the poller last set it up.
+    epoch: Option<u32>,
+    /// Where to look for new requests without taking a lock, once the ring was found
+    /// empty.
+    peek: Option<Peek>,
+    /// Turns answered by `peek` alone since the last full look.
+    peeks: u32,
+}
+
+/// A ring found empty: its `avail.idx` and the `next_avail` it had then. While the
+/// index has not moved there is nothing to serve, which one load tells, where a full
+/// look takes the queue's locks (several atomic read-modify-writes, each of which waits
+/// for the memory accesses before it). Only a hint: a full look decides everything.
+/// The memory map it holds stays mapped while it does (a frontend may replace the map
+/// meanwhile: the peek then reads a ring that no longer runs, and the full look at
+/// most [`PEEKS`] turns later sees that).
+struct Peek {
+    mem: GuestMemoryLoadGuard<Mem>,
+    avail_idx: GuestAddress,
+    next_avail: u16,
+}
+
+impl Peek {
+    fn idle(&self) -> bool {
+        self.mem
+            .load::<u16>(self.avail_idx, Ordering::Acquire)
+            .is_ok_and(|i| u16::from_le(i) == self.next_avail)
+    }
+}
+
+/// Turns an idle ring is answered by its [`Peek`] before a full look: a ring disabled or
+/// stopped meanwhile is noticed, and an old memory map let go, within that many turns.
+const PEEKS: u32 = 1024;
 
 /// Why serving a queue stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -820,60 +999,141 @@ impl<D: Device> Session<D> {
         }
     }
 
-    /// Polling: spins on the avail ring until the ring is disabled or stopped or the
-    /// connection closes. Uses the device's fast path, if it has one, while no fault is
-    /// armed.
-    fn poll_queue(&self, q: u16, vring: &Vring) {
-        tracing::debug!(target: TARGET, queue = q, "polling starts");
-        if let Err(e) = vring.disable_notification() {
-            tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
-        }
-        let fast = self.device.has_fast_path();
+    /// Polling: serves `queues` (their rings are `vrings`) in turn, up to [`BATCH`]
+    /// requests of one before the next, until none of them is enabled and started or
+    /// the connection closes. A ring (re)started or (re)enabled meanwhile is set up again
+    /// ([`Session::poll_one`]); once none is left the thread goes back to its event loop,
+    /// which brings it here again when one is. Uses the device's fast path, if it has
+    /// one, while no fault is armed.
+    fn poll_queues(&self, queues: &[u16], vrings: &[Vring]) {
+        let mut polled: Vec<Polled<'_>> = queues
+            .iter()
+            .zip(vrings)
+            .map(|(&q, vring)| Polled {
+                q,
+                vring,
+                epoch: None,
+                peek: None,
+                peeks: 0,
+            })
+            .collect();
+        tracing::debug!(target: TARGET, ?queues, "polling starts");
         let mut segs = Segments::new();
         let mut idle = 0u32;
         loop {
-            let flow = if fast {
-                match self.serve_fast(q, vring, &mut segs) {
-                    // One request the general way, then the fast path again.
-                    Flow::General => self.serve_available(q, vring, 1),
-                    f => f,
+            if self.conn.is_closing() {
+                break;
+            }
+            let (mut live, mut busy) = (false, false);
+            for p in &mut polled {
+                match self.poll_one(p, &mut segs) {
+                    Flow::Stop => {}
+                    Flow::Empty(0) => live = true,
+                    Flow::Empty(_) | Flow::General => (live, busy) = (true, true),
                 }
+            }
+            if !live {
+                break;
+            }
+            if busy {
+                idle = 0;
             } else {
-                {
-                    let state = vring.get_ref();
-                    if !state.is_enabled() || !state.get_queue().ready() {
-                        break;
-                    }
+                idle = idle.wrapping_add(1);
+                if idle % 4096 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
                 }
-                self.serve_available(q, vring, usize::MAX)
-            };
-            match flow {
-                Flow::Stop => break,
-                Flow::Empty(0) => {
-                    idle = idle.wrapping_add(1);
-                    if idle % 4096 == 0 {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
-                Flow::Empty(_) | Flow::General => idle = 0,
             }
         }
-        tracing::debug!(target: TARGET, queue = q, "polling stops");
+        tracing::debug!(target: TARGET, ?queues, "polling stops");
+    }
+
+    /// One turn of a polled queue: up to [`BATCH`] requests. [`Flow::Stop`] when the
+    /// ring is not enabled and started.
+    fn poll_one(&self, p: &mut Polled<'_>, segs: &mut Segments) -> Flow {
+        let (q, vring) = (p.q, p.vring);
+        let epoch = vring.epoch();
+        if p.epoch != Some(epoch) {
+            // First look, or the ring was (re)started or (re)enabled since the last one.
+            p.epoch = Some(epoch);
+            p.peek = None;
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return Flow::Stop;
+                }
+            }
+            tracing::debug!(target: TARGET, queue = q, "polling the ring");
+            self.ring_seen(q, vring);
+            if let Err(e) = vring.disable_notification() {
+                tracing::warn!(target: TARGET, queue = q, error = %e, "cannot disable notifications");
+            }
+        }
+        if let Some(peek) = &p.peek {
+            if p.peeks < PEEKS && peek.idle() {
+                p.peeks += 1;
+                return Flow::Empty(0);
+            }
+            p.peek = None;
+            p.peeks = 0;
+        }
+        if self.device.has_fast_path() {
+            match self.serve_fast(q, vring, segs, &mut p.peek) {
+                // One request the general way; the fast path goes on next turn.
+                Flow::General => self.serve_available(q, vring, 1),
+                f => f,
+            }
+        } else {
+            {
+                let state = vring.get_ref();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    return Flow::Stop;
+                }
+            }
+            self.serve_available(q, vring, BATCH)
+        }
+    }
+
+    /// Records `vring` as queue `q`'s ring and gives the device the queue's
+    /// [`Completer`], the first time the queue is seen on this connection.
+    fn ring_seen(&self, q: u16, vring: &Vring) {
+        if let Some(ring) = self.rings.get(usize::from(q)) {
+            if ring.set(vring.clone()).is_ok() {
+                let completer = Completer {
+                    queue: q,
+                    vring: vring.clone(),
+                    mem: self.mem.clone(),
+                    conn: Arc::clone(&self.conn),
+                };
+                self.device.queue_ready(q, completer);
+            }
+        }
     }
 
     /// The fast path ([`crate::fast`]): serves up to [`BATCH`] requests with
     /// [`Device::serve_fast`], publishes their used entries with one `used.idx` store and
     /// notifies the driver once if it asked. Stops at the first request the fast path
     /// does not take ([`Flow::General`]).
-    fn serve_fast(&self, q: u16, vring: &Vring, segs: &mut Segments) -> Flow {
+    /// When the ring is empty, `peek` is set to watch it ([`Peek`]).
+    fn serve_fast(
+        &self,
+        q: u16,
+        vring: &Vring,
+        segs: &mut Segments,
+        peek: &mut Option<Peek>,
+    ) -> Flow {
         if self.conn.is_closing() {
             return Flow::Stop;
         }
         // Held until the ring state is written back: `stop_vring` (GET_VRING_BASE) waits
         // for it, so it reads the final next_avail.
-        let _busy = lock(&self.busy[usize::from(q)]);
+        let busy = lock(&self.busy[usize::from(q)]);
+        if busy.is_some() {
+            // A request held up by a Delay fault: the general path serves it when due,
+            // and nothing after it before.
+            return Flow::General;
+        }
         let (addrs, next_avail, next_used) = {
             let state = vring.get_ref();
             let queue = state.get_queue();
@@ -889,11 +1149,17 @@ impl<D: Device> Session<D> {
             };
             (addrs, queue.next_avail(), queue.next_used())
         };
-        let Some(avail) = Ring::avail_idx_of(&self.mem.memory(), &addrs) else {
+        let mem = self.mem.memory();
+        let Some(avail) = Ring::avail_idx_of(&mem, &addrs) else {
             return Flow::General;
         };
         let pending = avail.wrapping_sub(next_avail);
         if pending == 0 {
+            *peek = addrs.avail.checked_add(2).map(|a| Peek {
+                mem,
+                avail_idx: GuestAddress(a),
+                next_avail,
+            });
             return Flow::Empty(0);
         }
         // Checked after the Acquire load of avail.idx: a fault armed before these requests
@@ -909,7 +1175,6 @@ impl<D: Device> Session<D> {
         let Some(ring) = Ring::new(&mem, &addrs) else {
             return Flow::General;
         };
-        let (mut na, mut nu) = (next_avail, next_used);
         // With no backlog behind this batch the driver is waiting for these completions:
         // used.idx moves every EARLY_USED requests, so it can reap and resubmit while the
         // rest of the batch is served (QD32 1.5x). With a backlog, once per batch.
@@ -918,27 +1183,23 @@ impl<D: Device> Session<D> {
         } else {
             BATCH as u16
         };
-        let mut general = false;
-        for _ in 0..usize::from(pending).min(BATCH) {
-            let Some(head) = ring.avail_head(na) else {
-                general = true;
-                break;
-            };
-            if !ring.parse(&mem, head, segs) {
-                general = true;
-                break;
-            }
-            let Some(len) = self.device.serve_fast(q, &mem, segs) else {
-                general = true;
-                break;
-            };
-            ring.put_used(nu, head, len);
-            na = na.wrapping_add(1);
-            nu = nu.wrapping_add(1);
-            if nu.wrapping_sub(next_used) % every == 0 {
-                ring.expose_used(nu);
-            }
-        }
+        let mut batch = Batch {
+            ring: &ring,
+            mem: &mem,
+            segs,
+            na: next_avail,
+            nu: next_used,
+            first_used: next_used,
+            left: usize::from(pending).min(BATCH),
+            every,
+            taken: None,
+            general: false,
+        };
+        self.device.serve_fast(q, &mem, &mut batch);
+        let (na, nu) = (batch.na, batch.nu);
+        // A request taken and not completed was declined; so was the first one if the
+        // device took none.
+        let general = batch.general || batch.taken.is_some() || na == next_avail;
         let served = usize::from(na.wrapping_sub(next_avail));
         if served > 0 {
             let notify = ring.publish_used(next_used, nu);
@@ -978,7 +1239,16 @@ impl<D: Device> Session<D> {
                 return Flow::Empty(served);
             }
             let per_request = !batched || self.faults.is_armed();
-            let _busy = lock(&self.busy[usize::from(q)]);
+            let mut busy = lock(&self.busy[usize::from(q)]);
+            if let Some(h) = busy.take() {
+                if Instant::now() < h.until {
+                    *busy = Some(h);
+                    return Flow::Empty(served);
+                }
+                self.finish_chain(q, vring, &h.mem, h.chain, h.decision);
+                served += 1;
+                continue;
+            }
             let mem = {
                 let mut state = vring.get_mut();
                 let queue = state.get_queue_mut();
@@ -1026,7 +1296,7 @@ impl<D: Device> Session<D> {
             served += batch.len();
             if per_request {
                 for chain in batch.drain(..) {
-                    self.serve_chain(q, vring, &mem, chain);
+                    self.serve_chain(q, vring, &mem, chain, &mut busy);
                 }
                 continue;
             }
@@ -1049,21 +1319,48 @@ impl<D: Device> Session<D> {
         }
     }
 
-    /// Serves one request, with whatever fault applies to it.
-    fn serve_chain(&self, q: u16, vring: &Vring, mem: &Mem, chain: Chain) {
+    /// Serves one request, with whatever fault applies to it. `busy` is the queue's
+    /// [`Session::busy`] slot, locked: in polling mode a request a `Delay` fault holds up
+    /// waits there (the poller serves other queues meanwhile); otherwise the thread
+    /// sleeps the delay.
+    fn serve_chain(
+        &self,
+        q: u16,
+        vring: &Vring,
+        mem: &GuestMemoryLoadGuard<Mem>,
+        chain: Chain,
+        busy: &mut Option<Held>,
+    ) {
         let head = chain.head_index();
         let d = if self.device.is_request_queue(q) {
             self.faults.decide()
         } else {
-            crate::fault::Decision::default()
+            Decision::default()
         };
         if d.drop {
             tracing::trace!(target: TARGET, queue = q, head, "request held (StopAnswering)");
             return;
         }
         if let Some(Fault::Delay(t)) = d.fault {
+            if self.poll {
+                tracing::trace!(target: TARGET, queue = q, head, delay = ?t, "request held up (Delay)");
+                *busy = Some(Held {
+                    chain,
+                    mem: mem.clone(),
+                    decision: d,
+                    until: Instant::now() + t,
+                });
+                return;
+            }
             std::thread::sleep(t);
         }
+        self.finish_chain(q, vring, mem, chain, d);
+    }
+
+    /// Serves one request once its delay, if any, is over: the device-level fault of
+    /// `d` goes to the device, the transport-level ones are applied here.
+    fn finish_chain(&self, q: u16, vring: &Vring, mem: &Mem, chain: Chain, d: Decision) {
+        let head = chain.head_index();
         let bad = match d.fault {
             Some(Fault::BadUsed(kind)) => Some((kind, writable_len(&chain))),
             _ => None,
@@ -1257,7 +1554,11 @@ impl<D: Device> VhostUserBackend for Session<D> {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.device.num_queues()).map(|i| 1u64 << i).collect()
+        // At most MAX_QUEUES (64) queues: each fits in the mask.
+        self.threads
+            .iter()
+            .map(|t| t.iter().fold(0u64, |m, &q| m | 1u64 << q))
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -1280,7 +1581,15 @@ impl<D: Device> VhostUserBackend for Session<D> {
         ) else {
             return Ok(());
         };
-        let _busy = lock(busy);
+        let mut busy = lock(busy);
+        if let Some(h) = busy.take() {
+            // A request a Delay fault holds up on a polling queue: served once its delay
+            // is over, as a worker sleeping the delay would serve it before this lock.
+            std::thread::sleep(h.until.saturating_duration_since(Instant::now()));
+            if let Some(v) = self.rings.get(usize::from(q)).and_then(OnceLock::get) {
+                self.finish_chain(q, v, &h.mem, h.chain, h.decision);
+            }
+        }
         // The daemon reads next_avail for the GET_VRING_BASE reply after this returns:
         // chains the device kept go back to the avail ring (vhost-user "Starting and
         // stopping rings": the base is where the back-end would continue).
@@ -1306,27 +1615,19 @@ impl<D: Device> VhostUserBackend for Session<D> {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        // One queue per worker thread: the queue is the thread's index and its only ring
-        // is event 0.
-        let (Some(vring), Ok(q)) = (vrings.first(), u16::try_from(thread_id)) else {
+        // The thread's rings are its queues' (`threads[thread_id]`), in the same order;
+        // event `i` is the kick of ring `i`.
+        let i = usize::from(device_event);
+        let queues = self.threads.get(thread_id).map_or(&[][..], |t| &t[..]);
+        let (Some(&q), Some(vring)) = (queues.get(i), vrings.get(i)) else {
             return Ok(());
         };
-        if device_event != 0 || self.conn.is_closing() {
+        if self.conn.is_closing() {
             return Ok(());
         }
-        if let Some(ring) = self.rings.get(usize::from(q)) {
-            if ring.set(vring.clone()).is_ok() {
-                let completer = Completer {
-                    queue: q,
-                    vring: vring.clone(),
-                    mem: self.mem.clone(),
-                    conn: Arc::clone(&self.conn),
-                };
-                self.device.queue_ready(q, completer);
-            }
-        }
+        self.ring_seen(q, vring);
         if self.poll && self.device.is_request_queue(q) {
-            self.poll_queue(q, vring);
+            self.poll_queues(queues, vrings);
         } else {
             self.drain_queue(q, vring);
         }

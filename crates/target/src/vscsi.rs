@@ -108,7 +108,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
 use crate::disk::{BlockIo, ChannelIo};
-use crate::fast::Segments;
+use crate::fast::{Requests, Segments};
 use crate::fault::{Fault, Faults};
 use crate::scsi::{
     CmdOutcome, Limits, Lun, LunError, ScsiTarget, Sense, SenseKey, parse_virtio_lun,
@@ -160,6 +160,9 @@ pub struct ScsiTargetConfig {
     pub queue_size: u16,
     /// Busy-poll the request queues instead of waiting for kicks (default false).
     pub poll: bool,
+    /// With `poll`: threads polling the request queues, from 1 to `num_queues`
+    /// (default 1: one thread polls every request queue in turn, as an SPDK reactor does).
+    pub poll_threads: u16,
     /// Most data segments per request, `seg_max` (default 126).
     pub seg_max: u32,
     /// Largest transfer in 512-byte sectors, `max_sectors`, also each LUN's MAXIMUM
@@ -179,6 +182,7 @@ impl ScsiTargetConfig {
             num_queues: 1,
             queue_size: 1024,
             poll: false,
+            poll_threads: 1,
             seg_max: 126,
             max_sectors: 8192,
             cmd_per_lun: 128,
@@ -224,6 +228,7 @@ pub fn start_scsi(
         ServeOptions {
             socket: cfg.socket,
             poll: cfg.poll,
+            poll_threads: cfg.poll_threads,
             quirks: cfg.quirks,
         },
         Arc::clone(&device.faults),
@@ -1072,10 +1077,19 @@ impl Device for ScsiDevice {
         true
     }
 
-    fn serve_fast(&self, queue: u16, mem: &Mem, segs: &Segments) -> Option<u32> {
-        let i = queue.checked_sub(FIRST_REQUEST_QUEUE)?;
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
         // Only request queues poll; the server asks for none beyond num_queues.
-        let mut cq = lock(self.queues.get(usize::from(i))?);
-        Some(self.serve_command(&mut cq, mem, segs, None))
+        let Some(slot) = queue
+            .checked_sub(FIRST_REQUEST_QUEUE)
+            .and_then(|i| self.queues.get(usize::from(i)))
+        else {
+            return;
+        };
+        // Once per batch (see `Device::serve_fast`).
+        let mut cq = lock(slot);
+        while let Some(segs) = requests.next() {
+            let len = self.serve_command(&mut cq, mem, segs, None);
+            requests.complete(len);
+        }
     }
 }

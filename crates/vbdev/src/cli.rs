@@ -331,9 +331,13 @@ pub struct TargetArgs {
     /// LUNs per SCSI target (vhost-user-scsi only); each LUN gets its own disk.
     #[arg(long, default_value_t = 1)]
     pub luns: u16,
-    /// Busy-poll the queues instead of waiting for kicks (for benchmarks).
+    /// Busy-poll the request queues instead of waiting for kicks (for benchmarks).
     #[arg(long)]
     pub poll: bool,
+    /// With --poll: threads polling the request queues, from 1 to --queues; each polls
+    /// its share of the queues in turn (default 1: one busy core for all of them).
+    #[arg(long, value_name = "N", requires = "poll")]
+    pub poll_threads: Option<u16>,
     /// Offer a read-only device.
     #[arg(long)]
     pub read_only: bool,

@@ -52,6 +52,14 @@ pub fn run(args: TargetArgs) -> Result<(), Failure> {
     if args.queues == 0 {
         return Err(Failure::usage(anyhow!("--queues must be at least 1")));
     }
+    if let Some(n) = args.poll_threads {
+        if n == 0 || n > args.queues {
+            return Err(Failure::usage(anyhow!(
+                "--poll-threads {n} is not from 1 to --queues ({})",
+                args.queues
+            )));
+        }
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM])
         .context("cannot install signal handlers")
         .map_err(Failure::run)?;
@@ -72,6 +80,7 @@ fn run_blk(args: &TargetArgs, signals: &mut Signals) -> Result<(), Failure> {
         num_queues: args.queues,
         read_only: args.read_only,
         poll: args.poll,
+        poll_threads: args.poll_threads.unwrap_or(1),
         ..vbdev_target::blk::BlkTargetConfig::new(&args.socket)
     };
     let mut handle = vbdev_target::blk::start_blk(bdev, cfg)
@@ -121,6 +130,7 @@ fn run_scsi(args: &TargetArgs, signals: &mut Signals) -> Result<(), Failure> {
     let cfg = vbdev_target::ScsiTargetConfig {
         num_queues: args.queues,
         poll: args.poll,
+        poll_threads: args.poll_threads.unwrap_or(1),
         ..vbdev_target::ScsiTargetConfig::new(&args.socket)
     };
     let mut handle = vbdev_target::start_scsi(cfg, targets)

@@ -11,10 +11,14 @@
 //! still learns about the completion (a spurious one is harmless: virtio 1.2 §2.7.10,
 //! the driver looks at the used ring). Without this the completion sat on the used ring
 //! with no interrupt, and the guest's SCSI scan hung after about one rebind in eight.
+//!
+//! It also counts the ring's starts ([`Vring::epoch`]): a poller that serves several
+//! rings learns from it that one of them was (re)started or (re)enabled since it last
+//! looked, and sets it up for polling again.
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 use vhost_user_backend::{VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT};
@@ -34,9 +38,18 @@ pub struct Vring {
     /// A used-buffer notification was due while the ring had no call eventfd. Read
     /// and written only under the ring's lock (see [`Vring::set_call`]).
     owed: Arc<AtomicBool>,
+    /// Bumped after each `set_queue_ready(true)` and `set_enabled(true)`.
+    epoch: Arc<AtomicU32>,
 }
 
 impl Vring {
+    /// How many times the ring was made ready or enabled. Bumped after the change: a
+    /// reader that sees the new value (Acquire) sees the ring's new state, and one that
+    /// saw the old value looks again once it sees the new one.
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Whether a notification is waiting for a call eventfd.
     #[cfg(test)]
     fn is_owed(&self) -> bool {
@@ -58,6 +71,7 @@ impl VringT<M> for Vring {
         Ok(Self {
             inner: VringRwLock::new(mem, max_queue_size)?,
             owed: Arc::new(AtomicBool::new(false)),
+            epoch: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -102,7 +116,10 @@ impl VringT<M> for Vring {
     }
 
     fn set_enabled(&self, enabled: bool) {
-        self.inner.set_enabled(enabled)
+        self.inner.set_enabled(enabled);
+        if enabled {
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn set_queue_info(
@@ -139,7 +156,10 @@ impl VringT<M> for Vring {
     }
 
     fn set_queue_ready(&self, ready: bool) {
-        self.inner.set_queue_ready(ready)
+        self.inner.set_queue_ready(ready);
+        if ready {
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn set_kick(&self, file: Option<File>) {

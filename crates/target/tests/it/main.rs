@@ -4,6 +4,7 @@
 mod blk;
 mod blkio;
 mod faults;
+mod poll;
 mod ring_restart;
 mod scsi;
 mod scsi_init;

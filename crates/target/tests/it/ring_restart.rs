@@ -74,8 +74,8 @@ impl RawFrontend {
     /// Handshake as QEMU does it: features with `VHOST_USER_F_PROTOCOL_FEATURES` (so
     /// rings start disabled), no protocol features (no reply acks: each message is
     /// fire-and-forget, as QEMU's `SET_VRING_CALL` is), one memory region.
-    fn connect(t: &Target) -> Self {
-        let fe = Frontend::connect(t.socket(), 1).expect("connect");
+    fn connect(t: &Target, queues: u64) -> Self {
+        let fe = Frontend::connect(t.socket(), queues).expect("connect");
         let memfd = rustix::fs::memfd_create("vbdev-ring-restart", rustix::fs::MemfdFlags::CLOEXEC)
             .expect("memfd");
         let file = File::from(memfd);
@@ -185,7 +185,7 @@ fn eventfd() -> EventFd {
 #[test]
 fn regression_completion_before_set_vring_call_is_signalled_on_the_new_call_fd() {
     let t = Target::start(64, 512, 0x5A, |c| c.num_queues = 1);
-    let mut f = RawFrontend::connect(&t);
+    let mut f = RawFrontend::connect(&t, 1);
 
     // The ring's first life, QEMU's start order: NUM, BASE, ADDR, KICK, ENABLE, CALL.
     let first = Layout::at(0x10000);
@@ -234,4 +234,130 @@ fn regression_completion_before_set_vring_call_is_signalled_on_the_new_call_fd()
         .read_obj::<[u8; 16]>(GuestAddress(second.data))
         .unwrap();
     assert_eq!(data, [0x5A; 16]);
+}
+
+impl RawFrontend {
+    /// Starts ring `q` at `l` in the order QEMU uses (call eventfd last), from avail
+    /// position `base`.
+    fn start_ring(&mut self, q: usize, l: &Layout, base: u16) -> (EventFd, EventFd) {
+        let kick = eventfd();
+        self.fe.set_vring_num(q, QUEUE_SIZE).unwrap();
+        self.fe.set_vring_base(q, base).unwrap();
+        self.fe.set_vring_addr(q, &l.config()).unwrap();
+        self.fe.set_vring_kick(q, &kick).unwrap();
+        self.fe.set_vring_enable(q, true).unwrap();
+        let call = eventfd();
+        self.fe.set_vring_call(q, &call).unwrap();
+        (kick, call)
+    }
+
+    /// Puts request `k` (a virtio-blk read of sector `k` into its own 512 bytes, with
+    /// its own header and status) on the ring at `l`, which has requests `0..k` already.
+    fn push_read(&self, l: &Layout, k: u16) {
+        let m = &self.mem;
+        let kk = u64::from(k);
+        let (header, data, status) = (l.header + 32 * kk, l.data + 512 * kk, l.status + kk);
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+        h[8..16].copy_from_slice(&kk.to_le_bytes());
+        m.write_slice(&h, GuestAddress(header)).unwrap();
+        m.write_slice(&[0u8; 512], GuestAddress(data)).unwrap();
+        m.write_obj(0xFFu8, GuestAddress(status)).unwrap();
+        let first = 3 * k;
+        let descs = [
+            (header, 16u32, VIRTQ_DESC_F_NEXT, first + 1),
+            (data, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, first + 2),
+            (status, 1, VIRTQ_DESC_F_WRITE, 0),
+        ];
+        for (i, (addr, len, flags, next)) in descs.into_iter().enumerate() {
+            let d = GuestAddress(l.desc + 16 * (u64::from(first) + i as u64));
+            m.write_obj(addr.to_le(), d).unwrap();
+            m.write_obj(len.to_le(), GuestAddress(d.0 + 8)).unwrap();
+            m.write_obj(flags.to_le(), GuestAddress(d.0 + 12)).unwrap();
+            m.write_obj(next.to_le(), GuestAddress(d.0 + 14)).unwrap();
+        }
+        m.write_obj(first.to_le(), GuestAddress(l.avail + 4 + 2 * kk))
+            .unwrap();
+        m.store(
+            (k + 1).to_le(),
+            GuestAddress(l.avail + 2),
+            Ordering::Release,
+        )
+        .unwrap();
+    }
+
+    /// The ring's used.idx.
+    fn used_idx(&self, l: &Layout) -> u16 {
+        u16::from_le(
+            self.mem
+                .load(GuestAddress(l.used + 2), Ordering::Acquire)
+                .unwrap(),
+        )
+    }
+
+    /// Waits until requests `0..n` of the ring at `l` are on its used ring, and checks
+    /// the last one.
+    fn wait_reads(&self, l: &Layout, n: u16) {
+        let deadline = Instant::now() + WAIT;
+        while self.used_idx(l) != n {
+            assert!(Instant::now() < deadline, "request {} not completed", n - 1);
+            std::thread::yield_now();
+        }
+        let k = n - 1;
+        let elem = l.used + 4 + 8 * u64::from(k % QUEUE_SIZE);
+        let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
+        assert_eq!(u32::from_le(id), 3 * u32::from(k), "used id");
+        let status: u8 = self
+            .mem
+            .read_obj(GuestAddress(l.status + u64::from(k)))
+            .unwrap();
+        assert_eq!(status, 0, "VIRTIO_BLK_S_OK");
+        let data = self
+            .mem
+            .read_obj::<[u8; 16]>(GuestAddress(l.data + 512 * u64::from(k)))
+            .unwrap();
+        assert_eq!(data, [0x5A; 16]);
+    }
+}
+
+/// One poller serves both rings; one is stopped (`GET_VRING_BASE`) and restarted while
+/// the other keeps being served, and the restarted ring goes on where it stopped.
+#[test]
+fn a_ring_stopped_and_restarted_while_another_ring_of_its_poller_keeps_running() {
+    let t = Target::start(64, 512, 0x5A, |c| {
+        c.num_queues = 2;
+        c.poll = true;
+    });
+    let mut f = RawFrontend::connect(&t, 2);
+    let (a, b) = (Layout::at(0x10000), Layout::at(0x20000));
+    f.mem
+        .write_slice(&[0u8; 0x6000], GuestAddress(a.desc))
+        .unwrap();
+    f.mem
+        .write_slice(&[0u8; 0x6000], GuestAddress(b.desc))
+        .unwrap();
+    let _ring_a = f.start_ring(0, &a, 0);
+    let _ring_b = f.start_ring(1, &b, 0);
+    f.push_read(&a, 0);
+    f.push_read(&b, 0);
+    f.wait_reads(&a, 1);
+    f.wait_reads(&b, 1);
+
+    // Ring 0 stops; ring 1 is still served.
+    f.fe.set_vring_enable(0, false).unwrap();
+    assert_eq!(f.fe.get_vring_base(0).unwrap(), 1);
+    f.push_read(&a, 1);
+    f.push_read(&b, 1);
+    f.wait_reads(&b, 2);
+    f.push_read(&b, 2);
+    f.wait_reads(&b, 3);
+    assert_eq!(f.used_idx(&a), 1, "a stopped ring is not served");
+
+    // Ring 0 restarts from where it stopped: the request published meanwhile is served.
+    let _ring_a = f.start_ring(0, &a, 1);
+    f.wait_reads(&a, 2);
+    f.push_read(&a, 2);
+    f.push_read(&b, 3);
+    f.wait_reads(&a, 3);
+    f.wait_reads(&b, 4);
 }

@@ -61,6 +61,40 @@ fn blk_target_serves_vbdev_io_and_removes_its_socket_on_sigterm() {
 }
 
 #[test]
+fn polling_target_with_more_queues_than_poll_threads_serves_every_queue() {
+    let mut t = Target::start(&[
+        "--malloc",
+        "16M",
+        "--poll",
+        "--queues",
+        "4",
+        "--poll-threads",
+        "2",
+    ]);
+    for pattern in ["0x5c", "0x3d"] {
+        for cmd in ["write", "read"] {
+            io(
+                t.socket(),
+                &[
+                    "--queues",
+                    "4",
+                    cmd,
+                    "--offset",
+                    "4096",
+                    "--pattern",
+                    pattern,
+                    "--length",
+                    "4194304",
+                ],
+            )
+            .expect_ok();
+        }
+    }
+    assert_eq!(t.signal(libc::SIGTERM), 0);
+    assert!(!t.socket().exists());
+}
+
+#[test]
 fn file_target_writes_land_in_the_file_and_sigint_stops_it() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let img = dir.path().join("disk.raw");
@@ -134,6 +168,30 @@ fn target_usage_errors_exit_2() {
         .expect_failure(2, &["--queues"]);
     vbdev(&["target", "--socket", s, "--file", "/nonexistent/disk.raw"])
         .expect_failure(2, &["/nonexistent/disk.raw"]);
+    vbdev(&[
+        "target",
+        "--socket",
+        s,
+        "--malloc",
+        "1M",
+        "--poll",
+        "--queues",
+        "2",
+        "--poll-threads",
+        "3",
+    ])
+    .expect_failure(2, &["--poll-threads 3"]);
+    // Without --poll there is nothing to poll with.
+    vbdev(&[
+        "target",
+        "--socket",
+        s,
+        "--malloc",
+        "1M",
+        "--poll-threads",
+        "1",
+    ])
+    .expect_failure(2, &["--poll"]);
     assert!(!sock.exists());
 }
 
