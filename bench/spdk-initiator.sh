@@ -14,6 +14,9 @@
 #   RUNS       runs per side and cell (default 5)
 #   SECS       seconds per run (default 3)
 #   OUT        result directory (default bench/runs/<date>-spdk-initiator)
+#   APPEND     1: add to OUT's raw.csv instead of starting it again (run the cells in
+#              several invocations, e.g. to keep each hold of a shared machine short);
+#              the summary covers the whole file
 #
 # Method: a fresh SPDK vhost target (`-m 0x1`, core 0, 512 MiB of hugepages) per cell;
 # inside a cell the sides alternate run by run (bdevperf, vbdev[, vbdev_b]), each run a
@@ -128,7 +131,9 @@ sides=(bdevperf vbdev)
 
 mkdir -p "$out"
 raw=$out/raw.csv
-echo "time,dev,qd,workload,round,side,iops,loadavg1" >"$raw"
+if [[ ${APPEND:-0} != 1 || ! -s $raw ]]; then
+    echo "time,dev,qd,workload,round,side,iops,loadavg1" >"$raw"
+fi
 for dev in $DEV_TYPES; do
     for cell in $CELLS; do
         qd=${cell%%:*}
