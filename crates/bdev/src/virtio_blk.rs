@@ -180,6 +180,14 @@ impl BlkShared {
         transport: Arc<dyn Transport>,
         opts: &AttachOptions,
     ) -> vbdev_virtio::Result<Self> {
+        if !transport.has_config() {
+            // The capacity lives in the configuration space (virtio 1.2 §5.2.4).
+            return Err(vbdev_virtio::Error::MissingFeature {
+                name: "VHOST_USER_PROTOCOL_F_CONFIG (virtio-blk reads its capacity from the \
+                       configuration space; a vhost-user target without it, such as SPDK's \
+                       vhost-scsi, is likely a virtio-scsi device)",
+            });
+        }
         let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
         let t = device.transport();
         let f = device.features();
@@ -210,7 +218,11 @@ impl BlkShared {
         } else {
             1
         }
-        .min(t.num_queues());
+        .min(if t.num_queues_known() {
+            t.num_queues()
+        } else {
+            1
+        });
         crate::stall::check_queues(
             opts.num_queues,
             available,

@@ -347,9 +347,22 @@ impl Ctrl {
         let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
         let t = Arc::clone(device.transport());
         let f = device.features();
-        let mut raw = [0u8; wire::config::LEN];
-        t.read_config(0, &mut raw)?;
-        let config = ScsiConfig::parse(&raw);
+        let config = if t.has_config() {
+            let mut raw = [0u8; wire::config::LEN];
+            t.read_config(0, &mut raw)?;
+            ScsiConfig::parse(&raw)
+        } else {
+            // SPDK's vhost-scsi offers no CONFIG (nor does SPDK's own initiator read it):
+            // the spec's initial values, request queues from the transport, limits from
+            // the VPD pages at scan time.
+            let rq = if t.num_queues_known() {
+                u32::from(t.num_queues().saturating_sub(2))
+            } else {
+                1
+            };
+            tracing::info!(target: TARGET, name, request_queues = rq, "no configuration space (the target offers no CONFIG): assuming the spec's defaults");
+            ScsiConfig::assumed(rq)
+        };
         if !(16..=wire::CDB_SIZE_MAX).contains(&config.cdb_size) {
             return Err(vbdev_virtio::Error::BadConfig {
                 what: format!(
@@ -364,8 +377,14 @@ impl Ctrl {
                 what: format!("sense_size {} is above 4096", config.sense_size),
             });
         }
-        // The transport counts every queue; the config counts request queues.
-        let device_rq = u32::from(t.num_queues().saturating_sub(2)).min(config.num_queues.max(1));
+        // The transport counts every queue; the config counts request queues. A
+        // transport that cannot count (vhost-user without MQ) gets one, as SPDK does.
+        let transport_rq = if t.num_queues_known() {
+            u32::from(t.num_queues().saturating_sub(2))
+        } else {
+            1
+        };
+        let device_rq = transport_rq.min(config.num_queues.max(1));
         let device_rq = u16::try_from(device_rq).unwrap_or(u16::MAX);
         if device_rq == 0 {
             return Err(vbdev_virtio::Error::BadConfig {
@@ -524,6 +543,15 @@ impl Ctrl {
             ("offered_features", format!("0x{:x}", self.device.offered())),
             ("vq_count", (self.queues.len() + 2).to_string()),
             ("vq_size", self.queue_size.to_string()),
+            (
+                "config",
+                if self.device.transport().has_config() {
+                    "read"
+                } else {
+                    "assumed (no VHOST_USER_PROTOCOL_F_CONFIG)"
+                }
+                .to_owned(),
+            ),
             ("num_queues", c.num_queues.to_string()),
             ("seg_max", c.seg_max.to_string()),
             ("max_sectors", c.max_sectors.to_string()),

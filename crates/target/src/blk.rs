@@ -10,8 +10,9 @@
 //! (when the bdev can unmap), `WRITE_ZEROES` (done with writes of zeros when the bdev
 //! cannot), `RO` (read-only target or bdev), `CONFIG_WCE`, `RING_EVENT_IDX`,
 //! `RING_INDIRECT_DESC` and `VERSION_1`; vhost-user protocol features `MQ`, `CONFIG`,
-//! `REPLY_ACK` and `CONFIGURE_MEM_SLOTS`. `GET_CONFIG` returns any range of the 96-byte
-//! `struct virtio_blk_config` (§5.2.4), honouring the offset. The write cache starts in
+//! `REPLY_ACK` and `CONFIGURE_MEM_SLOTS`. `GET_CONFIG` returns any range that starts inside the
+//! 96-byte `struct virtio_blk_config` (§5.2.4), honouring the offset; bytes asked for
+//! past its end read as zero (SPDK's initiator asks for 256). The write cache starts in
 //! write-back mode; a driver that clears `writeback` (`SET_CONFIG`, offset 32) gets
 //! write-through: every write, discard and write-zeroes is followed by a flush.
 //!
@@ -50,7 +51,7 @@ use vm_memory::GuestMemory;
 use crate::disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
 use crate::fast::Segments;
 use crate::fault::{Fault, Faults};
-use crate::server::{self, Chain, Device, Error, Mem, Result, ServeOptions, TargetHandle};
+use crate::server::{self, Chain, Device, Error, Mem, Quirks, Result, ServeOptions, TargetHandle};
 
 const TARGET: &str = "vbdev::target::blk";
 
@@ -98,6 +99,8 @@ pub struct BlkTargetConfig {
     pub max_discard_sectors: u32,
     /// Most segments per discard or write-zeroes request (default 16).
     pub max_discard_seg: u32,
+    /// Behave like another target (default: none).
+    pub quirks: Quirks,
 }
 
 impl BlkTargetConfig {
@@ -114,6 +117,7 @@ impl BlkTargetConfig {
             size_max: 1 << 20,
             max_discard_sectors: 1 << 22,
             max_discard_seg: 16,
+            quirks: Quirks::default(),
         }
     }
 }
@@ -147,6 +151,7 @@ pub fn start_blk(bdev: Bdev, cfg: BlkTargetConfig) -> Result<TargetHandle> {
         ServeOptions {
             socket: cfg.socket,
             poll: cfg.poll,
+            quirks: cfg.quirks,
         },
         faults,
     )
@@ -678,10 +683,8 @@ impl Device for BlkDevice {
         self.features
     }
 
-    fn config(&self, offset: u32, size: u32) -> Option<Vec<u8>> {
-        let start = offset as usize;
-        let end = start.checked_add(size as usize)?;
-        self.config_space().get(start..end).map(<[u8]>::to_vec)
+    fn config(&self) -> Vec<u8> {
+        self.config_space().to_vec()
     }
 
     fn set_config(&self, offset: u32, data: &[u8]) -> std::io::Result<()> {

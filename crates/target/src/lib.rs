@@ -27,5 +27,5 @@ pub mod vscsi;
 pub use blk::{BlkTargetConfig, start_blk};
 pub use disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
 pub use fault::{BadUsed, Fault, Faults};
-pub use server::{Completer, Device, Error, Result, ServeOptions, TargetHandle, serve};
+pub use server::{Completer, Device, Error, Quirks, Result, ServeOptions, TargetHandle, serve};
 pub use vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};

@@ -189,9 +189,9 @@ pub trait Device: Send + Sync + 'static {
     /// the device handles. The server adds `VHOST_USER_F_PROTOCOL_FEATURES`.
     fn features(&self) -> u64;
 
-    /// `size` bytes of the device configuration space from `offset`, or `None` when the
-    /// range lies outside it (the frontend then gets an empty, failed reply).
-    fn config(&self, offset: u32, size: u32) -> Option<Vec<u8>>;
+    /// The whole device configuration space, as the device type defines it. The server
+    /// answers `GET_CONFIG` from it ([`config_reply`]).
+    fn config(&self) -> Vec<u8>;
 
     /// Writes the configuration space (`SET_CONFIG`).
     ///
@@ -275,6 +275,60 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// Busy-poll each queue instead of waiting for kicks.
     pub poll: bool,
+    /// Behave like another target where initiators notice ([`Quirks`]).
+    pub quirks: Quirks,
+}
+
+/// Ways in which other vhost-user targets differ from ours, which an initiator must
+/// cope with: the target offers less, or answers slowly. For regression tests of
+/// interoperability (a stand-in, never the proof: the proof is a run against the real
+/// target). Default: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Offer no `VHOST_USER_PROTOCOL_F_CONFIG`: the configuration space cannot be read
+    /// (SPDK's vhost-scsi, every version).
+    pub no_config: bool,
+    /// Offer no `VHOST_USER_PROTOCOL_F_MQ`: the frontend cannot ask how many queues
+    /// there are (`GET_QUEUE_NUM`).
+    pub no_mq: bool,
+    /// Offer no `VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS`: memory can only be shared
+    /// with `SET_MEM_TABLE` (DPDK's vhost library, under SPDK's targets).
+    pub no_mem_slots: bool,
+    /// Offer no `VIRTIO_RING_F_EVENT_IDX`: notifications are governed by the ring flags
+    /// alone (SPDK's targets).
+    pub no_event_idx: bool,
+    /// Hold each memory-table reply (`SET_MEM_TABLE`, `ADD_MEM_REG`) this many
+    /// microseconds per MiB of memory in the table. SPDK's targets map every region
+    /// with `MAP_POPULATE` and look each 4 KiB page up in `/proc/self/pagemap`: about
+    /// 5 ms per MiB on a 2-core VM.
+    pub mem_table_us_per_mib: u32,
+    /// Answer a completed LOGICAL UNIT RESET or I_T NEXUS RESET with
+    /// `VIRTIO_SCSI_S_FUNCTION_SUCCEEDED` instead of FUNCTION COMPLETE (Linux's
+    /// vhost-scsi does).
+    pub tmf_succeeded: bool,
+}
+
+impl Quirks {
+    /// SPDK's vhost-scsi target (v24.01 to v26.05, on DPDK's vhost library): no
+    /// CONFIG, no memory slots, no EVENT_IDX, a slow memory table.
+    pub fn spdk_scsi() -> Self {
+        Self {
+            no_config: true,
+            ..Self::spdk_blk()
+        }
+    }
+
+    /// SPDK's vhost-blk target: as [`Quirks::spdk_scsi`], with CONFIG.
+    pub fn spdk_blk() -> Self {
+        Self {
+            no_config: false,
+            no_mq: false,
+            no_mem_slots: true,
+            no_event_idx: true,
+            mem_table_us_per_mib: 5000,
+            tmf_succeeded: false,
+        }
+    }
 }
 
 /// Completes chains a device kept ([`Device::serve`] returned `None`), from any thread:
@@ -536,7 +590,7 @@ pub fn serve<D: Device>(
         path: path.clone(),
         source,
     })?;
-    let started = start_thread(device, opts.poll, &path, listener, Arc::clone(&faults));
+    let started = start_thread(device, &opts, &path, listener, Arc::clone(&faults));
     let (ctl, thread) = match started {
         Ok(v) => v,
         Err(e) => {
@@ -556,7 +610,7 @@ pub fn serve<D: Device>(
 /// Starts the server thread on a bound listener.
 fn start_thread<D: Device>(
     device: Arc<D>,
-    poll: bool,
+    opts: &ServeOptions,
     path: &std::path::Path,
     listener: UnixListener,
     faults: Arc<Faults>,
@@ -581,7 +635,8 @@ fn start_thread<D: Device>(
         device,
         faults,
         ctl: Arc::clone(&ctl),
-        poll,
+        poll: opts.poll,
+        quirks: opts.quirks,
         path: path.to_owned(),
     };
     let thread = std::thread::Builder::new()
@@ -597,6 +652,7 @@ struct Server<D> {
     faults: Arc<Faults>,
     ctl: Arc<Control>,
     poll: bool,
+    quirks: Quirks,
     path: PathBuf,
 }
 
@@ -657,6 +713,7 @@ impl<D: Device> Server<D> {
             mem: mem.clone(),
             conn: Arc::clone(&conn),
             poll: self.poll,
+            quirks: self.quirks,
             busy: (0..self.device.num_queues())
                 .map(|_| Mutex::new(()))
                 .collect(),
@@ -717,6 +774,7 @@ struct Session<D> {
     mem: GuestMemoryAtomic<Mem>,
     conn: Arc<Conn>,
     poll: bool,
+    quirks: Quirks,
     /// Held by a queue's worker while it has a request off the ring and not yet
     /// completed; `stop_vring` takes it to wait for that request (vhost-user
     /// `GET_VRING_BASE`: the ring is stopped once it returns).
@@ -1104,6 +1162,27 @@ fn write_bad_used(
     Ok(())
 }
 
+/// The `GET_CONFIG` reply for `size` bytes from `offset` of `space`: the bytes that lie in
+/// the space, then zeros up to `size`; `None` when `offset` is beyond the space.
+///
+/// A frontend may ask for more than the device type's struct: SPDK's virtio-user
+/// initiator always asks for 256 bytes from 0 (`VHOST_USER_MAX_CONFIG_SIZE`) and wants a
+/// reply of exactly that size, as SPDK's and QEMU's targets give it. The vhost-user spec
+/// lets the reply carry the requested size (vhost-user, "VHOST_USER_GET_CONFIG"); bytes
+/// past the struct read as zero, as reserved fields do (virtio 1.2 §2.5). The `vhost`
+/// crate bounds `offset + size` by `VHOST_USER_CONFIG_SIZE` before this is called.
+pub fn config_reply(space: &[u8], offset: u32, size: u32) -> Option<Vec<u8>> {
+    let start = usize::try_from(offset).ok()?;
+    if start >= space.len() {
+        return None;
+    }
+    let size = usize::try_from(size).ok()?;
+    let mut reply = vec![0u8; size];
+    let have = (space.len() - start).min(size);
+    reply[..have].copy_from_slice(&space[start..start + have]);
+    Some(reply)
+}
+
 impl<D: Device> VhostUserBackend for Session<D> {
     type Bitmap = ();
     type Vring = Vring;
@@ -1117,14 +1196,28 @@ impl<D: Device> VhostUserBackend for Session<D> {
     }
 
     fn features(&self) -> u64 {
-        self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        let mut f = self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.quirks.no_event_idx {
+            f &= !vbdev_virtio::device::features::RING_EVENT_IDX;
+        }
+        f
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
+        let mut f = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.quirks.no_config {
+            f.remove(VhostUserProtocolFeatures::CONFIG);
+        }
+        if self.quirks.no_mem_slots {
+            f.remove(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        }
+        if self.quirks.no_mq {
+            f.remove(VhostUserProtocolFeatures::MQ);
+        }
+        f
     }
 
     fn acked_features(&self, features: u64) {
@@ -1136,7 +1229,7 @@ impl<D: Device> VhostUserBackend for Session<D> {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        match self.device.config(offset, size) {
+        match config_reply(&self.device.config(), offset, size) {
             Some(v) => v,
             None => {
                 tracing::warn!(target: TARGET, offset, size, "GET_CONFIG outside the configuration space");
@@ -1149,8 +1242,17 @@ impl<D: Device> VhostUserBackend for Session<D> {
         self.device.set_config(offset, buf)
     }
 
-    fn update_memory(&self, _mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+    fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
         // The daemon updates the GuestMemoryAtomic this session shares with it.
+        if self.quirks.mem_table_us_per_mib > 0 {
+            use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+            let mib = mem.memory().iter().map(|r| r.len()).sum::<u64>() >> 20;
+            let us = mib.saturating_mul(u64::from(self.quirks.mem_table_us_per_mib));
+            tracing::debug!(target: TARGET, mib, us, "memory table: slow registration (quirk)");
+            // The stand-in for SPDK's page-by-page registration: the reply is late by
+            // design, there is nothing to wait for.
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
         Ok(())
     }
 

@@ -19,8 +19,8 @@
 //!
 //! # What the device offers
 //! `VIRTIO_SCSI_F_INOUT`, `HOTPLUG`, `CHANGE`, `RING_EVENT_IDX`, `RING_INDIRECT_DESC` and
-//! `VERSION_1`. `GET_CONFIG` returns any range of the 36-byte `struct virtio_scsi_config`
-//! (§5.6.4): `event_info_size` 16, `sense_size` 96 and `cdb_size` 32 by default,
+//! `VERSION_1`. `GET_CONFIG` returns any range that starts inside the 36-byte
+//! `struct virtio_scsi_config` (§5.6.4; bytes past its end read as zero): `event_info_size` 16, `sense_size` 96 and `cdb_size` 32 by default,
 //! `max_channel` 0, `max_target` 255, `max_lun` 16383. The driver may write `sense_size`
 //! (up to 65535) and `cdb_size` (up to 255) with `SET_CONFIG`; requests then use them,
 //! until the next frontend, which starts with the defaults again (§5.6.4).
@@ -52,8 +52,9 @@
 //!
 //! # Control queue (§5.6.6.2)
 //! - `VIRTIO_SCSI_T_TMF`: LOGICAL UNIT RESET runs [`ScsiTarget::lun_reset`]
-//!   (`FUNCTION_SUCCEEDED`, `INCORRECT_LUN` without the LUN); I_T NEXUS RESET runs
-//!   [`ScsiTarget::target_reset`] (`FUNCTION_SUCCEEDED`); ABORT TASK, ABORT TASK SET,
+//!   (FUNCTION COMPLETE, `VIRTIO_SCSI_S_OK`, as QEMU and SPDK answer it; `INCORRECT_LUN`
+//!   without the LUN); I_T NEXUS RESET runs [`ScsiTarget::target_reset`] (FUNCTION
+//!   COMPLETE); ABORT TASK, ABORT TASK SET,
 //!   CLEAR TASK SET, QUERY TASK and QUERY TASK SET answer FUNCTION COMPLETE
 //!   (`VIRTIO_SCSI_S_OK`): commands run to completion before the next is read, so none
 //!   is ever in the task set; anything else (CLEAR ACA: there is no ACA) is
@@ -113,7 +114,7 @@ use crate::scsi::{
     CmdOutcome, Limits, Lun, LunError, ScsiTarget, Sense, SenseKey, parse_virtio_lun,
 };
 use crate::server::{
-    self, Chain, Completer, Device, Error, Mem, Result, ServeOptions, TargetHandle,
+    self, Chain, Completer, Device, Error, Mem, Quirks, Result, ServeOptions, TargetHandle,
 };
 use wire::{Event, config, event, features, response};
 
@@ -166,6 +167,8 @@ pub struct ScsiTargetConfig {
     pub max_sectors: u32,
     /// Commands a driver should queue per LUN, `cmd_per_lun` (default 128).
     pub cmd_per_lun: u32,
+    /// Behave like another target (default: none).
+    pub quirks: Quirks,
 }
 
 impl ScsiTargetConfig {
@@ -179,6 +182,7 @@ impl ScsiTargetConfig {
             seg_max: 126,
             max_sectors: 8192,
             cmd_per_lun: 128,
+            quirks: Quirks::default(),
         }
     }
 }
@@ -220,6 +224,7 @@ pub fn start_scsi(
         ServeOptions {
             socket: cfg.socket,
             poll: cfg.poll,
+            quirks: cfg.quirks,
         },
         Arc::clone(&device.faults),
     )?;
@@ -423,6 +428,9 @@ struct ScsiDevice {
     seg_max: u32,
     max_sectors: u32,
     cmd_per_lun: u32,
+    /// The answer to a completed reset: FUNCTION COMPLETE, or SUCCEEDED with
+    /// [`Quirks::tmf_succeeded`].
+    reset_done: u8,
     /// Cap on one request's Data-In and on its Data-Out bytes.
     max_data: usize,
     targets: Box<[Mutex<Option<ScsiTarget>>]>,
@@ -528,6 +536,11 @@ impl ScsiDevice {
             seg_max: cfg.seg_max,
             max_sectors: cfg.max_sectors,
             cmd_per_lun: cfg.cmd_per_lun,
+            reset_done: if cfg.quirks.tmf_succeeded {
+                response::FUNCTION_SUCCEEDED
+            } else {
+                response::OK
+            },
             max_data,
             targets: slots,
             queues: (0..cfg.num_queues)
@@ -754,11 +767,14 @@ impl ScsiDevice {
             return response::BAD_TARGET;
         };
         let r = match subtype {
-            wire::tmf::LOGICAL_UNIT_RESET if t.lun_reset(lun) => response::FUNCTION_SUCCEEDED,
+            // A completed reset is FUNCTION COMPLETE (`VIRTIO_SCSI_S_OK`), as QEMU's and
+            // SPDK's targets answer it; SPDK's initiator takes nothing else. SUCCEEDED is
+            // the answer of the query functions (SAM-5 §7.11).
+            wire::tmf::LOGICAL_UNIT_RESET if t.lun_reset(lun) => self.reset_done,
             wire::tmf::LOGICAL_UNIT_RESET => response::INCORRECT_LUN,
             wire::tmf::I_T_NEXUS_RESET => {
                 t.target_reset();
-                response::FUNCTION_SUCCEEDED
+                self.reset_done
             }
             // Nothing is ever in the task set: commands run to completion one at a time.
             wire::tmf::ABORT_TASK
@@ -953,10 +969,8 @@ impl Device for ScsiDevice {
             | vfeat::VERSION_1
     }
 
-    fn config(&self, offset: u32, size: u32) -> Option<Vec<u8>> {
-        let start = offset as usize;
-        let end = start.checked_add(size as usize)?;
-        self.config_space().get(start..end).map(<[u8]>::to_vec)
+    fn config(&self) -> Vec<u8> {
+        self.config_space().to_vec()
     }
 
     fn set_config(&self, offset: u32, data: &[u8]) -> std::io::Result<()> {

@@ -11,10 +11,16 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax, e.g. `debug` or `vbdev::vhost_user=debug`).
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
-    /// Back DMA memory with 2 MiB huge pages when enough are free (falls back to normal
-    /// pages with a warning; regions are 1 GiB, i.e. 512 pages each).
-    #[arg(long, global = true)]
+    /// Back DMA memory with 2 MiB huge pages (falls back to normal pages with a
+    /// warning). The default already does when the system has free huge pages
+    /// (`HugePages_Free` in /proc/meminfo): SPDK's vhost targets register the memory
+    /// they are given in 2 MiB pages, which 4 KiB pages cannot satisfy. Regions start
+    /// at 16 MiB (8 huge pages) and double.
+    #[arg(long, global = true, conflicts_with = "no_hugetlb")]
     pub hugetlb: bool,
+    /// Never use huge pages for DMA memory (normal 4 KiB pages in memfd regions).
+    #[arg(long, global = true)]
+    pub no_hugetlb: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,6 +80,11 @@ pub struct ServeArgs {
     /// connection is closed.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub max_request: usize,
+    /// Reply deadline of vhost-user targets, in milliseconds, for attaches that give no
+    /// `timeout_ms` (a vbdev extension of `bdev_virtio_attach_controller`). A message
+    /// that shares memory gets 20 s more per GiB it shares.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
 }
 
 /// `vbdev rpc`: a small JSON-RPC client.
@@ -262,7 +273,8 @@ pub struct PerfArgs {
     /// Descriptors per queue (power of two, up to 32768).
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
-    /// Control-message and connect timeout, in milliseconds.
+    /// Control-message and connect timeout, in milliseconds (a message that shares
+    /// memory gets 20 s more per GiB it shares).
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
     /// Size of the embedded target's RAM disk (memory is taken as it is written).
@@ -306,9 +318,12 @@ pub struct TargetArgs {
     /// Logical block size in bytes.
     #[arg(long, default_value_t = 512)]
     pub block_size: u32,
-    /// Request queues offered. QEMU's vhost-user-blk-pci asks for one per vCPU unless its
-    /// `num-queues` is set, and refuses a target that offers fewer.
-    #[arg(long, default_value_t = 1)]
+    /// Request queues offered (a frontend may use fewer). QEMU's vhost-user-blk-pci asks
+    /// for one per vCPU unless its `num-queues` is set, and refuses a target that offers
+    /// fewer; SPDK's initiator needs `vq_count` 2 for a plain bdevperf run and reads
+    /// vhost-user-scsi's queue count as request queues, so it may set up two more than
+    /// asked for. Idle queues cost a sleeping thread each, or nothing when polled.
+    #[arg(long, default_value_t = 4)]
     pub queues: u16,
     /// SCSI targets (vhost-user-scsi only).
     #[arg(long, default_value_t = 1)]
@@ -385,7 +400,8 @@ pub struct IoArgs {
     /// Descriptors per queue (power of two, up to 32768).
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
-    /// Control-message and connect timeout, in milliseconds.
+    /// Control-message and connect timeout, in milliseconds (a message that shares
+    /// memory gets 20 s more per GiB it shares).
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
     /// Print results as one JSON object.

@@ -43,11 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let vhost_dma = vhost_user_dma_config(&cli);
     let result = match cli.command {
         cli::Command::Io(args) => io::run(args),
         cli::Command::Target(args) => target::run(args),
         cli::Command::Perf(args) => perf::run(args),
-        cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Serve(args) => serve::run(args, vhost_dma),
         cli::Command::Rpc(args) => rpc_cmd::run(args),
         cli::Command::Pci(args) => pci_cmd::run(args),
     };
@@ -85,6 +86,8 @@ fn dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
         cli::Command::Io(a) => a.pci.as_deref().map(physical),
         cli::Command::Perf(a) => a.pci.as_deref().map(physical),
         cli::Command::Serve(a) if a.pci => return Some(serve_pci_dma_config()),
+        // The daemon decides once it has read its INI (`[VirtioPci] Enable`).
+        cli::Command::Serve(_) => return None,
         _ => None,
     };
     match pci {
@@ -93,11 +96,33 @@ fn dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
             hugetlb: cli.hugetlb,
             ..DmaConfig::pinned()
         }),
-        None => cli.hugetlb.then(|| DmaConfig {
-            hugetlb: true,
-            ..DmaConfig::default()
-        }),
+        None => vhost_user_dma_config(cli),
     }
+}
+
+/// The DMA memory for vhost-user targets, when it is not the default: huge pages when
+/// asked for (`--hugetlb`), or when some are free and not refused (`--no-hugetlb`).
+/// SPDK's targets register our regions for DMA in 2 MiB pages: with 4 KiB pages that
+/// fails ("Failed to register memory region"), and SPDK v24.01 may even crash, touching
+/// the 2 MiB page below a mapping the kernel did not align (hugetlb mappings always are).
+fn vhost_user_dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
+    let huge = cli.hugetlb || (!cli.no_hugetlb && huge_pages_free());
+    huge.then(|| vbdev_virtio::DmaConfig {
+        hugetlb: true,
+        ..vbdev_virtio::DmaConfig::default()
+    })
+}
+
+/// Whether the system has free 2 MiB huge pages now (`HugePages_Free`).
+fn huge_pages_free() -> bool {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .is_some_and(|n| n > 0)
 }
 
 /// DMA memory for a daemon that attaches PCI functions later: physical mode when huge

@@ -49,7 +49,12 @@ enum Source {
         bdf: String,
         attach: Attach,
     },
-    Config(Vec<BdevConfig>),
+    Config {
+        /// The bdevs, in order.
+        items: Vec<BdevConfig>,
+        /// Reply deadline of attaches that give no `timeout_ms` (`--timeout-ms`).
+        timeout: Duration,
+    },
     Embedded {
         size: u64,
         block_size: u32,
@@ -210,7 +215,10 @@ impl TryFrom<&PerfArgs> for PerfConfig {
         let queues = a.queues.unwrap_or(threads);
         let timeout = Duration::from_millis(a.timeout_ms);
         let source = if let Some(path) = &a.config {
-            Source::Config(config::load(path).map_err(Failure::usage)?)
+            Source::Config {
+                items: config::load(path).map_err(Failure::usage)?,
+                timeout,
+            }
         } else if let Some(path) = &a.vhost_user {
             Source::VhostUser {
                 path: path.clone(),
@@ -330,7 +338,7 @@ fn set_up_into(cfg: &PerfConfig, s: &mut Setup) -> Result<(), Failure> {
             s.attached
                 .push(attach.connect_pci(attach_name(attach), bdf)?);
         }
-        Source::Config(items) => {
+        Source::Config { items, timeout } => {
             for item in items {
                 let a = match item {
                     BdevConfig::Virtio {
@@ -339,10 +347,11 @@ fn set_up_into(cfg: &PerfConfig, s: &mut Setup) -> Result<(), Failure> {
                         scsi,
                         vq_count,
                         vq_size,
+                        timeout_ms,
                     } => {
                         let dev = if *scsi { DevType::Scsi } else { DevType::Blk };
-                        Attach::new(dev, *vq_count, *vq_size, Duration::from_secs(5))?
-                            .connect(name, traddr)?
+                        let timeout = timeout_ms.map_or(*timeout, Duration::from_millis);
+                        Attach::new(dev, *vq_count, *vq_size, timeout)?.connect(name, traddr)?
                     }
                     BdevConfig::Malloc {
                         name,

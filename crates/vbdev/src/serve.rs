@@ -25,8 +25,9 @@ use crate::cli::ServeArgs;
 use daemon::Daemon;
 use rpc::{Handler, RpcOptions, RpcServer};
 
-/// Runs `vbdev serve` until SIGINT/SIGTERM.
-pub fn run(args: ServeArgs) -> Result<(), Failure> {
+/// Runs `vbdev serve` until SIGINT/SIGTERM; `vhost_dma`: the DMA memory for vhost-user
+/// attaches when it is not the default (unless the daemon is set up for PCI).
+pub fn run(args: ServeArgs, vhost_dma: Option<vbdev_virtio::DmaConfig>) -> Result<(), Failure> {
     if !args.vhost_dir.is_dir() {
         return Err(Failure::usage(anyhow!(
             "--vhost-dir {} is not a directory",
@@ -52,8 +53,18 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                 "[VirtioPci] Enable Yes: cannot set up DMA memory for PCI ({e}); start with --pci"
             ))
         })?;
+    } else if let (false, Some(config)) = (args.pci, vhost_dma) {
+        vbdev_virtio::DmaDomain::configure(config)
+            .map_err(|e| Failure::usage(anyhow!("cannot set up DMA memory: {e}")))?;
     }
-    let daemon = Daemon::new(args.vhost_dir.clone(), args.pci || pci_enable);
+    if args.timeout_ms == 0 {
+        return Err(Failure::usage(anyhow!("--timeout-ms must be positive")));
+    }
+    let daemon = Daemon::new(
+        args.vhost_dir.clone(),
+        args.pci || pci_enable,
+        std::time::Duration::from_millis(args.timeout_ms),
+    );
     if let Err(e) = load_config(&daemon, &args, ini) {
         daemon.shutdown();
         return Err(e);

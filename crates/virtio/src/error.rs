@@ -113,6 +113,20 @@ pub enum Error {
         #[source]
         source: vhost::Error,
     },
+    /// The target hung up on, or did not answer, a memory table of 4 KiB-page regions.
+    /// Targets built on DPDK's vhost library register shared memory in 2 MiB pages; SPDK
+    /// v24.01 crashes on a region the kernel did not map 2 MiB-aligned, which only
+    /// huge-page regions always are (a crash that dumps core may outlast the deadline).
+    #[error(
+        "the vhost-user target failed {op} of memory in 4 KiB pages (SPDK's targets need huge-page memory: reserve huge pages in /proc/sys/vm/nr_hugepages or use --hugetlb)"
+    )]
+    MemTableRefused {
+        /// The message.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<Error>,
+    },
     /// The connection to the device is gone.
     #[error("device disconnected")]
     Disconnected,

@@ -9,7 +9,12 @@
 //! Regions are created on demand and are never unmapped: a region lives until the
 //! process exits. That is what makes a [`DmaBuf`]'s pointer valid for as long as the
 //! buffer exists, and what lets transports hand a region's address to a device once.
-//! Untouched memfd pages cost nothing, so regions are large (1 GiB by default).
+//! Untouched memfd pages cost us nothing, but not every target is so lazy: SPDK's (DPDK's
+//! vhost library) maps each region with `MAP_POPULATE` and looks every 4 KiB page up in
+//! `/proc/self/pagemap`, some 5 ms per MiB, and commits all of it. So regions start small
+//! ([`DEFAULT_REGION_SIZE`], 16 MiB) and each new one is twice the last, up to
+//! [`DmaConfig::max_region_size`] (1 GiB by default): an attach shares what it needs, and
+//! the eight regions a `SET_MEM_TABLE` carries still reach 3 GiB.
 //!
 //! A device behind an IOMMU (the PCI transport with VFIO type1) sees each region at
 //! IOVA = process address, and pins the whole region when it is mapped. For it the
@@ -44,8 +49,12 @@ const TARGET: &str = "vbdev::mem";
 /// Alignment and granularity of every region: 2 MiB, the x86-64 huge page size.
 pub const REGION_ALIGN: usize = 2 << 20;
 
-/// Default size of a new region (1 GiB of address space, populated lazily).
-pub const DEFAULT_REGION_SIZE: usize = 1 << 30;
+/// Default size of the first region (16 MiB); later ones double
+/// ([`DmaConfig::max_region_size`]).
+pub const DEFAULT_REGION_SIZE: usize = 16 << 20;
+
+/// Default cap on the size of a region (1 GiB).
+pub const DEFAULT_MAX_REGION_SIZE: usize = 1 << 30;
 
 /// Default alignment of I/O buffers: a page, so targets using `O_DIRECT` need no bounce.
 pub const DEFAULT_BUF_ALIGN: usize = 4096;
@@ -69,8 +78,13 @@ pub const IOMMU_39BIT_LIMIT: u64 = 1 << 39;
 /// How a [`DmaDomain`] creates its regions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaConfig {
-    /// Size of each new region in bytes, rounded up to [`REGION_ALIGN`].
+    /// Size of the first region in bytes, rounded up to [`REGION_ALIGN`]. Region `i` is
+    /// `region_size << i` bytes up to [`DmaConfig::max_region_size`], and always large
+    /// enough for the buffer that makes it.
     pub region_size: usize,
+    /// Largest size the doubling reaches (a region made for one larger buffer is that
+    /// buffer's size). At most `region_size` keeps every region the same size.
+    pub max_region_size: usize,
     /// Try `MFD_HUGETLB` (2 MiB pages) first; fall back to normal pages with a warning.
     pub hugetlb: bool,
     /// Place every region so that it ends at or below this address (`None`: where the
@@ -90,6 +104,7 @@ impl Default for DmaConfig {
     fn default() -> Self {
         Self {
             region_size: DEFAULT_REGION_SIZE,
+            max_region_size: DEFAULT_MAX_REGION_SIZE,
             hugetlb: false,
             addr_limit: None,
             physical: false,
@@ -103,6 +118,7 @@ impl DmaConfig {
     pub fn pinned() -> Self {
         Self {
             region_size: PINNED_REGION_SIZE,
+            max_region_size: PINNED_REGION_SIZE,
             hugetlb: false,
             addr_limit: Some(IOMMU_39BIT_LIMIT),
             physical: false,
@@ -115,6 +131,7 @@ impl DmaConfig {
     pub fn physical() -> Self {
         Self {
             region_size: PHYSICAL_REGION_SIZE,
+            max_region_size: PHYSICAL_REGION_SIZE,
             hugetlb: true,
             addr_limit: Some(IOMMU_39BIT_LIMIT),
             physical: true,
@@ -411,6 +428,13 @@ impl DmaDomain {
         Ok(domain)
     }
 
+    /// A domain of its own, apart from the global one, that lives until the process
+    /// exits (regions are never unmapped). For tests and tools that must see which
+    /// regions exist; devices and buffers normally share [`DmaDomain::global`].
+    pub fn leak(config: DmaConfig) -> &'static DmaDomain {
+        Box::leak(Box::new(DmaDomain::new(config)))
+    }
+
     pub(crate) fn new(config: DmaConfig) -> Self {
         Self {
             config,
@@ -438,7 +462,7 @@ impl DmaDomain {
         self.config
     }
 
-    /// Every region that exists now.
+    /// Every region that exists now, in the order they were made (by [`RegionId`]).
     pub fn regions(&self) -> Vec<RegionInfo> {
         self.lock().regions.iter().map(|r| r.info).collect()
     }
@@ -491,7 +515,7 @@ impl DmaDomain {
             return Err(Error::DmaAlloc { len, align });
         }
         let size = len
-            .max(self.config.region_size)
+            .max(self.next_region_size(inner.regions.len()))
             .checked_next_multiple_of(REGION_ALIGN)
             .ok_or(Error::DmaAlloc { len, align })?;
         let id = RegionId(inner.regions.len() as u8); // < MAX_REGIONS = 64, fits in u8
@@ -522,6 +546,17 @@ impl DmaDomain {
             l.region_added(&info);
         }
         Ok(buf)
+    }
+
+    /// The size of region `index` when no buffer asks for more: the first region's size,
+    /// doubled per region before it, capped at [`DmaConfig::max_region_size`].
+    fn next_region_size(&self, index: usize) -> usize {
+        let c = &self.config;
+        let doubled = u32::try_from(index)
+            .ok()
+            .and_then(|i| 1usize.checked_shl(i))
+            .map_or(usize::MAX, |m| c.region_size.saturating_mul(m));
+        doubled.min(c.max_region_size.max(c.region_size))
     }
 
     /// Allocates `len` zeroed bytes aligned to `align`.
@@ -910,6 +945,41 @@ mod tests {
         let regions = d.regions();
         assert!(regions.iter().all(|r| r.addr % REGION_ALIGN as u64 == 0));
         assert!(regions.iter().all(|r| r.len % REGION_ALIGN as u64 == 0));
+    }
+
+    #[test]
+    fn regions_start_small_and_double_up_to_the_cap() {
+        let d: &'static DmaDomain = Box::leak(Box::new(DmaDomain::new(DmaConfig {
+            region_size: REGION_ALIGN,
+            max_region_size: 4 * REGION_ALIGN,
+            ..DmaConfig::default()
+        })));
+        let sizes = [1, 2, 4, 4, 4].map(|m| m * REGION_ALIGN as u64);
+        let mut bufs = Vec::new();
+        for (i, want) in sizes.into_iter().enumerate() {
+            // Each buffer fills what is left of the regions so far: one more region.
+            let left: u64 = d.regions().iter().map(|r| r.len).sum::<u64>()
+                - bufs.iter().map(|b: &DmaBuf| b.len() as u64).sum::<u64>();
+            if left > 0 {
+                bufs.push(d.alloc(left as usize).unwrap());
+            }
+            bufs.push(d.alloc(4096).unwrap());
+            let regions = d.regions();
+            assert_eq!(regions.len(), i + 1);
+            assert_eq!(regions[i].len, want, "region {i}");
+        }
+        // A buffer larger than the next region's size gets a region its own size.
+        let big = d.alloc(9 * REGION_ALIGN).unwrap();
+        assert_eq!(
+            d.regions()[big.region().0 as usize].len,
+            9 * REGION_ALIGN as u64
+        );
+        // Fixed-size configurations do not grow.
+        let pinned = DmaDomain::new(DmaConfig::pinned());
+        assert_eq!(pinned.next_region_size(5), PINNED_REGION_SIZE);
+        let default = DmaDomain::new(DmaConfig::default());
+        assert_eq!(default.next_region_size(0), DEFAULT_REGION_SIZE);
+        assert_eq!(default.next_region_size(63), DEFAULT_MAX_REGION_SIZE);
     }
 
     #[test]

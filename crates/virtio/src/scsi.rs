@@ -243,6 +243,27 @@ impl ScsiConfig {
         }
     }
 
+    /// The configuration a driver assumes when the device's cannot be read (a
+    /// vhost-user target without `VHOST_USER_PROTOCOL_F_CONFIG`, as SPDK's vhost-scsi):
+    /// `request_queues` request queues (from the transport), the initial `sense_size`
+    /// 96 and `cdb_size` 32 (virtio 1.2 §5.6.4), 16-byte events, every target id and
+    /// flat-space LUN, and no transfer or segment limit of the device's own (0: the
+    /// Block Limits VPD page and the ring bound transfers, as for any device).
+    pub fn assumed(request_queues: u32) -> Self {
+        Self {
+            num_queues: request_queues,
+            seg_max: 0,
+            max_sectors: 0,
+            cmd_per_lun: 0,
+            event_info_size: EVENT_LEN as u32,
+            sense_size: SENSE_SIZE_DEFAULT,
+            cdb_size: CDB_SIZE_DEFAULT,
+            max_channel: 0,
+            max_target: 255,
+            max_lun: 16383,
+        }
+    }
+
     /// Bytes of a command request header with this config's CDB size.
     pub fn cmd_req_len(&self) -> usize {
         CMD_HEADER_LEN + self.cdb_size as usize

@@ -68,11 +68,31 @@ pub trait Transport: Send + Sync + Debug {
     /// Reads `buf.len()` bytes of the device config space at `offset` (virtio 1.2 §2.5).
     ///
     /// # Errors
-    /// When the device does not answer or rejects the range.
+    /// When the device does not answer or rejects the range, and
+    /// [`crate::Error::MissingFeature`] when the transport has no way to read it
+    /// ([`Transport::has_config`] is false).
     fn read_config(&self, offset: u32, buf: &mut [u8]) -> Result<()>;
 
-    /// Number of virtqueues the device has.
+    /// Whether the configuration space can be read at all. A vhost-user target that does
+    /// not offer `VHOST_USER_PROTOCOL_F_CONFIG` has none to read (SPDK's vhost-scsi, in
+    /// every version): a driver that can do without (virtio-scsi) then works from the
+    /// spec's initial values, one that cannot (virtio-blk: the capacity lives there)
+    /// fails the attach. Default: true.
+    fn has_config(&self) -> bool {
+        true
+    }
+
+    /// Number of virtqueues the device has. When the transport cannot ask
+    /// ([`Transport::num_queues_known`] is false) this is an upper bound, and the device
+    /// type assumes its minimum: one request queue.
     fn num_queues(&self) -> u16;
+
+    /// Whether [`Transport::num_queues`] is the device's own count. A vhost-user target
+    /// that does not offer `VHOST_USER_PROTOCOL_F_MQ` cannot be asked (`GET_QUEUE_NUM`);
+    /// SPDK's initiator then uses one request queue, and so do we. Default: true.
+    fn num_queues_known(&self) -> bool {
+        true
+    }
 
     /// Largest queue size the device takes for queue `index`.
     fn max_queue_size(&self, index: u16) -> u16;

@@ -310,6 +310,40 @@ fn silent_target_fails_attach_with_a_timeout() {
     assert!(chain.contains("did not answer"), "{chain}");
 }
 
+/// A target that reads a message and hangs up (SPDK's vhost segfaulting on a memory
+/// table) is reported as gone, never as a timeout, even with a long deadline armed.
+/// See: issue 15 (the hang-up raced the deadline and came out as "did not answer").
+#[test]
+fn regression_15_a_target_that_hangs_up_mid_call_is_not_a_timeout() {
+    use std::io::Read;
+    let dir = tempfile::Builder::new()
+        .prefix("vbdev-hangup")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = dir.path().join("hangup.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // SET_OWNER's 12-byte header, then GET_FEATURES's: hang up without an answer.
+        let mut hdr = [0u8; 24];
+        let _ = s.read_exact(&mut hdr);
+    });
+    let opts = AttachOptions {
+        vhost_user: VhostUserOptions {
+            timeout: Duration::from_secs(30),
+        },
+        ..AttachOptions::default()
+    };
+    let e = virtio_blk::attach_vhost_user("hangup", &path, &opts).expect_err("hung up");
+    server.join().unwrap();
+    let chain = error_chain(&e);
+    assert!(!chain.contains("did not answer"), "{chain}");
+    assert!(
+        !format!("{e:?}").contains("Timeout"),
+        "a hang-up is not a timeout: {e:?}"
+    );
+}
+
 #[test]
 fn second_frontend_on_a_busy_qsd_times_out_and_the_first_keeps_working() {
     let q = QsdBuilder::new(Backend::Null { size: 8 * MIB }).start();

@@ -474,12 +474,12 @@ fn write_through_mode_flushes_after_each_write() {
     run(&dev, &[&header(req::OUT, 0), &[1u8; 512]], 0);
     assert_eq!(disk.flushes.load(Ordering::Relaxed), 0);
     dev.set_config(CONFIG_WRITEBACK, &[0]).unwrap();
-    assert_eq!(dev.config(CONFIG_WRITEBACK, 1), Some(vec![0]));
+    assert_eq!(dev.config()[CONFIG_WRITEBACK as usize], 0);
     run(&dev, &[&header(req::OUT, 0), &[1u8; 512]], 0);
     run(&dev, &[&header(req::WRITE_ZEROES, 0), &seg(0, 1, 0)], 0);
     assert_eq!(disk.flushes.load(Ordering::Relaxed), 2);
     dev.reset();
-    assert_eq!(dev.config(CONFIG_WRITEBACK, 1), Some(vec![1]));
+    assert_eq!(dev.config()[CONFIG_WRITEBACK as usize], 1);
     assert!(dev.set_config(0, &[0; 8]).is_err());
 }
 
@@ -492,7 +492,7 @@ fn config_space_honours_offset_and_size() {
             ..cfg()
         },
     );
-    let all = dev.config(0, CONFIG_LEN as u32).unwrap();
+    let all = dev.config();
     assert_eq!(all.len(), CONFIG_LEN);
     let c = vbdev_virtio::blk::BlkConfig::parse(&all[..60], dev.features);
     assert_eq!(c.capacity, 8000);
@@ -502,11 +502,26 @@ fn config_space_honours_offset_and_size() {
     assert_eq!(c.discard_sector_alignment, 8);
     assert_eq!((c.max_discard_sectors, c.max_discard_seg), (1 << 22, 16));
     assert_eq!(c.writeback, 1);
-    assert_eq!(dev.config(20, 4).unwrap(), 4096u32.to_le_bytes());
-    assert_eq!(dev.config(34, 2).unwrap(), 1u16.to_le_bytes());
-    assert_eq!(dev.config(90, 6).unwrap().len(), 6);
-    assert_eq!(dev.config(90, 7), None);
-    assert_eq!(dev.config(u32::MAX, 2), None);
+    let reply = |offset, size| crate::server::config_reply(&all, offset, size);
+    assert_eq!(reply(20, 4).unwrap(), 4096u32.to_le_bytes());
+    assert_eq!(reply(34, 2).unwrap(), 1u16.to_le_bytes());
+    assert_eq!(reply(90, 6).unwrap(), all[90..96]);
+    assert_eq!(reply(96, 1), None);
+    assert_eq!(reply(u32::MAX, 2), None);
+}
+
+/// SPDK's virtio-user initiator asks for 256 bytes from 0 and wants all 256 back.
+#[test]
+fn regression_15_over_long_get_config_is_the_space_then_zeros() {
+    let dev = device(&MemDisk::new(512, 1000, 0), cfg());
+    let all = dev.config();
+    let reply = crate::server::config_reply(&all, 0, 256).unwrap();
+    assert_eq!(reply.len(), 256);
+    assert_eq!(reply[..CONFIG_LEN], all[..]);
+    assert!(reply[CONFIG_LEN..].iter().all(|&b| b == 0));
+    // From inside the space, past its end: the tail, then zeros.
+    let reply = crate::server::config_reply(&all, 90, 10).unwrap();
+    assert_eq!((&reply[..6], &reply[6..]), (&all[90..], &[0u8; 4][..]));
 }
 
 #[test]

@@ -112,12 +112,18 @@ fn header(cdb: &[u8], cdb_size: usize) -> Vec<u8> {
 #[test]
 fn config_space_honours_offset_and_size() {
     let dev = device();
-    let all = dev.config(0, 36).unwrap();
+    let all = dev.config();
+    assert_eq!(all.len(), 36);
     assert_eq!(&all[16..20], &16u32.to_le_bytes());
-    assert_eq!(dev.config(20, 8).unwrap(), all[20..28]);
-    assert_eq!(dev.config(30, 2).unwrap(), 255u16.to_le_bytes());
-    assert!(dev.config(32, 8).is_none());
-    assert!(dev.config(u32::MAX, 2).is_none());
+    let reply = |offset, size| crate::server::config_reply(&all, offset, size);
+    assert_eq!(reply(20, 8).unwrap(), all[20..28]);
+    assert_eq!(reply(30, 2).unwrap(), 255u16.to_le_bytes());
+    assert_eq!(
+        reply(32, 8).unwrap(),
+        [&all[32..36], &[0u8; 4][..]].concat()
+    );
+    assert!(reply(36, 1).is_none());
+    assert!(reply(u32::MAX, 2).is_none());
 }
 
 #[test]
@@ -127,7 +133,7 @@ fn driver_sets_sense_and_cdb_size_and_a_reset_restores_them() {
         .unwrap();
     dev.set_config(config::CDB_SIZE as u32, &16u32.to_le_bytes())
         .unwrap();
-    assert_eq!(dev.config(20, 8).unwrap(), [8, 0, 0, 0, 16, 0, 0, 0]);
+    assert_eq!(dev.config()[20..28], [8, 0, 0, 0, 16, 0, 0, 0]);
     // Out of range, or outside the two fields: refused, nothing changed.
     assert!(
         dev.set_config(config::CDB_SIZE as u32, &256u32.to_le_bytes())
@@ -136,7 +142,7 @@ fn driver_sets_sense_and_cdb_size_and_a_reset_restores_them() {
     assert!(dev.set_config(0, &[1, 0, 0, 0]).is_err());
     assert!(dev.set_config(26, &[0, 0, 0, 0]).is_err());
     assert!(dev.set_config(20, &[]).is_err());
-    assert_eq!(dev.config(20, 8).unwrap(), [8, 0, 0, 0, 16, 0, 0, 0]);
+    assert_eq!(dev.config()[20..28], [8, 0, 0, 0, 16, 0, 0, 0]);
 
     // The request layout follows: a 16-byte CDB field, and 8 sense bytes (of 18).
     let (used, w) = run(&dev, &[&header(&[0xFF], 16)], &[12 + 8]);
@@ -146,7 +152,7 @@ fn driver_sets_sense_and_cdb_size_and_a_reset_restores_them() {
     assert_eq!((w[0][12], w[0][12 + 2]), (0x70, 0x05), "ILLEGAL REQUEST");
 
     dev.reset();
-    assert_eq!(dev.config(20, 8).unwrap(), [96, 0, 0, 0, 32, 0, 0, 0]);
+    assert_eq!(dev.config()[20..28], [96, 0, 0, 0, 32, 0, 0, 0]);
 }
 
 #[test]

@@ -8,4 +8,5 @@ mod ring_restart;
 mod scsi;
 mod scsi_init;
 mod server;
+mod spdk_like;
 mod util;

@@ -557,10 +557,9 @@ fn write_to_a_read_only_lun_is_data_protect_with_sense_in_the_response() {
 fn lun_reset_on_the_control_queue_gives_a_unit_attention() {
     let s = Setup::start(|_| {});
     let mut fe = s.connect();
-    assert_eq!(
-        fe.tmf(tmf::LOGICAL_UNIT_RESET, 0, 1),
-        response::FUNCTION_SUCCEEDED
-    );
+    // FUNCTION COMPLETE, as QEMU's and SPDK's targets answer a reset (SPDK's initiator
+    // fails a reset answered FUNCTION_SUCCEEDED). See: issue 15.
+    assert_eq!(fe.tmf(tmf::LOGICAL_UNIT_RESET, 0, 1), response::OK);
     let r = fe.cmd(0, 1, &TEST_UNIT_READY, &[], 0);
     assert_eq!(r.key_asc_ascq(), (0x6, 0x29, 0x03));
     fe.cmd(0, 1, &TEST_UNIT_READY, &[], 0).assert_good();
@@ -577,10 +576,7 @@ fn lun_reset_on_the_control_queue_gives_a_unit_attention() {
     assert_eq!(fe.tmf(tmf::CLEAR_ACA, 0, 0), response::FUNCTION_REJECTED);
     assert_eq!(fe.tmf(99, 0, 0), response::FUNCTION_REJECTED);
 
-    assert_eq!(
-        fe.tmf(tmf::I_T_NEXUS_RESET, 1, 0),
-        response::FUNCTION_SUCCEEDED
-    );
+    assert_eq!(fe.tmf(tmf::I_T_NEXUS_RESET, 1, 0), response::OK);
     for l in 0..2 {
         let r = fe.cmd(1, l, &TEST_UNIT_READY, &[], 0);
         assert_eq!(r.key_asc_ascq(), (0x6, 0x29, 0x00), "lun {l}");

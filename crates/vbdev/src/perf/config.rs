@@ -26,6 +26,8 @@ pub enum BdevConfig {
         vq_count: u16,
         /// `vq_size` (default 512).
         vq_size: u16,
+        /// vbdev's `timeout_ms` (default: `--timeout-ms`).
+        timeout_ms: Option<u64>,
     },
     /// `bdev_malloc_create`.
     Malloc {
@@ -76,6 +78,8 @@ struct VirtioParams {
     vq_count: u16,
     #[serde(default = "five_twelve")]
     vq_size: u16,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 fn one() -> u16 {
@@ -139,6 +143,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<BdevConfig>> {
                         scsi,
                         vq_count: p.vq_count,
                         vq_size: p.vq_size,
+                        timeout_ms: p.timeout_ms,
                     });
                 }
                 "bdev_malloc_create" => {
@@ -203,14 +208,16 @@ mod tests {
                     traddr: "/tmp/s.sock".into(),
                     scsi: true,
                     vq_count: 2,
-                    vq_size: 128
+                    vq_size: 128,
+                    timeout_ms: None
                 },
                 BdevConfig::Virtio {
                     name: "VirtioBlk1".into(),
                     traddr: "/tmp/b.sock".into(),
                     scsi: false,
                     vq_count: 1,
-                    vq_size: 512
+                    vq_size: 512,
+                    timeout_ms: None
                 },
                 BdevConfig::Malloc {
                     name: "Malloc0".into(),

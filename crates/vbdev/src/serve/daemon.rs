@@ -91,6 +91,8 @@ struct Virtio {
     pci: bool,
     vq_count: u16,
     vq_size: u16,
+    /// The reply deadline asked for in the attach (`timeout_ms`), kept by `save_config`.
+    timeout_ms: Option<u64>,
     dev: VirtioDev,
 }
 
@@ -138,14 +140,18 @@ impl Virtio {
                 "traddr": self.socket,
             }});
         }
-        json!({"method": "bdev_virtio_attach_controller", "params": {
+        let mut call = json!({"method": "bdev_virtio_attach_controller", "params": {
             "name": self.name,
             "dev_type": if self.is_scsi() { "scsi" } else { "blk" },
             "trtype": "user",
             "traddr": self.socket,
             "vq_count": self.vq_count,
             "vq_size": self.vq_size,
-        }})
+        }});
+        if let Some(ms) = self.timeout_ms {
+            call["params"]["timeout_ms"] = json!(ms);
+        }
+        call
     }
 
     /// `driver_specific.virtio` of its bdevs, and `bdev_virtio_scsi_get_devices`.
@@ -339,6 +345,8 @@ pub struct Daemon {
     pci: bool,
     /// Where PCI functions are found.
     sysfs: Sysfs,
+    /// The vhost-user reply deadline of attaches that give no `timeout_ms`.
+    vhost_timeout: Duration,
     /// The hotplug monitor, when enabled. Never locked by the monitor thread itself, so
     /// stopping it (a join) under this lock cannot deadlock.
     monitor: Mutex<Option<Monitor>>,
@@ -457,6 +465,10 @@ struct AttachParams {
     vq_count: Option<u32>,
     #[serde(default)]
     vq_size: Option<u32>,
+    /// vbdev's extension: the vhost-user reply deadline in milliseconds (default: the
+    /// daemon's `--timeout-ms`).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// A validated `bdev_virtio_attach_controller`.
@@ -469,6 +481,8 @@ struct AttachSpec {
     scsi: bool,
     vq_count: u16,
     vq_size: u16,
+    /// `timeout_ms` as asked for; the daemon's default without it.
+    timeout_ms: Option<u64>,
 }
 
 /// A function `[VirtioPci] Enable` attaches: modern virtio-blk or virtio-scsi, bound to
@@ -614,9 +628,10 @@ struct ConfigSubsystem {
 
 impl Daemon {
     /// An empty daemon whose vhost controllers get their sockets in `vhost_dir`; `pci`:
-    /// DMA memory is set up for PCI functions. PCI functions are looked up under
+    /// DMA memory is set up for PCI functions; `vhost_timeout`: the vhost-user reply
+    /// deadline of attaches that name none. PCI functions are looked up under
     /// `$VBDEV_SYSFS_ROOT`, `/sys` without it.
-    pub fn new(vhost_dir: PathBuf, pci: bool) -> Arc<Self> {
+    pub fn new(vhost_dir: PathBuf, pci: bool, vhost_timeout: Duration) -> Arc<Self> {
         let sysfs = std::env::var_os(SYSFS_ROOT_ENV)
             .map(Sysfs::new)
             .unwrap_or_default();
@@ -626,6 +641,7 @@ impl Daemon {
             started: Instant::now(),
             pci,
             sysfs,
+            vhost_timeout,
             monitor: Mutex::new(None),
             me: me.clone(),
         })
@@ -846,6 +862,15 @@ impl Daemon {
         if p.name.is_empty() {
             return Err(RpcError::new(EINVAL, format!("{ATTACH}: name is empty")));
         }
+        let timeout_ms = match p.timeout_ms {
+            Some(0) => {
+                return Err(RpcError::new(
+                    EINVAL,
+                    format!("{ATTACH} {}: timeout_ms must be positive", p.name),
+                ));
+            }
+            t => t,
+        };
         let pci = p.trtype == "pci";
         // PCI: one request queue of PCI_QUEUE_SIZE (QEMU's virtio-pci devices take 256).
         let (vq_count, vq_size) = if pci {
@@ -860,6 +885,7 @@ impl Daemon {
             scsi,
             vq_count,
             vq_size,
+            timeout_ms: if pci { None } else { timeout_ms },
         };
         if pci {
             let mut s = lock(&self.state);
@@ -893,9 +919,12 @@ impl Daemon {
             scsi,
             vq_count,
             vq_size,
+            timeout_ms,
         } = spec;
         let socket = PathBuf::from(&traddr);
-        let vhost_user = VhostUserOptions::default();
+        let vhost_user = VhostUserOptions {
+            timeout: timeout_ms.map_or(self.vhost_timeout, Duration::from_millis),
+        };
         let dev = if pci {
             if scsi {
                 let opts = virtio_scsi::AttachOptions {
@@ -944,6 +973,7 @@ impl Daemon {
             pci,
             vq_count,
             vq_size,
+            timeout_ms,
             dev,
         };
         let names: Vec<String> = v.bdevs().iter().map(|b| b.name().to_owned()).collect();
@@ -1012,6 +1042,7 @@ impl Daemon {
             scsi,
             vq_count: 1,
             vq_size: PCI_QUEUE_SIZE,
+            timeout_ms: None,
         })?;
         Ok(Some(name))
     }

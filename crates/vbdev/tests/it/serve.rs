@@ -238,12 +238,12 @@ fn save_config_then_restart_with_json_gives_the_same_config() {
     s.ok(&["bdev_malloc_create", "-b", "Malloc0", "16", "512"]);
     s.ok(&["bdev_null_create", "Null0", "32", "4096"]);
     s.ok(&attach(path(qsd.socket()), "blk", "VirtioBlk0", &[]));
-    s.ok(&attach(
-        path(scsi.socket()),
-        "scsi",
-        "VirtioScsi0",
-        &["--vq-count", "2", "--vq-size", "128"],
-    ));
+    // vbdev's `timeout_ms` extension (SPDK's client has no flag for it: raw JSON).
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": "bdev_virtio_attach_controller",
+        "params": {"name": "VirtioScsi0", "trtype": "user", "traddr": path(scsi.socket()),
+                   "dev_type": "scsi", "vq_count": 2, "vq_size": 128, "timeout_ms": 20000}});
+    let r = s.raw(req.to_string().as_bytes());
+    assert!(r.get("error").is_none(), "{r}");
     s.ok(&["vhost_create_scsi_controller", "vhost.0"]);
     s.ok(&[
         "vhost_scsi_controller_add_target",
@@ -253,6 +253,22 @@ fn save_config_then_restart_with_json_gives_the_same_config() {
     ]);
     s.ok(&["vhost_create_blk_controller", "vhost.1", "Null0"]);
     let saved = s.json(&["save_config"]);
+    let attaches: Vec<&Value> = saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|sub| sub["config"].as_array().into_iter().flatten())
+        .filter(|c| c["method"] == "bdev_virtio_attach_controller")
+        .collect();
+    assert_eq!(attaches.len(), 2, "{saved}");
+    assert_eq!(
+        attaches[1]["params"]["timeout_ms"], 20000,
+        "kept by save_config"
+    );
+    assert!(
+        attaches[0]["params"].get("timeout_ms").is_none(),
+        "only when given"
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
@@ -366,6 +382,10 @@ fn bad_input_gets_spdk_error_codes_and_the_daemon_keeps_serving() {
     let (code, msg) = err(&s.raw(br#"{"jsonrpc":"2.0","method":"bdev_malloc_create","id":1,"params":{"num_blocks":"many","block_size":512}}"#));
     assert_eq!(code, -32602);
     assert!(msg.contains("num_blocks") || msg.contains("many"), "{msg}");
+    // A zero reply deadline (vbdev's timeout_ms extension).
+    let (code, msg) = err(&s.raw(br#"{"jsonrpc":"2.0","method":"bdev_virtio_attach_controller","id":1,"params":{"name":"X","trtype":"user","traddr":"/nonexistent","dev_type":"blk","timeout_ms":0}}"#));
+    assert_eq!(code, -22);
+    assert!(msg.contains("timeout_ms"), "{msg}");
     // Params on a method that takes none.
     let (code, _) = err(&s.raw(
         br#"{"jsonrpc":"2.0","method":"bdev_virtio_scsi_get_devices","id":1,"params":{"x":1}}"#,

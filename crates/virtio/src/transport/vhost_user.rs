@@ -36,6 +36,15 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `SET_MEM_TABLE` carries at most this many regions (`VHOST_MEMORY_BASELINE_NREGIONS`).
 pub const MEM_TABLE_MAX_REGIONS: usize = 8;
 
+/// The queues a target without `VHOST_USER_PROTOCOL_F_MQ` is assumed to have: one
+/// request queue after virtio-scsi's two fixed ones (virtio-blk uses the first only).
+const QUEUES_WITHOUT_MQ: u16 = 3;
+
+/// Extra reply time a memory-sharing message (`SET_MEM_TABLE`, `ADD_MEM_REG`) gets per
+/// GiB it shares, on top of [`VhostUserOptions::timeout`]: 20 s, four times what SPDK's
+/// target took on a 2-core VM with 4 KiB pages (10 s with huge pages).
+pub const MEM_REGISTER_MS_PER_GIB: u64 = 20_000;
+
 /// Options of a vhost-user connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VhostUserOptions {
@@ -72,6 +81,7 @@ struct Shared {
     alive: AtomicBool,
     regions_known: AtomicU64,
     mem_slots: AtomicBool,
+    domain: &'static DmaDomain,
     timeout: Duration,
 }
 
@@ -124,12 +134,34 @@ impl Shared {
         op: &'static str,
         f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
     ) -> Result<T> {
+        self.call_for(op, self.timeout, f)
+    }
+
+    /// The reply deadline of a message that shares `bytes` of memory: the timeout, plus
+    /// [`MEM_REGISTER_MS_PER_GIB`] per GiB. A target may do real work per page before it
+    /// answers (SPDK's: a populated mapping and a pagemap lookup per 4 KiB page); that
+    /// is a slow target, not a dead one (a dead one hangs up, which is seen at once).
+    fn mem_deadline(&self, bytes: u64) -> Duration {
+        let per_gib = Duration::from_millis(MEM_REGISTER_MS_PER_GIB);
+        // bytes >> 20 is at most 2^44; times a u32 factor below, no overflow.
+        let mib = u32::try_from(bytes >> 20).unwrap_or(u32::MAX);
+        self.timeout
+            .saturating_add(per_gib.saturating_mul(mib) / 1024)
+    }
+
+    /// Runs one control call; its reply must come within `timeout`.
+    fn call_for<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
         if !self.alive.load(Ordering::Acquire) {
             return Err(Error::Disconnected);
         }
         let mut fe = lock(&self.frontend);
         tracing::debug!(target: TARGET, op, "request");
-        self.arm(Some(Instant::now() + self.timeout));
+        self.arm(Some(Instant::now() + timeout));
         let r = f(&mut fe);
         let fired = self.arm(None);
         match (r, fired) {
@@ -137,7 +169,7 @@ impl Shared {
                 self.mark_dead("reply timeout");
                 Err(Error::Timeout {
                     op,
-                    timeout_ms: self.timeout.as_millis() as u64,
+                    timeout_ms: timeout.as_millis() as u64,
                 })
             }
             (Ok(v), false) => Ok(v),
@@ -224,10 +256,13 @@ impl Shared {
             }
             if hup {
                 self.mark_dead("target hung up");
-                // Keep serving deadlines until stopped; calls now fail at once.
+                // Calls now fail at once: the shutdown ends a read in progress with an
+                // error, and later calls see the connection dead before they wait. A
+                // deadline armed meanwhile is dropped, not fired: the caller was told by
+                // the hang-up, not by the clock (a timeout would hide why).
                 let mut w = lock(&self.watch);
                 while !w.stop {
-                    w.fired = w.deadline.take().is_some() || w.fired;
+                    w.deadline = None;
                     drop(w);
                     let mut fds = [PollFd::new(&self.wake, PollFlags::IN)];
                     let _ = rustix::event::poll(&mut fds, None);
@@ -239,6 +274,48 @@ impl Shared {
         }
     }
 
+    /// Sends the domain's regions in one `SET_MEM_TABLE`: the first 8 made (all a
+    /// table holds; libvhost-user takes no more), so a region once shared stays in every
+    /// later table, sorted by address (rust-vmm backends reject unsorted tables). A target without
+    /// `CONFIGURE_MEM_SLOTS` learns of every later region this way too: the vhost-user
+    /// spec lets the front-end send a new table at any time (QEMU does on memory
+    /// hot-plug); SPDK's targets stop the device, register the new table and start it
+    /// again, in-flight requests completed first. Returns how many regions went out.
+    fn send_mem_table(&self) -> Result<usize> {
+        let mut sent = Vec::new();
+        // The regions are read under the frontend lock, so of two tables sent for two
+        // new regions the later one always holds both.
+        let op = |fe: &mut Frontend| {
+            // `regions()` lists them in the order they were made.
+            let mut regions = self.domain.regions();
+            regions.truncate(MEM_TABLE_MAX_REGIONS);
+            regions.sort_by_key(|r| r.addr);
+            let infos: Vec<_> = regions.iter().map(region_info).collect();
+            sent = regions;
+            fe.set_mem_table(&infos).map(|_| ())
+        };
+        let regions = self.domain.regions();
+        let bytes = regions.iter().map(|r| r.len).sum::<u64>();
+        let small_pages = regions.iter().any(|r| !r.hugetlb);
+        self.call_for("SET_MEM_TABLE", self.mem_deadline(bytes), op)
+            .map_err(|e| match e {
+                // The target went away while mapping, or is still dying (SPDK's
+                // segfault, dumping core): no refusal, the connection is gone.
+                Error::VhostUser { .. } | Error::Disconnected | Error::Timeout { .. }
+                    if small_pages && !self.alive.load(Ordering::Acquire) =>
+                {
+                    Error::MemTableRefused {
+                        op: "SET_MEM_TABLE",
+                        source: Box::new(e),
+                    }
+                }
+                e => e,
+            })?;
+        let known = sent.iter().fold(0u64, |m, r| m | r.id.bit());
+        self.regions_known.fetch_or(known, Ordering::AcqRel);
+        Ok(sent.len())
+    }
+
     /// Shares one more region (ADD_MEM_REG), unless it is shared already.
     fn add_region(&self, r: &RegionInfo) -> Result<()> {
         let bit = r.id.bit();
@@ -246,7 +323,9 @@ impl Shared {
             return Ok(());
         }
         let info = region_info(r);
-        let res = self.call("ADD_MEM_REG", |fe| fe.add_mem_region(&info));
+        let res = self.call_for("ADD_MEM_REG", self.mem_deadline(r.len), |fe| {
+            fe.add_mem_region(&info)
+        });
         if res.is_err() {
             self.regions_known.fetch_and(!bit, Ordering::AcqRel);
         }
@@ -256,11 +335,15 @@ impl Shared {
 
 impl RegionListener for Shared {
     fn region_added(&self, region: &RegionInfo) {
-        if !self.mem_slots.load(Ordering::Acquire) {
-            tracing::warn!(target: TARGET, region = region.id.0, "target lacks CONFIGURE_MEM_SLOTS: new DMA region is not visible to it");
+        let res = if self.mem_slots.load(Ordering::Acquire) {
+            self.add_region(region)
+        } else if usize::from(region.id.0) < MEM_TABLE_MAX_REGIONS {
+            self.send_mem_table().map(|_| ())
+        } else {
+            tracing::warn!(target: TARGET, region = region.id.0, "the target lacks CONFIGURE_MEM_SLOTS and a memory table holds 8 regions: buffers in this one are refused");
             return;
-        }
-        if let Err(e) = self.add_region(region) {
+        };
+        if let Err(e) = res {
             tracing::warn!(target: TARGET, region = region.id.0, error = %e, "cannot share new DMA region");
         }
     }
@@ -325,7 +408,8 @@ impl VhostUser {
     /// # Errors
     /// [`Error::Connect`] when the socket cannot be reached, [`Error::Timeout`] when the
     /// target does not answer in time, [`Error::MissingFeature`] when it lacks
-    /// `PROTOCOL_FEATURES` or `CONFIG`, and [`Error::VhostUser`] for protocol errors.
+    /// `PROTOCOL_FEATURES`, and [`Error::VhostUser`] for protocol errors. A target
+    /// without `CONFIG` is accepted: [`Transport::has_config`] tells the device type.
     pub fn connect(
         path: impl AsRef<Path>,
         domain: &'static DmaDomain,
@@ -341,13 +425,16 @@ impl VhostUser {
                 source: e.into(),
             })?;
         let shared = Arc::new(Shared {
-            frontend: Mutex::new(Frontend::from_stream(stream, 1)),
+            // The `vhost` crate refuses ring indexes at or above this until GET_QUEUE_NUM
+            // (with MQ) replaces it.
+            frontend: Mutex::new(Frontend::from_stream(stream, u64::from(QUEUES_WITHOUT_MQ))),
             sock,
             wake,
             watch: Mutex::new(Watch::default()),
             alive: AtomicBool::new(true),
             regions_known: AtomicU64::new(0),
             mem_slots: AtomicBool::new(false),
+            domain,
             timeout: opts.timeout,
         });
         let thread_shared = Arc::clone(&shared);
@@ -388,11 +475,8 @@ impl VhostUser {
             fe.set_protocol_features(proto)
         })?;
         self.protocol = proto;
-        if !proto.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(Error::MissingFeature {
-                name: "VHOST_USER_PROTOCOL_F_CONFIG",
-            });
-        }
+        // Without CONFIG there is no configuration space to read: `has_config` says so
+        // and the device type decides (virtio-scsi can do without, virtio-blk cannot).
         if proto.contains(VhostUserProtocolFeatures::REPLY_ACK) {
             lock(&s.frontend).set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
@@ -404,6 +488,10 @@ impl VhostUser {
                 });
             }
             self.num_queues = n as u16;
+        } else {
+            // No way to ask: room for one request queue of any device type (virtio-scsi's
+            // control and event queues come first); `num_queues_known` says so.
+            self.num_queues = QUEUES_WITHOUT_MQ;
         }
         let slots = proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
         let max_slots = if slots {
@@ -413,25 +501,22 @@ impl VhostUser {
         };
         s.mem_slots.store(slots, Ordering::Release);
         domain.reserve()?;
-        // The first (up to) 8 regions go in SET_MEM_TABLE, sorted by address: rust-vmm
-        // backends reject unsorted tables, libvhost-user takes at most 8.
-        let mut regions = domain.regions();
-        regions.sort_by_key(|r| r.addr);
-        let table = &regions[..regions.len().min(MEM_TABLE_MAX_REGIONS)];
-        let infos: Vec<_> = table.iter().map(region_info).collect();
-        s.call("SET_MEM_TABLE", |fe| fe.set_mem_table(&infos).map(|_| ()))?;
-        let known = table.iter().fold(0u64, |m, r| m | r.id.bit());
-        s.regions_known.fetch_or(known, Ordering::Release);
+        let sent = s.send_mem_table()?;
         // Subscribe only now, so no ADD_MEM_REG can precede SET_MEM_TABLE; then share
         // whatever else exists. A region created meanwhile may be reported both ways:
-        // `add_region` claims its bit first, so it is sent once.
+        // `add_region` claims its bit first, so it is sent once; without memory slots a
+        // second table is sent, which the target takes as the same or a larger one.
         let listener: Arc<dyn RegionListener> = self.shared.clone();
-        for r in domain.subscribe(Arc::downgrade(&listener)) {
-            if s.regions_known.load(Ordering::Acquire) & r.id.bit() != 0 {
+        let all = domain.subscribe(Arc::downgrade(&listener));
+        if !slots && all.len() > sent {
+            s.send_mem_table()?;
+        }
+        for r in all {
+            if !slots || s.regions_known.load(Ordering::Acquire) & r.id.bit() != 0 {
                 continue;
             }
             let used = u64::from(s.regions_known.load(Ordering::Acquire).count_ones());
-            if !slots || used >= max_slots {
+            if used >= max_slots {
                 tracing::warn!(target: TARGET, region = r.id.0, "DMA region not visible to the target (no free memory slot)");
                 continue;
             }
@@ -483,6 +568,11 @@ impl Transport for VhostUser {
     }
 
     fn read_config(&self, offset: u32, buf: &mut [u8]) -> Result<()> {
+        if !self.has_config() {
+            return Err(Error::MissingFeature {
+                name: "VHOST_USER_PROTOCOL_F_CONFIG",
+            });
+        }
         // qemu-storage-daemon ignores the offset and rejects sizes beyond its struct
         // (research/vhost-frontend-spike.md §6): always read from 0, exactly what we need.
         let size = offset as usize + buf.len();
@@ -499,8 +589,16 @@ impl Transport for VhostUser {
         Ok(())
     }
 
+    fn has_config(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
+    }
+
     fn num_queues(&self) -> u16 {
         self.num_queues
+    }
+
+    fn num_queues_known(&self) -> bool {
+        self.protocol.contains(VhostUserProtocolFeatures::MQ)
     }
 
     fn max_queue_size(&self, _index: u16) -> u16 {
