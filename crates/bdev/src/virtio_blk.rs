@@ -27,11 +27,13 @@ use crate::error::{Error, Result};
 
 const TARGET: &str = "vbdev::virtio_blk";
 
-/// Bytes of DMA memory per in-flight child: header (16), discard/write-zeroes range (16),
-/// status byte, padded to a cache line.
-const SLOT_STRIDE: usize = 64;
+/// Bytes of DMA memory per in-flight child: header (16), discard/write-zeroes range (16).
+/// Two children share a cache line, which only the driver writes.
+const SLOT_STRIDE: usize = 32;
 const SLOT_DWZ: usize = 16;
-const SLOT_STATUS: usize = 32;
+/// The status byte lives in the engine's status area, one byte per child: the device's
+/// writes stay off the header lines, and 64 children's statuses share one line.
+const STATUS_STRIDE: usize = 1;
 /// Written into the status byte before submission: not a status the spec defines, so a
 /// device that completes without writing one is caught.
 const STATUS_UNSET: u8 = 0xff;
@@ -147,6 +149,8 @@ struct Limits {
     max_seg_bytes: u64,
     /// Data bytes per child (a multiple of the block size).
     max_child_bytes: u64,
+    /// `max_child_bytes` in blocks (no division per request).
+    max_child_blocks: u64,
     /// Blocks per discard child.
     max_discard_blocks: u64,
     /// Blocks per write-zeroes child.
@@ -280,6 +284,7 @@ impl BlkShared {
             block_size: bs,
             max_seg_bytes,
             max_child_bytes,
+            max_child_blocks: max_child_bytes / bs,
             max_discard_blocks: sectors_to_blocks(config.max_discard_sectors),
             max_write_zeroes_blocks: sectors_to_blocks(config.max_write_zeroes_sectors),
         };
@@ -455,12 +460,12 @@ impl BlkFormat {
             sector,
         };
         slot.write(0, &hdr.to_bytes());
-        slot.write(SLOT_STATUS, &[STATUS_UNSET]);
+        slot.write_status(0, &[STATUS_UNSET]);
         slot.push(Segment::readable(slot.iova(0), 16));
     }
 
     fn status(slot: &SlotView<'_>) -> IoStatus {
-        match slot.byte(SLOT_STATUS) {
+        match slot.status_byte(0) {
             blk::status::OK => IoStatus::Success,
             blk::status::IOERR => IoStatus::Failed(IoError::BlkIoErr),
             blk::status::UNSUPP => IoStatus::Failed(IoError::BlkUnsupp),
@@ -469,8 +474,9 @@ impl BlkFormat {
     }
 }
 
-// SAFETY: `build_io` and `build_cmd` push segments into the context's slot (header,
-// range, status: within SLOT_STRIDE) and into the request's own buffer: the child's
+// SAFETY: `build_io` and `build_cmd` push segments into the context's slot (header and
+// range: within SLOT_STRIDE; status: within STATUS_STRIDE of its status area) and into
+// the request's own buffer: the child's
 // data segments cover `[start * block_size, (start + units) * block_size)`, inside the
 // buffer of `num_blocks * block_size` bytes the channel validated, and GET_ID writes
 // 20 bytes into its 512-byte buffer.
@@ -483,10 +489,14 @@ unsafe impl Format for BlkFormat {
         SLOT_STRIDE
     }
 
+    fn status_stride(&self) -> usize {
+        STATUS_STRIDE
+    }
+
     fn child_units(&self, req: &Request, _: &(), left: u64) -> u64 {
         let l = &self.limits;
         match req.op {
-            IoOp::Read | IoOp::Write => (left * l.block_size).min(l.max_child_bytes) / l.block_size,
+            IoOp::Read | IoOp::Write => left.min(l.max_child_blocks),
             IoOp::Flush => 1,
             IoOp::Unmap => left.min(l.max_discard_blocks),
             IoOp::WriteZeroes => left.min(l.max_write_zeroes_blocks),
@@ -547,13 +557,13 @@ unsafe impl Format for BlkFormat {
                 slot.push(Segment::readable(slot.iova(SLOT_DWZ), 16));
             }
         }
-        slot.push(Segment::writable(slot.iova(SLOT_STATUS), 1));
+        slot.push(Segment::writable(slot.status_iova(0), 1));
     }
 
     fn build_cmd(&self, slot: &mut Slot<'_>, cmd: &GetId, _tag: u64) {
         Self::header(slot, blk::req::GET_ID, 0);
         slot.push(Segment::writable(cmd.buf.iova(), blk::ID_BYTES as u32));
-        slot.push(Segment::writable(slot.iova(SLOT_STATUS), 1));
+        slot.push(Segment::writable(slot.status_iova(0), 1));
     }
 
     fn judge_io(&self, slot: &SlotView<'_>, _: &(), _: &mut Attempts) -> Verdict {
@@ -561,7 +571,7 @@ unsafe impl Format for BlkFormat {
     }
 
     fn read_cmd(&self, slot: &SlotView<'_>) -> (u8, IoStatus) {
-        (slot.byte(SLOT_STATUS), IoStatus::Success)
+        (slot.status_byte(0), IoStatus::Success)
     }
 }
 

@@ -586,3 +586,36 @@ fn range_limits_below_one_block_are_never_exceeded() {
     assert!(stats.max_discard_sectors <= 4, "{stats:?}");
     assert!(stats.max_write_zeroes_sectors <= 4, "{stats:?}");
 }
+
+#[test]
+fn a_long_refill_reaches_the_device_in_batches_before_the_poll() {
+    // The device starts on the first requests of a refill while the rest are built:
+    // every PUBLISH_BATCH requests are published without waiting for the poll.
+    let (bdev, dev) = attach_fake(FakeBlkConfig::new(MIB), &opts(64));
+    let mut ch = bdev.open_channel().unwrap();
+    let before = dev.stats().requests;
+    dev.hold(true);
+    let n = 2 * u64::from(crate::engine::PUBLISH_BATCH) + 4;
+    for i in 0..n {
+        submit(&mut ch, Request::read(i * 8, zero_buf(4096), i));
+    }
+    dev.hold(false);
+    let batch = u64::from(crate::engine::PUBLISH_BATCH);
+    let published = n / batch * batch;
+    assert!(published > 0 && published < n);
+    let deadline = Instant::now() + DEADLINE;
+    while dev.stats().requests - before < published {
+        assert!(
+            Instant::now() < deadline,
+            "{} of the {published} published requests served",
+            dev.stats().requests - before
+        );
+        std::thread::yield_now();
+    }
+    // The tail waits for the poll's flush (the device may only serve what it was given).
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(dev.stats().requests - before, published);
+    let done = poll_n(&mut ch, n as usize);
+    assert!(done.iter().all(|c| c.status == IoStatus::Success));
+    assert_eq!(dev.stats().requests - before, n);
+}
