@@ -77,28 +77,22 @@ impl Slot<'_> {
     }
 }
 
-/// Read access to a completed child's slot.
+/// Read access to a completed child's status area (what the device wrote).
 pub(crate) struct SlotView<'a> {
     buf: &'a DmaBuf,
-    base: usize,
     status: usize,
 }
 
 impl SlotView<'_> {
-    /// The byte at `off`, read once from memory the device wrote.
-    pub fn byte(&self, off: usize) -> u8 {
-        self.buf.read_volatile(self.base + off)
-    }
-
     /// The byte at `off` of the context's status area, read once.
     pub fn status_byte(&self, off: usize) -> u8 {
         self.buf.read_volatile(self.status + off)
     }
 
-    /// Copies `out.len()` bytes from `off`.
-    pub fn read(&self, off: usize, out: &mut [u8]) {
+    /// Copies `out.len()` bytes from `off` of the context's status area.
+    pub fn read_status(&self, off: usize, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {
-            *b = self.byte(off + i);
+            *b = self.status_byte(off + i);
         }
     }
 }
@@ -620,7 +614,6 @@ impl<F: Format> Engine<F> {
         let p = self.ctx[usize::from(ctx)].parent;
         let view = SlotView {
             buf: &self.slots,
-            base: usize::from(ctx) * self.stride,
             status: self.status_off + usize::from(ctx) * self.status_stride,
         };
         let parent = &mut self.parents[p as usize];

@@ -28,28 +28,31 @@ const MAX_UA_RETRIES: u16 = 8;
 const BACKOFF_MIN: Duration = Duration::from_micros(100);
 const BACKOFF_MAX: Duration = Duration::from_millis(20);
 
-/// Where things live in a context's DMA slot.
+/// Where things live in a context's DMA slot (request, UNMAP parameter list: written by
+/// the driver) and in its status area (the response: written by the device), kept
+/// apart so that the device's writes never share a cache line with the requests the
+/// driver writes next (see the engine's module documentation).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Layout {
     pub stride: usize,
     pub req_len: usize,
-    pub resp_off: usize,
     pub resp_len: usize,
+    /// Bytes of status area per context: the response, rounded up to 8.
+    pub resp_stride: usize,
     pub unmap_off: usize,
 }
 
 impl Layout {
     pub fn new(cfg: &wire::ScsiConfig) -> Self {
         let req_len = cfg.cmd_req_len();
-        let resp_off = req_len.next_multiple_of(8);
         let resp_len = cfg.cmd_resp_len();
-        let unmap_off = (resp_off + resp_len).next_multiple_of(8);
-        let stride = (unmap_off + cdb::unmap_parameter_list_len(1)).next_multiple_of(64);
+        let unmap_off = req_len.next_multiple_of(8);
+        let stride = (unmap_off + cdb::unmap_parameter_list_len(1)).next_multiple_of(16);
         Self {
             stride,
             req_len,
-            resp_off,
             resp_len,
+            resp_stride: resp_len.next_multiple_of(8),
             unmap_off,
         }
     }
@@ -154,17 +157,17 @@ impl ScsiFormat {
         let ok = wire::write_cmd_req(req, lun, tag, cdb);
         debug_assert!(ok, "CDBs are at most 16 bytes and cdb_size is at least 16");
         slot.write(0, req);
-        slot.write(self.layout.resp_off + 11, &[RESPONSE_UNSET]);
+        slot.write_status(11, &[RESPONSE_UNSET]);
         slot.push(Segment::readable(slot.iova(0), req.len() as u32));
     }
 
     fn resp(&self, slot: &Slot<'_>) -> Segment {
-        Segment::writable(slot.iova(self.layout.resp_off), self.layout.resp_len as u32)
+        Segment::writable(slot.status_iova(0), self.layout.resp_len as u32)
     }
 
     fn read_resp(&self, slot: &SlotView<'_>) -> CmdResp {
         let mut hdr = [0u8; wire::CMD_RESP_LEN];
-        slot.read(self.layout.resp_off, &mut hdr);
+        slot.read_status(0, &mut hdr);
         CmdResp::parse(&hdr)
     }
 
@@ -174,7 +177,8 @@ impl ScsiFormat {
 }
 
 // SAFETY: `build_io` and `build_cmd` push segments into the context's slot (header,
-// response, UNMAP parameter list: all within `layout.stride`), into the request's or
+// UNMAP parameter list: within `layout.stride`) and status area (the response: within
+// `layout.resp_stride`), into the request's or
 // command's own buffer (offsets within its length: the engine hands children inside
 // the request, and `units * block_size` bytes from `start * block_size`), and into
 // `self.zeroes`, which the format keeps alive and never writes.
@@ -185,6 +189,10 @@ unsafe impl Format for ScsiFormat {
 
     fn stride(&self) -> usize {
         self.layout.stride
+    }
+
+    fn status_stride(&self) -> usize {
+        self.layout.resp_stride
     }
 
     fn child_units(&self, req: &Request, lun: &Lun, left: u64) -> u64 {
@@ -293,7 +301,7 @@ unsafe impl Format for ScsiFormat {
     fn read_cmd(&self, slot: &SlotView<'_>) -> (ScsiReply, IoStatus) {
         let resp = self.read_resp(slot);
         let mut sense = vec![0u8; self.sense_len(&resp)];
-        slot.read(self.layout.resp_off + wire::CMD_RESP_LEN, &mut sense);
+        slot.read_status(wire::CMD_RESP_LEN, &mut sense);
         let status = if resp.response == RESPONSE_UNSET {
             IoStatus::Failed(IoError::ScsiResponse(RESPONSE_UNSET))
         } else {
@@ -349,7 +357,7 @@ unsafe impl Format for ScsiFormat {
         }
         let mut sense = [0u8; 252];
         let n = self.sense_len(&resp).min(sense.len());
-        slot.read(self.layout.resp_off + wire::CMD_RESP_LEN, &mut sense[..n]);
+        slot.read_status(wire::CMD_RESP_LEN, &mut sense[..n]);
         let Ok(s) = Sense::parse(&sense[..n]) else {
             return fail(IoError::ScsiStatus(resp.status));
         };
