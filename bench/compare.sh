@@ -101,7 +101,7 @@ bin=$root/target/release
 start_time=$(date +%s)
 
 if $build; then
-    cargo build --release -p vbdev -p vbdev-bdev --example randread --example blkio_randread
+    cargo build --release -p vbdev -p vbdev-bdev --bins --example randread --example blkio_randread
 fi
 for exe in "$bin/vbdev" "$bin/examples/randread" "$bin/examples/blkio_randread"; do
     [[ -x $exe ]] || { echo "compare.sh: $exe is missing (build, or drop --no-build)" >&2; exit 1; }
