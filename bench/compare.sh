@@ -385,7 +385,10 @@ commit=$(git rev-parse --short HEAD)
 if [[ -n $(git status --porcelain --untracked-files=no) ]]; then commit="$commit (working tree modified)"; fi
 spdk_version=
 if [[ -n $SPDK_DIR ]]; then
-    spdk_version="  SPDK $(sed -n 's/^#define SPDK_VERSION_STRING[[:space:]]*"\(.*\)"/\1/p' "$SPDK_DIR/include/spdk/version.h" 2>/dev/null || true) ($SPDK_DIR)"
+    v=$SPDK_DIR/include/spdk/version.h
+    spdk_version=$(awk '$1 == "#define" && $2 == "SPDK_VERSION_MAJOR" { ma = $3 }
+        $1 == "#define" && $2 == "SPDK_VERSION_MINOR" { mi = $3 }
+        END { if (ma != "") printf "  SPDK v%s.%02d", ma, mi }' "$v" 2>/dev/null || true)
 fi
 {
     echo "# 4 KiB, 1 queue of $QUEUE_SIZE, target on CPU $TARGET_CPU, initiator on CPU $INITIATOR_CPU"
