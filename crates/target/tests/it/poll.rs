@@ -2,7 +2,7 @@
 //! several queues in turn (as an SPDK reactor does), and each queue is served as if it
 //! had the thread to itself.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -135,6 +135,9 @@ fn a_busy_queue_does_not_starve_the_other_queue_of_its_poller() {
     let t = polling(2, 1);
     let bdev = t.attach("blk0", 2, 256);
     let stop = AtomicBool::new(false);
+    // Reads the flood has completed so far: the writes start once it runs, and it must
+    // go on while they run.
+    let progress = AtomicU64::new(0);
     std::thread::scope(|s| {
         let flood = s.spawn(|| {
             let mut ch = bdev.open_channel().unwrap();
@@ -154,6 +157,7 @@ fn a_busy_queue_does_not_starve_the_other_queue_of_its_poller() {
                 assert!(out[..n].iter().all(|c| c.status == IoStatus::Success));
                 inflight -= n;
                 served += n as u64;
+                progress.store(served, Ordering::Relaxed);
             }
             while inflight > 0 {
                 let n = ch.poll(&mut out);
@@ -163,14 +167,26 @@ fn a_busy_queue_does_not_starve_the_other_queue_of_its_poller() {
         });
         let mut ch = bdev.open_channel().unwrap();
         let data = pattern(7, 4096);
+        // The flood's first completions are the signal that its queue is busy (bounded:
+        // a flood that never gets going fails the test).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while progress.load(Ordering::Relaxed) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the flood never completed a read"
+            );
+            std::thread::yield_now();
+        }
+        let before = progress.load(Ordering::Relaxed);
         let start = Instant::now();
         for i in 0..200u64 {
             write(&mut ch, 16384 + i * 8, &data);
         }
         let took = start.elapsed();
+        let during = progress.load(Ordering::Relaxed) - before;
         stop.store(true, Ordering::Relaxed);
-        let flooded = flood.join().unwrap();
-        assert!(flooded > 0, "the other queue was served meanwhile");
+        flood.join().unwrap();
+        assert!(during > 0, "the busy queue was served while the writes ran");
         assert!(
             took < Duration::from_secs(20),
             "200 writes took {took:?} next to a busy queue"
@@ -186,7 +202,7 @@ fn a_delayed_request_holds_up_only_its_queue_on_a_shared_poller() {
     let t = polling(2, 1);
     let bdev = t.attach("blk0", 2, 64);
     let mut chans = [bdev.open_channel().unwrap(), bdev.open_channel().unwrap()];
-    let d = Duration::from_millis(1500);
+    let d = Duration::from_millis(3000);
     t.handle.faults.inject(Fault::Delay(d));
     let start = Instant::now();
     // One read on each queue: the first the target draws a fault for is delayed.
