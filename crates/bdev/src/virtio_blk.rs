@@ -218,11 +218,7 @@ impl BlkShared {
         } else {
             1
         }
-        .min(if t.num_queues_known() {
-            t.num_queues()
-        } else {
-            1
-        });
+        .min(t.request_queues(0));
         crate::stall::check_queues(
             opts.num_queues,
             available,

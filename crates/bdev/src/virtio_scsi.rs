@@ -347,6 +347,8 @@ impl Ctrl {
         let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
         let t = Arc::clone(device.transport());
         let f = device.features();
+        // The transport's request queues; the config may name fewer.
+        let transport_rq = u32::from(t.request_queues(2));
         let config = if t.has_config() {
             let mut raw = [0u8; wire::config::LEN];
             t.read_config(0, &mut raw)?;
@@ -355,13 +357,8 @@ impl Ctrl {
             // SPDK's vhost-scsi offers no CONFIG (nor does SPDK's own initiator read it):
             // the spec's initial values, request queues from the transport, limits from
             // the VPD pages at scan time.
-            let rq = if t.num_queues_known() {
-                u32::from(t.num_queues().saturating_sub(2))
-            } else {
-                1
-            };
-            tracing::info!(target: TARGET, name, request_queues = rq, "no configuration space (the target offers no CONFIG): assuming the spec's defaults");
-            ScsiConfig::assumed(rq)
+            tracing::info!(target: TARGET, name, request_queues = transport_rq, "no configuration space (the target offers no CONFIG): assuming the spec's defaults");
+            ScsiConfig::assumed(transport_rq)
         };
         if !(16..=wire::CDB_SIZE_MAX).contains(&config.cdb_size) {
             return Err(vbdev_virtio::Error::BadConfig {
@@ -377,13 +374,6 @@ impl Ctrl {
                 what: format!("sense_size {} is above 4096", config.sense_size),
             });
         }
-        // The transport counts every queue; the config counts request queues. A
-        // transport that cannot count (vhost-user without MQ) gets one, as SPDK does.
-        let transport_rq = if t.num_queues_known() {
-            u32::from(t.num_queues().saturating_sub(2))
-        } else {
-            1
-        };
         let device_rq = transport_rq.min(config.num_queues.max(1));
         let device_rq = u16::try_from(device_rq).unwrap_or(u16::MAX);
         if device_rq == 0 {

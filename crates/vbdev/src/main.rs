@@ -43,7 +43,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let vhost_dma = vhost_user_dma_config(&cli);
+    // Only the daemon sets its DMA memory up itself (after reading its INI).
+    let vhost_dma = matches!(cli.command, cli::Command::Serve(_))
+        .then(|| vhost_user_dma_config(&cli))
+        .flatten();
     let result = match cli.command {
         cli::Command::Io(args) => io::run(args),
         cli::Command::Target(args) => target::run(args),

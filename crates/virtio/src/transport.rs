@@ -82,16 +82,17 @@ pub trait Transport: Send + Sync + Debug {
         true
     }
 
-    /// Number of virtqueues the device has. When the transport cannot ask
-    /// ([`Transport::num_queues_known`] is false) this is an upper bound, and the device
-    /// type assumes its minimum: one request queue.
+    /// Number of virtqueues the device has. When the transport cannot ask, an upper
+    /// bound ([`Transport::request_queues`] is then what the driver may use).
     fn num_queues(&self) -> u16;
 
-    /// Whether [`Transport::num_queues`] is the device's own count. A vhost-user target
-    /// that does not offer `VHOST_USER_PROTOCOL_F_MQ` cannot be asked (`GET_QUEUE_NUM`);
-    /// SPDK's initiator then uses one request queue, and so do we. Default: true.
-    fn num_queues_known(&self) -> bool {
-        true
+    /// Request queues the driver may use on a device type with `fixed` other queues
+    /// first (virtio-scsi's control and event queues: 2; virtio-blk: 0). Default: the
+    /// rest of [`Transport::num_queues`]. A vhost-user target that does not offer
+    /// `VHOST_USER_PROTOCOL_F_MQ` cannot be asked (`GET_QUEUE_NUM`): one, as SPDK's
+    /// initiator uses then.
+    fn request_queues(&self, fixed: u16) -> u16 {
+        self.num_queues().saturating_sub(fixed)
     }
 
     /// Largest queue size the device takes for queue `index`.

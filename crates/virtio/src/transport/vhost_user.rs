@@ -490,7 +490,7 @@ impl VhostUser {
             self.num_queues = n as u16;
         } else {
             // No way to ask: room for one request queue of any device type (virtio-scsi's
-            // control and event queues come first); `num_queues_known` says so.
+            // control and event queues come first); `request_queues` gives one.
             self.num_queues = QUEUES_WITHOUT_MQ;
         }
         let slots = proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
@@ -597,8 +597,12 @@ impl Transport for VhostUser {
         self.num_queues
     }
 
-    fn num_queues_known(&self) -> bool {
-        self.protocol.contains(VhostUserProtocolFeatures::MQ)
+    fn request_queues(&self, fixed: u16) -> u16 {
+        if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
+            self.num_queues.saturating_sub(fixed)
+        } else {
+            1
+        }
     }
 
     fn max_queue_size(&self, _index: u16) -> u16 {
