@@ -11,7 +11,9 @@ use vbdev_target::fault::Fault;
 use vbdev_target::vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};
 use vbdev_virtio::QueueError;
 
-use crate::util::{dma, error_chain, malloc_bdev, pattern, read, run, write};
+use crate::util::{
+    dma, error_chain, malloc_bdev, pattern, read, read_injected_medium_error, run, write,
+};
 
 /// A scsi target in its own temporary directory, with the backing bdevs at hand.
 struct Scsi {
@@ -254,20 +256,7 @@ fn injected_check_condition_reaches_the_caller_with_its_sense_and_unit_attention
     let ctrl = s.attach("E", opts(1, 32));
     let b = ctrl.bdev("Et0").unwrap();
     let mut ch = b.open_channel().unwrap();
-    s.handle.faults.inject(Fault::ScsiSense {
-        key: 0x3,
-        asc: 0x11,
-        ascq: 0x00,
-    });
-    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
-    assert_eq!(
-        c.status,
-        IoStatus::Failed(IoError::ScsiCheckCondition {
-            sense_key: 0x3,
-            asc: 0x11,
-            ascq: 0
-        })
-    );
+    let c = read_injected_medium_error(&s.handle.faults, &mut ch, 512);
     let msg = match c.status {
         IoStatus::Failed(e) => e.to_string(),
         IoStatus::Success => unreachable!(),

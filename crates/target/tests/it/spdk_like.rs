@@ -5,16 +5,17 @@
 
 use std::time::Duration;
 
+use vbdev_bdev::Bdev;
 use vbdev_bdev::virtio_scsi::{self, AttachOptions};
-use vbdev_bdev::{Bdev, DmaBuf, IoError, IoStatus, Request};
-use vbdev_target::Fault;
 use vbdev_target::Quirks;
 use vbdev_target::vscsi::{ScsiHandle, ScsiTargetConfig, start_scsi};
 use vhost::VhostBackend;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
 
-use crate::util::{Target, error_chain, malloc_bdev, pattern, read, run, write};
+use crate::util::{
+    Target, error_chain, malloc_bdev, pattern, read, read_injected_medium_error, write,
+};
 
 fn scsi_target(dir: &tempfile::TempDir, quirks: Quirks, disks: &[(u8, Bdev)]) -> ScsiHandle {
     let mut cfg = ScsiTargetConfig::new(dir.path().join("scsi.sock"));
@@ -75,20 +76,7 @@ fn regression_15_scsi_attaches_without_a_config_space() {
         let mut dch = disk.open_channel().unwrap();
         assert_eq!(read(&mut dch, 3, data.len()), data, "on the backing bdev");
         // Sense data is read where the assumed sense_size puts it.
-        h.faults.inject(Fault::ScsiSense {
-            key: 0x3,
-            asc: 0x11,
-            ascq: 0x00,
-        });
-        let c = run(&mut ch, Request::read(0, DmaBuf::alloc(bs).unwrap(), 0));
-        assert_eq!(
-            c.status,
-            IoStatus::Failed(IoError::ScsiCheckCondition {
-                sense_key: 0x3,
-                asc: 0x11,
-                ascq: 0
-            })
-        );
+        read_injected_medium_error(&h.faults, &mut ch, bs);
     }
 }
 

@@ -4,8 +4,10 @@ use std::path::Path;
 
 use tempfile::TempDir;
 use vbdev_bdev::virtio_blk::{self, AttachOptions};
-use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, IoStatus, Request, malloc};
+use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, IoError, IoStatus, Request, malloc};
+use vbdev_target::Faults;
 use vbdev_target::blk::{BlkTargetConfig, start_blk};
+use vbdev_target::fault::Fault;
 use vbdev_target::server::TargetHandle;
 
 /// A malloc bdev of `num_blocks` blocks of `block_size` bytes, every byte `fill`.
@@ -110,6 +112,26 @@ pub fn dma(data: &[u8]) -> DmaBuf {
     let mut b = DmaBuf::alloc(data.len()).expect("dma alloc");
     b.copy_from_slice(data);
     b
+}
+
+/// Reads `len` bytes at block 0 with a MEDIUM ERROR (03/11/00) injected by the scsi
+/// target's `faults`: the completion carries that CHECK CONDITION's sense.
+pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usize) -> Completion {
+    faults.inject(Fault::ScsiSense {
+        key: 0x3,
+        asc: 0x11,
+        ascq: 0x00,
+    });
+    let c = run(ch, Request::read(0, DmaBuf::alloc(len).unwrap(), 1));
+    assert_eq!(
+        c.status,
+        IoStatus::Failed(IoError::ScsiCheckCondition {
+            sense_key: 0x3,
+            asc: 0x11,
+            ascq: 0
+        })
+    );
+    c
 }
 
 /// Submits and waits for one request; panics if it is refused.
