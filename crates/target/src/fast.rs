@@ -299,8 +299,14 @@ impl ReadDest for Cursor<'_> {
 
     fn skip(&mut self, n: usize) -> bool {
         // Nothing is touched, but the bytes must be the driver's.
-        self.advance(n, |mem, addr, _, k| mem.check_range(GuestAddress(addr), k))
+        self.advance(n, |mem, addr, _, k| in_memory(mem, addr, k))
     }
+}
+
+/// Whether `[addr, addr + len)` is the driver's memory: one region lookup, and the
+/// general check (which walks regions) only for a range that crosses regions.
+fn in_memory(mem: &Mem, addr: u64, len: usize) -> bool {
+    mem.get_slice(GuestAddress(addr), len).is_ok() || mem.check_range(GuestAddress(addr), len)
 }
 
 impl WriteSrc for Cursor<'_> {
@@ -315,7 +321,7 @@ impl WriteSrc for Cursor<'_> {
     }
 
     fn skip(&mut self, n: usize) -> bool {
-        self.advance(n, |mem, addr, _, k| mem.check_range(GuestAddress(addr), k))
+        self.advance(n, |mem, addr, _, k| in_memory(mem, addr, k))
     }
 }
 

@@ -462,6 +462,9 @@ impl std::fmt::Debug for ScsiDevice {
 /// One request queue's data buffers.
 #[derive(Default)]
 struct CmdQueue {
+    /// The request header and CDB being served (sized on first use; not zeroed per
+    /// command, as a stack array of the largest CDB would be).
+    hdr: Vec<u8>,
     data_out: Vec<u8>,
     data_in: Vec<u8>,
     /// The general path's request buffers, reused.
@@ -820,9 +823,11 @@ impl ScsiDevice {
             return 0;
         }
         let resp = |r: CmdResp| write_cmd_resp(segs, mem, r, sense_size);
-        let mut hdr = [0u8; wire::CMD_HEADER_LEN + wire::CDB_SIZE_MAX as usize];
         let hdr_len = wire::CMD_HEADER_LEN + cdb_size;
-        let hdr = &mut hdr[..hdr_len];
+        if q.hdr.len() < hdr_len {
+            q.hdr.resize(hdr_len, 0);
+        }
+        let hdr = &mut q.hdr[..hdr_len];
         if !segs.read_at(mem, 0, hdr) {
             tracing::debug!(target: TARGET, "request header too short");
             return resp(CmdResp::only(response::FAILURE));
