@@ -41,6 +41,10 @@ const TARGET: &str = "vbdev::engine";
 /// of the device's notification flags, so not every request.
 pub(crate) const PUBLISH_BATCH: u16 = 8;
 
+/// Completions taken off the used ring at a time, their status lines touched together
+/// before any is handled (see `Engine::touch_status`).
+const REAP_BATCH: usize = 16;
+
 /// Where a format writes one child: its context's slot and the chain being built.
 pub(crate) struct Slot<'a> {
     buf: &'a mut DmaBuf,
@@ -59,11 +63,6 @@ impl Slot<'_> {
     /// The device address of byte `off` of the slot.
     pub fn iova(&self, off: usize) -> Iova {
         Iova(self.buf.iova().0 + (self.base + off) as u64)
-    }
-
-    /// Writes `data` at byte `off` of the context's status area.
-    pub fn write_status(&mut self, off: usize, data: &[u8]) {
-        self.buf.write_at(self.status + off, data);
     }
 
     /// The device address of byte `off` of the context's status area.
@@ -164,6 +163,16 @@ pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
         0
     }
 
+    /// A byte no device writes as an answer, and where in the status area it goes, so
+    /// that a completion the device did not answer is caught (the byte still there).
+    /// The engine keeps it armed: in every status area when the queue is created, and
+    /// again as soon as a completion's status has been read, while this core still
+    /// holds the line. Arming it when the next request is built would store into a line
+    /// the device wrote last, and wait for it. Default: none.
+    fn status_marker(&self) -> Option<(usize, u8)> {
+        None
+    }
+
     /// Units (blocks) of the next child of `req`, `left` units still unsent; at least 1
     /// when the operation is offered.
     fn child_units(&self, req: &Request, target: &Self::Target, left: u64) -> u64;
@@ -210,7 +219,15 @@ pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
 #[derive(Debug)]
 enum Kind<F: Format> {
     Io(Request),
-    Cmd(F::Cmd),
+    /// Boxed: commands are rare, and a parent stays the size of a block request.
+    Cmd(Box<CmdState<F>>),
+}
+
+/// A command in flight and, once its child completed, its reply.
+#[derive(Debug)]
+struct CmdState<F: Format> {
+    cmd: F::Cmd,
+    reply: Option<F::Reply>,
 }
 
 #[derive(Debug)]
@@ -221,7 +238,6 @@ struct Parent<F: Format> {
     cursor: u64,
     children: u32,
     status: IoStatus,
-    reply: Option<F::Reply>,
 }
 
 impl<F: Format> Default for Parent<F> {
@@ -232,7 +248,6 @@ impl<F: Format> Default for Parent<F> {
             cursor: 0,
             children: 0,
             status: IoStatus::Success,
-            reply: None,
         }
     }
 }
@@ -330,7 +345,12 @@ impl<F: Format> Engine<F> {
         let stride = fmt.stride();
         let status_stride = fmt.status_stride();
         let status_off = (n * stride).next_multiple_of(64);
-        let slots = DmaDomain::global().alloc_zeroed(status_off + n * status_stride, 4096)?;
+        let mut slots = DmaDomain::global().alloc_zeroed(status_off + n * status_stride, 4096)?;
+        if let Some((off, byte)) = fmt.status_marker() {
+            for c in 0..n {
+                slots.write_at(status_off + c * status_stride + off, &[byte]);
+            }
+        }
         Ok(Self {
             index,
             fmt,
@@ -434,7 +454,11 @@ impl<F: Format> Engine<F> {
         let Some(p) = self.parent_free.pop() else {
             return Err(cmd);
         };
-        self.start_parent(p, client, Kind::Cmd(cmd));
+        self.start_parent(
+            p,
+            client,
+            Kind::Cmd(Box::new(CmdState { cmd, reply: None })),
+        );
         if self.failed {
             self.parents[p as usize].status = IoStatus::Failed(IoError::Removed);
             self.route(p);
@@ -445,11 +469,15 @@ impl<F: Format> Engine<F> {
     }
 
     fn start_parent(&mut self, p: u32, client: u16, kind: Kind<F>) {
-        self.parents[p as usize] = Parent {
-            kind: Some(kind),
-            client,
-            ..Parent::default()
-        };
+        // Field by field: the parent is free (`finish` took its kind), and only the
+        // request itself is copied.
+        let parent = &mut self.parents[p as usize];
+        debug_assert!(parent.kind.is_none(), "starting a parent that is active");
+        parent.kind = Some(kind);
+        parent.client = client;
+        parent.cursor = 0;
+        parent.children = 0;
+        parent.status = IoStatus::Success;
         self.clients[usize::from(client)].active += 1;
         self.total_active += 1;
     }
@@ -476,7 +504,7 @@ impl<F: Format> Engine<F> {
                 self.fmt
                     .build_io(&mut slot, req, target, c.start, c.units, tag);
             }
-            Some(Kind::Cmd(cmd)) => self.fmt.build_cmd(&mut slot, cmd, tag),
+            Some(Kind::Cmd(c)) => self.fmt.build_cmd(&mut slot, &c.cmd, tag),
             None => unreachable!("active parent has a kind"),
         }
     }
@@ -579,16 +607,21 @@ impl<F: Format> Engine<F> {
     }
 
     fn finish(&mut self, p: u32) -> Done<F> {
-        let parent = std::mem::take(&mut self.parents[p as usize]);
-        self.parent_free.push(p);
+        // Field by field rather than `mem::take` of the whole parent: no copy of what
+        // is left behind.
+        let parent = &mut self.parents[p as usize];
+        let kind = parent.kind.take();
+        let parent_status = parent.status;
         let client = &mut self.clients[usize::from(parent.client)];
+        self.parent_free.push(p);
         client.active -= 1;
         self.total_active -= 1;
-        match parent.kind.expect("active parent has a kind") {
+        match kind.expect("active parent has a kind") {
             Kind::Io(req) => {
-                let gone = client.target.as_deref().is_some_and(F::is_gone);
-                let status = match parent.status {
-                    IoStatus::Failed(_) if gone => IoStatus::Failed(IoError::Removed),
+                let status = match parent_status {
+                    IoStatus::Failed(_) if client.target.as_deref().is_some_and(F::is_gone) => {
+                        IoStatus::Failed(IoError::Removed)
+                    }
                     s => s,
                 };
                 Done::Io(Completion {
@@ -597,15 +630,54 @@ impl<F: Format> Engine<F> {
                     buf: req.buf,
                 })
             }
-            Kind::Cmd(cmd) => Done::Cmd(CmdDone {
-                cmd,
-                reply: parent.reply.unwrap_or_default(),
-                error: match parent.status {
+            Kind::Cmd(c) => Done::Cmd(CmdDone {
+                cmd: c.cmd,
+                reply: c.reply.unwrap_or_default(),
+                error: match parent_status {
                     IoStatus::Failed(e) => Some(e),
                     IoStatus::Success => None,
                 },
             }),
         }
+    }
+
+    /// Arms context `ctx`'s status marker again (see [`Format::status_marker`]); the
+    /// device is done with the context.
+    fn rearm(&mut self, ctx: u16) {
+        if let Some((off, byte)) = self.fmt.status_marker() {
+            let at = self.status_off + usize::from(ctx) * self.status_stride + off;
+            self.slots.write_volatile(at, byte);
+        }
+    }
+
+    /// Reads the first byte of the status areas of the completions in `batch`, all
+    /// before any is judged: the lines the device wrote then travel to this core
+    /// together instead of one after another, each behind the handling of the last.
+    fn touch_status(&self, batch: &[Option<Used>]) {
+        if self.status_stride == 0 {
+            return;
+        }
+        for u in batch.iter().flatten() {
+            let ctx = u.cookie as u16; // cookies are context indices < queue size
+            let _ = self
+                .slots
+                .read_volatile(self.status_off + usize::from(ctx) * self.status_stride);
+        }
+    }
+
+    /// Takes up to `max` (at most [`REAP_BATCH`]) completions off the used ring into
+    /// `batch` and touches their status lines; returns how many.
+    fn pop_batch(&mut self, batch: &mut [Option<Used>; REAP_BATCH], max: usize) -> usize {
+        let mut k = 0;
+        while k < max.min(REAP_BATCH) {
+            let Some(u) = self.vq.pop_used() else {
+                break;
+            };
+            batch[k] = Some(u);
+            k += 1;
+        }
+        self.touch_status(&batch[..k]);
+        k
     }
 
     /// Accounts one completed child; returns its parent when that parent is finished.
@@ -629,11 +701,11 @@ impl<F: Format> Engine<F> {
             }
             (_, w) => w,
         };
-        let status = match (&parent.kind, written) {
+        let status = match (&mut parent.kind, written) {
             (_, Err(e)) => IoStatus::Failed(IoError::Protocol(e)),
-            (Some(Kind::Cmd(_)), Ok(_)) => {
+            (Some(Kind::Cmd(c)), Ok(_)) => {
                 let (reply, status) = self.fmt.read_cmd(&view);
-                parent.reply = Some(reply);
+                c.reply = Some(reply);
                 status
             }
             (Some(Kind::Io(_)), Ok(_)) => {
@@ -645,6 +717,7 @@ impl<F: Format> Engine<F> {
                 match self.fmt.judge_io(&view, target, attempts) {
                     Verdict::Done(s) => s,
                     Verdict::Retry(delay) => {
+                        self.rearm(ctx);
                         let now = Instant::now();
                         self.retry.push_back((ctx, now + delay));
                         return None;
@@ -653,6 +726,7 @@ impl<F: Format> Engine<F> {
             }
             (None, Ok(_)) => unreachable!("active parent has a kind"),
         };
+        self.rearm(ctx);
         self.ctx_free.push(ctx);
         let parent = &mut self.parents[p as usize];
         parent.children -= 1;
@@ -722,10 +796,17 @@ impl<F: Format> Engine<F> {
     pub fn pump(&mut self, io_timeout: Duration, removed: bool) {
         self.check_failure(removed);
         let mut progressed = false;
-        while let Some(used) = self.vq.pop_used() {
+        let mut batch = [None; REAP_BATCH];
+        loop {
+            let k = self.pop_batch(&mut batch, REAP_BATCH);
+            if k == 0 {
+                break;
+            }
             progressed = true;
-            if let Some(p) = self.complete_used(used) {
-                self.route(p);
+            for used in batch[..k].iter_mut().filter_map(Option::take) {
+                if let Some(p) = self.complete_used(used) {
+                    self.route(p);
+                }
             }
         }
         self.after_pop(progressed, io_timeout);
@@ -743,21 +824,26 @@ impl<F: Format> Engine<F> {
         self.check_failure(removed);
         let mut n = self.take_io(client, out);
         let mut progressed = false;
+        let mut batch = [None; REAP_BATCH];
         while n < out.len() {
-            let Some(used) = self.vq.pop_used() else {
+            let k = self.pop_batch(&mut batch, out.len() - n);
+            if k == 0 {
                 break;
-            };
+            }
             progressed = true;
-            let Some(p) = self.complete_used(used) else {
-                continue;
-            };
-            if self.parents[p as usize].client == client {
-                if let Done::Io(c) = self.finish(p) {
-                    out[n] = c;
-                    n += 1;
+            for used in batch[..k].iter_mut().filter_map(Option::take) {
+                let Some(p) = self.complete_used(used) else {
+                    continue;
+                };
+                // A finished parent per completion at most: `n` stays within `out`.
+                if self.parents[p as usize].client == client {
+                    if let Done::Io(c) = self.finish(p) {
+                        out[n] = c;
+                        n += 1;
+                    }
+                } else {
+                    self.route(p);
                 }
-            } else {
-                self.route(p);
             }
         }
         self.after_pop(progressed, io_timeout);
@@ -816,6 +902,7 @@ impl<F: Format> Engine<F> {
         unsafe { self.vq.reclaim_all(|c| ctxs.push(c as u16)) };
         ctxs.extend(self.retry.drain(..).map(|(c, _)| c));
         for ctx in ctxs {
+            self.rearm(ctx);
             self.ctx_free.push(ctx);
             let p = self.ctx[usize::from(ctx)].parent;
             let parent = &mut self.parents[p as usize];

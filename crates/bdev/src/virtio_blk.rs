@@ -456,7 +456,6 @@ impl BlkFormat {
             sector,
         };
         slot.write(0, &hdr.to_bytes());
-        slot.write_status(0, &[STATUS_UNSET]);
         slot.push(Segment::readable(slot.iova(0), 16));
     }
 
@@ -487,6 +486,10 @@ unsafe impl Format for BlkFormat {
 
     fn status_stride(&self) -> usize {
         STATUS_STRIDE
+    }
+
+    fn status_marker(&self) -> Option<(usize, u8)> {
+        Some((0, STATUS_UNSET))
     }
 
     fn child_units(&self, req: &Request, _: &(), left: u64) -> u64 {

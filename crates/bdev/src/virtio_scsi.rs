@@ -61,6 +61,7 @@ use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, QueueConfig, SplitQueue, Transport
 
 use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, Request};
 use crate::channel::ChannelBackend;
+use crate::engine::PUBLISH_BATCH;
 use crate::error::{Error, Result};
 
 use queue::{Layout, QueueSlot, ScsiQueue};
@@ -921,7 +922,9 @@ impl BdevBackend for ScsiDisk {
 ///
 /// The queue is shared (behind a mutex) with the thread's other channels on this
 /// controller and sometimes the scanner, so submissions are staged in the channel and
-/// handed to the queue in one locked step per poll: no lock per request.
+/// handed to the queue in one locked step per poll, or as soon as the engine's publish
+/// batch of them is staged: no lock per request, and a long refill reaches the device
+/// in batches while it is still being built, as the virtio-blk channel's does.
 struct ScsiChannel {
     slot: Arc<QueueSlot>,
     binding: usize,
@@ -952,6 +955,9 @@ impl ChannelBackend for ScsiChannel {
         }
         self.staged.push_back(req);
         self.outstanding += 1;
+        if self.staged.len() >= usize::from(PUBLISH_BATCH) {
+            self.flush();
+        }
         Ok(())
     }
 

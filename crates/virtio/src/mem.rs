@@ -897,6 +897,22 @@ impl DmaBuf {
         unsafe { self.ptr.as_ptr().add(offset).read_volatile() }
     }
 
+    /// Writes the byte at `offset` with a volatile store: for bytes a device writes
+    /// while the buffer is shared (status markers), written while it does not.
+    ///
+    /// # Panics
+    /// When `offset` is out of range.
+    pub fn write_volatile(&mut self, offset: usize, byte: u8) {
+        assert!(
+            offset < self.len,
+            "offset {offset} beyond buffer of {}",
+            self.len
+        );
+        // SAFETY: `offset < len`, so the byte lies in the owned, mapped range; `&mut self`
+        // excludes every other reference made through this handle.
+        unsafe { self.ptr.as_ptr().add(offset).write_volatile(byte) }
+    }
+
     /// A raw pointer to the first byte, for code that shares the memory with a device.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()

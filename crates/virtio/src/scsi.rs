@@ -157,6 +157,8 @@ pub const CMD_HEADER_LEN: usize = 19;
 /// `virtio_scsi_resp_cmd` bytes before the sense data: sense_len (le32), residual
 /// (le32), status_qualifier (le16), status, response.
 pub const CMD_RESP_LEN: usize = 12;
+/// Offset of the `response` byte in `virtio_scsi_resp_cmd`.
+pub const CMD_RESP_RESPONSE_OFF: usize = 11;
 /// `virtio_scsi_ctrl_tmf` device-readable part: type, subtype (le32), `lun[8]`, id (le64).
 pub const TMF_REQ_LEN: usize = 24;
 /// `virtio_scsi_ctrl_tmf` device-writable part: response.

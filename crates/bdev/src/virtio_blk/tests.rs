@@ -619,3 +619,32 @@ fn a_long_refill_reaches_the_device_in_batches_before_the_poll() {
     assert!(done.iter().all(|c| c.status == IoStatus::Success));
     assert_eq!(dev.stats().requests - before, n);
 }
+
+#[test]
+fn a_completion_the_device_did_not_answer_fails_every_time() {
+    // The status marker is armed again after every completion, not when the request is
+    // built: a context whose last request succeeded must not pass its old OK status off
+    // as the answer to a request the device did not answer.
+    let (bdev, dev) = attach_fake(FakeBlkConfig::new(MIB), &opts(8));
+    let mut ch = bdev.open_channel().unwrap();
+    for round in 0..3u64 {
+        let data = pattern(4096, round as u8);
+        let ok = run(
+            &mut ch,
+            Request::write(8 * round, buf_with(&data), 2 * round),
+        );
+        assert_eq!(ok.status, IoStatus::Success, "round {round}");
+        dev.skip_next_status(1);
+        let lost = run(
+            &mut ch,
+            Request::read(8 * round, zero_buf(4096), 2 * round + 1),
+        );
+        assert_eq!(
+            lost.status,
+            IoStatus::Failed(IoError::BlkBadStatus(STATUS_UNSET)),
+            "round {round}: an unanswered request must fail"
+        );
+        assert_eq!(read_blocks(&mut ch, 8 * round, 4096), data, "round {round}");
+    }
+    assert!(!ch.is_removed(), "an unanswered request fails alone");
+}

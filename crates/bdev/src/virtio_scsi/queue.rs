@@ -46,8 +46,11 @@ impl Layout {
     pub fn new(cfg: &wire::ScsiConfig) -> Self {
         let req_len = cfg.cmd_req_len();
         let resp_len = cfg.cmd_resp_len();
-        let unmap_off = req_len.next_multiple_of(8);
-        let stride = (unmap_off + cdb::unmap_parameter_list_len(1)).next_multiple_of(16);
+        // The request starts a cache line and fills as few as it can (one for every
+        // cdb_size up to 45): each request built stores into as few lines the device
+        // read last as possible. The UNMAP list, rarely sent, goes on the next line.
+        let unmap_off = req_len.next_multiple_of(64);
+        let stride = (unmap_off + cdb::unmap_parameter_list_len(1)).next_multiple_of(64);
         Self {
             stride,
             req_len,
@@ -152,13 +155,22 @@ pub(super) struct ScsiFormat {
 
 impl ScsiFormat {
     fn header(&self, slot: &mut Slot<'_>, lun: [u8; 8], tag: u64, cdb: &[u8]) {
-        let mut req = [0u8; wire::CMD_HEADER_LEN + wire::CDB_SIZE_MAX as usize];
-        let req = &mut req[..self.layout.req_len];
-        let ok = wire::write_cmd_req(req, lun, tag, cdb);
-        debug_assert!(ok, "CDBs are at most 16 bytes and cdb_size is at least 16");
-        slot.write(0, req);
-        slot.write_status(11, &[RESPONSE_UNSET]);
-        slot.push(Segment::readable(slot.iova(0), req.len() as u32));
+        let len = self.layout.req_len;
+        if len <= 64 {
+            // The usual case: the request's whole line written in one fixed-size copy
+            // (the bytes after the request are the slot's own, unused).
+            let mut req = [0u8; 64];
+            let ok = wire::write_cmd_req(&mut req[..len], lun, tag, cdb);
+            debug_assert!(ok, "CDBs are at most 16 bytes and cdb_size is at least 16");
+            slot.write(0, &req);
+        } else {
+            let mut req = [0u8; wire::CMD_HEADER_LEN + wire::CDB_SIZE_MAX as usize];
+            let req = &mut req[..len];
+            let ok = wire::write_cmd_req(req, lun, tag, cdb);
+            debug_assert!(ok, "CDBs are at most 16 bytes and cdb_size is at least 16");
+            slot.write(0, req);
+        }
+        slot.push(Segment::readable(slot.iova(0), len as u32));
     }
 
     fn resp(&self, slot: &Slot<'_>) -> Segment {
@@ -193,6 +205,10 @@ unsafe impl Format for ScsiFormat {
 
     fn status_stride(&self) -> usize {
         self.layout.resp_stride
+    }
+
+    fn status_marker(&self) -> Option<(usize, u8)> {
+        Some((wire::CMD_RESP_RESPONSE_OFF, RESPONSE_UNSET))
     }
 
     fn child_units(&self, req: &Request, lun: &Lun, left: u64) -> u64 {

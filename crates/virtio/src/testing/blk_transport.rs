@@ -220,6 +220,8 @@ struct State {
     hold: bool,
     reject_features: bool,
     corrupt_used_id: Option<u32>,
+    /// Completions still to come that leave the status byte unwritten.
+    skip_status: u32,
     stats: FakeStats,
     /// The thread must exit.
     stopped: bool,
@@ -293,6 +295,7 @@ impl Shared {
                 queues,
                 stats,
                 corrupt_used_id,
+                skip_status,
                 ..
             } = st;
             for (index, q) in queues.iter_mut().enumerate() {
@@ -300,12 +303,22 @@ impl Shared {
                     continue;
                 };
                 let index = index as u16; // < num_queues, a u16
-                if serve(q, index, &mut disk, stats, corrupt_used_id, event_idx) {
+                let faults = Faults {
+                    used_id: corrupt_used_id,
+                    skip_status,
+                };
+                if serve(q, index, &mut disk, stats, faults, event_idx) {
                     let _ = q.call.write(1);
                 }
             }
         }
     }
+}
+
+/// Misbehaviour asked for by the test, consumed as completions go out.
+struct Faults<'a> {
+    used_id: &'a mut Option<u32>,
+    skip_status: &'a mut u32,
 }
 
 /// Serves every available chain of `q`; returns whether it completed any.
@@ -314,7 +327,7 @@ fn serve(
     index: u16,
     disk: &mut [u8],
     stats: &mut FakeStats,
-    corrupt: &mut Option<u32>,
+    faults: Faults<'_>,
     event_idx: bool,
 ) -> bool {
     let mut served = false;
@@ -322,8 +335,20 @@ fn serve(
         while let Some(chain) = q.dev.pop_avail() {
             q.next_avail = q.next_avail.wrapping_add(1);
             stats.record(index, &chain);
-            let len = serve_blk_chain(&chain, disk);
-            let id = corrupt.take().unwrap_or(u32::from(chain.head));
+            let len = if *faults.skip_status > 0 {
+                *faults.skip_status -= 1;
+                // The whole chain's writable length, as a device that claims to have
+                // answered; the status byte keeps what the driver left there.
+                chain
+                    .segs
+                    .iter()
+                    .filter(|s| s.device_writable)
+                    .map(|s| s.len)
+                    .sum()
+            } else {
+                serve_blk_chain(&chain, disk)
+            };
+            let id = faults.used_id.take().unwrap_or(u32::from(chain.head));
             q.dev.push_used(id, len);
             served = true;
         }
@@ -392,6 +417,7 @@ impl FakeBlk {
                 hold: false,
                 reject_features: false,
                 corrupt_used_id: None,
+                skip_status: 0,
                 stats: FakeStats {
                     per_queue: vec![0; usize::from(cfg.num_queues)],
                     ..FakeStats::default()
@@ -443,6 +469,13 @@ impl FakeBlk {
     /// Writes used id `id` instead of the chain's head for the next completion.
     pub fn corrupt_next_used_id(&self, id: u32) {
         self.shared.lock().corrupt_used_id = Some(id);
+        self.shared.wake();
+    }
+
+    /// Completes the next `n` requests without writing their status byte (nor doing
+    /// anything else), as a device that forgets to answer.
+    pub fn skip_next_status(&self, n: u32) {
+        self.shared.lock().skip_status = n;
         self.shared.wake();
     }
 
