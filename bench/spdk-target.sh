@@ -10,7 +10,9 @@
 # Environment: SPDK_DIR (an SPDK build: build/bin/vhost, build/examples/bdevperf, scripts/rpc.py),
 # VBDEV (the vbdev binary), TYPES ("scsi blk"), QUEUES ("1 2 4": request queues the target
 # offers and bdevperf's vq_count), DEPTHS ("1 32 128"), ROUNDS (5), SECS (3), VQ_SIZE (512),
-# POLL_THREADS (unset: vbdev's default, one poller for all queues), TARGET_CPU (0),
+# POLL_THREADS (unset: vbdev's default, one poller for all queues), NULL_READ_ZEROES (unset:
+# vbdev's default, reads return zeros; `off`: reads leave bdevperf's buffers untouched, as
+# SPDK's null bdev does, which is the like-for-like comparison), TARGET_CPU (0),
 # INITIATOR_CPU (1), OUT (output directory, default bench/runs/<date>-spdk-target; raw.csv is
 # appended to, so batches can be run one after the other into the same directory).
 #
@@ -44,6 +46,7 @@ VQ_SIZE=${VQ_SIZE:-512}
 TARGET_CPU=${TARGET_CPU:-0}
 INITIATOR_CPU=${INITIATOR_CPU:-1}
 POLL_THREADS=${POLL_THREADS:-}
+NULL_READ_ZEROES=${NULL_READ_ZEROES:-}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$root/bench/runs/$(date -u +%Y-%m-%d)-spdk-target}
 VBDEV=$(realpath "$VBDEV")
@@ -105,6 +108,7 @@ stop() { # pid
 start_vbdev() { # type queues -> socket path in $sock
     local extra=()
     [[ -n $POLL_THREADS ]] && extra=(--poll-threads "$POLL_THREADS")
+    [[ -n $NULL_READ_ZEROES ]] && extra+=(--null-read-zeroes "$NULL_READ_ZEROES")
     sock=$work/vbdev.sock
     taskset -c "$TARGET_CPU" "$VBDEV" target --socket "$sock" --poll --null 1G --dev-type "$1" \
         --queues "$2" "${extra[@]}" >"$work/target.log" 2>&1 &

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vbdev_virtio::DmaBuf;
 
 use crate::bdev::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
+use crate::direct::{DirectError, ReadDest, WriteSrc};
 use crate::error::{Error, RejectReason, Result};
 use crate::iostat::{BdevStats, ChannelStats, Counts, IoStat};
 
@@ -47,6 +48,42 @@ pub trait ChannelBackend: Send + fmt::Debug {
     /// capacity changes); `None` keeps the size the bdev had when the channel opened.
     fn num_blocks(&self) -> Option<u64> {
         None
+    }
+
+    /// Whether the channel has direct access ([`crate::direct`]): [`Self::read_direct`]
+    /// and [`Self::write_direct`] work. Fixed for the channel's life.
+    fn is_direct(&self) -> bool {
+        false
+    }
+
+    /// Reads `num_blocks` blocks at `offset_blocks` into `dest` now, in this thread
+    /// (checked by [`IoChannel::read_direct`]). `Ok(false)` when `dest` refused a piece.
+    ///
+    /// # Errors
+    /// The device's failure.
+    fn read_direct(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        dest: &mut dyn ReadDest,
+    ) -> std::result::Result<bool, IoError> {
+        let _ = (offset_blocks, num_blocks, dest);
+        Err(IoError::DoesNotFit)
+    }
+
+    /// Writes `num_blocks` blocks at `offset_blocks` from `src` now (see
+    /// [`Self::read_direct`]).
+    ///
+    /// # Errors
+    /// The device's failure.
+    fn write_direct(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        src: &mut dyn WriteSrc,
+    ) -> std::result::Result<bool, IoError> {
+        let _ = (offset_blocks, num_blocks, src);
+        Err(IoError::DoesNotFit)
     }
 }
 
@@ -103,6 +140,8 @@ pub struct IoChannel {
     flush: bool,
     unmap: bool,
     write_zeroes: bool,
+    /// The backend has direct access ([`ChannelBackend::is_direct`]).
+    direct: bool,
 }
 
 impl IoChannel {
@@ -112,7 +151,6 @@ impl IoChannel {
         bdev_stats: &Arc<BdevStats>,
     ) -> Self {
         Self {
-            backend,
             fifo: VecDeque::with_capacity(usize::from(info.queue_size)),
             ready: VecDeque::with_capacity(64),
             unflushed: false,
@@ -129,6 +167,8 @@ impl IoChannel {
             flush: info.flush,
             unmap: info.unmap,
             write_zeroes: info.write_zeroes,
+            direct: backend.is_direct(),
+            backend,
         }
     }
 
@@ -327,6 +367,100 @@ impl IoChannel {
     /// The device is gone.
     pub fn is_removed(&self) -> bool {
         self.backend.is_removed()
+    }
+
+    /// Whether this channel has direct access ([`crate::direct`]): the local modules that
+    /// keep their data in memory (`malloc`, `null`). Fixed for the channel's life.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Checks a direct request of `op` as [`Self::submit`] checks a request.
+    fn check_direct(
+        &self,
+        op: IoOp,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> std::result::Result<(), RejectReason> {
+        if !self.direct {
+            return Err(RejectReason::Unsupported { op });
+        }
+        if self.backend.is_removed() {
+            return Err(RejectReason::Removed);
+        }
+        if op.modifies() && self.read_only {
+            return Err(RejectReason::ReadOnly { op });
+        }
+        if num_blocks == 0 {
+            return Err(RejectReason::Empty { op, num_blocks });
+        }
+        let capacity = self.backend.num_blocks().unwrap_or(self.num_blocks);
+        match offset_blocks.checked_add(num_blocks) {
+            Some(end) if end <= capacity => Ok(()),
+            _ => Err(RejectReason::OutOfRange {
+                offset_blocks,
+                num_blocks,
+                capacity,
+            }),
+        }
+    }
+
+    /// Counts a direct request's outcome and publishes the counters it changed (two
+    /// relaxed stores; a direct request has no `poll` to publish at).
+    fn count_direct(&mut self, op: IoOp, num_blocks: u64, r: &std::result::Result<bool, IoError>) {
+        if matches!(r, Ok(true)) {
+            self.counts
+                .success(op, num_blocks.saturating_mul(self.block_size));
+            self.published.publish_op(&self.counts, op);
+        } else {
+            self.counts.failure();
+            self.published.publish_failures(&self.counts);
+        }
+    }
+
+    /// Reads `num_blocks` blocks at `offset_blocks` into `dest` now, in this thread,
+    /// straight from the bdev's memory: no [`Request`], no buffer, no completion. Checked
+    /// and counted as a submitted read is. Only on a channel that [`Self::is_direct`]
+    /// (whose requests all complete inside [`Self::submit`], so a direct call is ordered
+    /// after every request submitted before it).
+    ///
+    /// Returns `Ok(false)` when `dest` refused a piece: the read stopped there (counted
+    /// as an I/O error).
+    ///
+    /// # Errors
+    /// [`DirectError::Rejected`] as [`Self::submit`] rejects (and
+    /// [`RejectReason::Unsupported`] without direct access);
+    /// [`DirectError::Failed`] when the bdev failed.
+    pub fn read_direct(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        dest: &mut dyn ReadDest,
+    ) -> std::result::Result<bool, DirectError> {
+        self.check_direct(IoOp::Read, offset_blocks, num_blocks)
+            .map_err(DirectError::Rejected)?;
+        let r = self.backend.read_direct(offset_blocks, num_blocks, dest);
+        self.count_direct(IoOp::Read, num_blocks, &r);
+        r.map_err(DirectError::Failed)
+    }
+
+    /// Writes `num_blocks` blocks at `offset_blocks` from `src` now, straight into the
+    /// bdev's memory (see [`Self::read_direct`]). `Ok(false)` when `src` could not give a
+    /// piece: the write stopped there, and blocks before it may have been written.
+    ///
+    /// # Errors
+    /// As [`Self::read_direct`].
+    pub fn write_direct(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        src: &mut dyn WriteSrc,
+    ) -> std::result::Result<bool, DirectError> {
+        self.check_direct(IoOp::Write, offset_blocks, num_blocks)
+            .map_err(DirectError::Rejected)?;
+        let r = self.backend.write_direct(offset_blocks, num_blocks, src);
+        self.count_direct(IoOp::Write, num_blocks, &r);
+        r.map_err(DirectError::Failed)
     }
 
     /// Sleeps until the device signals a completion or `timeout` passes, for callers

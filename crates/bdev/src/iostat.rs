@@ -148,6 +148,20 @@ impl ChannelStats {
         }
     }
 
+    /// Publishes the owner's counters of `op` alone (its ops and bytes).
+    #[inline]
+    pub(crate) fn publish_op(&self, c: &Counts, op: IoOp) {
+        let i = slot(op);
+        self.0[i].store(c.0[i], Ordering::Relaxed);
+        self.0[i + 1].store(c.0[i + 1], Ordering::Relaxed);
+    }
+
+    /// Publishes the owner's failure counter alone.
+    #[inline]
+    pub(crate) fn publish_failures(&self, c: &Counts) {
+        self.0[ERRORS].store(c.0[ERRORS], Ordering::Relaxed);
+    }
+
     fn load(&self) -> Counts {
         Counts(std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)))
     }

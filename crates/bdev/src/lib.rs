@@ -6,6 +6,8 @@
 //!   takes a [`Request`] that owns its [`DmaBuf`]; [`IoChannel::poll`] sends what was
 //!   submitted with one doorbell and returns [`Completion`]s that give the buffers back.
 //!   Requests that find the queue full wait in the channel, in order.
+//!   [`IoChannel::read_direct`] and [`IoChannel::write_direct`] move data straight
+//!   between a local bdev's memory and the caller's buffers ([`direct`]).
 //! - [`Registry`]: the bdevs of a process, by name.
 //! - [`ticks`]: a cheap clock for per-I/O timestamps (the TSC where it is invariant).
 //! - [`IoStat`]: a bdev's I/O statistics ([`Bdev::iostat`]), counted by its channels
@@ -36,6 +38,7 @@
 
 pub mod bdev;
 pub mod channel;
+pub mod direct;
 mod engine;
 pub mod error;
 pub mod file;
@@ -51,6 +54,7 @@ pub mod virtio_scsi;
 
 pub use bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 pub use channel::{ChannelBackend, IoChannel, Rejected};
+pub use direct::{DirectError, ReadDest, WriteSrc};
 pub use error::{Error, RejectReason, Result};
 pub use iostat::IoStat;
 pub use registry::Registry;

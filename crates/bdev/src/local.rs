@@ -17,6 +17,7 @@ use vbdev_virtio::DmaBuf;
 
 use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 use crate::channel::ChannelBackend;
+use crate::direct::{ReadDest, WriteSrc};
 use crate::error::{Error, Result};
 
 /// Log target of the local modules' bdevs and channels (each module logs its creation
@@ -45,6 +46,25 @@ pub(crate) trait LocalDisk: Send + Sync + fmt::Debug + 'static {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Module-specific `(key, value)` pairs for [`Bdev::details`].
     fn details(&self) -> Vec<(&'static str, String)>;
+    /// Whether [`Self::read_to`] and [`Self::write_from`] work: the disk moves data
+    /// between its own memory and the caller's buffers without a buffer in between.
+    fn direct(&self) -> bool {
+        false
+    }
+    /// Hands the `len` bytes at `offset` to `dest`, piece by piece, in order.
+    /// `Ok(false)` when `dest` refused a piece (the read stopped there).
+    fn read_to(&self, offset: u64, len: u64, dest: &mut dyn ReadDest) -> io::Result<bool> {
+        let _ = (offset, len, dest);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Stores the `len` bytes `src` gives at `offset`, taking them piece by piece
+    /// straight into the disk's memory. `Ok(false)` when `src` could not give a piece:
+    /// the write stopped there, and the pieces before it may be written (as a failed
+    /// write on a disk may have written part of its range).
+    fn write_from(&self, offset: u64, len: u64, src: &mut dyn WriteSrc) -> io::Result<bool> {
+        let _ = (offset, len, src);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// Checks a block size for the local modules: a power of two from 512 to 65536.
@@ -177,6 +197,40 @@ pub(crate) struct LocalChannel<D> {
 }
 
 impl<D: LocalDisk> LocalChannel<D> {
+    /// Logs a failed request (at warn level once per channel: a full or failing disk
+    /// fails every request) and gives its error.
+    fn failed(&mut self, e: io::Error, op: IoOp, offset_blocks: u64, num_blocks: u64) -> IoError {
+        let errno = e
+            .raw_os_error()
+            .unwrap_or_else(|| rustix::io::Errno::IO.raw_os_error());
+        let name = &*self.dev.info.name;
+        if std::mem::replace(&mut self.warned, true) {
+            tracing::debug!(target: TARGET, name, %op, offset_blocks, num_blocks, error = %e, "request failed");
+        } else {
+            tracing::warn!(target: TARGET, name, %op, offset_blocks, num_blocks, error = %e, "request failed");
+        }
+        IoError::Backend { errno }
+    }
+
+    /// A direct read or write ([`ChannelBackend::read_direct`]): `call` with the byte
+    /// offset and length.
+    fn direct(
+        &mut self,
+        op: IoOp,
+        offset_blocks: u64,
+        num_blocks: u64,
+        call: impl FnOnce(&D, u64, u64) -> io::Result<bool>,
+    ) -> std::result::Result<bool, IoError> {
+        if self.dev.detached.load(Ordering::Relaxed) {
+            return Err(IoError::Removed);
+        }
+        // Cannot overflow: `IoChannel` checked the range against the disk's block count,
+        // and the disk's size in bytes was checked to fit a u64.
+        let offset = offset_blocks * self.block_size;
+        let len = num_blocks * self.block_size;
+        call(&self.dev.disk, offset, len).map_err(|e| self.failed(e, op, offset_blocks, num_blocks))
+    }
+
     fn execute(&self, req: &mut Request) -> io::Result<()> {
         // Cannot overflow: `IoChannel::submit` checked `offset_blocks + num_blocks` against
         // the disk's block count, and the disk's size in bytes was checked to fit a u64.
@@ -208,19 +262,7 @@ impl<D: LocalDisk> ChannelBackend for LocalChannel<D> {
             match self.execute(&mut req) {
                 Ok(()) => IoStatus::Success,
                 Err(e) => {
-                    let errno = e
-                        .raw_os_error()
-                        .unwrap_or_else(|| rustix::io::Errno::IO.raw_os_error());
-                    let name = &*self.dev.info.name;
-                    let (op, offset_blocks, num_blocks) =
-                        (req.op, req.offset_blocks, req.num_blocks);
-                    // Warn once per channel: a full or failing disk fails every request.
-                    if std::mem::replace(&mut self.warned, true) {
-                        tracing::debug!(target: TARGET, name, %op, offset_blocks, num_blocks, error = %e, "request failed");
-                    } else {
-                        tracing::warn!(target: TARGET, name, %op, offset_blocks, num_blocks, error = %e, "request failed");
-                    }
-                    IoStatus::Failed(IoError::Backend { errno })
+                    IoStatus::Failed(self.failed(e, req.op, req.offset_blocks, req.num_blocks))
                 }
             }
         };
@@ -255,6 +297,32 @@ impl<D: LocalDisk> ChannelBackend for LocalChannel<D> {
     }
 
     fn wait(&mut self, _timeout: Duration) {}
+
+    fn is_direct(&self) -> bool {
+        self.dev.disk.direct()
+    }
+
+    fn read_direct(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        dest: &mut dyn ReadDest,
+    ) -> std::result::Result<bool, IoError> {
+        self.direct(IoOp::Read, offset_blocks, num_blocks, |d, off, len| {
+            d.read_to(off, len, dest)
+        })
+    }
+
+    fn write_direct(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u64,
+        src: &mut dyn WriteSrc,
+    ) -> std::result::Result<bool, IoError> {
+        self.direct(IoOp::Write, offset_blocks, num_blocks, |d, off, len| {
+            d.write_from(off, len, src)
+        })
+    }
 }
 
 /// Helpers for the local modules' tests.

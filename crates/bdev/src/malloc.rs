@@ -15,6 +15,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bdev::Bdev;
+use crate::direct::{ReadDest, SliceDest, SliceSrc, WriteSrc};
 use crate::error::{Error, Result};
 use crate::local::{self, LocalBdev, LocalDisk};
 
@@ -128,31 +129,52 @@ impl MallocDisk {
 
 impl LocalDisk for MallocDisk {
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let mut done = 0;
-        for (i, at, n) in self.pieces(offset, buf.len() as u64)? {
-            let out = &mut buf[done..done + n];
-            match &*self.shards[i].read().unwrap_or_else(|e| e.into_inner()) {
-                Some(data) => out.copy_from_slice(&data[at..at + n]),
-                None => out.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
+        let len = buf.len() as u64;
+        // A slice of the request's length takes every piece.
+        self.read_to(offset, len, &mut SliceDest::new(buf))
+            .map(|_| ())
     }
 
     fn write(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        let mut done = 0;
-        for (i, at, n) in self.pieces(offset, buf.len() as u64)? {
+        // A slice of the request's length gives every piece.
+        self.write_from(offset, buf.len() as u64, &mut SliceSrc::new(buf))
+            .map(|_| ())
+    }
+
+    fn direct(&self) -> bool {
+        true
+    }
+
+    /// Each piece is handed over under its shard's read lock, straight from the shard's
+    /// memory (zeros for a shard never written).
+    fn read_to(&self, offset: u64, len: u64, dest: &mut dyn ReadDest) -> io::Result<bool> {
+        for (i, at, n) in self.pieces(offset, len)? {
+            let ok = match &*self.shards[i].read().unwrap_or_else(|e| e.into_inner()) {
+                Some(data) => dest.put(&data[at..at + n]),
+                None => dest.zeros(n),
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Each piece is taken under its shard's write lock, straight into the shard's
+    /// memory (allocated on its first write).
+    fn write_from(&self, offset: u64, len: u64, src: &mut dyn WriteSrc) -> io::Result<bool> {
+        for (i, at, n) in self.pieces(offset, len)? {
             let mut shard = self.shards[i].write().unwrap_or_else(|e| e.into_inner());
             let data = shard.get_or_insert_with(|| {
                 let len = self.shard_len(i);
                 self.allocated.fetch_add(len as u64, Ordering::Relaxed);
                 vec![0; len].into_boxed_slice()
             });
-            data[at..at + n].copy_from_slice(&buf[done..done + n]);
-            done += n;
+            if !src.take(&mut data[at..at + n]) {
+                return Ok(false);
+            }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -250,6 +272,57 @@ mod tests {
             assert_eq!(read(&mut ch, num_blocks - 1, bs), data[..bs]);
             assert_eq!(read(&mut ch, 0, bs), vec![0; bs]);
         }
+    }
+
+    #[test]
+    fn direct_writes_and_reads_go_straight_to_the_shards_and_are_counted() {
+        use crate::direct::{DirectError, SliceDest, SliceSrc};
+        let bs = 4096;
+        let blocks = (2 * SHARD_BYTES / bs) as u64;
+        let bdev = create("Malloc0", blocks, bs as u32).expect("create");
+        let mut ch = bdev.open_channel().expect("channel");
+        assert!(ch.is_direct());
+        // Across the shard boundary.
+        let at = (SHARD_BYTES / bs - 1) as u64;
+        let data = pattern(3 * bs, 4);
+        assert_eq!(ch.write_direct(at, 3, &mut SliceSrc::new(&data)), Ok(true));
+        assert_eq!(
+            read(&mut ch, at, 3 * bs),
+            data,
+            "requests see direct writes"
+        );
+        let mut back = vec![0u8; 4 * bs];
+        let mut dest = SliceDest::new(&mut back);
+        assert_eq!(ch.read_direct(at - 1, 4, &mut dest), Ok(true));
+        assert_eq!(&back[..bs], &vec![0; bs][..], "never written: zeros");
+        assert_eq!(&back[bs..], &data[..]);
+        // A destination that ends early stops the read; a short source the write.
+        let mut short = vec![0u8; bs];
+        assert_eq!(
+            ch.read_direct(at, 3, &mut SliceDest::new(&mut short)),
+            Ok(false)
+        );
+        assert_eq!(
+            ch.write_direct(0, 2, &mut SliceSrc::new(&data[..bs])),
+            Ok(false)
+        );
+        assert!(matches!(
+            ch.read_direct(blocks - 1, 2, &mut SliceDest::new(&mut back)),
+            Err(DirectError::Rejected(RejectReason::OutOfRange { .. }))
+        ));
+        let s = ch.iostat();
+        assert_eq!(
+            (s.num_read_ops, s.bytes_read),
+            (2, (3 * bs + 4 * bs) as u64)
+        );
+        assert_eq!(s.num_write_ops, 1);
+        assert_eq!(s.num_io_errors, 2);
+        assert_eq!(bdev.iostat(), s, "published without a poll");
+        bdev.detach();
+        assert!(matches!(
+            ch.read_direct(0, 1, &mut SliceDest::new(&mut back)),
+            Err(DirectError::Rejected(RejectReason::Removed))
+        ));
     }
 
     #[test]

@@ -33,8 +33,10 @@
 //! back with used length 0. The used length is the bytes written to the driver, status
 //! included.
 //!
-//! Data moves through a per-queue bounce buffer of 1 MiB, so a request of any size costs
-//! no more memory than that.
+//! Reads and writes of a bdev with direct access (`malloc`, `null`) move data straight
+//! between the bdev's memory and the driver's buffers ([`ChannelIo`]); for other bdevs
+//! data moves through a per-queue bounce buffer of 1 MiB (or the bdev channel's DMA
+//! buffers), so a request of any size costs no more memory than that.
 
 use std::io::{Read, Write};
 use std::ops::Deref;
@@ -48,9 +50,11 @@ use vbdev_virtio::device::features as vfeat;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemory;
 
+use vbdev_bdev::{ReadDest, WriteSrc};
+
 use crate::disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
-use crate::fast::{Requests, Segments};
-use crate::fault::{Fault, Faults};
+use crate::fast::{Requests, Segments, ZEROS};
+use crate::fault::{CorruptLast, Fault, Faults};
 use crate::server::{self, Chain, Device, Error, Mem, Quirks, Result, ServeOptions, TargetHandle};
 
 const TARGET: &str = "vbdev::target::blk";
@@ -428,38 +432,33 @@ impl BlkDevice {
 
     fn read(&self, q: &mut BlkQueue, sector: u64, w: &mut Writer<'_>) -> Outcome {
         let len = w.available_bytes();
-        let mut put = |_: usize, buf: &[u8]| w.write_all(buf).is_ok();
-        self.read_with(q, sector, len, &mut put)
+        self.read_with(q, sector, len, &mut WriterDest(w))
     }
 
-    /// Reads `len` bytes at `sector` and hands them to `put(offset, bytes)` in order;
-    /// returns the status and the bytes handed over.
+    /// Reads `len` bytes at `sector` into `dest`; returns the status and the bytes
+    /// handed over (all of them, or none).
     fn read_with(
         &self,
         q: &mut BlkQueue,
         sector: u64,
         len: usize,
-        put: &mut dyn FnMut(usize, &[u8]) -> bool,
+        dest: &mut dyn ReadDest,
     ) -> Outcome {
         let Some((lba, _)) = self.blocks(sector, len as u64) else {
             tracing::debug!(target: TARGET, sector, len, "read outside the disk or misaligned");
             return (status::IOERR, 0);
         };
         let bs = self.disk.block_size as usize;
+        let mut dest = CorruptLast {
+            inner: dest,
+            left: len,
+            faults: &self.faults,
+        };
         let mut done = 0usize;
         while done < len {
             let n = (len - done).min(q.buf.len());
             let at = lba + (done / bs) as u64;
-            let last = done + n == len;
-            let faults = &self.faults;
-            let mut sink = |buf: &mut [u8]| {
-                if last && faults.take_corrupt_read() {
-                    tracing::debug!(target: TARGET, sector, len, "CorruptRead fault: last byte flipped");
-                    buf[n - 1] ^= 0xff;
-                }
-                put(done, buf)
-            };
-            match q.io.read_to(at, n, &mut q.buf, &mut sink) {
+            match q.io.read_to(at, n, &mut q.buf, &mut dest) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return (status::IOERR, done),
             }
@@ -470,18 +469,11 @@ impl BlkDevice {
 
     fn write(&self, q: &mut BlkQueue, sector: u64, r: &mut Reader<'_>) -> u8 {
         let len = r.available_bytes();
-        let mut take = |_: usize, buf: &mut [u8]| r.read_exact(buf).is_ok();
-        self.write_with(q, sector, len, &mut take)
+        self.write_with(q, sector, len, &mut ReaderSrc(r))
     }
 
-    /// Writes `len` bytes at `sector`, taking them in order from `take(offset, buf)`.
-    fn write_with(
-        &self,
-        q: &mut BlkQueue,
-        sector: u64,
-        len: usize,
-        take: &mut dyn FnMut(usize, &mut [u8]) -> bool,
-    ) -> u8 {
+    /// Writes `len` bytes at `sector`, taking them in order from `src`.
+    fn write_with(&self, q: &mut BlkQueue, sector: u64, len: usize, src: &mut dyn WriteSrc) -> u8 {
         if self.read_only {
             return status::IOERR;
         }
@@ -494,8 +486,7 @@ impl BlkDevice {
         while done < len {
             let n = (len - done).min(q.buf.len());
             let at = lba + (done / bs) as u64;
-            let mut source = |buf: &mut [u8]| take(done, buf);
-            match q.io.write_from(at, n, &mut q.buf, &mut source) {
+            match q.io.write_from(at, n, &mut q.buf, src) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return status::IOERR,
             }
@@ -516,13 +507,14 @@ impl BlkDevice {
         let data = segs.writable_len() - 1;
         let (st, written) = match type_ {
             req::IN if segs.readable_len() == 16 => {
-                let mut put = |off: usize, buf: &[u8]| segs.write_at(mem, off, buf);
-                self.read_with(q, sector, data, &mut put)
+                self.read_with(q, sector, data, &mut segs.dest_at(mem, 0))
             }
             req::OUT if data == 0 && !self.read_only => {
                 let len = segs.readable_len() - 16;
-                let mut take = |off: usize, buf: &mut [u8]| segs.read_at(mem, 16 + off, buf);
-                (self.write_with(q, sector, len, &mut take), 0)
+                (
+                    self.write_with(q, sector, len, &mut segs.src_at(mem, 16)),
+                    0,
+                )
             }
             _ => return None,
         };
@@ -660,13 +652,64 @@ impl BlkDevice {
     }
 }
 
-/// The status byte for a disk operation's result.
+/// A general-path read's destination: the chain's writable buffers (a [`Writer`], which
+/// checked that they are the driver's when it was made).
+struct WriterDest<'a, 'b>(&'a mut Writer<'b>);
+
+impl ReadDest for WriterDest<'_, '_> {
+    fn put(&mut self, data: &[u8]) -> bool {
+        self.0.write_all(data).is_ok()
+    }
+
+    fn zeros(&mut self, n: usize) -> bool {
+        let mut z = 0;
+        while z < n {
+            let m = (n - z).min(ZEROS.len());
+            if self.0.write_all(&ZEROS[..m]).is_err() {
+                return false;
+            }
+            z += m;
+        }
+        true
+    }
+
+    fn skip(&mut self, n: usize) -> bool {
+        match self.0.split_at(n) {
+            Ok(rest) => {
+                *self.0 = rest;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A general-path write's source: the chain's readable buffers after the header.
+struct ReaderSrc<'a, 'b>(&'a mut Reader<'b>);
+
+impl WriteSrc for ReaderSrc<'_, '_> {
+    fn take(&mut self, buf: &mut [u8]) -> bool {
+        self.0.read_exact(buf).is_ok()
+    }
+
+    fn skip(&mut self, n: usize) -> bool {
+        match self.0.split_at(n) {
+            Ok(rest) => {
+                *self.0 = rest;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// `struct virtio_blk_req`'s header (§5.2.6): its type and sector (`ioprio` unused).
 fn parse_header(hdr: &[u8; 16]) -> (u32, u64) {
     let [t0, t1, t2, t3, _, _, _, _, s @ ..] = *hdr;
     (u32::from_le_bytes([t0, t1, t2, t3]), u64::from_le_bytes(s))
 }
 
+/// The status byte for a disk operation's result.
 fn code(r: std::result::Result<(), DiskError>) -> u8 {
     match r {
         Ok(()) => status::OK,

@@ -2,7 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, IoStatus, RejectReason, Request};
+use vbdev_bdev::direct::{SliceDest, SliceSrc};
+use vbdev_bdev::{
+    Bdev, Completion, DirectError, DmaBuf, IoChannel, IoStatus, ReadDest, RejectReason, Request,
+    WriteSrc,
+};
 
 /// What a target tells its frontend about a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,33 +66,34 @@ pub trait BlockIo: Send {
     /// # Errors
     /// [`DiskError`] when the range or buffer is invalid or the device fails.
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError>;
-    /// Reads `len` bytes (a multiple of the block size) at block `lba` and hands them to
-    /// `sink`, straight from the backend's own buffer when it has one (one copy less
-    /// than [`BlockIo::read`]); `scratch` (at least `len` bytes) serves the others.
-    /// Returns what `sink` returned.
+    /// Reads `len` bytes (a multiple of the block size) at block `lba` into `dest`,
+    /// straight from the backend's own memory when it has direct access (no copy in
+    /// between), else through `scratch` (at least `len` bytes) or the backend's own
+    /// buffer. `Ok(false)` when `dest` refused a piece.
     ///
     /// # Errors
-    /// As [`BlockIo::read`]; `sink` is then not called.
+    /// As [`BlockIo::read`]; `dest` may then have part of the data.
     fn read_to(
         &mut self,
         lba: u64,
         len: usize,
         scratch: &mut [u8],
-        sink: &mut dyn FnMut(&mut [u8]) -> bool,
+        dest: &mut dyn ReadDest,
     ) -> Result<bool, DiskError> {
         let buf = &mut scratch[..len];
         self.read(lba, buf)?;
-        Ok(sink(buf))
+        Ok(dest.put(buf))
     }
     /// Writes `buf` at block `lba`.
     ///
     /// # Errors
     /// As [`BlockIo::read`], plus [`DiskError::ReadOnly`].
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError>;
-    /// Writes `len` bytes at block `lba` that `source` puts straight into the backend's
-    /// own buffer when it has one (one copy less than [`BlockIo::write`]); `scratch` (at
-    /// least `len` bytes) serves the others. Nothing is written when `source` returns
-    /// `false`; that is the `Ok(false)`.
+    /// Writes `len` bytes at block `lba` taken from `src`, straight into the backend's
+    /// own memory when it has direct access, else through `scratch` (at least `len`
+    /// bytes) or the backend's own buffer. `Ok(false)` when `src` could not give a piece:
+    /// through a buffer nothing is written then; with direct access the blocks before
+    /// the piece may be (as a failed write on a disk may have written part of its range).
     ///
     /// # Errors
     /// As [`BlockIo::write`].
@@ -97,10 +102,10 @@ pub trait BlockIo: Send {
         lba: u64,
         len: usize,
         scratch: &mut [u8],
-        source: &mut dyn FnMut(&mut [u8]) -> bool,
+        src: &mut dyn WriteSrc,
     ) -> Result<bool, DiskError> {
         let buf = &mut scratch[..len];
-        if !source(buf) {
+        if !src.take(buf) {
             return Ok(false);
         }
         self.write(lba, buf)?;
@@ -123,10 +128,19 @@ pub trait BlockIo: Send {
     fn write_zeroes(&mut self, lba: u64, blocks: u64) -> Result<(), DiskError>;
 }
 
-/// [`BlockIo`] over any bdev: one [`IoChannel`], data copied through DMA buffers.
+/// [`BlockIo`] over any bdev: one [`IoChannel`].
+///
+/// On a channel with direct access (the `malloc` and `null` bdevs:
+/// [`IoChannel::is_direct`]) reads and writes are synchronous calls that move the data
+/// straight between the bdev's memory and the target's destination or source (for a
+/// target's request, the driver's buffers): no DMA buffer, no request, no completion to
+/// poll. Every other bdev (virtio bdevs, files) gets requests on the channel, with data
+/// copied through DMA buffers.
 #[derive(Debug)]
 pub struct ChannelIo {
     ch: IoChannel,
+    /// `ch` has direct access.
+    direct: bool,
     info: DiskInfo,
     /// Buffers of finished requests kept for the next ones (a few sizes; no allocation
     /// per request in steady state).
@@ -152,8 +166,10 @@ impl ChannelIo {
             unmap: i.unmap,
             write_zeroes: i.write_zeroes,
         };
+        let ch = bdev.open_channel()?;
         Ok(Self {
-            ch: bdev.open_channel()?,
+            direct: ch.is_direct(),
+            ch,
             info,
             spare: Vec::with_capacity(SPARE_BUFFERS),
         })
@@ -193,20 +209,7 @@ impl ChannelIo {
     /// Runs one request to completion; gives back the buffer on success.
     fn run(&mut self, req: Request) -> Result<Option<DmaBuf>, DiskError> {
         if let Err(r) = self.ch.submit(req) {
-            return Err(match r.error {
-                RejectReason::ReadOnly { .. } => DiskError::ReadOnly,
-                RejectReason::Unsupported { .. } => DiskError::Unsupported,
-                RejectReason::OutOfRange {
-                    offset_blocks,
-                    num_blocks,
-                    capacity,
-                } => DiskError::OutOfRange {
-                    lba: offset_blocks,
-                    blocks: num_blocks,
-                    num_blocks: capacity,
-                },
-                _ => DiskError::Io,
-            });
+            return Err(rejected(r.error));
         }
         // One request at a time: poll into a one-entry array (no allocation), sleeping
         // on the bdev's interrupt between polls, for at most IO_WAIT.
@@ -238,6 +241,32 @@ impl ChannelIo {
     }
 }
 
+/// The [`DiskError`] for a request the channel refused.
+fn rejected(r: RejectReason) -> DiskError {
+    match r {
+        RejectReason::ReadOnly { .. } => DiskError::ReadOnly,
+        RejectReason::Unsupported { .. } => DiskError::Unsupported,
+        RejectReason::OutOfRange {
+            offset_blocks,
+            num_blocks,
+            capacity,
+        } => DiskError::OutOfRange {
+            lba: offset_blocks,
+            blocks: num_blocks,
+            num_blocks: capacity,
+        },
+        _ => DiskError::Io,
+    }
+}
+
+/// The [`DiskError`] for a direct call's error.
+fn direct_error(e: DirectError) -> DiskError {
+    match e {
+        DirectError::Rejected(r) => rejected(r),
+        _ => DiskError::Io,
+    }
+}
+
 impl BlockIo for ChannelIo {
     fn info(&self) -> DiskInfo {
         self.info
@@ -245,13 +274,9 @@ impl BlockIo for ChannelIo {
 
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let len = buf.len();
-        let mut copy = |d: &mut [u8]| {
-            buf.copy_from_slice(d);
-            true
-        };
-        match self.read_to(lba, len, &mut [], &mut copy)? {
+        match self.read_to(lba, len, &mut [], &mut SliceDest::new(buf))? {
             true => Ok(()),
-            false => Err(DiskError::Io), // a read that did not give its buffer back
+            false => Err(DiskError::Io), // cannot happen: the slice takes `len` bytes
         }
     }
 
@@ -260,16 +285,19 @@ impl BlockIo for ChannelIo {
         lba: u64,
         len: usize,
         _scratch: &mut [u8],
-        sink: &mut dyn FnMut(&mut [u8]) -> bool,
+        dest: &mut dyn ReadDest,
     ) -> Result<bool, DiskError> {
-        self.check(lba, len)?;
+        let blocks = self.check(lba, len)?;
         if len == 0 {
-            return Ok(sink(&mut []));
+            return Ok(true);
+        }
+        if self.direct {
+            return self.ch.read_direct(lba, blocks, dest).map_err(direct_error);
         }
         let dma = self.buf(len)?;
-        let mut dma = self.run(Request::read(lba, dma, 0))?;
-        let ok = match dma.as_deref_mut() {
-            Some(d) => sink(d),
+        let dma = self.run(Request::read(lba, dma, 0))?;
+        let ok = match dma.as_deref() {
+            Some(d) => dest.put(d),
             None => false,
         };
         self.keep(dma);
@@ -277,12 +305,10 @@ impl BlockIo for ChannelIo {
     }
 
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
-        let mut copy = |d: &mut [u8]| {
-            d.copy_from_slice(buf);
-            true
-        };
-        self.write_from(lba, buf.len(), &mut [], &mut copy)
-            .map(|_| ())
+        match self.write_from(lba, buf.len(), &mut [], &mut SliceSrc::new(buf))? {
+            true => Ok(()),
+            false => Err(DiskError::Io), // cannot happen: the slice gives `len` bytes
+        }
     }
 
     fn write_from(
@@ -290,17 +316,20 @@ impl BlockIo for ChannelIo {
         lba: u64,
         len: usize,
         _scratch: &mut [u8],
-        source: &mut dyn FnMut(&mut [u8]) -> bool,
+        src: &mut dyn WriteSrc,
     ) -> Result<bool, DiskError> {
         if self.info.read_only {
             return Err(DiskError::ReadOnly);
         }
-        self.check(lba, len)?;
+        let blocks = self.check(lba, len)?;
         if len == 0 {
-            return Ok(source(&mut []));
+            return Ok(true);
+        }
+        if self.direct {
+            return self.ch.write_direct(lba, blocks, src).map_err(direct_error);
         }
         let mut dma = self.buf(len)?;
-        if !source(&mut dma) {
+        if !src.take(&mut dma) {
             self.keep(Some(dma));
             return Ok(false);
         }

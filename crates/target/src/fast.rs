@@ -17,6 +17,7 @@
 
 use std::sync::atomic::{AtomicU16, Ordering};
 
+use vbdev_bdev::{ReadDest, WriteSrc};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
     VolatileMemory, VolatileSlice,
@@ -166,6 +167,161 @@ impl Segments {
                 Err(_) => mem.write_slice(src, GuestAddress(addr)).is_ok(),
             }
         }) && done == data.len()
+    }
+}
+
+/// Zeros to copy from: guest memory is only written through vm-memory's accessors,
+/// which have no fill.
+pub(crate) static ZEROS: [u8; 4096] = [0; 4096];
+
+impl Segments {
+    /// The writable bytes from byte `offset` on, as a read's destination: a disk with
+    /// direct access puts its data straight into the driver's buffers through it.
+    pub fn dest_at<'a>(&'a self, mem: &'a Mem, offset: usize) -> Cursor<'a> {
+        Cursor::new(mem, &self.writable, offset)
+    }
+
+    /// The readable bytes from byte `offset` on, as a write's source.
+    pub fn src_at<'a>(&'a self, mem: &'a Mem, offset: usize) -> Cursor<'a> {
+        Cursor::new(mem, &self.readable, offset)
+    }
+
+    /// Flips every bit of writable byte `offset` (the CorruptRead fault). False when it
+    /// is not there.
+    pub fn flip_writable(&self, mem: &Mem, offset: usize) -> bool {
+        let mut b = [0u8];
+        let mut c = Cursor::new(mem, &self.writable, offset);
+        if !c.take(&mut b) {
+            return false;
+        }
+        b[0] ^= 0xff;
+        self.write_at(mem, offset, &b)
+    }
+}
+
+/// A position in a request's buffers (its readable or its writable ones) that moves
+/// forward as bytes are put, zeroed, skipped or taken: the [`ReadDest`] and
+/// [`WriteSrc`] a disk's direct access uses. Guest memory is reached through vm-memory's
+/// volatile accessors, with one region lookup per buffer piece; a piece that crosses a
+/// region boundary takes the general accessor, and one outside the driver's memory
+/// refuses the piece (the request then fails).
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    mem: &'a Mem,
+    segs: &'a [Seg],
+    /// The buffer the position is in, and the offset in it.
+    idx: usize,
+    off: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(mem: &'a Mem, segs: &'a [Seg], mut offset: usize) -> Self {
+        let mut idx = 0;
+        while let Some(s) = segs.get(idx) {
+            if offset < s.len as usize {
+                break;
+            }
+            offset -= s.len as usize;
+            idx += 1;
+        }
+        Self {
+            mem,
+            segs,
+            idx,
+            off: offset,
+        }
+    }
+
+    /// Moves over `n` bytes, calling `f(mem, guest_addr, done, k)` for each piece of `k`
+    /// bytes that lies in one buffer (`done` bytes before it). False when the buffers end
+    /// first or `f` refuses.
+    fn advance(&mut self, n: usize, mut f: impl FnMut(&Mem, u64, usize, usize) -> bool) -> bool {
+        let mut done = 0;
+        while done < n {
+            let Some(s) = self.segs.get(self.idx) else {
+                return false;
+            };
+            let left = (s.len as usize).saturating_sub(self.off);
+            if left == 0 {
+                self.idx += 1;
+                self.off = 0;
+                continue;
+            }
+            let k = left.min(n - done);
+            let Some(addr) = s.addr.checked_add(self.off as u64) else {
+                return false;
+            };
+            if !f(self.mem, addr, done, k) {
+                return false;
+            }
+            self.off += k;
+            done += k;
+        }
+        true
+    }
+}
+
+/// Copies `data` into guest memory at `addr`.
+fn put_guest(mem: &Mem, addr: u64, data: &[u8]) -> bool {
+    match mem.get_slice(GuestAddress(addr), data.len()) {
+        Ok(s) => {
+            s.copy_from(data);
+            true
+        }
+        // Crosses a region boundary: the general accessor handles that.
+        Err(_) => mem.write_slice(data, GuestAddress(addr)).is_ok(),
+    }
+}
+
+impl ReadDest for Cursor<'_> {
+    fn put(&mut self, data: &[u8]) -> bool {
+        self.advance(data.len(), |mem, addr, at, k| {
+            put_guest(mem, addr, &data[at..at + k])
+        })
+    }
+
+    fn zeros(&mut self, n: usize) -> bool {
+        self.advance(n, |mem, addr, _, k| {
+            let mut z = 0;
+            while z < k {
+                let m = (k - z).min(ZEROS.len());
+                let Some(a) = addr.checked_add(z as u64) else {
+                    return false;
+                };
+                if !put_guest(mem, a, &ZEROS[..m]) {
+                    return false;
+                }
+                z += m;
+            }
+            true
+        })
+    }
+
+    fn skip(&mut self, n: usize) -> bool {
+        // Nothing is touched, but the bytes must be the driver's.
+        self.advance(n, |mem, addr, _, k| in_memory(mem, addr, k))
+    }
+}
+
+/// Whether `[addr, addr + len)` is the driver's memory: one region lookup, and the
+/// general check (which walks regions) only for a range that crosses regions.
+fn in_memory(mem: &Mem, addr: u64, len: usize) -> bool {
+    mem.get_slice(GuestAddress(addr), len).is_ok() || mem.check_range(GuestAddress(addr), len)
+}
+
+impl WriteSrc for Cursor<'_> {
+    fn take(&mut self, buf: &mut [u8]) -> bool {
+        self.advance(buf.len(), |mem, addr, at, k| {
+            let dst = &mut buf[at..at + k];
+            match mem.get_slice(GuestAddress(addr), k) {
+                Ok(s) => s.copy_to(dst) == k,
+                Err(_) => mem.read_slice(dst, GuestAddress(addr)).is_ok(),
+            }
+        })
+    }
+
+    fn skip(&mut self, n: usize) -> bool {
+        self.advance(n, |mem, addr, _, k| in_memory(mem, addr, k))
     }
 }
 

@@ -169,6 +169,57 @@ impl Faults {
     }
 }
 
+/// A read's destination that flips the last of its `left` bytes when a
+/// [`Fault::CorruptRead`] is armed (taken when that byte comes, so a read that fails
+/// before it leaves the fault armed).
+pub(crate) struct CorruptLast<'a> {
+    pub inner: &'a mut dyn vbdev_bdev::ReadDest,
+    pub left: usize,
+    pub faults: &'a Faults,
+}
+
+impl CorruptLast<'_> {
+    /// Whether the piece of `n` bytes ends the read and a corruption is armed.
+    fn last(&mut self, n: usize) -> bool {
+        let last = n > 0 && n == self.left;
+        self.left = self.left.saturating_sub(n);
+        if last && self.faults.take_corrupt_read() {
+            tracing::debug!(target: "vbdev::target", "CorruptRead fault: last byte flipped");
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl vbdev_bdev::ReadDest for CorruptLast<'_> {
+    fn put(&mut self, data: &[u8]) -> bool {
+        match data.split_last() {
+            Some((b, head)) if self.last(data.len()) => {
+                self.inner.put(head) && self.inner.put(&[b ^ 0xff])
+            }
+            _ => self.inner.put(data),
+        }
+    }
+
+    fn zeros(&mut self, n: usize) -> bool {
+        if self.last(n) {
+            self.inner.zeros(n - 1) && self.inner.put(&[0xff])
+        } else {
+            self.inner.zeros(n)
+        }
+    }
+
+    /// Bytes left as they are have no value to flip: the last one is written as 0xff.
+    fn skip(&mut self, n: usize) -> bool {
+        if self.last(n) {
+            self.inner.skip(n - 1) && self.inner.put(&[0xff])
+        } else {
+            self.inner.skip(n)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

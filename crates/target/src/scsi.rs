@@ -66,8 +66,9 @@ use wire::{Cdb, DataIn};
 const TARGET: &str = "vbdev::scsi_target";
 
 /// Where a READ's data goes when it bypasses the Data-In buffer
-/// ([`ScsiTarget::execute_to`]): `false` when it could not take it.
-pub type ReadSink<'a> = &'a mut dyn FnMut(&mut [u8]) -> bool;
+/// ([`ScsiTarget::execute_to`]): straight from the disk's memory when it has direct
+/// access.
+pub type ReadSink<'a> = &'a mut dyn vbdev_bdev::ReadDest;
 
 /// A SCSI status code (SAM-5 "Status codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -583,17 +584,17 @@ impl ScsiTarget {
     }
 
     /// As [`Self::execute`], but the data of a READ goes to `sink` straight from the
-    /// disk's buffer (one copy less) instead of into `data_in`, which then only serves
-    /// as scratch; the outcome's `data_in_len` is the bytes `sink` got. A `sink` that
-    /// returns `false` ends the command in OVERRUN. Other commands fill `data_in` as
-    /// usual and never call `sink`.
+    /// disk's memory or buffer instead of into `data_in`, which then only serves as
+    /// scratch (and bounds the length); the outcome's `data_in_len` is the bytes `sink`
+    /// got. A `sink` that refuses a piece ends the command in OVERRUN. Other commands
+    /// fill `data_in` as usual and never call `sink`.
     pub fn execute_to(
         &mut self,
         lun: u16,
         cdb: &[u8],
         data_out: &[u8],
         data_in: &mut [u8],
-        sink: &mut dyn FnMut(&mut [u8]) -> bool,
+        sink: ReadSink<'_>,
     ) -> CmdOutcome {
         self.execute_inner(lun, cdb, data_out, data_in, Some(sink))
     }

@@ -462,6 +462,9 @@ impl std::fmt::Debug for ScsiDevice {
 /// One request queue's data buffers.
 #[derive(Default)]
 struct CmdQueue {
+    /// The request header and CDB being served (sized on first use; not zeroed per
+    /// command, as a stack array of the largest CDB would be).
+    hdr: Vec<u8>,
     data_out: Vec<u8>,
     data_in: Vec<u8>,
     /// The general path's request buffers, reused.
@@ -820,9 +823,11 @@ impl ScsiDevice {
             return 0;
         }
         let resp = |r: CmdResp| write_cmd_resp(segs, mem, r, sense_size);
-        let mut hdr = [0u8; wire::CMD_HEADER_LEN + wire::CDB_SIZE_MAX as usize];
         let hdr_len = wire::CMD_HEADER_LEN + cdb_size;
-        let hdr = &mut hdr[..hdr_len];
+        if q.hdr.len() < hdr_len {
+            q.hdr.resize(hdr_len, 0);
+        }
+        let hdr = &mut q.hdr[..hdr_len];
         if !segs.read_at(mem, 0, hdr) {
             tracing::debug!(target: TARGET, "request header too short");
             return resp(CmdResp::only(response::FAILURE));
@@ -855,23 +860,12 @@ impl ScsiDevice {
             drop(slot);
             return resp(CmdResp::only(r));
         }
-        // A READ's data goes from the disk's buffer straight into guest memory (one copy);
-        // the CorruptRead fault flips its last byte on the way.
-        let mut delivered = false;
-        let mut at = resp_len;
-        let mut sink_ok = true;
-        let faults = &self.faults;
-        let mut sink = |buf: &mut [u8]| {
-            if faults.take_corrupt_read() {
-                if let Some(b) = buf.last_mut() {
-                    tracing::debug!(target: TARGET, "CorruptRead fault: last byte flipped");
-                    *b ^= 0xff;
-                }
-            }
-            delivered = true;
-            sink_ok &= segs.write_at(mem, at, buf);
-            at += buf.len();
-            sink_ok
+        // A READ's data goes from the disk straight into guest memory (from its own
+        // memory with direct access, else from its buffer: one copy).
+        let mut sink = Delivered {
+            inner: segs.dest_at(mem, resp_len),
+            used: false,
+            failed: false,
         };
         let outcome = match fault {
             Some(Fault::ScsiSense { key, asc, ascq }) => {
@@ -886,8 +880,19 @@ impl ScsiDevice {
             _ => t.execute_to(lun, cdb, out, din, &mut sink),
         };
         drop(slot);
-        if !sink_ok {
+        if sink.failed {
+            // The driver's Data-In buffers are not all in its memory.
             return resp(CmdResp::only(response::FAILURE));
+        }
+        let delivered = sink.used;
+        // The CorruptRead fault flips the last byte of a READ's data.
+        if delivered
+            && outcome.is_good()
+            && outcome.data_in_len > 0
+            && self.faults.take_corrupt_read()
+            && segs.flip_writable(mem, resp_len + outcome.data_in_len - 1)
+        {
+            tracing::debug!(target: TARGET, "CorruptRead fault: last byte flipped");
         }
         let n_in = if delivered {
             outcome.data_in_len
@@ -917,6 +922,39 @@ impl ScsiDevice {
         };
         tracing::trace!(target: TARGET, scsi_target = target, lun, opcode = cdb.first().copied(), status = r.status, response = r.response, "command done");
         resp(r).saturating_add(to_u32(n_in))
+    }
+}
+
+/// A READ's destination that records whether the READ used it (other commands fill
+/// the Data-In scratch buffer instead) and whether a piece failed to reach guest memory.
+struct Delivered<'a> {
+    inner: crate::fast::Cursor<'a>,
+    used: bool,
+    failed: bool,
+}
+
+impl Delivered<'_> {
+    fn record(&mut self, ok: bool) -> bool {
+        self.used = true;
+        self.failed |= !ok;
+        ok
+    }
+}
+
+impl vbdev_bdev::ReadDest for Delivered<'_> {
+    fn put(&mut self, data: &[u8]) -> bool {
+        let ok = self.inner.put(data);
+        self.record(ok)
+    }
+
+    fn zeros(&mut self, n: usize) -> bool {
+        let ok = self.inner.zeros(n);
+        self.record(ok)
+    }
+
+    fn skip(&mut self, n: usize) -> bool {
+        let ok = self.inner.skip(n);
+        self.record(ok)
     }
 }
 

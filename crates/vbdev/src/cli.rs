@@ -312,6 +312,11 @@ pub struct TargetArgs {
     /// Serve a null disk of this size (reads zeros, drops writes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, group = "backing")]
     pub null: Option<u64>,
+    /// With --null: whether reads return zeros (default on). `off` leaves the reader's
+    /// buffers as they are, as SPDK's null bdev and qemu-storage-daemon's null-co with
+    /// read-zeroes=off do: no data is moved, for comparisons against those.
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub null_read_zeroes: Option<bool>,
     /// Serve a raw image file (O_DIRECT where the file system allows it).
     #[arg(long, value_name = "PATH", group = "backing")]
     pub file: Option<PathBuf>,
@@ -341,6 +346,15 @@ pub struct TargetArgs {
     /// Offer a read-only device.
     #[arg(long)]
     pub read_only: bool,
+}
+
+/// Parses `on` or `off` (qemu's spelling of a boolean option).
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is not on or off")),
+    }
 }
 
 /// Parses a size: bytes, or a number with a K/M/G/T (or KiB/MiB/GiB/TiB) suffix.

@@ -20,10 +20,18 @@ fn backing(args: &TargetArgs, name: &str) -> Result<Bdev, Failure> {
         }
         Ok(size / bs)
     };
+    if args.null_read_zeroes.is_some() && args.null.is_none() {
+        return Err(Failure::usage(anyhow!(
+            "--null-read-zeroes applies to --null only"
+        )));
+    }
     let bdev = if let Some(size) = args.malloc {
         malloc::create(name, blocks(size, "--malloc")?, args.block_size)
     } else if let Some(size) = args.null {
-        null::create(name, blocks(size, "--null")?, args.block_size)
+        let opts = null::NullOptions {
+            read_zeroes: args.null_read_zeroes.unwrap_or(true),
+        };
+        null::create_with(name, blocks(size, "--null")?, args.block_size, opts)
     } else if let Some(path) = &args.file {
         file::open(
             name,

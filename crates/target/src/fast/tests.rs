@@ -262,3 +262,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn cursors_put_zero_skip_and_take_across_buffers_and_regions() {
+    use vbdev_bdev::{ReadDest, WriteSrc};
+    let m = mem();
+    // Writable: 4 bytes, then 8 bytes across the region boundary.
+    put_desc(&m, DESC, 0, 0x8000, 4, F_NEXT, 1);
+    put_desc(&m, DESC, 1, 0x9000, 4, F_WRITE | F_NEXT, 2);
+    put_desc(&m, DESC, 2, 0xfffc, 8, F_WRITE, 0);
+    m.write_slice(&[0x11; 4], GuestAddress(0x9000)).unwrap();
+    m.write_slice(&[0x11; 8], GuestAddress(0xfffc)).unwrap();
+    m.write_slice(&[1, 2, 3, 4], GuestAddress(0x8000)).unwrap();
+    let s = parse(&m, 0).unwrap();
+    let mut d = s.dest_at(&m, 1);
+    assert!(d.put(&[0xa1, 0xa2]));
+    assert!(ReadDest::skip(&mut d, 2), "over the buffer boundary");
+    assert!(d.zeros(3));
+    assert!(d.put(&[0xb1, 0xb2]));
+    assert!(!ReadDest::skip(&mut d, 3), "two bytes left");
+    let mut got = [0u8; 12];
+    m.read_slice(&mut got[..4], GuestAddress(0x9000)).unwrap();
+    m.read_slice(&mut got[4..], GuestAddress(0xfffc)).unwrap();
+    assert_eq!(
+        got,
+        [
+            0x11, 0xa1, 0xa2, 0x11, 0x11, 0, 0, 0, 0xb1, 0xb2, 0x11, 0x11
+        ]
+    );
+    assert!(s.flip_writable(&m, 1));
+    m.read_slice(&mut got[..2], GuestAddress(0x9000)).unwrap();
+    assert_eq!(got[..2], [0x11, !0xa1]);
+    let mut src = s.src_at(&m, 1);
+    let mut two = [0u8; 2];
+    assert!(WriteSrc::skip(&mut src, 1));
+    assert!(src.take(&mut two));
+    assert_eq!(two, [3, 4]);
+    assert!(!src.take(&mut two), "past the readable bytes");
+    // Buffers outside the driver's memory: nothing to put, zero, skip or take.
+    put_desc(&m, DESC, 4, 0x40_0000, 16, F_WRITE, 0);
+    let s = parse(&m, 4).unwrap();
+    assert!(!s.dest_at(&m, 0).put(&[1]));
+    assert!(!s.dest_at(&m, 0).zeros(1));
+    assert!(!ReadDest::skip(&mut s.dest_at(&m, 0), 16));
+    put_desc(&m, DESC, 5, 0x1_fff8, 16, 0, 0);
+    let s = parse(&m, 5).unwrap();
+    assert!(
+        !WriteSrc::skip(&mut s.src_at(&m, 0), 16),
+        "runs off the end of the memory"
+    );
+    assert!(WriteSrc::skip(&mut s.src_at(&m, 0), 8));
+}

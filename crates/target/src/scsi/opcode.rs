@@ -334,7 +334,9 @@ fn has_service_actions(opcode: u8) -> bool {
 pub(super) fn lookup(cdb: Cdb<'_>, caps: Caps) -> Result<&'static Op, Sense> {
     let opcode = cdb.u8(0);
     let mut same_opcode = false;
-    for op in TABLE
+    // No entry before FIRST[opcode] has this opcode: the scan starts there.
+    let first = usize::from(FIRST[usize::from(opcode)]);
+    for op in TABLE[first.min(TABLE.len())..]
         .iter()
         .filter(|op| op.opcode == opcode && op.offered(caps))
     {
@@ -351,6 +353,20 @@ pub(super) fn lookup(cdb: Cdb<'_>, caps: Caps) -> Result<&'static Op, Sense> {
         Err(Sense::INVALID_COMMAND_OPERATION_CODE)
     }
 }
+
+/// The index in [`TABLE`] of each operation code's first entry ([`TABLE`]'s length, or
+/// more, for one that has none), computed at compile time: a READ or WRITE is found
+/// without scanning the table.
+const FIRST: [u8; 256] = {
+    assert!(TABLE.len() < 255);
+    let mut first = [u8::MAX; 256];
+    let mut i = TABLE.len();
+    while i > 0 {
+        i -= 1;
+        first[TABLE[i].opcode as usize] = i as u8;
+    }
+    first
+};
 
 /// Checks a CDB against the command's usage map: it is long enough and no reserved bit
 /// is set.
@@ -474,6 +490,35 @@ mod tests {
     use super::*;
 
     const CAPS: Caps = Caps { unmap: true };
+
+    #[test]
+    fn lookup_from_the_first_index_finds_what_a_full_scan_finds() {
+        for opcode in 0..=255u8 {
+            let first = FIRST[usize::from(opcode)];
+            match TABLE.iter().position(|op| op.opcode == opcode) {
+                Some(i) => assert_eq!(usize::from(first), i, "opcode {opcode:#04x}"),
+                None => assert_eq!(first, u8::MAX, "opcode {opcode:#04x}"),
+            }
+            for unmap in [false, true] {
+                let caps = Caps { unmap };
+                for sa in [0u8, 0x0C, 0x10, 0x1F] {
+                    let cdb = [opcode, sa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    let full = TABLE
+                        .iter()
+                        .find(|op| {
+                            op.opcode == opcode
+                                && op.offered(caps)
+                                && op.service_action.is_none_or(|s| s == sa)
+                        })
+                        .map(|op| (op.opcode, op.service_action));
+                    let got = lookup(Cdb(&cdb), caps)
+                        .ok()
+                        .map(|op| (op.opcode, op.service_action));
+                    assert_eq!(got, full, "opcode {opcode:#04x} sa {sa:#04x}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn table_is_sorted_and_usage_starts_with_opcode_and_service_action() {

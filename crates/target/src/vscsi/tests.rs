@@ -216,3 +216,41 @@ fn lun_transfer_limit_is_max_sectors() {
     assert_eq!(w[0][10], 0x02);
     assert_eq!((w[0][12 + 2], w[0][12 + 12]), (0x05, 0x24));
 }
+
+/// A device with one LUN served by `bdev` through a [`ChannelIo`].
+fn device_on(bdev: &vbdev_bdev::Bdev) -> ScsiDevice {
+    let mut t = ScsiTarget::new(2);
+    let io = ChannelIo::open(bdev).unwrap();
+    t.add_lun(0, new_lun(Box::new(io), "direct", 64)).unwrap();
+    ScsiDevice::new(&ScsiTargetConfig::new("/nonexistent"), vec![t]).unwrap()
+}
+
+#[test]
+fn reads_of_direct_bdevs_go_straight_into_several_data_in_buffers() {
+    // READ(10) of 8 blocks at LBA 2, into the response buffer and two data buffers.
+    let read = header(&[0x28, 0, 0, 0, 0, 2, 0, 0, 8, 0], 32);
+    let resp = (wire::CMD_RESP_LEN + 96) as u32;
+    let bufs = [resp, 1000, 3096];
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 241) as u8 ^ 0x3c).collect();
+    let malloc = vbdev_bdev::malloc::create("m", 64, 512).unwrap();
+    let mut ch = malloc.open_channel().unwrap();
+    let mut buf = vbdev_bdev::DmaBuf::alloc(4096).unwrap();
+    buf.copy_from_slice(&data);
+    ch.submit(vbdev_bdev::Request::write(2, buf, 0)).unwrap();
+    assert!(ch.wait_one().unwrap().status.is_success());
+    let (used, out) = run_filled(&device_on(&malloc), &[&read], &bufs, 0x77);
+    assert_eq!(used, resp + 4096);
+    assert_eq!(out[0][10..12], [0, 0], "GOOD, OK");
+    assert!([&out[1][..], &out[2][..]].concat() == data);
+    for (read_zeroes, byte) in [(true, 0u8), (false, 0x77)] {
+        let opts = vbdev_bdev::null::NullOptions { read_zeroes };
+        let null = vbdev_bdev::null::create_with("n", 64, 512, opts).unwrap();
+        let (used, out) = run_filled(&device_on(&null), &[&read], &bufs, 0x77);
+        assert_eq!(used, resp + 4096);
+        assert_eq!(out[0][10..12], [0, 0]);
+        assert!(
+            out[1].iter().chain(&out[2]).all(|&b| b == byte),
+            "read_zeroes {read_zeroes}"
+        );
+    }
+}

@@ -61,6 +61,30 @@ fn blk_target_serves_vbdev_io_and_removes_its_socket_on_sigterm() {
 }
 
 #[test]
+fn null_target_without_read_zeroes_serves_io() {
+    let mut t = Target::start(&["--null", "16M", "--null-read-zeroes", "off", "--poll"]);
+    let info: InfoJson = io(t.socket(), &["info", "--json"]).json();
+    assert_eq!(info.num_blocks, 16 * MIB / 512);
+    for cmd in ["write", "read"] {
+        // The initiator's read buffers start zeroed, and are left so.
+        io(
+            t.socket(),
+            &[
+                cmd,
+                "--offset",
+                "4096",
+                "--pattern",
+                "0",
+                "--length",
+                "65536",
+            ],
+        )
+        .expect_ok();
+    }
+    assert_eq!(t.signal(libc::SIGTERM), 0);
+}
+
+#[test]
 fn polling_target_with_more_queues_than_poll_threads_serves_every_queue() {
     let mut t = Target::start(&[
         "--malloc",
@@ -164,6 +188,26 @@ fn target_usage_errors_exit_2() {
         .expect_failure(2, &["--malloc 1000", "block size 512"]);
     vbdev(&["target", "--socket", s, "--malloc", "1M", "--null", "1M"]).expect_code(2);
     vbdev(&["target", "--socket", s, "--malloc", "12X"]).expect_code(2);
+    vbdev(&[
+        "target",
+        "--socket",
+        s,
+        "--malloc",
+        "1M",
+        "--null-read-zeroes",
+        "off",
+    ])
+    .expect_failure(2, &["--null-read-zeroes applies to --null only"]);
+    vbdev(&[
+        "target",
+        "--socket",
+        s,
+        "--null",
+        "1M",
+        "--null-read-zeroes",
+        "no",
+    ])
+    .expect_failure(2, &["not on or off"]);
     vbdev(&["target", "--socket", s, "--malloc", "1M", "--queues", "0"])
         .expect_failure(2, &["--queues"]);
     vbdev(&["target", "--socket", s, "--file", "/nonexistent/disk.raw"])
