@@ -15,7 +15,9 @@
 # Environment: ROUNDS (5), SECONDS (3; 1 with --smoke), QUEUE_SIZE (512), TARGETS ("vbdev qsd";
 # with SPDK_DIR "vbdev qsd spdk-blk vbdev-scsi spdk-scsi"), ENGINES (every one that applies:
 # "vbdev blkio", plus "spdk" with SPDK_DIR), ROWS ("randread:1 randread:32 randread:128
-# randwrite:128"), TARGET_CPU (0), INITIATOR_CPU (1), VBDEV_CLIENT (perf, the default, or
+# randwrite:128"), NULL_READ_ZEROES (on, the default: the null targets of vbdev and qsd return
+# zeros; off: they leave read buffers untouched, which is what SPDK's null bdev always does, so
+# that every target does the same work), TARGET_CPU (0), INITIATOR_CPU (1), VBDEV_CLIENT (perf, the default, or
 # example: see run_vbdev), SPDK_DIR (an SPDK build: build/bin/vhost, build/examples/bdevperf,
 # scripts/rpc.py, examples/bdev/bdevperf/bdevperf.py; see shared research notes on building
 # v24.01), OUT (the output directory; default bench/runs/<date>-compare, or with a time suffix
@@ -87,6 +89,9 @@ else
     ENGINES=${ENGINES:-"vbdev blkio"}
 fi
 ROWS=${ROWS:-"randread:1 randread:32 randread:128 randwrite:128"}
+NULL_READ_ZEROES=${NULL_READ_ZEROES:-on}
+[[ $NULL_READ_ZEROES == on || $NULL_READ_ZEROES == off ]] ||
+    { echo "compare.sh: NULL_READ_ZEROES=$NULL_READ_ZEROES is neither on nor off" >&2; exit 2; }
 TARGET_CPU=${TARGET_CPU:-0}
 INITIATOR_CPU=${INITIATOR_CPU:-1}
 for v in ROUNDS secs QUEUE_SIZE TARGET_CPU INITIATOR_CPU; do
@@ -225,11 +230,11 @@ start_target() {
     case $kind in
         vbdev | vbdev-scsi)
             taskset -c "$TARGET_CPU" "$bin/vbdev" target --socket "$sock" --dev-type "$(dev_type "$kind")" \
-                --null "$NULL_SIZE" --poll 2>"$tmp/target.err" &
+                --null "$NULL_SIZE" --null-read-zeroes "$NULL_READ_ZEROES" --poll 2>"$tmp/target.err" &
             ;;
         qsd)
             taskset -c "$TARGET_CPU" qemu-storage-daemon \
-                --blockdev driver=null-co,node-name=null0,size=$NULL_BYTES,read-zeroes=on \
+                --blockdev driver=null-co,node-name=null0,size=$NULL_BYTES,read-zeroes=$NULL_READ_ZEROES \
                 --export type=vhost-user-blk,id=e0,node-name=null0,addr.type=unix,addr.path="$sock",writable=on,num-queues=1 \
                 2>"$tmp/target.err" &
             ;;
@@ -400,7 +405,7 @@ fi
     echo "# uptime before: ${uptime_before# }"
     echo "# uptime after:  ${uptime_after# }"
     echo "# initiators: vbdev = $client; blkio = blkio_randread example; spdk = SPDK bdevperf -z, bdev_virtio vq_count 1"
-    echo "# targets: vbdev(-scsi) = vbdev target --dev-type blk|scsi --null $NULL_SIZE --poll; qsd = qemu-storage-daemon null-co ${NULL_SIZE}, read-zeroes=on, 1 queue; spdk-blk/-scsi = SPDK vhost, 1 reactor, bdev_null $NULL_SIZE"
+    echo "# targets: vbdev(-scsi) = vbdev target --dev-type blk|scsi --null $NULL_SIZE --null-read-zeroes $NULL_READ_ZEROES --poll; qsd = qemu-storage-daemon null-co ${NULL_SIZE}, read-zeroes=$NULL_READ_ZEROES, 1 queue; spdk-blk/-scsi = SPDK vhost, 1 reactor, bdev_null $NULL_SIZE (never touches read buffers)"
     echo "# iops: median (min-max) over the good runs; lat: median lat_avg_us"
     python3 - "$raw" <<'PY'
 import csv, statistics, sys
