@@ -345,13 +345,8 @@ impl<F: Format> Engine<F> {
         let stride = fmt.stride();
         let status_stride = fmt.status_stride();
         let status_off = (n * stride).next_multiple_of(64);
-        let mut slots = DmaDomain::global().alloc_zeroed(status_off + n * status_stride, 4096)?;
-        if let Some((off, byte)) = fmt.status_marker() {
-            for c in 0..n {
-                slots.write_at(status_off + c * status_stride + off, &[byte]);
-            }
-        }
-        Ok(Self {
+        let slots = DmaDomain::global().alloc_zeroed(status_off + n * status_stride, 4096)?;
+        let mut engine = Self {
             index,
             fmt,
             vq,
@@ -375,7 +370,11 @@ impl<F: Format> Engine<F> {
             failed: false,
             next_tag: 1,
             overlong_len_seen: false,
-        })
+        };
+        for ctx in 0..size {
+            engine.rearm(ctx);
+        }
+        Ok(engine)
     }
 
     /// A new client for a channel (with its target) or a command user (without).
@@ -488,11 +487,12 @@ impl<F: Format> Engine<F> {
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.scratch.clear();
+        let status = self.status_at(ctx);
         let parent = &self.parents[c.parent as usize];
         let mut slot = Slot {
             buf: &mut self.slots,
             base: usize::from(ctx) * self.stride,
-            status: self.status_off + usize::from(ctx) * self.status_stride,
+            status,
             scratch: &mut self.scratch,
         };
         match &parent.kind {
@@ -641,11 +641,16 @@ impl<F: Format> Engine<F> {
         }
     }
 
-    /// Arms context `ctx`'s status marker again (see [`Format::status_marker`]); the
-    /// device is done with the context.
+    /// Offset of context `ctx`'s status area in `slots`.
+    fn status_at(&self, ctx: u16) -> usize {
+        self.status_off + usize::from(ctx) * self.status_stride
+    }
+
+    /// Arms context `ctx`'s status marker (see [`Format::status_marker`]): at queue
+    /// creation, and again once the device is done with the context.
     fn rearm(&mut self, ctx: u16) {
         if let Some((off, byte)) = self.fmt.status_marker() {
-            let at = self.status_off + usize::from(ctx) * self.status_stride + off;
+            let at = self.status_at(ctx) + off;
             self.slots.write_volatile(at, byte);
         }
     }
@@ -659,9 +664,7 @@ impl<F: Format> Engine<F> {
         }
         for u in batch.iter().flatten() {
             let ctx = u.cookie as u16; // cookies are context indices < queue size
-            let _ = self
-                .slots
-                .read_volatile(self.status_off + usize::from(ctx) * self.status_stride);
+            let _ = self.slots.read_volatile(self.status_at(ctx));
         }
     }
 
@@ -686,7 +689,7 @@ impl<F: Format> Engine<F> {
         let p = self.ctx[usize::from(ctx)].parent;
         let view = SlotView {
             buf: &self.slots,
-            status: self.status_off + usize::from(ctx) * self.status_stride,
+            status: self.status_at(ctx),
         };
         let parent = &mut self.parents[p as usize];
         let written = match (&parent.kind, used.written) {
