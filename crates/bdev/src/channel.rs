@@ -172,14 +172,38 @@ impl IoChannel {
         }
     }
 
-    fn check(&self, req: &mut Request) -> std::result::Result<(), RejectReason> {
+    /// The checks every request of `op` passes first: the device is there, and a
+    /// modifying one is allowed.
+    fn check_access(&self, op: IoOp) -> std::result::Result<(), RejectReason> {
         if self.backend.is_removed() {
             return Err(RejectReason::Removed);
         }
-        let op = req.op;
         if op.modifies() && self.read_only {
             return Err(RejectReason::ReadOnly { op });
         }
+        Ok(())
+    }
+
+    /// `[offset_blocks, offset_blocks + num_blocks)` lies within the device.
+    fn check_range(
+        &self,
+        offset_blocks: u64,
+        num_blocks: u64,
+    ) -> std::result::Result<(), RejectReason> {
+        let capacity = self.backend.num_blocks().unwrap_or(self.num_blocks);
+        match offset_blocks.checked_add(num_blocks) {
+            Some(end) if end <= capacity => Ok(()),
+            _ => Err(RejectReason::OutOfRange {
+                offset_blocks,
+                num_blocks,
+                capacity,
+            }),
+        }
+    }
+
+    fn check(&self, req: &mut Request) -> std::result::Result<(), RejectReason> {
+        let op = req.op;
+        self.check_access(op)?;
         match op {
             IoOp::Read | IoOp::Write => {
                 let len = req.buf.as_ref().map_or(0, |b| b.len() as u64);
@@ -226,15 +250,7 @@ impl IoChannel {
             }
             IoOp::Flush => return Ok(()),
         }
-        let capacity = self.backend.num_blocks().unwrap_or(self.num_blocks);
-        match req.offset_blocks.checked_add(req.num_blocks) {
-            Some(end) if end <= capacity => Ok(()),
-            _ => Err(RejectReason::OutOfRange {
-                offset_blocks: req.offset_blocks,
-                num_blocks: req.num_blocks,
-                capacity,
-            }),
-        }
+        self.check_range(req.offset_blocks, req.num_blocks)
     }
 
     /// Submits a request. It reaches the device at the next [`Self::poll`]; when the
@@ -385,24 +401,11 @@ impl IoChannel {
         if !self.direct {
             return Err(RejectReason::Unsupported { op });
         }
-        if self.backend.is_removed() {
-            return Err(RejectReason::Removed);
-        }
-        if op.modifies() && self.read_only {
-            return Err(RejectReason::ReadOnly { op });
-        }
+        self.check_access(op)?;
         if num_blocks == 0 {
             return Err(RejectReason::Empty { op, num_blocks });
         }
-        let capacity = self.backend.num_blocks().unwrap_or(self.num_blocks);
-        match offset_blocks.checked_add(num_blocks) {
-            Some(end) if end <= capacity => Ok(()),
-            _ => Err(RejectReason::OutOfRange {
-                offset_blocks,
-                num_blocks,
-                capacity,
-            }),
-        }
+        self.check_range(offset_blocks, num_blocks)
     }
 
     /// Counts a direct request's outcome and publishes the counters it changed (two
