@@ -53,7 +53,7 @@ use vm_memory::GuestMemory;
 use vbdev_bdev::{ReadDest, WriteSrc};
 
 use crate::disk::{BlockIo, ChannelIo, DiskError, DiskInfo};
-use crate::fast::{Requests, Segments, ZEROS};
+use crate::fast::{Requests, Segments, put_zeros};
 use crate::fault::{CorruptLast, Fault, Faults};
 use crate::server::{self, Chain, Device, Error, Mem, Quirks, Result, ServeOptions, TargetHandle};
 
@@ -662,15 +662,7 @@ impl ReadDest for WriterDest<'_, '_> {
     }
 
     fn zeros(&mut self, n: usize) -> bool {
-        let mut z = 0;
-        while z < n {
-            let m = (n - z).min(ZEROS.len());
-            if self.0.write_all(&ZEROS[..m]).is_err() {
-                return false;
-            }
-            z += m;
-        }
-        true
+        put_zeros(n, |_, zeros| self.0.write_all(zeros).is_ok())
     }
 
     fn skip(&mut self, n: usize) -> bool {

@@ -142,13 +142,8 @@ impl Segments {
     pub fn read_at(&self, mem: &Mem, offset: usize, buf: &mut [u8]) -> bool {
         let mut done = 0;
         walk(self.readable(), offset, buf.len(), |addr, at, n| {
-            let dst = &mut buf[at..at + n];
             done += n;
-            match mem.get_slice(GuestAddress(addr), n) {
-                Ok(s) => s.copy_to(dst) == n,
-                // Crosses a region boundary: the general accessor handles that.
-                Err(_) => mem.read_slice(dst, GuestAddress(addr)).is_ok(),
-            }
+            get_guest(mem, addr, &mut buf[at..at + n])
         }) && done == buf.len()
     }
 
@@ -157,22 +152,29 @@ impl Segments {
     pub fn write_at(&self, mem: &Mem, offset: usize, data: &[u8]) -> bool {
         let mut done = 0;
         walk(self.writable(), offset, data.len(), |addr, at, n| {
-            let src = &data[at..at + n];
             done += n;
-            match mem.get_slice(GuestAddress(addr), n) {
-                Ok(s) => {
-                    s.copy_from(src);
-                    true
-                }
-                Err(_) => mem.write_slice(src, GuestAddress(addr)).is_ok(),
-            }
+            put_guest(mem, addr, &data[at..at + n])
         }) && done == data.len()
     }
 }
 
 /// Zeros to copy from: guest memory is only written through vm-memory's accessors,
 /// which have no fill.
-pub(crate) static ZEROS: [u8; 4096] = [0; 4096];
+static ZEROS: [u8; 4096] = [0; 4096];
+
+/// Puts `n` zeros through `put`, a piece of at most 4 KiB at a time: `put(done, zeros)`
+/// with the bytes put before. False when `put` refuses one.
+pub(crate) fn put_zeros(n: usize, mut put: impl FnMut(usize, &[u8]) -> bool) -> bool {
+    let mut z = 0;
+    while z < n {
+        let m = (n - z).min(ZEROS.len());
+        if !put(z, &ZEROS[..m]) {
+            return false;
+        }
+        z += m;
+    }
+    true
+}
 
 impl Segments {
     /// The writable bytes from byte `offset` on, as a read's destination: a disk with
@@ -209,55 +211,27 @@ impl Segments {
 pub struct Cursor<'a> {
     mem: &'a Mem,
     segs: &'a [Seg],
-    /// The buffer the position is in, and the offset in it.
-    idx: usize,
-    off: usize,
+    /// The position: bytes of `segs`' concatenation before it.
+    pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(mem: &'a Mem, segs: &'a [Seg], mut offset: usize) -> Self {
-        let mut idx = 0;
-        while let Some(s) = segs.get(idx) {
-            if offset < s.len as usize {
-                break;
-            }
-            offset -= s.len as usize;
-            idx += 1;
-        }
-        Self {
-            mem,
-            segs,
-            idx,
-            off: offset,
-        }
+    fn new(mem: &'a Mem, segs: &'a [Seg], pos: usize) -> Self {
+        Self { mem, segs, pos }
     }
 
     /// Moves over `n` bytes, calling `f(mem, guest_addr, done, k)` for each piece of `k`
     /// bytes that lies in one buffer (`done` bytes before it). False when the buffers end
     /// first or `f` refuses.
     fn advance(&mut self, n: usize, mut f: impl FnMut(&Mem, u64, usize, usize) -> bool) -> bool {
+        let mem = self.mem;
         let mut done = 0;
-        while done < n {
-            let Some(s) = self.segs.get(self.idx) else {
-                return false;
-            };
-            let left = (s.len as usize).saturating_sub(self.off);
-            if left == 0 {
-                self.idx += 1;
-                self.off = 0;
-                continue;
-            }
-            let k = left.min(n - done);
-            let Some(addr) = s.addr.checked_add(self.off as u64) else {
-                return false;
-            };
-            if !f(self.mem, addr, done, k) {
-                return false;
-            }
-            self.off += k;
+        let ok = walk(self.segs, self.pos, n, |addr, at, k| {
             done += k;
-        }
-        true
+            f(mem, addr, at, k)
+        }) && done == n;
+        self.pos = self.pos.saturating_add(n);
+        ok
     }
 }
 
@@ -273,6 +247,15 @@ fn put_guest(mem: &Mem, addr: u64, data: &[u8]) -> bool {
     }
 }
 
+/// Copies guest memory at `addr` into `buf`.
+fn get_guest(mem: &Mem, addr: u64, buf: &mut [u8]) -> bool {
+    match mem.get_slice(GuestAddress(addr), buf.len()) {
+        Ok(s) => s.copy_to(buf) == buf.len(),
+        // Crosses a region boundary: the general accessor handles that.
+        Err(_) => mem.read_slice(buf, GuestAddress(addr)).is_ok(),
+    }
+}
+
 impl ReadDest for Cursor<'_> {
     fn put(&mut self, data: &[u8]) -> bool {
         self.advance(data.len(), |mem, addr, at, k| {
@@ -282,18 +265,10 @@ impl ReadDest for Cursor<'_> {
 
     fn zeros(&mut self, n: usize) -> bool {
         self.advance(n, |mem, addr, _, k| {
-            let mut z = 0;
-            while z < k {
-                let m = (k - z).min(ZEROS.len());
-                let Some(a) = addr.checked_add(z as u64) else {
-                    return false;
-                };
-                if !put_guest(mem, a, &ZEROS[..m]) {
-                    return false;
-                }
-                z += m;
-            }
-            true
+            put_zeros(k, |z, zeros| {
+                addr.checked_add(z as u64)
+                    .is_some_and(|a| put_guest(mem, a, zeros))
+            })
         })
     }
 
@@ -312,11 +287,7 @@ fn in_memory(mem: &Mem, addr: u64, len: usize) -> bool {
 impl WriteSrc for Cursor<'_> {
     fn take(&mut self, buf: &mut [u8]) -> bool {
         self.advance(buf.len(), |mem, addr, at, k| {
-            let dst = &mut buf[at..at + k];
-            match mem.get_slice(GuestAddress(addr), k) {
-                Ok(s) => s.copy_to(dst) == k,
-                Err(_) => mem.read_slice(dst, GuestAddress(addr)).is_ok(),
-            }
+            get_guest(mem, addr, &mut buf[at..at + k])
         })
     }
 
