@@ -391,11 +391,7 @@ impl Completer {
     /// Whether chains can still be completed: the connection is open and the ring is
     /// ready and enabled.
     pub fn is_live(&self) -> bool {
-        if self.conn.is_closing() {
-            return false;
-        }
-        let state = self.vring.get_ref();
-        state.is_enabled() && state.get_queue().ready()
+        !self.conn.is_closing() && self.vring.is_running()
     }
 
     /// Writes `data` at the start of `chain`'s writable buffers, through the current
@@ -1058,11 +1054,8 @@ impl<D: Device> Session<D> {
             // First look, or the ring was (re)started or (re)enabled since the last one.
             p.epoch = Some(epoch);
             p.peek = None;
-            {
-                let state = vring.get_ref();
-                if !state.is_enabled() || !state.get_queue().ready() {
-                    return Flow::Stop;
-                }
+            if !vring.is_running() {
+                return Flow::Stop;
             }
             tracing::debug!(target: TARGET, queue = q, "polling the ring");
             self.ring_seen(q, vring);
@@ -1085,11 +1078,8 @@ impl<D: Device> Session<D> {
                 f => f,
             }
         } else {
-            {
-                let state = vring.get_ref();
-                if !state.is_enabled() || !state.get_queue().ready() {
-                    return Flow::Stop;
-                }
+            if !vring.is_running() {
+                return Flow::Stop;
             }
             self.serve_available(q, vring, BATCH)
         }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 
 use vhost_user_backend::{VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT};
-use virtio_queue::Error as VirtQueError;
+use virtio_queue::{Error as VirtQueError, QueueT};
 use vm_memory::GuestMemoryAtomic;
 
 use super::{Mem, TARGET};
@@ -48,6 +48,13 @@ impl Vring {
     /// saw the old value looks again once it sees the new one.
     pub fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether the ring runs: enabled and ready (started, not stopped by
+    /// `GET_VRING_BASE`).
+    pub fn is_running(&self) -> bool {
+        let state = self.inner.get_ref();
+        state.is_enabled() && state.get_queue().ready()
     }
 
     /// Whether a notification is waiting for a call eventfd.
