@@ -494,7 +494,11 @@ fn target_hang_up_mid_io_fails_every_outstanding_request_of_every_lun_and_the_ne
     let mut chans: Vec<IoChannel> = bdevs.iter().map(|b| b.open_channel().unwrap()).collect();
     write(&mut chans[0], 0, &pattern(1, 4096));
     s.handle.faults.inject(Fault::CloseAfter(5));
-    let n = 24u64;
+    // Seven requests per channel: a scsi channel hands its staged requests to the queue
+    // once eight are staged, so with more the target could serve five and hang up while
+    // this loop still submits, and later submissions would be refused (device removed)
+    // instead of being outstanding when it goes.
+    let n = 14u64;
     for i in 0..n {
         let ch = &mut chans[(i % 2) as usize];
         ch.submit(Request::read(i * 8, DmaBuf::alloc(4096).unwrap(), i))
