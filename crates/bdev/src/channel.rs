@@ -135,6 +135,9 @@ pub struct IoChannel {
     published: Arc<ChannelStats>,
     bdev_stats: Arc<BdevStats>,
     block_size: u64,
+    /// `log2(block_size)` when it is a power of two (every common size): the block
+    /// count of a buffer is then a shift, not a division, on every request.
+    block_shift: Option<u32>,
     num_blocks: u64,
     read_only: bool,
     flush: bool,
@@ -162,6 +165,10 @@ impl IoChannel {
             published: bdev_stats.open(),
             bdev_stats: Arc::clone(bdev_stats),
             block_size: u64::from(info.block_size),
+            block_shift: info
+                .block_size
+                .is_power_of_two()
+                .then(|| info.block_size.trailing_zeros()),
             num_blocks: info.num_blocks,
             read_only: info.read_only,
             flush: info.flush,
@@ -207,8 +214,11 @@ impl IoChannel {
         match op {
             IoOp::Read | IoOp::Write => {
                 let len = req.buf.as_ref().map_or(0, |b| b.len() as u64);
-                let blocks = len / self.block_size;
-                if len == 0 || len % self.block_size != 0 {
+                let (blocks, rest) = match self.block_shift {
+                    Some(shift) => (len >> shift, len & (self.block_size - 1)),
+                    None => (len / self.block_size, len % self.block_size),
+                };
+                if len == 0 || rest != 0 {
                     return Err(RejectReason::BufferSize {
                         expected: req.num_blocks.saturating_mul(self.block_size),
                         actual: len,

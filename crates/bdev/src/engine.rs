@@ -45,6 +45,12 @@ pub(crate) const PUBLISH_BATCH: u16 = 8;
 /// before any is handled (see `Engine::touch_status`).
 const REAP_BATCH: usize = 16;
 
+/// A placeholder for the reap batch's unused entries.
+const NO_USED: Used = Used {
+    cookie: 0,
+    written: Ok(0),
+};
+
 /// Where a format writes one child: its context's slot and the chain being built.
 pub(crate) struct Slot<'a> {
     buf: &'a mut DmaBuf,
@@ -216,13 +222,6 @@ pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
     }
 }
 
-#[derive(Debug)]
-enum Kind<F: Format> {
-    Io(Request),
-    /// Boxed: commands are rare, and a parent stays the size of a block request.
-    Cmd(Box<CmdState<F>>),
-}
-
 /// A command in flight and, once its child completed, its reply.
 #[derive(Debug)]
 struct CmdState<F: Format> {
@@ -230,9 +229,20 @@ struct CmdState<F: Format> {
     reply: Option<F::Reply>,
 }
 
+/// A block request or a command, with what is known of its children.
+///
+/// The block request lives in the parent itself, not in an enum beside the command:
+/// it is stored there field by field (see [`Engine::start_io`]), which an enum variant
+/// built whole would not allow.
 #[derive(Debug)]
 struct Parent<F: Format> {
-    kind: Option<Kind<F>>,
+    /// Started and not finished.
+    active: bool,
+    /// An active parent's block request when `cmd` is `None`; otherwise (and while
+    /// free) an empty placeholder without a buffer.
+    req: Request,
+    /// Boxed: commands are rare, and a parent stays the size of a block request.
+    cmd: Option<Box<CmdState<F>>>,
     client: u16,
     /// Units (blocks; 1 for a flush or a command) handed to children.
     cursor: u64,
@@ -243,7 +253,9 @@ struct Parent<F: Format> {
 impl<F: Format> Default for Parent<F> {
     fn default() -> Self {
         Self {
-            kind: None,
+            active: false,
+            req: Request::flush(0),
+            cmd: None,
             client: 0,
             cursor: 0,
             children: 0,
@@ -254,9 +266,10 @@ impl<F: Format> Default for Parent<F> {
 
 impl<F: Format> Parent<F> {
     fn units(&self) -> u64 {
-        match &self.kind {
-            Some(Kind::Io(r)) if r.op != IoOp::Flush => r.num_blocks,
-            _ => 1,
+        if self.cmd.is_none() && self.req.op != IoOp::Flush {
+            self.req.num_blocks
+        } else {
+            1
         }
     }
 }
@@ -280,7 +293,8 @@ pub(crate) struct CmdDone<F: Format> {
 }
 
 enum Done<F: Format> {
-    Io(Completion),
+    /// A block request where a command was expected (dropped, with its buffer).
+    Io,
     Cmd(CmdDone<F>),
 }
 
@@ -426,23 +440,34 @@ impl<F: Format> Engine<F> {
     }
 
     /// Takes a block request from `client`; gives it back when the queue is full.
-    pub fn submit_io(&mut self, client: u16, req: Request) -> Result<(), Request> {
+    pub fn submit_io(&mut self, client: u16, mut req: Request) -> Result<(), Request> {
+        if self.submit_io_from(client, &mut req) {
+            Ok(())
+        } else {
+            Err(req)
+        }
+    }
+
+    /// [`Self::submit_io`] from where the request lies (see [`Request::move_fields`]):
+    /// true when taken (`req` is left without its buffer), false when the queue is
+    /// full (`req` untouched).
+    pub fn submit_io_from(&mut self, client: u16, req: &mut Request) -> bool {
         let Some(p) = self.parent_free.pop() else {
-            return Err(req);
+            return false;
         };
         if self.failed || self.clients[usize::from(client)].target.is_none() {
-            self.start_parent(p, client, Kind::Io(req));
+            self.start_io(p, client, req);
             self.parents[p as usize].status = IoStatus::Failed(IoError::Removed);
             self.route(p);
-            return Ok(());
+            return true;
         }
         if self.partial.is_some() || self.ctx_free.is_empty() {
             self.parent_free.push(p);
-            return Err(req);
+            return false;
         }
-        self.start_parent(p, client, Kind::Io(req));
+        self.start_io(p, client, req);
         self.advance(p);
-        Ok(())
+        true
     }
 
     /// Takes a command from `client`; gives it back when the queue is full.
@@ -453,11 +478,8 @@ impl<F: Format> Engine<F> {
         let Some(p) = self.parent_free.pop() else {
             return Err(cmd);
         };
-        self.start_parent(
-            p,
-            client,
-            Kind::Cmd(Box::new(CmdState { cmd, reply: None })),
-        );
+        self.start_parent(p, client);
+        self.parents[p as usize].cmd = Some(Box::new(CmdState { cmd, reply: None }));
         if self.failed {
             self.parents[p as usize].status = IoStatus::Failed(IoError::Removed);
             self.route(p);
@@ -467,12 +489,22 @@ impl<F: Format> Engine<F> {
         Ok(())
     }
 
-    fn start_parent(&mut self, p: u32, client: u16, kind: Kind<F>) {
-        // Field by field: the parent is free (`finish` took its kind), and only the
-        // request itself is copied.
+    /// [`Self::start_parent`] for a block request, moved in field by field (see
+    /// [`Request::move_fields`]: the caller built it a moment ago).
+    #[inline(always)]
+    fn start_io(&mut self, p: u32, client: u16, req: &mut Request) {
+        self.start_parent(p, client);
+        Request::move_fields(req, &mut self.parents[p as usize].req);
+    }
+
+    /// Marks free parent `p` active for `client`; the caller stores the request or
+    /// the command.
+    #[inline(always)]
+    fn start_parent(&mut self, p: u32, client: u16) {
         let parent = &mut self.parents[p as usize];
-        debug_assert!(parent.kind.is_none(), "starting a parent that is active");
-        parent.kind = Some(kind);
+        debug_assert!(!parent.active, "starting a parent that is active");
+        debug_assert!(parent.cmd.is_none() && parent.req.buf.is_none());
+        parent.active = true;
         parent.client = client;
         parent.cursor = 0;
         parent.children = 0;
@@ -495,17 +527,17 @@ impl<F: Format> Engine<F> {
             status,
             scratch: &mut self.scratch,
         };
-        match &parent.kind {
-            Some(Kind::Io(req)) => {
+        debug_assert!(parent.active, "building a child of a free parent");
+        match &parent.cmd {
+            None => {
                 let target = self.clients[usize::from(parent.client)]
                     .target
                     .as_deref()
                     .expect("block clients have a target");
                 self.fmt
-                    .build_io(&mut slot, req, target, c.start, c.units, tag);
+                    .build_io(&mut slot, &parent.req, target, c.start, c.units, tag);
             }
-            Some(Kind::Cmd(c)) => self.fmt.build_cmd(&mut slot, &c.cmd, tag),
-            None => unreachable!("active parent has a kind"),
+            Some(c) => self.fmt.build_cmd(&mut slot, &c.cmd, tag),
         }
     }
 
@@ -538,15 +570,14 @@ impl<F: Format> Engine<F> {
                 return;
             };
             let start = parent.cursor;
-            let n = match &parent.kind {
-                Some(Kind::Io(req)) => {
-                    let target = self.clients[usize::from(parent.client)]
-                        .target
-                        .as_deref()
-                        .expect("block clients have a target");
-                    self.fmt.child_units(req, target, units - start)
-                }
-                _ => 1,
+            let n = if parent.cmd.is_none() {
+                let target = self.clients[usize::from(parent.client)]
+                    .target
+                    .as_deref()
+                    .expect("block clients have a target");
+                self.fmt.child_units(&parent.req, target, units - start)
+            } else {
+                1
             };
             if n == 0 {
                 // The format offers no child for this: fail the request, never loop.
@@ -610,27 +641,20 @@ impl<F: Format> Engine<F> {
         // Field by field rather than `mem::take` of the whole parent: no copy of what
         // is left behind.
         let parent = &mut self.parents[p as usize];
-        let kind = parent.kind.take();
+        debug_assert!(parent.active, "finishing a free parent");
+        parent.active = false;
+        let cmd = parent.cmd.take();
         let parent_status = parent.status;
         let client = &mut self.clients[usize::from(parent.client)];
         self.parent_free.push(p);
         client.active -= 1;
         self.total_active -= 1;
-        match kind.expect("active parent has a kind") {
-            Kind::Io(req) => {
-                let status = match parent_status {
-                    IoStatus::Failed(_) if client.target.as_deref().is_some_and(F::is_gone) => {
-                        IoStatus::Failed(IoError::Removed)
-                    }
-                    s => s,
-                };
-                Done::Io(Completion {
-                    cookie: req.cookie,
-                    status,
-                    buf: req.buf,
-                })
+        match cmd {
+            None => {
+                parent.req.buf = None;
+                Done::Io
             }
-            Kind::Cmd(c) => Done::Cmd(CmdDone {
+            Some(c) => Done::Cmd(CmdDone {
                 cmd: c.cmd,
                 reply: c.reply.unwrap_or_default(),
                 error: match parent_status {
@@ -639,6 +663,41 @@ impl<F: Format> Engine<F> {
                 },
             }),
         }
+    }
+
+    /// Hands finished parent `p`'s block request to `out`, field by field: a whole
+    /// `Completion` built here and moved through the stack into `out` costs a failed
+    /// store-to-load forward on every request (its fields were just stored narrow, the
+    /// move loads them wide). Returns false, leaving `out` alone, for a command (block
+    /// clients send none; it is dropped).
+    fn finish_into(&mut self, p: u32, out: &mut Completion) -> bool {
+        let parent = &mut self.parents[p as usize];
+        if parent.cmd.is_some() {
+            debug_assert!(false, "block clients send no commands");
+            let _ = self.finish(p);
+            return false;
+        }
+        debug_assert!(parent.active, "finishing a free parent");
+        parent.active = false;
+        let client = &mut self.clients[usize::from(parent.client)];
+        // Success, the usual case, stored as a constant: the status copied through a
+        // temporary would be loaded across its narrower stores.
+        if parent.status.is_success() {
+            out.status = IoStatus::Success;
+        } else {
+            out.status = match parent.status {
+                IoStatus::Failed(_) if client.target.as_deref().is_some_and(F::is_gone) => {
+                    IoStatus::Failed(IoError::Removed)
+                }
+                s => s,
+            };
+        }
+        out.cookie = parent.req.cookie;
+        out.buf = parent.req.buf.take();
+        self.parent_free.push(p);
+        client.active -= 1;
+        self.total_active -= 1;
+        true
     }
 
     /// Offset of context `ctx`'s status area in `slots`.
@@ -658,11 +717,11 @@ impl<F: Format> Engine<F> {
     /// Reads the first byte of the status areas of the completions in `batch`, all
     /// before any is judged: the lines the device wrote then travel to this core
     /// together instead of one after another, each behind the handling of the last.
-    fn touch_status(&self, batch: &[Option<Used>]) {
+    fn touch_status(&self, batch: &[Used]) {
         if self.status_stride == 0 {
             return;
         }
-        for u in batch.iter().flatten() {
+        for u in batch {
             let ctx = u.cookie as u16; // cookies are context indices < queue size
             let _ = self.slots.read_volatile(self.status_at(ctx));
         }
@@ -670,13 +729,13 @@ impl<F: Format> Engine<F> {
 
     /// Takes up to `max` (at most [`REAP_BATCH`]) completions off the used ring into
     /// `batch` and touches their status lines; returns how many.
-    fn pop_batch(&mut self, batch: &mut [Option<Used>; REAP_BATCH], max: usize) -> usize {
+    fn pop_batch(&mut self, batch: &mut [Used; REAP_BATCH], max: usize) -> usize {
         let mut k = 0;
         while k < max.min(REAP_BATCH) {
             let Some(u) = self.vq.pop_used() else {
                 break;
             };
-            batch[k] = Some(u);
+            batch[k] = u;
             k += 1;
         }
         self.touch_status(&batch[..k]);
@@ -684,7 +743,7 @@ impl<F: Format> Engine<F> {
     }
 
     /// Accounts one completed child; returns its parent when that parent is finished.
-    fn complete_used(&mut self, used: Used) -> Option<u32> {
+    fn complete_used(&mut self, used: &Used) -> Option<u32> {
         let ctx = used.cookie as u16; // cookies are context indices < queue size
         let p = self.ctx[usize::from(ctx)].parent;
         let view = SlotView {
@@ -692,26 +751,27 @@ impl<F: Format> Engine<F> {
             status: self.status_at(ctx),
         };
         let parent = &mut self.parents[p as usize];
-        let written = match (&parent.kind, used.written) {
-            (Some(Kind::Io(req)), Err(QueueError::UsedLenTooLarge { len, writable, .. }))
-                if self.fmt.overlong_len_ok(req) =>
+        debug_assert!(parent.active, "a completion for a free parent");
+        let written = match (&parent.cmd, &used.written) {
+            (None, Err(QueueError::UsedLenTooLarge { len, writable, .. }))
+                if self.fmt.overlong_len_ok(&parent.req) =>
             {
                 if !self.overlong_len_seen {
                     self.overlong_len_seen = true;
                     tracing::warn!(target: "vbdev::engine", queue = self.index, len, writable, "the device reports more bytes written than the request had room for; ignored for requests whose answer carries its own length (reported once per queue)");
                 }
-                Ok(u32::try_from(writable).unwrap_or(u32::MAX))
+                Ok(u32::try_from(*writable).unwrap_or(u32::MAX))
             }
-            (_, w) => w,
+            (_, w) => *w,
         };
-        let status = match (&mut parent.kind, written) {
+        let status = match (&mut parent.cmd, written) {
             (_, Err(e)) => IoStatus::Failed(IoError::Protocol(e)),
-            (Some(Kind::Cmd(c)), Ok(_)) => {
+            (Some(c), Ok(_)) => {
                 let (reply, status) = self.fmt.read_cmd(&view);
                 c.reply = Some(reply);
                 status
             }
-            (Some(Kind::Io(_)), Ok(_)) => {
+            (None, Ok(_)) => {
                 let target = self.clients[usize::from(parent.client)]
                     .target
                     .as_deref()
@@ -727,7 +787,6 @@ impl<F: Format> Engine<F> {
                     }
                 }
             }
-            (None, Ok(_)) => unreachable!("active parent has a kind"),
         };
         self.rearm(ctx);
         self.ctx_free.push(ctx);
@@ -799,14 +858,14 @@ impl<F: Format> Engine<F> {
     pub fn pump(&mut self, io_timeout: Duration, removed: bool) {
         self.check_failure(removed);
         let mut progressed = false;
-        let mut batch = [None; REAP_BATCH];
+        let mut batch = [NO_USED; REAP_BATCH];
         loop {
             let k = self.pop_batch(&mut batch, REAP_BATCH);
             if k == 0 {
                 break;
             }
             progressed = true;
-            for used in batch[..k].iter_mut().filter_map(Option::take) {
+            for used in &batch[..k] {
                 if let Some(p) = self.complete_used(used) {
                     self.route(p);
                 }
@@ -827,21 +886,20 @@ impl<F: Format> Engine<F> {
         self.check_failure(removed);
         let mut n = self.take_io(client, out);
         let mut progressed = false;
-        let mut batch = [None; REAP_BATCH];
+        let mut batch = [NO_USED; REAP_BATCH];
         while n < out.len() {
             let k = self.pop_batch(&mut batch, out.len() - n);
             if k == 0 {
                 break;
             }
             progressed = true;
-            for used in batch[..k].iter_mut().filter_map(Option::take) {
+            for used in &batch[..k] {
                 let Some(p) = self.complete_used(used) else {
                     continue;
                 };
                 // A finished parent per completion at most: `n` stays within `out`.
                 if self.parents[p as usize].client == client {
-                    if let Done::Io(c) = self.finish(p) {
-                        out[n] = c;
+                    if self.finish_into(p, &mut out[n]) {
                         n += 1;
                     }
                 } else {
@@ -863,12 +921,8 @@ impl<F: Format> Engine<F> {
             let Some(p) = self.clients[usize::from(client)].ready.pop_front() else {
                 break;
             };
-            match self.finish(p) {
-                Done::Io(c) => {
-                    out[n] = c;
-                    n += 1;
-                }
-                Done::Cmd(_) => debug_assert!(false, "block clients send no commands"),
+            if self.finish_into(p, &mut out[n]) {
+                n += 1;
             }
         }
         n
@@ -879,7 +933,7 @@ impl<F: Format> Engine<F> {
         let p = self.clients[usize::from(client)].ready.pop_front()?;
         match self.finish(p) {
             Done::Cmd(c) => Some(c),
-            Done::Io(_) => None,
+            Done::Io => None,
         }
     }
 
@@ -894,7 +948,7 @@ impl<F: Format> Engine<F> {
         tracing::error!(target: TARGET, queue = self.index, in_flight = self.total_active, error = %why, "failing all requests of the queue");
         // Completions the device published before it went are real: deliver them.
         while let Some(used) = self.vq.pop_used() {
-            if let Some(p) = self.complete_used(used) {
+            if let Some(p) = self.complete_used(&used) {
                 self.route(p);
             }
         }

@@ -857,7 +857,7 @@ impl BdevBackend for ScsiDisk {
             lun: Arc::clone(&self.lun),
             ctrl: Arc::clone(&self.ctrl),
             polls: 0,
-            staged: std::collections::VecDeque::with_capacity(usize::from(self.ctrl.queue_size)),
+            staged: Staged::new(usize::from(self.ctrl.queue_size)),
             outstanding: 0,
         }))
     }
@@ -933,27 +933,92 @@ struct ScsiChannel {
     ctrl: Arc<Ctrl>,
     polls: u32,
     /// Accepted requests not yet handed to the queue, in order (at most `queue_size`).
-    staged: std::collections::VecDeque<Request>,
+    staged: Staged,
     /// Requests accepted and not yet returned by `reap`.
     outstanding: usize,
 }
 
+/// The requests a channel accepted and has not handed to its queue yet, in order: a
+/// ring allocated with the channel, filled and drained in place, field by field (see
+/// [`Request::move_fields`]: a request is staged a moment after it was built, and the
+/// last ones are handed on a moment after they were staged). A `VecDeque` moves each
+/// whole, twice.
+struct Staged {
+    /// Free slots hold husks: requests without a buffer.
+    ring: Box<[Request]>,
+    head: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged").field("len", &self.len).finish()
+    }
+}
+
+impl Staged {
+    fn new(cap: usize) -> Self {
+        Self {
+            ring: (0..cap.max(1)).map(|_| Request::flush(0)).collect(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Moves `req` in at the back; false, leaving it untouched, when full.
+    fn push(&mut self, req: &mut Request) -> bool {
+        if self.len == self.ring.len() {
+            return false;
+        }
+        let mut i = self.head + self.len;
+        if i >= self.ring.len() {
+            i -= self.ring.len();
+        }
+        Request::move_fields(req, &mut self.ring[i]);
+        self.len += 1;
+        true
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Request> {
+        (self.len > 0).then(|| &mut self.ring[self.head])
+    }
+
+    /// Drops the front request (a husk once it was handed on).
+    fn pop_front(&mut self) {
+        debug_assert!(self.len > 0);
+        self.ring[self.head].buf = None;
+        self.head += 1;
+        if self.head == self.ring.len() {
+            self.head = 0;
+        }
+        self.len -= 1;
+    }
+}
+
 /// Hands `client`'s staged requests to the queue, in order, as far as it has room.
-fn unstage(staged: &mut std::collections::VecDeque<Request>, client: u16, q: &mut ScsiQueue) {
-    while let Some(req) = staged.pop_front() {
-        if let Err(req) = q.submit_io(client, req) {
-            staged.push_front(req);
+fn unstage(staged: &mut Staged, client: u16, q: &mut ScsiQueue) {
+    while let Some(req) = staged.front_mut() {
+        if !q.submit_io_from(client, req) {
             break;
         }
+        staged.pop_front();
     }
 }
 
 impl ChannelBackend for ScsiChannel {
-    fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
-        if self.staged.len() >= usize::from(self.ctrl.queue_size) {
+    fn try_submit(&mut self, mut req: Request) -> std::result::Result<(), Request> {
+        // At most `queue_size` staged: the ring's capacity.
+        if !self.staged.push(&mut req) {
             return Err(req);
         }
-        self.staged.push_back(req);
         self.outstanding += 1;
         if self.staged.len() >= usize::from(PUBLISH_BATCH) {
             self.flush();

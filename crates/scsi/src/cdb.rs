@@ -80,6 +80,29 @@ impl Cdb {
         self.bytes[0]
     }
 
+    /// All sixteen bytes, zero past [`Self::len`], as two little-endian words (bytes
+    /// 0..8 and 8..16): for a writer that places the CDB in a fixed-size field with
+    /// word stores. READ and WRITE CDBs are built as these two words, so reading them
+    /// back is forwarded from the store buffer (see [`rw10`]).
+    #[inline]
+    pub fn words(&self) -> (u64, u64) {
+        let (lo, hi) = self.bytes.split_at(8);
+        (
+            u64::from_le_bytes(lo.try_into().expect("8 bytes")),
+            u64::from_le_bytes(hi.try_into().expect("8 bytes")),
+        )
+    }
+
+    /// A CDB of `len` bytes from its [`Self::words`].
+    #[inline]
+    fn from_words(lo: u64, hi: u64, len: u8) -> Self {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&lo.to_le_bytes());
+        bytes[8..].copy_from_slice(&hi.to_le_bytes());
+        Self { bytes, len }
+    }
+
+    #[inline]
     fn from_array<const N: usize>(a: [u8; N]) -> Self {
         debug_assert!(matches!(N, 6 | 10 | 12 | 16));
         let mut bytes = [0; 16];
@@ -188,40 +211,52 @@ pub fn start_stop_unit(start: bool, loej: bool, immed: bool) -> Cdb {
     Cdb::from_array([opcode::START_STOP_UNIT, u8::from(immed), 0, 0, b4, 0])
 }
 
+/// READ/WRITE(10): operation code, FUA in byte 1, LBA big-endian in bytes 2..6,
+/// TRANSFER LENGTH big-endian in bytes 7..9. Computed as the two words of
+/// [`Cdb::words`] rather than byte by byte: the I/O path reads the CDB back as words
+/// moments later, and a word load across byte stores cannot be forwarded from the store
+/// buffer (it waits for the buffer to drain).
+#[inline]
 fn rw10(op: u8, lba: u32, blocks: u16, fua: bool) -> Cdb {
-    let mut c = [0u8; 10];
-    c[0] = op;
-    c[1] = if fua { FUA } else { 0 };
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    Cdb::from_array(c)
+    let flags = if fua { FUA } else { 0 };
+    // Big-endian fields read as little-endian words: byte-swapped values.
+    let (lba, blocks) = (u64::from(lba.swap_bytes()), u64::from(blocks.swap_bytes()));
+    let lo = u64::from(op) | u64::from(flags) << 8 | lba << 16 | (blocks & 0xff) << 56;
+    let hi = blocks >> 8;
+    Cdb::from_words(lo, hi, 10)
 }
 
+/// READ/WRITE(16): operation code, FUA in byte 1, LBA big-endian in bytes 2..10,
+/// TRANSFER LENGTH big-endian in bytes 10..14 (words, as [`rw10`]).
+#[inline]
 fn rw16(op: u8, lba: u64, blocks: u32, fua: bool) -> Cdb {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = if fua { FUA } else { 0 };
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    Cdb::from_array(c)
+    let flags = if fua { FUA } else { 0 };
+    let (lba, blocks) = (lba.swap_bytes(), u64::from(blocks.swap_bytes()));
+    let lo = u64::from(op) | u64::from(flags) << 8 | lba << 16;
+    let hi = lba >> 48 | blocks << 16;
+    Cdb::from_words(lo, hi, 16)
 }
 
 /// READ(10) (SBC-4): LBA in bytes 2..6, TRANSFER LENGTH in bytes 7..9, FUA in byte 1.
+#[inline]
 pub fn read_10(lba: u32, blocks: u16, fua: bool) -> Cdb {
     rw10(opcode::READ_10, lba, blocks, fua)
 }
 
 /// WRITE(10) (SBC-4): same layout as [`read_10`].
+#[inline]
 pub fn write_10(lba: u32, blocks: u16, fua: bool) -> Cdb {
     rw10(opcode::WRITE_10, lba, blocks, fua)
 }
 
 /// READ(16) (SBC-4): LBA in bytes 2..10, TRANSFER LENGTH in bytes 10..14, FUA in byte 1.
+#[inline]
 pub fn read_16(lba: u64, blocks: u32, fua: bool) -> Cdb {
     rw16(opcode::READ_16, lba, blocks, fua)
 }
 
 /// WRITE(16) (SBC-4): same layout as [`read_16`].
+#[inline]
 pub fn write_16(lba: u64, blocks: u32, fua: bool) -> Cdb {
     rw16(opcode::WRITE_16, lba, blocks, fua)
 }
@@ -233,6 +268,7 @@ pub fn needs_16(lba: u64, blocks: u32) -> bool {
 }
 
 /// READ(10) when it can address the transfer, READ(16) otherwise (see [`needs_16`]).
+#[inline]
 pub fn read(lba: u64, blocks: u32, fua: bool) -> Cdb {
     match (u32::try_from(lba), u16::try_from(blocks)) {
         (Ok(l), Ok(b)) => read_10(l, b, fua),
@@ -241,6 +277,7 @@ pub fn read(lba: u64, blocks: u32, fua: bool) -> Cdb {
 }
 
 /// WRITE(10) when it can address the transfer, WRITE(16) otherwise (see [`needs_16`]).
+#[inline]
 pub fn write(lba: u64, blocks: u32, fua: bool) -> Cdb {
     match (u32::try_from(lba), u16::try_from(blocks)) {
         (Ok(l), Ok(b)) => write_10(l, b, fua),

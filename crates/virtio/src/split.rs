@@ -737,6 +737,11 @@ impl SplitQueue {
     ///
     /// Returns `None` when there is nothing new or the queue is broken (see
     /// [`Self::broken`]); a device that writes an impossible used entry breaks the queue.
+    ///
+    /// Always inlined (its error paths are not): the `Used` is then built where the
+    /// caller keeps it instead of being stored field by field and copied wide, a failed
+    /// store-to-load forward per completion.
+    #[inline(always)]
     pub fn pop_used(&mut self) -> Option<Used> {
         if self.broken.is_some() {
             return None;
@@ -753,7 +758,7 @@ impl SplitQueue {
             // returned buffers); the published, not yet returned ones bound the step.
             let published = self.in_flight - self.unpublished();
             if pending > published {
-                self.set_broken(QueueError::UsedIdxJump {
+                self.used_broken(QueueError::UsedIdxJump {
                     last: self.last_used,
                     idx,
                     in_flight: published,
@@ -773,7 +778,7 @@ impl SplitQueue {
             )
         };
         if id >= u32::from(self.size) {
-            self.set_broken(QueueError::UsedIdOutOfRange {
+            self.used_broken(QueueError::UsedIdOutOfRange {
                 id,
                 size: self.size,
             });
@@ -782,7 +787,7 @@ impl SplitQueue {
         let head = id as u16; // id < size <= 32768
         let slot = self.slots[usize::from(head)];
         if !slot.in_flight {
-            self.set_broken(QueueError::UsedIdNotInFlight { id });
+            self.used_broken(QueueError::UsedIdNotInFlight { id });
             return None;
         }
         self.last_used = self.last_used.wrapping_add(1);
@@ -795,12 +800,7 @@ impl SplitQueue {
         }
         self.free_chain(head, slot.ndesc);
         let written = if u64::from(len) > slot.writable {
-            tracing::warn!(target: TARGET, id, len, writable = slot.writable, "used len beyond writable space");
-            Err(QueueError::UsedLenTooLarge {
-                id,
-                len,
-                writable: slot.writable,
-            })
+            Err(Self::len_too_large(id, len, slot.writable))
         } else {
             Ok(len)
         };
@@ -808,6 +808,21 @@ impl SplitQueue {
             cookie: slot.cookie,
             written,
         })
+    }
+
+    /// [`Self::set_broken`] out of line, for the error paths of [`Self::pop_used`].
+    #[cold]
+    #[inline(never)]
+    fn used_broken(&mut self, why: QueueError) {
+        self.set_broken(why);
+    }
+
+    /// The error of a used length beyond the chain's writable space (logged).
+    #[cold]
+    #[inline(never)]
+    fn len_too_large(id: u32, len: u32, writable: u64) -> QueueError {
+        tracing::warn!(target: TARGET, id, len, writable, "used len beyond writable space");
+        QueueError::UsedLenTooLarge { id, len, writable }
     }
 
     fn free_chain(&mut self, head: u16, ndesc: u16) {
