@@ -83,7 +83,7 @@ impl Cdb {
     /// All sixteen bytes, zero past [`Self::len`], as two little-endian words (bytes
     /// 0..8 and 8..16): for a writer that places the CDB in a fixed-size field with
     /// word stores. READ and WRITE CDBs are built as these two words, so reading them
-    /// back is forwarded from the store buffer (see [`rw10`]).
+    /// back is forwarded from the store buffer (see [`read_10`]).
     #[inline]
     pub fn words(&self) -> (u64, u64) {
         let (lo, hi) = self.bytes.split_at(8);
