@@ -19,12 +19,15 @@ use crate::iostat::{BdevStats, ChannelStats, Counts, IoStat};
 /// A request's `cookie` is opaque to the backend and comes back unchanged in its one
 /// [`Completion`] ([`IoChannel`] uses it to find what it remembers of the request).
 pub trait ChannelBackend: Send + fmt::Debug {
-    /// Writes the request's descriptors, or gives it back when the queue has no room now.
-    /// The request was validated by [`IoChannel::submit`].
+    /// Takes the request (validated by [`IoChannel::submit`]) from where it lies and
+    /// writes its descriptors: true when taken (`req` is left without its buffer; what
+    /// else is left in it is unspecified), false, `req` untouched, when the queue has no
+    /// room now.
     ///
-    /// # Errors
-    /// The request, untouched, when the queue is full.
-    fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request>;
+    /// By reference, not by value: the request was built a moment ago, and moving it
+    /// whole through the call would load its fresh stores across their boundaries (see
+    /// [`Request::move_fields`]).
+    fn try_submit(&mut self, req: &mut Request) -> bool;
 
     /// Makes submitted requests visible to the device, with at most one notification.
     fn flush(&mut self);
@@ -296,9 +299,10 @@ impl IoChannel {
         };
         req.cookie = self.tracker.insert(req.cookie, req.op, bytes);
         if self.fifo.is_empty() {
-            match self.backend.try_submit(req) {
-                Ok(()) => self.unflushed = true,
-                Err(req) => self.fifo.push_back(req),
+            if self.backend.try_submit(&mut req) {
+                self.unflushed = true;
+            } else {
+                self.fifo.push_back(req);
             }
         } else {
             self.fifo.push_back(req);
@@ -339,11 +343,11 @@ impl IoChannel {
                 });
             }
         }
-        while let Some(req) = self.fifo.pop_front() {
-            if let Err(req) = self.backend.try_submit(req) {
-                self.fifo.push_front(req);
+        while let Some(req) = self.fifo.front_mut() {
+            if !self.backend.try_submit(req) {
                 break;
             }
+            self.fifo.pop_front();
         }
         // Publishes what the FIFO moved and the children of a split request that freed
         // slots let the backend send (cheap when there is nothing new).
@@ -620,12 +624,12 @@ mod tests {
     }
 
     impl ChannelBackend for Lifo {
-        fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
+        fn try_submit(&mut self, req: &mut Request) -> bool {
             if self.held.len() == 4 {
-                return Err(req);
+                return false;
             }
-            self.held.push(req);
-            Ok(())
+            self.held.push(std::mem::replace(req, Request::flush(0)));
+            true
         }
 
         fn flush(&mut self) {}

@@ -439,18 +439,9 @@ impl<F: Format> Engine<F> {
         self.vq.set_interrupts(on);
     }
 
-    /// Takes a block request from `client`; gives it back when the queue is full.
-    pub fn submit_io(&mut self, client: u16, mut req: Request) -> Result<(), Request> {
-        if self.submit_io_from(client, &mut req) {
-            Ok(())
-        } else {
-            Err(req)
-        }
-    }
-
-    /// [`Self::submit_io`] from where the request lies (see [`Request::move_fields`]):
-    /// true when taken (`req` is left without its buffer), false when the queue is
-    /// full (`req` untouched).
+    /// Takes a block request from `client`, from where it lies (see
+    /// [`Request::move_fields`]): true when taken (`req` is left without its buffer),
+    /// false when the queue is full (`req` untouched).
     pub fn submit_io_from(&mut self, client: u16, req: &mut Request) -> bool {
         let Some(p) = self.parent_free.pop() else {
             return false;

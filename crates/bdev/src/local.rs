@@ -252,10 +252,11 @@ impl<D: LocalDisk> ChannelBackend for LocalChannel<D> {
     /// Does the request now, in this thread. The channel neither allocates nor locks;
     /// the disk may lock, allocate (`malloc`, a shard's first write) or make a system
     /// call (`file`).
-    fn try_submit(&mut self, mut req: Request) -> std::result::Result<(), Request> {
+    fn try_submit(&mut self, req: &mut Request) -> bool {
         if self.done.len() >= usize::from(QUEUE_SIZE) {
-            return Err(req);
+            return false;
         }
+        let mut req = std::mem::replace(req, Request::flush(0));
         let status = if self.dev.detached.load(Ordering::Relaxed) {
             IoStatus::Failed(IoError::Removed)
         } else {
@@ -271,7 +272,7 @@ impl<D: LocalDisk> ChannelBackend for LocalChannel<D> {
             status,
             buf: req.buf,
         });
-        Ok(())
+        true
     }
 
     fn flush(&mut self) {}

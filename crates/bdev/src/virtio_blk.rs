@@ -669,9 +669,9 @@ impl BlkChannel {
 }
 
 impl ChannelBackend for BlkChannel {
-    fn try_submit(&mut self, req: Request) -> std::result::Result<(), Request> {
+    fn try_submit(&mut self, req: &mut Request) -> bool {
         let q = self.q();
-        q.e.submit_io(q.client, req)
+        q.e.submit_io_from(q.client, req)
     }
 
     fn flush(&mut self) {

@@ -1014,16 +1014,16 @@ fn unstage(staged: &mut Staged, client: u16, q: &mut ScsiQueue) {
 }
 
 impl ChannelBackend for ScsiChannel {
-    fn try_submit(&mut self, mut req: Request) -> std::result::Result<(), Request> {
+    fn try_submit(&mut self, req: &mut Request) -> bool {
         // At most `queue_size` staged: the ring's capacity.
-        if !self.staged.push(&mut req) {
-            return Err(req);
+        if !self.staged.push(req) {
+            return false;
         }
         self.outstanding += 1;
         if self.staged.len() >= usize::from(PUBLISH_BATCH) {
             self.flush();
         }
-        Ok(())
+        true
     }
 
     fn flush(&mut self) {

@@ -387,15 +387,36 @@ impl Job {
         let cookie = i as u64;
         let unique = self.spec.unique;
         let slot = &mut self.slots[i];
+        // Reads and writes take the slot's buffer as it lies, an `Option` moved whole:
+        // unwrapping it would load the buffer's fields across the stores that just put
+        // it back (a failed store forward per I/O). An idle slot has its buffers.
         let req = match op {
-            IoOp::Read => Request::read(lba, slot.rbuf.take().expect("idle slot"), cookie),
+            IoOp::Read => {
+                debug_assert!(slot.rbuf.is_some(), "idle slot");
+                Request {
+                    op,
+                    offset_blocks: lba,
+                    num_blocks: 0,
+                    buf: slot.rbuf.take(),
+                    cookie,
+                }
+            }
             IoOp::Write => {
-                let mut buf = slot.wbuf.take().expect("idle slot");
+                debug_assert!(slot.wbuf.is_some(), "idle slot");
+                let mut buf = slot.wbuf.take();
                 if verify || unique {
                     self.writes += 1;
-                    fill(&mut buf, lba * self.block_size, self.writes);
+                    if let Some(b) = &mut buf {
+                        fill(b, lba * self.block_size, self.writes);
+                    }
                 }
-                Request::write(lba, buf, cookie)
+                Request {
+                    op,
+                    offset_blocks: lba,
+                    num_blocks: 0,
+                    buf,
+                    cookie,
+                }
             }
             IoOp::Unmap => Request::unmap(lba, self.io_blocks, cookie),
             IoOp::WriteZeroes => Request::write_zeroes(lba, self.io_blocks, cookie),
