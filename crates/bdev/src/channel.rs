@@ -26,7 +26,7 @@ pub trait ChannelBackend: Send + fmt::Debug {
     ///
     /// By reference, not by value: the request was built a moment ago, and moving it
     /// whole through the call would load its fresh stores across their boundaries (see
-    /// [`Request::move_fields`]).
+    /// `Request::move_fields`).
     fn try_submit(&mut self, req: &mut Request) -> bool;
 
     /// Makes submitted requests visible to the device, with at most one notification.
