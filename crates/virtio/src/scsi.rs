@@ -159,6 +159,8 @@ pub const CMD_HEADER_LEN: usize = 19;
 pub const CMD_RESP_LEN: usize = 12;
 /// Offset of the `response` byte in `virtio_scsi_resp_cmd`.
 pub const CMD_RESP_RESPONSE_OFF: usize = 11;
+/// Offset of the SCSI `status` byte in `virtio_scsi_resp_cmd`.
+pub const CMD_RESP_STATUS_OFF: usize = 10;
 /// `virtio_scsi_ctrl_tmf` device-readable part: type, subtype (le32), `lun[8]`, id (le64).
 pub const TMF_REQ_LEN: usize = 24;
 /// `virtio_scsi_ctrl_tmf` device-writable part: response.
@@ -322,8 +324,8 @@ impl CmdResp {
             sense_len: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             residual: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             status_qualifier: u16::from_le_bytes([b[8], b[9]]),
-            status: b[10],
-            response: b[11],
+            status: b[CMD_RESP_STATUS_OFF],
+            response: b[CMD_RESP_RESPONSE_OFF],
         }
     }
 

@@ -376,6 +376,13 @@ unsafe impl Format for ScsiFormat {
     }
 
     fn judge_io(&self, slot: &SlotView<'_>, lun: &Lun, attempts: &mut Attempts) -> Verdict {
+        // The usual answer from two bytes (response OK, status GOOD); the whole header
+        // only when it is something else.
+        if slot.status_byte(wire::CMD_RESP_RESPONSE_OFF) == response::OK
+            && Status(slot.status_byte(wire::CMD_RESP_STATUS_OFF)).is_good()
+        {
+            return Verdict::Done(IoStatus::Success);
+        }
         let resp = self.read_resp(slot);
         let io_timeout = lun.io_timeout;
         let mut retry = |limit| attempts.next_delay(limit, io_timeout, BACKOFF_MIN, BACKOFF_MAX);
