@@ -586,7 +586,10 @@ impl<F: Format> Engine<F> {
             self.build(ctx);
             match self.add(ctx) {
                 Ok(()) => {
-                    if self.vq.unpublished() >= PUBLISH_BATCH {
+                    // Published at once when it is the device's only work: it is idle
+                    // and waiting (QD 1); the caller's flush would come a poll later.
+                    let unpublished = self.vq.unpublished();
+                    if unpublished >= PUBLISH_BATCH || unpublished == self.vq.len() {
                         self.flush();
                     }
                     let parent = &mut self.parents[p as usize];

@@ -1020,7 +1020,9 @@ impl ChannelBackend for ScsiChannel {
             return false;
         }
         self.outstanding += 1;
-        if self.staged.len() >= usize::from(PUBLISH_BATCH) {
+        // At once when it is the only request of this channel (QD 1: the device waits
+        // for it), otherwise in batches.
+        if self.staged.len() >= usize::from(PUBLISH_BATCH) || self.outstanding == 1 {
             self.flush();
         }
         true

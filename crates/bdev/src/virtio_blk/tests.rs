@@ -590,7 +590,8 @@ fn range_limits_below_one_block_are_never_exceeded() {
 #[test]
 fn a_long_refill_reaches_the_device_in_batches_before_the_poll() {
     // The device starts on the first requests of a refill while the rest are built:
-    // every PUBLISH_BATCH requests are published without waiting for the poll.
+    // the first at once (the device had nothing), then every PUBLISH_BATCH requests,
+    // without waiting for the poll.
     let (bdev, dev) = attach_fake(FakeBlkConfig::new(MIB), &opts(64));
     let mut ch = bdev.open_channel().unwrap();
     let before = dev.stats().requests;
@@ -601,8 +602,8 @@ fn a_long_refill_reaches_the_device_in_batches_before_the_poll() {
     }
     dev.hold(false);
     let batch = u64::from(crate::engine::PUBLISH_BATCH);
-    let published = n / batch * batch;
-    assert!(published > 0 && published < n);
+    let published = 1 + (n - 1) / batch * batch;
+    assert!(published > 1 && published < n);
     let deadline = Instant::now() + DEADLINE;
     while dev.stats().requests - before < published {
         assert!(
@@ -618,6 +619,28 @@ fn a_long_refill_reaches_the_device_in_batches_before_the_poll() {
     let done = poll_n(&mut ch, n as usize);
     assert!(done.iter().all(|c| c.status == IoStatus::Success));
     assert_eq!(dev.stats().requests - before, n);
+}
+
+#[test]
+fn a_request_to_an_idle_device_is_published_at_once() {
+    // QD 1: the device has nothing else, so the request goes out when it is submitted,
+    // not a poll later; the poll only collects the completion.
+    let (bdev, dev) = attach_fake(FakeBlkConfig::new(MIB), &opts(64));
+    let mut ch = bdev.open_channel().unwrap();
+    for i in 0..3u64 {
+        let before = dev.stats().requests;
+        submit(&mut ch, Request::read(i * 8, zero_buf(4096), i));
+        let deadline = Instant::now() + DEADLINE;
+        while dev.stats().requests == before {
+            assert!(
+                Instant::now() < deadline,
+                "request {i} not served before a poll"
+            );
+            std::thread::yield_now();
+        }
+        let done = poll_n(&mut ch, 1);
+        assert_eq!(done[0].status, IoStatus::Success);
+    }
 }
 
 #[test]
