@@ -9,7 +9,7 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -281,6 +281,8 @@ fn serve_pci_enable_and_hotplug_monitor_with_nothing_to_attach() {
 /// A `vbdev serve` child, killed on drop.
 struct Daemon {
     child: Option<std::process::Child>,
+    /// Collects the child's stderr until it exits.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Daemon {
@@ -293,20 +295,46 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn vbdev serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if let Some(st) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "vbdev serve exited with {st} before listening:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+        // The daemon says "JSON-RPC on <path>" once it listens: that line, not the socket
+        // file, is the signal (the file appears at bind(2), before listen(2), and a
+        // client connecting in between is refused).
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            let mut line = String::new();
+            while err.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line.contains("JSON-RPC on") {
+                    let _ = ready_tx.send(());
+                }
+                all.push_str(&line);
+                line.clear();
             }
-            assert!(Instant::now() < deadline, "vbdev serve did not listen");
-            // Polling for the socket file: the daemon gives no other signal.
-            std::thread::sleep(Duration::from_millis(20));
+            all
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let st = child.wait().unwrap();
+                let out = stderr.join().unwrap();
+                panic!("vbdev serve exited with {st} before listening:\n{out}");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("vbdev serve did not listen within 20 s");
+            }
         }
-        Self { child: Some(child) }
+        assert!(
+            sock.exists(),
+            "listening, but no socket at {}",
+            sock.display()
+        );
+        Self {
+            child: Some(child),
+            stderr: Some(stderr),
+        }
     }
 
     /// SIGTERM, wait, check exit 0; returns stderr.
@@ -317,13 +345,15 @@ impl Daemon {
             .status()
             .unwrap();
         assert!(st.success(), "kill -TERM failed");
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "vbdev serve: {}\n{stderr}",
-            out.status
-        );
+        let mut child = child;
+        let status = child.wait().unwrap();
+        let stderr = self
+            .stderr
+            .take()
+            .expect("stderr collected once")
+            .join()
+            .unwrap();
+        assert!(status.success(), "vbdev serve: {status}\n{stderr}");
         stderr
     }
 }
