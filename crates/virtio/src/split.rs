@@ -391,7 +391,10 @@ impl SplitQueue {
         self.broken
     }
 
-    /// Marks the queue broken: nothing more is added or reaped.
+    /// Marks the queue broken: nothing more is added or reaped. Out of line: it is the
+    /// error path of [`Self::pop_used`], which is inlined.
+    #[cold]
+    #[inline(never)]
     pub fn set_broken(&mut self, why: QueueError) {
         if self.broken.is_none() {
             tracing::warn!(target: TARGET, error = %why, "virtqueue broken");
@@ -758,7 +761,7 @@ impl SplitQueue {
             // returned buffers); the published, not yet returned ones bound the step.
             let published = self.in_flight - self.unpublished();
             if pending > published {
-                self.used_broken(QueueError::UsedIdxJump {
+                self.set_broken(QueueError::UsedIdxJump {
                     last: self.last_used,
                     idx,
                     in_flight: published,
@@ -778,7 +781,7 @@ impl SplitQueue {
             )
         };
         if id >= u32::from(self.size) {
-            self.used_broken(QueueError::UsedIdOutOfRange {
+            self.set_broken(QueueError::UsedIdOutOfRange {
                 id,
                 size: self.size,
             });
@@ -787,7 +790,7 @@ impl SplitQueue {
         let head = id as u16; // id < size <= 32768
         let slot = self.slots[usize::from(head)];
         if !slot.in_flight {
-            self.used_broken(QueueError::UsedIdNotInFlight { id });
+            self.set_broken(QueueError::UsedIdNotInFlight { id });
             return None;
         }
         self.last_used = self.last_used.wrapping_add(1);
@@ -808,13 +811,6 @@ impl SplitQueue {
             cookie: slot.cookie,
             written,
         })
-    }
-
-    /// [`Self::set_broken`] out of line, for the error paths of [`Self::pop_used`].
-    #[cold]
-    #[inline(never)]
-    fn used_broken(&mut self, why: QueueError) {
-        self.set_broken(why);
     }
 
     /// The error of a used length beyond the chain's writable space (logged).
