@@ -631,23 +631,29 @@ impl<F: Format> Engine<F> {
         }
     }
 
+    /// Gives finished parent `p` back: free, and no longer counted for its client.
+    /// The caller has taken (or drops) what it held.
+    fn release(&mut self, p: u32) {
+        let parent = &mut self.parents[p as usize];
+        debug_assert!(parent.active, "finishing a free parent");
+        parent.active = false;
+        self.clients[usize::from(parent.client)].active -= 1;
+        self.total_active -= 1;
+        self.parent_free.push(p);
+    }
+
     fn finish(&mut self, p: u32) -> Done<F> {
         // Field by field rather than `mem::take` of the whole parent: no copy of what
         // is left behind.
         let parent = &mut self.parents[p as usize];
-        debug_assert!(parent.active, "finishing a free parent");
-        parent.active = false;
         let cmd = parent.cmd.take();
         let parent_status = parent.status;
-        let client = &mut self.clients[usize::from(parent.client)];
-        self.parent_free.push(p);
-        client.active -= 1;
-        self.total_active -= 1;
+        if cmd.is_none() {
+            parent.req.buf = None;
+        }
+        self.release(p);
         match cmd {
-            None => {
-                parent.req.buf = None;
-                Done::Io
-            }
+            None => Done::Io,
             Some(c) => Done::Cmd(CmdDone {
                 cmd: c.cmd,
                 reply: c.reply.unwrap_or_default(),
@@ -671,14 +677,12 @@ impl<F: Format> Engine<F> {
             let _ = self.finish(p);
             return false;
         }
-        debug_assert!(parent.active, "finishing a free parent");
-        parent.active = false;
-        let client = &mut self.clients[usize::from(parent.client)];
         // Success, the usual case, stored as a constant: the status copied through a
         // temporary would be loaded across its narrower stores.
         if parent.status.is_success() {
             out.status = IoStatus::Success;
         } else {
+            let client = &self.clients[usize::from(parent.client)];
             out.status = match parent.status {
                 IoStatus::Failed(_) if client.target.as_deref().is_some_and(F::is_gone) => {
                     IoStatus::Failed(IoError::Removed)
@@ -688,9 +692,7 @@ impl<F: Format> Engine<F> {
         }
         out.cookie = parent.req.cookie;
         out.buf = parent.req.buf.take();
-        self.parent_free.push(p);
-        client.active -= 1;
-        self.total_active -= 1;
+        self.release(p);
         true
     }
 
