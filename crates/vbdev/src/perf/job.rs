@@ -391,25 +391,20 @@ impl Job {
         // unwrapping it would load the buffer's fields across the stores that just put
         // it back (a failed store forward per I/O). An idle slot has its buffers.
         let req = match op {
-            IoOp::Read => {
-                debug_assert!(slot.rbuf.is_some(), "idle slot");
-                Request {
-                    op,
-                    offset_blocks: lba,
-                    num_blocks: 0,
-                    buf: slot.rbuf.take(),
-                    cookie,
-                }
-            }
-            IoOp::Write => {
-                debug_assert!(slot.wbuf.is_some(), "idle slot");
-                let mut buf = slot.wbuf.take();
-                if verify || unique {
-                    self.writes += 1;
-                    if let Some(b) = &mut buf {
-                        fill(b, lba * self.block_size, self.writes);
+            IoOp::Read | IoOp::Write => {
+                let buf = if op == IoOp::Read {
+                    slot.rbuf.take()
+                } else {
+                    let mut buf = slot.wbuf.take();
+                    if verify || unique {
+                        self.writes += 1;
+                        if let Some(b) = &mut buf {
+                            fill(b, lba * self.block_size, self.writes);
+                        }
                     }
-                }
+                    buf
+                };
+                debug_assert!(buf.is_some(), "idle slot");
                 Request {
                     op,
                     offset_blocks: lba,
