@@ -8,6 +8,10 @@
 #   SPDK_DIR   a built SPDK tree (build/bin/vhost, build/examples/bdevperf) - required
 #   VBDEV      the vbdev binary (default: target/release/vbdev)
 #   VBDEV_B    a second vbdev binary: it runs as a third side "vbdev_b" (A/B of builds)
+#   FLOOR      the ring_floor example (cargo build --release -p vbdev-virtio --example
+#              ring_floor; target/release/examples/ring_floor): a side "floor" in the
+#              randread cells, the least work an initiator can do per request on our
+#              ring, so what the target itself serves (see the example's doc)
 #   DEV_TYPES  "blk", "scsi" or "blk scsi" (default blk)
 #   CELLS      space-separated QD:WORKLOAD cells (default "1:randread 32:randread
 #              128:randread 128:randwrite")
@@ -30,6 +34,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VBDEV=${VBDEV:-$root/target/release/vbdev}
 VBDEV_B=${VBDEV_B:-}
+FLOOR=${FLOOR:-}
 DEV_TYPES=${DEV_TYPES:-blk}
 CELLS=${CELLS:-"1:randread 32:randread 128:randread 128:randwrite"}
 RUNS=${RUNS:-5}
@@ -39,7 +44,7 @@ out=${OUT:-$root/bench/runs/$(date +%Y-%m-%d)-spdk-initiator}
 vhost=$SPDK_DIR/build/bin/vhost
 bdevperf=$SPDK_DIR/build/examples/bdevperf
 rpc=$SPDK_DIR/scripts/rpc.py
-for f in "$vhost" "$bdevperf" "$rpc" "$VBDEV"; do
+for f in "$vhost" "$bdevperf" "$rpc" "$VBDEV" ${FLOOR:+"$FLOOR"}; do
     [[ -x $f ]] || { echo "missing or not executable: $f" >&2; exit 1; }
 done
 export LD_LIBRARY_PATH=$SPDK_DIR/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -116,9 +121,13 @@ run_side() { # side dev qd workload -> prints IOPS (empty on failure)
                 -q "$qd" -o 4k -w "$wl" -t "$SECS" --queues 1 --queue-size 512 \
                 --timeout-ms 30000 >"$log" 2>&1 || true
             ;;
+        floor)
+            taskset -c 1 "$FLOOR" "$sock" "$dev" "$qd" "$SECS" 512 --hugetlb >"$log" 2>&1 || true
+            ;;
     esac
     local iops
     iops=$(total_iops "$log")
+    [[ $side == floor ]] && iops=$(sed -n 's/^ring_floor .* iops=\([0-9]*\).*/\1/p' "$log")
     if [[ -z $iops ]]; then
         echo "run failed: $side $dev qd=$qd $wl; last lines:" >&2
         tail -3 "$log" >&2
@@ -128,6 +137,7 @@ run_side() { # side dev qd workload -> prints IOPS (empty on failure)
 
 sides=(bdevperf vbdev)
 [[ -n $VBDEV_B ]] && sides+=(vbdev_b)
+[[ -n $FLOOR ]] && sides+=(floor)
 
 mkdir -p "$out"
 raw=$out/raw.csv
@@ -141,6 +151,7 @@ for dev in $DEV_TYPES; do
         start_target
         for round in $(seq 1 "$RUNS"); do
             for side in "${sides[@]}"; do
+                [[ $side == floor && $wl != randread ]] && continue # the floor only reads
                 load=$(cut -d' ' -f1 /proc/loadavg)
                 iops=$(run_side "$side" "$dev" "$qd" "$wl")
                 echo "$(date -u +%H:%M:%S),$dev,$qd,$wl,$round,$side,$iops,$load" | tee -a "$raw"
@@ -152,8 +163,8 @@ done
 
 # Summary: median per side and cell, ratio of each vbdev side to bdevperf.
 {
-    echo "| dev | qd | workload | side | runs | median IOPS | min | max | median / bdevperf |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| dev | qd | workload | side | runs | median IOPS | min | max | median / bdevperf | median of per-round ratios |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     awk -F, 'NR > 1 && $7 != "" { k = $2 "," $3 "," $4 "," $6; v[k] = v[k] " " $7 }
         END { for (k in v) print k "," v[k] }' "$raw" | sort -t, -k1,1 -k2,2n -k3,3 -k4,4 |
         while IFS=, read -r d q w s vals; do
@@ -169,6 +180,16 @@ done
     while IFS=, read -r d q w s n med lo hi; do
         base=$(awk -F, -v d="$d" -v q="$q" -v w="$w" '$1 == d && $2 == q && $3 == w && $4 == "bdevperf" { print $6 }' "$dir/med.csv")
         ratio=$(awk -v a="$med" -v b="$base" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-        printf '| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s |\n' "$d" "$q" "$w" "$s" "$n" "$med" "$lo" "$hi" "$ratio"
+        # The side against bdevperf in the same round (adjacent runs, most often on the
+        # same one of the machine's speed levels), median over the rounds.
+        pair=$(awk -F, -v d="$d" -v q="$q" -v w="$w" -v s="$s" '
+            NR > 1 && $1 != "" && $2 == d && $3 == q && $4 == w && $7 != "" {
+                if ($6 == "bdevperf") b[$5] = $7; else if ($6 == s) x[$5] = $7 }
+            END { n = 0; for (r in x) if (b[r] > 0) v[++n] = x[r] / b[r]
+                  if (n == 0) { print "-"; exit }
+                  for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+                  m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+                  printf "%.2f", m }' "$raw")
+        printf '| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s |\n' "$d" "$q" "$w" "$s" "$n" "$med" "$lo" "$hi" "$ratio" "$pair"
     done <"$dir/med.csv"
 } | tee "$out/summary.md"
