@@ -760,6 +760,7 @@ impl<D: Device> Server<D> {
             busy: (0..self.device.num_queues())
                 .map(|_| Mutex::new(None))
                 .collect(),
+            mem_epoch: AtomicU64::new(0),
             rings: (0..self.device.num_queues())
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -826,6 +827,10 @@ struct Session<D> {
     /// `GET_VRING_BASE`: the ring is stopped once it returns). In polling mode it also
     /// holds the request a `Delay` fault holds up ([`Held`]).
     busy: Box<[Mutex<Option<Held>>]>,
+    /// Bumped (Release) each time the daemon replaced the memory map, before the
+    /// frontend gets its reply: a poller that keeps a map between batches
+    /// ([`MapCache`]) loads it again when this moved.
+    mem_epoch: AtomicU64,
     /// Each queue's vring, from the queue's first event on; the device was given the
     /// queue's [`Completer`] then.
     rings: Box<[OnceLock<Vring>]>,
@@ -932,6 +937,32 @@ struct Polled<'a> {
     peek: Option<Peek>,
     /// Turns answered by `peek` alone since the last full look.
     peeks: u32,
+    /// The memory map kept between batches.
+    map: MapCache,
+}
+
+/// The memory map a poller keeps between batches, with the [`Session::mem_epoch`] it
+/// was loaded at. Loading the map from its `GuestMemoryAtomic` takes two atomic
+/// read-modify-writes (arc-swap's debt slot, taken and paid back), each of which waits
+/// for the memory accesses before it; at QD 1 two loads per batch sat on the path of
+/// every request. A plain load of the epoch tells whether the kept map is still the
+/// current one. Loaded after the Acquire load of `avail.idx`, the epoch is at least the
+/// one of the last map change the driver waited for before it published those
+/// requests, so a kept map that passes has every region they can name.
+#[derive(Default)]
+struct MapCache {
+    map: Option<(u64, Arc<Mem>)>,
+}
+
+impl MapCache {
+    /// The current map: the kept one while `epoch` has not moved since it was loaded.
+    fn get(&mut self, mem: &GuestMemoryAtomic<Mem>, epoch: &AtomicU64) -> &Arc<Mem> {
+        let now = epoch.load(Ordering::Acquire);
+        if !matches!(&self.map, Some((e, _)) if *e == now) {
+            self.map = Some((now, mem.memory().into_inner()));
+        }
+        &self.map.as_ref().expect("just set").1
+    }
 }
 
 /// A ring found empty: its `avail.idx` and the `next_avail` it had then. While the
@@ -942,7 +973,7 @@ struct Polled<'a> {
 /// meanwhile: the peek then reads a ring that no longer runs, and the full look at
 /// most [`PEEKS`] turns later sees that).
 struct Peek {
-    mem: GuestMemoryLoadGuard<Mem>,
+    mem: Arc<Mem>,
     avail_idx: GuestAddress,
     next_avail: u16,
 }
@@ -1011,6 +1042,7 @@ impl<D: Device> Session<D> {
                 epoch: None,
                 peek: None,
                 peeks: 0,
+                map: MapCache::default(),
             })
             .collect();
         tracing::debug!(target: TARGET, ?queues, "polling starts");
@@ -1072,7 +1104,7 @@ impl<D: Device> Session<D> {
             p.peeks = 0;
         }
         if self.device.has_fast_path() {
-            match self.serve_fast(q, vring, segs, &mut p.peek) {
+            match self.serve_fast(q, vring, segs, &mut p.peek, &mut p.map) {
                 // One request the general way; the fast path goes on next turn.
                 Flow::General => self.serve_available(q, vring, 1),
                 f => f,
@@ -1112,6 +1144,7 @@ impl<D: Device> Session<D> {
         vring: &Vring,
         segs: &mut Segments,
         peek: &mut Option<Peek>,
+        map: &mut MapCache,
     ) -> Flow {
         if self.conn.is_closing() {
             return Flow::Stop;
@@ -1139,14 +1172,14 @@ impl<D: Device> Session<D> {
             };
             (addrs, queue.next_avail(), queue.next_used())
         };
-        let mem = self.mem.memory();
-        let Some(avail) = Ring::avail_idx_of(&mem, &addrs) else {
+        let mem = map.get(&self.mem, &self.mem_epoch);
+        let Some(avail) = Ring::avail_idx_of(mem, &addrs) else {
             return Flow::General;
         };
         let pending = avail.wrapping_sub(next_avail);
         if pending == 0 {
             *peek = addrs.avail.checked_add(2).map(|a| Peek {
-                mem,
+                mem: Arc::clone(mem),
                 avail_idx: GuestAddress(a),
                 next_avail,
             });
@@ -1159,10 +1192,10 @@ impl<D: Device> Session<D> {
         if pending > addrs.size || self.faults.is_armed() {
             return Flow::General;
         }
-        // Loaded after the Acquire load of avail.idx: it has every region these requests
-        // can name (see `serve_available`).
-        let mem = self.mem.memory();
-        let Some(ring) = Ring::new(&mem, &addrs) else {
+        // Looked at after the Acquire load of avail.idx: it has every region these
+        // requests can name (see `serve_available` and `MapCache`).
+        let mem = map.get(&self.mem, &self.mem_epoch);
+        let Some(ring) = Ring::new(mem, &addrs) else {
             return Flow::General;
         };
         // With no backlog behind this batch the driver is waiting for these completions:
@@ -1175,7 +1208,7 @@ impl<D: Device> Session<D> {
         };
         let mut batch = Batch {
             ring: &ring,
-            mem: &mem,
+            mem,
             segs,
             na: next_avail,
             nu: next_used,
@@ -1185,7 +1218,7 @@ impl<D: Device> Session<D> {
             taken: None,
             general: false,
         };
-        self.device.serve_fast(q, &mem, &mut batch);
+        self.device.serve_fast(q, mem, &mut batch);
         let (na, nu) = (batch.na, batch.nu);
         // A request taken and not completed was declined; so was the first one if the
         // device took none.
@@ -1530,7 +1563,9 @@ impl<D: Device> VhostUserBackend for Session<D> {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
-        // The daemon updates the GuestMemoryAtomic this session shares with it.
+        // The daemon updated the GuestMemoryAtomic this session shares with it; the
+        // pollers' kept maps are stale from now on.
+        self.mem_epoch.fetch_add(1, Ordering::Release);
         if self.quirks.mem_table_us_per_mib > 0 {
             use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
             let mib = mem.memory().iter().map(|r| r.len()).sum::<u64>() >> 20;
@@ -1622,5 +1657,41 @@ impl<D: Device> VhostUserBackend for Session<D> {
             self.drain_queue(q, vring);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryBackend;
+
+    fn map(len: usize) -> Mem {
+        Mem::from_ranges(&[(GuestAddress(0), len)]).unwrap()
+    }
+
+    /// A kept map is used while the epoch stands still and replaced as soon as it
+    /// moves: a region added by the frontend (the daemon replaces the map, then
+    /// `update_memory` bumps the epoch) is in the map the next batch serves with.
+    #[test]
+    fn a_kept_map_is_replaced_once_the_epoch_moves() {
+        let atomic = GuestMemoryAtomic::new(map(0x1000));
+        let epoch = AtomicU64::new(0);
+        let mut cache = MapCache::default();
+        let first = Arc::clone(cache.get(&atomic, &epoch));
+        assert_eq!(first.num_regions(), 1);
+        assert!(
+            Arc::ptr_eq(&first, cache.get(&atomic, &epoch)),
+            "kept while the epoch stands"
+        );
+        let grown = Mem::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x10000), 0x1000)])
+            .unwrap();
+        atomic.lock().unwrap().replace(grown);
+        // Not yet told: the kept map stays (the frontend has no reply yet, so it names
+        // no address of the new region).
+        assert!(Arc::ptr_eq(&first, cache.get(&atomic, &epoch)));
+        epoch.fetch_add(1, Ordering::Release);
+        let now = cache.get(&atomic, &epoch);
+        assert_eq!(now.num_regions(), 2, "the new map after the epoch moved");
+        assert!(now.address_in_range(GuestAddress(0x10000)));
     }
 }
