@@ -350,6 +350,18 @@ pub(crate) struct RingAddrs {
     pub event_idx: bool,
 }
 
+/// Where the last request a queue served lay: what the next one most likely reuses
+/// (see [`Ring::touch`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LastChain {
+    /// Its head descriptor.
+    pub head: u16,
+    /// Its buffers: the descriptors it took from the table when it was direct.
+    pub ndesc: u16,
+    /// Its first buffer's guest address (the request header).
+    pub header: u64,
+}
+
 /// The three ring areas resolved to host memory for one batch.
 pub(crate) struct Ring<'m> {
     desc: VolatileSlice<'m, ()>,
@@ -397,6 +409,32 @@ impl<'m> Ring<'m> {
         let idx = area(mem, a.avail.checked_add(2)?, 2)?;
         let idx = idx.get_atomic_ref::<AtomicU16>(0).ok()?;
         Some(u16::from_le(idx.load(Ordering::Acquire)))
+    }
+
+    /// Starts, all at once, the loads of the lines the request at avail position `pos`
+    /// most likely needs, where serving it reads them one after another (the avail
+    /// entry names the head, the head's descriptor the header's address): its avail
+    /// entry, the descriptors a driver that frees chains last-in-first-out (vbdev) or
+    /// first-in-first-out (SPDK, Linux) uses next after `last`, and `last`'s header line
+    /// (drivers reuse a request's header memory). The driver wrote all of them before
+    /// it published the request, and each is a miss on this core; issued together they
+    /// travel together. Only loads, of this ring's areas and of mapped guest memory:
+    /// a wrong guess costs a load.
+    pub fn touch(&self, mem: &Mem, pos: u16, last: Option<LastChain>) {
+        let _ = self.avail_head(pos);
+        let Some(last) = last else { return };
+        let n = self.size;
+        for head in [last.head, last.head.wrapping_add(last.ndesc) % n] {
+            if head < n {
+                let _ = self
+                    .desc
+                    .get_ref::<u64>(16 * usize::from(head))
+                    .map(|r| r.load());
+            }
+        }
+        if let Some(h) = area(mem, last.header, 1) {
+            let _ = h.get_ref::<u8>(0).map(|r| r.load());
+        }
     }
 
     /// The head at avail position `pos`.

@@ -105,7 +105,7 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 
-use crate::fast::{Requests, Ring, RingAddrs, Segments};
+use crate::fast::{LastChain, Requests, Ring, RingAddrs, Segments};
 use crate::fault::{BadUsed, Decision, Fault, Faults};
 
 mod vring;
@@ -892,6 +892,8 @@ struct Batch<'a, 'm> {
     taken: Option<u16>,
     /// The batch stopped at a request the fast path does not take.
     general: bool,
+    /// The last request taken (see [`Ring::touch`]).
+    last: Option<LastChain>,
 }
 
 impl Requests for Batch<'_, '_> {
@@ -907,6 +909,14 @@ impl Requests for Batch<'_, '_> {
         if !self.ring.parse(self.mem, head, self.segs) {
             self.general = true;
             return None;
+        }
+        if let Some(first) = self.segs.readable().first() {
+            let n = self.segs.readable().len() + self.segs.writable().len();
+            self.last = Some(LastChain {
+                head,
+                ndesc: u16::try_from(n).unwrap_or(1),
+                header: first.addr,
+            });
         }
         self.left -= 1;
         self.taken = Some(head);
@@ -939,6 +949,8 @@ struct Polled<'a> {
     peeks: u32,
     /// The memory map kept between batches.
     map: MapCache,
+    /// The last request the fast path took from this ring.
+    last: Option<LastChain>,
 }
 
 /// The memory map a poller keeps between batches, with the [`Session::mem_epoch`] it
@@ -1043,6 +1055,7 @@ impl<D: Device> Session<D> {
                 peek: None,
                 peeks: 0,
                 map: MapCache::default(),
+                last: None,
             })
             .collect();
         tracing::debug!(target: TARGET, ?queues, "polling starts");
@@ -1104,7 +1117,7 @@ impl<D: Device> Session<D> {
             p.peeks = 0;
         }
         if self.device.has_fast_path() {
-            match self.serve_fast(q, vring, segs, &mut p.peek, &mut p.map) {
+            match self.serve_fast(q, vring, segs, &mut p.peek, &mut p.map, &mut p.last) {
                 // One request the general way; the fast path goes on next turn.
                 Flow::General => self.serve_available(q, vring, 1),
                 f => f,
@@ -1145,6 +1158,7 @@ impl<D: Device> Session<D> {
         segs: &mut Segments,
         peek: &mut Option<Peek>,
         map: &mut MapCache,
+        last: &mut Option<LastChain>,
     ) -> Flow {
         if self.conn.is_closing() {
             return Flow::Stop;
@@ -1198,6 +1212,7 @@ impl<D: Device> Session<D> {
         let Some(ring) = Ring::new(mem, &addrs) else {
             return Flow::General;
         };
+        ring.touch(mem, next_avail, *last);
         // With no backlog behind this batch the driver is waiting for these completions:
         // used.idx moves every EARLY_USED requests, so it can reap and resubmit while the
         // rest of the batch is served (QD32 1.5x). With a backlog, once per batch.
@@ -1217,9 +1232,11 @@ impl<D: Device> Session<D> {
             every,
             taken: None,
             general: false,
+            last: *last,
         };
         self.device.serve_fast(q, mem, &mut batch);
         let (na, nu) = (batch.na, batch.nu);
+        *last = batch.last;
         // A request taken and not completed was declined; so was the first one if the
         // device took none.
         let general = batch.general || batch.taken.is_some() || na == next_avail;
@@ -1667,6 +1684,52 @@ mod tests {
 
     fn map(len: usize) -> Mem {
         Mem::from_ranges(&[(GuestAddress(0), len)]).unwrap()
+    }
+
+    /// The batch remembers where the request it took lay (head, descriptors, header):
+    /// the next batch starts loading those lines before it reads the ring.
+    #[test]
+    fn a_batch_remembers_the_last_chain_it_took() {
+        let m = map(0x10000);
+        let a = RingAddrs {
+            desc: 0x1000,
+            avail: 0x2000,
+            used: 0x3000,
+            size: 8,
+            event_idx: false,
+        };
+        // A blk-shaped chain at head 5: header, data, status.
+        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let at = 0x1000 + 16 * i;
+            m.write_obj(addr.to_le(), GuestAddress(at)).unwrap();
+            m.write_obj(len.to_le(), GuestAddress(at + 8)).unwrap();
+            m.write_obj(flags.to_le(), GuestAddress(at + 12)).unwrap();
+            m.write_obj(next.to_le(), GuestAddress(at + 14)).unwrap();
+        };
+        put(5, 0x8000, 16, 1, 6);
+        put(6, 0x9000, 512, 1 | 2, 7);
+        put(7, 0xa000, 1, 2, 0);
+        m.write_obj(5u16.to_le(), GuestAddress(0x2000 + 4)).unwrap();
+        m.write_obj(1u16.to_le(), GuestAddress(0x2000 + 2)).unwrap();
+        let ring = Ring::new(&m, &a).unwrap();
+        let mut segs = Segments::new();
+        let mut batch = Batch {
+            ring: &ring,
+            mem: &m,
+            segs: &mut segs,
+            na: 0,
+            nu: 0,
+            first_used: 0,
+            left: 1,
+            every: 1,
+            taken: None,
+            general: false,
+            last: None,
+        };
+        assert!(batch.next().is_some());
+        batch.complete(1);
+        let last = batch.last.expect("the chain taken is remembered");
+        assert_eq!((last.head, last.ndesc, last.header), (5, 3, 0x8000));
     }
 
     /// A kept map is used while the epoch stands still and replaced as soon as it

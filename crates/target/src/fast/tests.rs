@@ -234,6 +234,22 @@ fn rings_outside_memory_or_misaligned_are_not_taken() {
 }
 
 proptest! {
+    /// A guess of where the next request lies is only ever loaded from the ring's own
+    /// areas and mapped memory: any last chain (head, length, header address, as a
+    /// hostile driver could make them) and any avail position are touched safely.
+    #[test]
+    fn any_guess_is_touched_safely(
+        pos in any::<u16>(),
+        head in any::<u16>(),
+        ndesc in any::<u16>(),
+        header in prop_oneof![any::<u64>(), 0u64..0x20000, (u64::MAX - 8)..=u64::MAX],
+    ) {
+        let m = mem();
+        let ring = Ring::new(&m, &addrs(false)).expect("ring in memory");
+        ring.touch(&m, pos, None);
+        ring.touch(&m, pos, Some(LastChain { head, ndesc, header }));
+    }
+
     /// Whatever the driver wrote, parsing neither panics nor breaks the segment rules.
     #[test]
     fn any_descriptor_table_parses_safely(
