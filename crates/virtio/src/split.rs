@@ -16,7 +16,7 @@
 //! physically contiguous (virtio 1.2 §2.7: each ring part is contiguous in the device's
 //! view).
 
-use std::sync::atomic::{AtomicU16, Ordering, fence};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering, fence};
 
 use crate::error::{Error, QueueError, Result};
 use crate::mem::{DmaBuf, DmaDomain, Iova, PhysMap};
@@ -753,6 +753,17 @@ impl SplitQueue {
             // Acquire pairs with the device's write barrier before it bumps used.idx
             // (virtio 1.2 §2.7.8): the entries up to idx are complete once we see it.
             let idx = u16::from_le(self.used_idx().load(Ordering::Acquire));
+            // The next element's line is loaded now, whatever idx says: a load behind
+            // the branch on idx would start only once idx arrived (the spinning loop
+            // predicts "nothing new"), one line transfer after the other. Its value is
+            // not used here; the element is read below, after this Acquire load.
+            let pos = usize::from(self.last_used & self.mask);
+            // SAFETY: `pos < size`, so the element's first field lies in the used ring,
+            // 4-byte aligned; the device may be writing it: an atomic load, discarded.
+            let _ = unsafe {
+                AtomicU32::from_ptr(self.ptr(self.used_off + 4 + 8 * pos).cast())
+                    .load(Ordering::Relaxed)
+            };
             let pending = idx.wrapping_sub(self.last_used);
             if pending == 0 {
                 return None;
