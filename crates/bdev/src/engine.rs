@@ -342,6 +342,8 @@ pub(crate) struct Engine<F: Format> {
     pub sleepers: u32,
     pub failed: bool,
     next_tag: u64,
+    /// The context of the chain built last (see [`Self::reap`]).
+    last_ctx: u16,
     /// A too-long used length was let through already (it is reported once).
     overlong_len_seen: bool,
 }
@@ -383,6 +385,7 @@ impl<F: Format> Engine<F> {
             sleepers: 0,
             failed: false,
             next_tag: 1,
+            last_ctx: 0,
             overlong_len_seen: false,
         };
         for ctx in 0..size {
@@ -507,6 +510,7 @@ impl<F: Format> Engine<F> {
     /// Writes context `ctx`'s child and builds its chain in `scratch`.
     fn build(&mut self, ctx: u16) {
         let c = self.ctx[usize::from(ctx)];
+        self.last_ctx = ctx;
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.scratch.clear();
@@ -880,6 +884,13 @@ impl<F: Format> Engine<F> {
         removed: bool,
     ) -> usize {
         self.check_failure(removed);
+        if self.total_active == 1 && self.status_stride != 0 {
+            // One request in flight (QD 1): its answer, when it comes, is in the status
+            // area of the chain built last. Its line is loaded now, with used.idx and the
+            // used element (see `SplitQueue::pop_used`), not one line transfer after
+            // them; the value is not used (the status is read after the completion).
+            let _ = self.slots.read_volatile(self.status_at(self.last_ctx));
+        }
         let mut n = self.take_io(client, out);
         let mut progressed = false;
         let mut batch = [NO_USED; REAP_BATCH];
