@@ -960,7 +960,9 @@ struct Polled<'a> {
 /// every request. A plain load of the epoch tells whether the kept map is still the
 /// current one. Loaded after the Acquire load of `avail.idx`, the epoch is at least the
 /// one of the last map change the driver waited for before it published those
-/// requests, so a kept map that passes has every region they can name.
+/// requests, so a kept map that passes has every region they can name. A replaced map
+/// is let go at the ring's next full look: the next batch, or within [`PEEKS`] turns of
+/// an idle ring (or when polling stops).
 #[derive(Default)]
 struct MapCache {
     map: Option<(u64, Arc<Mem>)>,
