@@ -158,4 +158,29 @@ scripts/pci-guest/selftest.sh
 step "bench/compare.sh --smoke (the comparison harness runs: every cell once, 1 s)"
 bench/compare.sh --smoke
 
+step "ring_floor example against vbdev's polling blk and scsi targets (1 s each; every request answered good)"
+cargo build --release -p vbdev --bins
+cargo build --release -p vbdev-virtio --example ring_floor
+floor_dir=$(mktemp -d)
+for dev in blk scsi; do
+    target/release/vbdev target --socket "$floor_dir/$dev.sock" --poll --null 1G --dev-type "$dev" \
+        >"$floor_dir/$dev.log" 2>&1 &
+    floor_target=$!
+    for _ in $(seq 200); do
+        [[ -S $floor_dir/$dev.sock ]] && break
+        sleep 0.05
+    done
+    # Exits non-zero on any request not answered good, or on 5 s without a completion.
+    if ! out=$(target/release/examples/ring_floor "$floor_dir/$dev.sock" "$dev" 32 1); then
+        kill "$floor_target" 2>/dev/null || true
+        echo "ring_floor $dev failed: $out; target log:" >&2
+        cat "$floor_dir/$dev.log" >&2
+        exit 1
+    fi
+    echo "$out"
+    kill -INT "$floor_target"
+    wait "$floor_target" || true
+done
+rm -rf "$floor_dir"
+
 step "all checks passed"
