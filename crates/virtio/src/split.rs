@@ -749,6 +749,9 @@ impl SplitQueue {
         if self.broken.is_some() {
             return None;
         }
+        // The next element: `pos < size`, so it lies in the used ring (4-byte aligned).
+        let pos = usize::from(self.last_used & self.mask);
+        let elem = self.ptr(self.used_off + 4 + 8 * pos);
         if self.used_seen == self.last_used {
             // Acquire pairs with the device's write barrier before it bumps used.idx
             // (virtio 1.2 §2.7.8): the entries up to idx are complete once we see it.
@@ -757,13 +760,9 @@ impl SplitQueue {
             // the branch on idx would start only once idx arrived (the spinning loop
             // predicts "nothing new"), one line transfer after the other. Its value is
             // not used here; the element is read below, after this Acquire load.
-            let pos = usize::from(self.last_used & self.mask);
-            // SAFETY: `pos < size`, so the element's first field lies in the used ring,
-            // 4-byte aligned; the device may be writing it: an atomic load, discarded.
-            let _ = unsafe {
-                AtomicU32::from_ptr(self.ptr(self.used_off + 4 + 8 * pos).cast())
-                    .load(Ordering::Relaxed)
-            };
+            // SAFETY: `elem` is the element's first field, in the ring and 4-byte
+            // aligned; the device may be writing it: an atomic load, discarded.
+            let _ = unsafe { AtomicU32::from_ptr(elem.cast()).load(Ordering::Relaxed) };
             let pending = idx.wrapping_sub(self.last_used);
             if pending == 0 {
                 return None;
@@ -781,10 +780,8 @@ impl SplitQueue {
             }
             self.used_seen = idx;
         }
-        let pos = usize::from(self.last_used & self.mask);
-        let elem = self.ptr(self.used_off + 4 + 8 * pos);
-        // SAFETY: `pos < size`, so the element lies in the used ring (4-byte aligned);
-        // each field is read exactly once, after the Acquire load of used.idx.
+        // SAFETY: `elem` lies in the used ring (4-byte aligned); each field is read for
+        // its value exactly once, after the Acquire load of used.idx.
         let (id, len) = unsafe {
             (
                 u32::from_le(elem.cast::<u32>().read_volatile()),
