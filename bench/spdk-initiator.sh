@@ -161,6 +161,14 @@ for dev in $DEV_TYPES; do
     done
 done
 
+# The median of the numbers on stdin, one a line: the middle one as it was written, or
+# the mean of the middle two to two decimals; "-" when there are none.
+median() {
+    sort -g | awk '{ v[NR] = $1 }
+        END { if (NR == 0) { print "-"; exit }
+              if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # Summary: median per side and cell, ratio of each vbdev side to bdevperf.
 {
     echo "| dev | qd | workload | side | runs | median IOPS | min | max | median / bdevperf | median of per-round ratios |"
@@ -170,11 +178,7 @@ done
         while IFS=, read -r d q w s vals; do
             read -r -a a <<<"$(tr ' ' '\n' <<<"$vals" | sed '/^$/d' | sort -g | tr '\n' ' ')"
             n=${#a[@]}
-            if ((n % 2)); then
-                med=${a[n / 2]}
-            else
-                med=$(awk -v x="${a[n / 2 - 1]}" -v y="${a[n / 2]}" 'BEGIN { printf "%.2f", (x + y) / 2 }')
-            fi
+            med=$(printf '%s\n' "${a[@]}" | median)
             echo "$d,$q,$w,$s,$n,$med,${a[0]},${a[n - 1]}"
         done >"$dir/med.csv"
     while IFS=, read -r d q w s n med lo hi; do
@@ -185,11 +189,8 @@ done
         pair=$(awk -F, -v d="$d" -v q="$q" -v w="$w" -v s="$s" '
             NR > 1 && $1 != "" && $2 == d && $3 == q && $4 == w && $7 != "" {
                 if ($6 == "bdevperf") b[$5] = $7; else if ($6 == s) x[$5] = $7 }
-            END { n = 0; for (r in x) if (b[r] > 0) v[++n] = x[r] / b[r]
-                  if (n == 0) { print "-"; exit }
-                  for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-                  m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-                  printf "%.2f", m }' "$raw")
+            END { for (r in x) if (b[r] > 0) printf "%.6f\n", x[r] / b[r] }' "$raw" | median)
+        [[ $pair == - ]] || pair=$(printf '%.2f' "$pair")
         printf '| %s | %s | %s | %s | %s | %.0f | %.0f | %.0f | %s | %s |\n' "$d" "$q" "$w" "$s" "$n" "$med" "$lo" "$hi" "$ratio" "$pair"
     done <"$dir/med.csv"
 } | tee "$out/summary.md"
