@@ -37,7 +37,9 @@ pub mod device;
 pub mod error;
 pub mod mem;
 pub mod pci;
+pub mod reqq;
 pub mod scsi;
+pub mod shared;
 pub mod sigbus;
 pub mod split;
 #[cfg(any(test, feature = "test-utils"))]
@@ -47,5 +49,7 @@ pub mod transport;
 pub use device::{VirtioDevice, features};
 pub use error::{Error, QueueError, Result};
 pub use mem::{DmaBuf, DmaConfig, DmaDomain, Iova, RegionId};
+pub use reqq::{ContextLayout, Piece, RequestQueue};
+pub use shared::SharedMem;
 pub use split::{AddError, QueueConfig, RingAddrs, Segment, SplitQueue, Used};
 pub use transport::{CallFd, Notifier, QueueHandles, Transport};

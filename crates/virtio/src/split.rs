@@ -1,7 +1,7 @@
 //! Driver side of a split virtqueue (virtio 1.2 §2.7).
 //!
 //! [`SplitQueue`] owns its descriptor table, available ring and used ring (one
-//! [`DmaBuf`]), plus one indirect table per head when `VIRTIO_RING_F_INDIRECT_DESC` was
+//! [`SharedMem`]), plus one indirect table per head when `VIRTIO_RING_F_INDIRECT_DESC` was
 //! negotiated. Everything is allocated in [`SplitQueue::new`]; `try_add`, `publish` and
 //! `pop_used` never allocate, lock or make a system call.
 //!
@@ -19,7 +19,8 @@
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering, fence};
 
 use crate::error::{Error, QueueError, Result};
-use crate::mem::{DmaBuf, DmaDomain, Iova, PhysMap};
+use crate::mem::{DmaDomain, Iova, PhysMap};
+use crate::shared::SharedMem;
 
 const TARGET: &str = "vbdev::virtqueue";
 
@@ -165,6 +166,10 @@ pub enum AddError {
     /// A segment is not DMA memory the device can reach (outside the domain's
     /// regions, in physical mode).
     NotDma,
+    /// The chain names memory it may not (outside its context, its owner's buffer or a
+    /// fixed buffer of a [`crate::RequestQueue`]), or its context is busy: a bug of the
+    /// code that built it, which fails that one request.
+    Invalid,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -188,12 +193,12 @@ struct Slot {
 pub struct SplitQueue {
     size: u16,
     mask: u16,
-    ring: DmaBuf,
+    ring: SharedMem,
     avail_off: usize,
     used_off: usize,
-    indirect: Option<DmaBuf>,
+    indirect: Option<SharedMem>,
     /// One cache line of indirect table per head, for the common short chains.
-    small: Option<DmaBuf>,
+    small: Option<SharedMem>,
     indirect_max: u16,
     /// Entries between two heads' big indirect tables (`indirect_max`, rounded up to a
     /// power of two in physical mode so that no table crosses a huge page).
@@ -268,7 +273,7 @@ impl SplitQueue {
                 4096
             }
         };
-        let ring = domain.alloc_zeroed(total, contiguous_align(total))?;
+        let ring = SharedMem::zeroed(domain, total, contiguous_align(total))?;
         let ring_base = match phys {
             None => ring.iova().0,
             Some(p) => p.contiguous(ring.iova().0, total as u64).ok_or_else(|| {
@@ -286,7 +291,8 @@ impl SplitQueue {
         let indirect = if config.indirect_desc {
             // Not zeroed: an entry is always written before a chain points the device at
             // it, and untouched pages of a large table then cost no memory.
-            Some(domain.alloc_aligned(
+            Some(SharedMem::alloc(
+                domain,
                 usize::from(size) * indirect_stride * 16,
                 contiguous_align(indirect_stride * 16),
             )?)
@@ -294,7 +300,11 @@ impl SplitQueue {
             None
         };
         let small = if config.indirect_desc {
-            Some(domain.alloc_zeroed(usize::from(size) * SMALL_TABLE * 16, 4096)?)
+            Some(SharedMem::zeroed(
+                domain,
+                usize::from(size) * SMALL_TABLE * 16,
+                4096,
+            )?)
         } else {
             None
         };
@@ -462,7 +472,7 @@ impl SplitQueue {
     }
 
     /// The indirect table for a chain of `n` at `head`: its buffer and entry offset.
-    fn indirect_table(&self, head: u16, n: usize) -> (&DmaBuf, usize) {
+    fn indirect_table(&self, head: u16, n: usize) -> (&SharedMem, usize) {
         if n <= SMALL_TABLE {
             let small = self.small.as_ref().expect("indirect tables exist");
             (small, usize::from(head) * SMALL_TABLE)
@@ -869,7 +879,7 @@ impl SplitQueue {
                 in_flight: self.in_flight,
             });
         }
-        self.ring.fill(0);
+        self.ring.zero();
         for (i, n) in self.next.iter_mut().enumerate() {
             *n = (i as u16).wrapping_add(1);
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::mem::DmaBuf;
 use crate::testing::FakeDevice;
 use proptest::prelude::*;
 

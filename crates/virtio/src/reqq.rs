@@ -1,0 +1,459 @@
+//! A request queue: a split virtqueue with the memory its requests use, and the
+//! hand-off of that memory to the device made safe.
+//!
+//! [`SplitQueue::try_add`] is `unsafe`: the caller promises that the memory each
+//! segment names stays alive and untouched until the device gives the chain back.
+//! [`RequestQueue`] keeps that promise itself, so that the code building requests (the
+//! virtio-blk and virtio-scsi formats, the control and event queues) needs no `unsafe`:
+//!
+//! - Each **context** (one per ring entry) has a header slot the driver writes and a
+//!   status area the device writes, in one [`SharedMem`] arena the queue owns: they are
+//!   reached by volatile access only, never through a reference, because the device
+//!   writes the status areas of other contexts while the driver works on this one.
+//! - An I/O buffer travels with its request: the driver **lends** it to the queue under
+//!   an owner number (one per request, whatever number of chains it takes), chains name
+//!   bytes of their owner's buffer, and the buffer is only **taken back** when none of
+//!   them is still with the device.
+//! - **Fixed** buffers (the zeros a WRITE of zeroes sends) are shared by all chains and
+//!   only ever read by the device.
+//!
+//! A chain is described by [`Piece`]s relative to those three kinds of memory; the queue
+//! checks each against its bounds and turns it into a device address. Nothing else can
+//! reach the device, so a mistake in a format fails its request ([`AddError::Invalid`])
+//! instead of pointing the device at memory that is not ours to give.
+
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::mem::{DmaBuf, DmaDomain, Iova};
+use crate::shared::SharedMem;
+use crate::split::{AddError, Segment, SplitQueue, Used};
+use crate::transport::Transport;
+
+/// `in_flight` value of a context with no chain on the ring.
+const FREE: u32 = u32::MAX;
+/// `in_flight` value of a chain with no owner (it names no lent buffer).
+const NO_OWNER: u32 = u32::MAX - 1;
+
+/// Bytes of memory per context: the header slot the driver writes and the status area
+/// the device writes (either may be 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextLayout {
+    /// Bytes of header slot per context.
+    pub header: usize,
+    /// Bytes of status area per context.
+    pub status: usize,
+}
+
+/// What one descriptor of a chain points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `len` bytes at `off` of the context's header slot (device-readable).
+    Header {
+        /// Offset in the slot.
+        off: usize,
+        /// Bytes.
+        len: usize,
+    },
+    /// `len` bytes at `off` of the context's status area (device-writable).
+    Status {
+        /// Offset in the area.
+        off: usize,
+        /// Bytes.
+        len: usize,
+    },
+    /// `len` bytes at `off` of the buffer lent by the chain's owner.
+    Data {
+        /// Offset in the buffer.
+        off: u64,
+        /// Bytes.
+        len: u32,
+        /// Whether the device writes them (a read request's data) or reads them.
+        writable: bool,
+    },
+    /// `len` bytes at `off` of fixed buffer `id` (device-readable).
+    Fixed {
+        /// What [`RequestQueue::add_fixed`] returned.
+        id: usize,
+        /// Offset in the buffer.
+        off: usize,
+        /// Bytes.
+        len: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Lent {
+    buf: Option<DmaBuf>,
+    /// Chains naming this owner that the device has not given back.
+    chains: u32,
+}
+
+/// A split virtqueue with its contexts' memory, its owners' lent buffers and its fixed
+/// buffers. See the module documentation.
+///
+/// # Invariants
+/// - `in_flight[c]` is `FREE` unless context `c` has a chain on `vq` (cookie `c`), and
+///   then names that chain's owner (or `NO_OWNER`);
+/// - `lent[o].chains` counts the chains on `vq` whose owner is `o`; while it is not
+///   zero, `lent[o].buf` stays where it is (it is neither taken back nor replaced);
+/// - every segment handed to `vq` lies in `arena` (the context's own slot or status
+///   area), in `lent[owner].buf`, or in a `fixed` buffer, and only the status area and
+///   lent buffers are ever device-writable.
+#[derive(Debug)]
+pub struct RequestQueue {
+    /// Dropped in `Drop` only when no chain is in flight (else leaked with the ring).
+    vq: ManuallyDrop<SplitQueue>,
+    /// As `vq`.
+    arena: ManuallyDrop<SharedMem>,
+    layout: ContextLayout,
+    status_off: usize,
+    in_flight: Box<[u32]>,
+    lent: Box<[Lent]>,
+    fixed: Vec<Arc<DmaBuf>>,
+    scratch: Vec<Segment>,
+}
+
+impl RequestQueue {
+    /// A queue over `vq` with one context per ring entry laid out as `layout`, and
+    /// `owners` owner numbers (`0..owners`).
+    ///
+    /// # Errors
+    /// When the arena cannot be allocated.
+    pub fn new(vq: SplitQueue, layout: ContextLayout, owners: usize) -> Result<Self> {
+        let n = usize::from(vq.capacity());
+        // The status areas start on a line of their own: the device's writes then stay
+        // off the lines the driver writes headers into.
+        let status_off = (n * layout.header).next_multiple_of(64);
+        let arena = SharedMem::zeroed(
+            DmaDomain::global(),
+            (status_off + n * layout.status).max(64),
+            4096,
+        )?;
+        Ok(Self {
+            vq: ManuallyDrop::new(vq),
+            arena: ManuallyDrop::new(arena),
+            layout,
+            status_off,
+            in_flight: vec![FREE; n].into_boxed_slice(),
+            lent: (0..owners).map(|_| Lent::default()).collect(),
+            fixed: Vec::new(),
+            scratch: Vec::with_capacity(8),
+        })
+    }
+
+    /// The ring, for what does not hand memory to the device (publish, flags, state).
+    pub fn ring(&self) -> &SplitQueue {
+        &self.vq
+    }
+
+    /// Publishes the chains added so far; true when the device wants a notification.
+    pub fn publish(&mut self) -> bool {
+        self.vq.publish()
+    }
+
+    /// See [`SplitQueue::set_interrupts`].
+    pub fn set_interrupts(&mut self, on: bool) {
+        self.vq.set_interrupts(on);
+    }
+
+    /// See [`SplitQueue::set_direct_max`].
+    pub fn set_direct_max(&mut self, n: u16) {
+        self.vq.set_direct_max(n);
+    }
+
+    /// Number of contexts (the ring's size).
+    pub fn contexts(&self) -> u16 {
+        self.vq.capacity()
+    }
+
+    /// Registers a buffer every chain may name with [`Piece::Fixed`]; the device only
+    /// reads it. Returns its id.
+    pub fn add_fixed(&mut self, buf: Arc<DmaBuf>) -> usize {
+        self.fixed.push(buf);
+        self.fixed.len() - 1
+    }
+
+    /// Lends `buf` to the queue under `owner`, for the chains of one request.
+    ///
+    /// # Errors
+    /// Gives `buf` back when `owner` is out of range or already holds a buffer.
+    pub fn lend(&mut self, owner: u32, buf: DmaBuf) -> std::result::Result<(), DmaBuf> {
+        match self.lent.get_mut(owner as usize) {
+            Some(l) if l.buf.is_none() => {
+                l.buf = Some(buf);
+                Ok(())
+            }
+            _ => Err(buf),
+        }
+    }
+
+    /// Takes back `owner`'s buffer; `None` when it lent none, or while a chain naming it
+    /// is still with the device (the buffer then stays lent).
+    pub fn take_back(&mut self, owner: u32) -> Option<DmaBuf> {
+        let l = self.lent.get_mut(owner as usize)?;
+        if l.chains != 0 {
+            return None;
+        }
+        l.buf.take()
+    }
+
+    /// Length of `owner`'s lent buffer.
+    pub fn lent_len(&self, owner: u32) -> Option<usize> {
+        self.lent.get(owner as usize)?.buf.as_ref().map(DmaBuf::len)
+    }
+
+    fn header_at(&self, ctx: u16, off: usize, len: usize) -> usize {
+        assert!(
+            usize::from(ctx) < self.in_flight.len()
+                && off
+                    .checked_add(len)
+                    .is_some_and(|e| e <= self.layout.header),
+            "header bytes {off}..+{len} of context {ctx} outside its slot"
+        );
+        usize::from(ctx) * self.layout.header + off
+    }
+
+    fn status_at(&self, ctx: u16, off: usize, len: usize) -> usize {
+        assert!(
+            usize::from(ctx) < self.in_flight.len()
+                && off
+                    .checked_add(len)
+                    .is_some_and(|e| e <= self.layout.status),
+            "status bytes {off}..+{len} of context {ctx} outside its area"
+        );
+        self.status_off + usize::from(ctx) * self.layout.status + off
+    }
+
+    /// Writes `data` at `off` of context `ctx`'s header slot.
+    ///
+    /// # Panics
+    /// When the bytes lie outside the slot.
+    #[inline]
+    pub fn write_header(&mut self, ctx: u16, off: usize, data: &[u8]) {
+        let at = self.header_at(ctx, off, data.len());
+        self.arena.write(at, data);
+    }
+
+    /// Writes `v` little-endian at `off` of context `ctx`'s header slot, in one store.
+    ///
+    /// # Panics
+    /// When the bytes lie outside the slot.
+    #[inline]
+    pub fn write_header_u64(&mut self, ctx: u16, off: usize, v: u64) {
+        let at = self.header_at(ctx, off, 8);
+        self.arena.write_u64_le(at, v);
+    }
+
+    /// The byte at `off` of context `ctx`'s status area, read once.
+    ///
+    /// # Panics
+    /// When the byte lies outside the area.
+    #[inline]
+    pub fn status_u8(&self, ctx: u16, off: usize) -> u8 {
+        self.arena.read_u8(self.status_at(ctx, off, 1))
+    }
+
+    /// Copies `out.len()` bytes from `off` of context `ctx`'s status area.
+    ///
+    /// # Panics
+    /// When the bytes lie outside the area.
+    pub fn read_status(&self, ctx: u16, off: usize, out: &mut [u8]) {
+        self.arena.read(self.status_at(ctx, off, out.len()), out);
+    }
+
+    /// Writes the byte at `off` of context `ctx`'s status area (a marker no device
+    /// writes, armed while the device does not hold the context).
+    ///
+    /// # Panics
+    /// When the byte lies outside the area.
+    pub fn write_status_u8(&mut self, ctx: u16, off: usize, v: u8) {
+        let at = self.status_at(ctx, off, 1);
+        self.arena.write_u8(at, v);
+    }
+
+    /// Whether context `ctx` has a chain with the device.
+    pub fn is_busy(&self, ctx: u16) -> bool {
+        self.in_flight
+            .get(usize::from(ctx))
+            .is_some_and(|&o| o != FREE)
+    }
+
+    /// The device address of `p` for context `ctx` and `owner`, or why not.
+    fn segment(
+        &self,
+        ctx: u16,
+        owner: Option<u32>,
+        p: Piece,
+    ) -> std::result::Result<Segment, AddError> {
+        let inside = |off: u64, len: u64, size: usize| {
+            len > 0 && off.checked_add(len).is_some_and(|e| e <= size as u64)
+        };
+        let c = usize::from(ctx);
+        match p {
+            Piece::Header { off, len } if inside(off as u64, len as u64, self.layout.header) => {
+                Ok(Segment::readable(
+                    Iova(self.arena.iova().0 + (c * self.layout.header + off) as u64),
+                    len as u32, // <= header stride
+                ))
+            }
+            Piece::Status { off, len } if inside(off as u64, len as u64, self.layout.status) => {
+                Ok(Segment::writable(
+                    Iova(
+                        self.arena.iova().0
+                            + (self.status_off + c * self.layout.status + off) as u64,
+                    ),
+                    len as u32, // <= status stride
+                ))
+            }
+            Piece::Data { off, len, writable } => {
+                let buf = owner
+                    .and_then(|o| self.lent.get(o as usize))
+                    .and_then(|l| l.buf.as_ref())
+                    .ok_or(AddError::Invalid)?;
+                if !inside(off, u64::from(len), buf.len()) {
+                    return Err(AddError::Invalid);
+                }
+                Ok(Segment {
+                    addr: Iova(buf.iova().0 + off),
+                    len,
+                    device_writable: writable,
+                })
+            }
+            Piece::Fixed { id, off, len } => {
+                let buf = self.fixed.get(id).ok_or(AddError::Invalid)?;
+                if !inside(off as u64, len as u64, buf.len()) || len > u32::MAX as usize {
+                    return Err(AddError::Invalid);
+                }
+                Ok(Segment::readable(
+                    Iova(buf.iova().0 + off as u64),
+                    len as u32,
+                ))
+            }
+            _ => Err(AddError::Invalid),
+        }
+    }
+
+    /// Adds the chain of `pieces` for context `ctx` (its cookie when it comes back),
+    /// naming `owner`'s lent buffer for [`Piece::Data`]; not visible to the device
+    /// before [`Self::publish`]. Device-readable pieces must come first (§2.7.4.2).
+    ///
+    /// # Errors
+    /// As [`SplitQueue::try_add`], and [`AddError::Invalid`] when `ctx` is out of range
+    /// or busy, or a piece lies outside its memory (nothing is added then).
+    pub fn add(
+        &mut self,
+        ctx: u16,
+        owner: Option<u32>,
+        pieces: &[Piece],
+    ) -> std::result::Result<(), AddError> {
+        if self.in_flight.get(usize::from(ctx)) != Some(&FREE) {
+            return Err(AddError::Invalid);
+        }
+        let mut segs = std::mem::take(&mut self.scratch);
+        segs.clear();
+        let mut r = Ok(());
+        let mut seen_writable = false;
+        for &p in pieces {
+            match self.segment(ctx, owner, p) {
+                Ok(s) if seen_writable && !s.device_writable => {
+                    r = Err(AddError::Invalid);
+                    break;
+                }
+                Ok(s) => {
+                    seen_writable |= s.device_writable;
+                    segs.push(s);
+                }
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        if r.is_ok() {
+            // SAFETY: every segment was made by `segment`: it lies in context `ctx`'s
+            // header slot or status area of `self.arena` (context `ctx` is FREE, so no
+            // other chain holds them, and the arena lives as long as `self`), in
+            // `owner`'s lent buffer (kept by `self.lent` until the count raised below
+            // drops back to zero in `pop_used` or `reclaim_all`), or in a fixed buffer
+            // `self` keeps an `Arc` of and never writes; only the status area and lent
+            // buffers are device-writable, and nothing in this crate makes references
+            // into the arena. `Drop` leaks rather than frees what a chain still names.
+            r = unsafe { self.vq.try_add(&segs, u64::from(ctx)) };
+        }
+        self.scratch = segs;
+        r?;
+        self.in_flight[usize::from(ctx)] = match owner {
+            Some(o) => {
+                self.lent[o as usize].chains += 1; // `o` checked by `segment` or unused
+                o
+            }
+            None => NO_OWNER,
+        };
+        Ok(())
+    }
+
+    fn release(&mut self, ctx: u16) {
+        let Some(o) = self.in_flight.get_mut(usize::from(ctx)) else {
+            return;
+        };
+        let owner = std::mem::replace(o, FREE);
+        if let Some(l) = self.lent.get_mut(owner as usize) {
+            l.chains -= 1;
+        }
+    }
+
+    /// The next completion: its cookie is the context; the context and its owner's
+    /// count are released.
+    #[inline]
+    pub fn pop_used(&mut self) -> Option<Used> {
+        let u = self.vq.pop_used()?;
+        self.release(u.cookie as u16); // cookies are the contexts given to `add`
+        Some(u)
+    }
+
+    /// Shuts `transport` down, then gives back every chain still in flight, calling `f`
+    /// with each context.
+    ///
+    /// After the shutdown the device has none of our requests any more and no right to
+    /// our memory; a vhost-user target that is still running keeps the memory mapped,
+    /// though, and could write into it as it could before: that trust boundary is the
+    /// DMA memory's (see [`crate::mem`]), not something a reclaim can move.
+    pub fn reclaim_all(&mut self, transport: &dyn Transport, mut f: impl FnMut(u16)) {
+        transport.shutdown();
+        let mut ctxs = Vec::with_capacity(usize::from(self.vq.len()));
+        // SAFETY: the transport is shut down: a PCI device was reset and stopped its DMA,
+        // a vhost-user target lost its connection and will be handed no more of our
+        // requests (see the method's documentation for a target that stays alive).
+        unsafe { self.vq.reclaim_all(|c| ctxs.push(c as u16)) };
+        for c in ctxs {
+            self.release(c);
+            f(c);
+        }
+    }
+}
+
+impl Drop for RequestQueue {
+    fn drop(&mut self) {
+        if !self.vq.is_empty() {
+            // Chains the device never gave back: the ring and the memory they name are
+            // never freed for reuse.
+            tracing::warn!(target: "vbdev::virtqueue", in_flight = self.vq.len(), "request queue dropped with requests on the device; their memory is leaked, not freed");
+            for l in self.lent.iter_mut().filter(|l| l.chains != 0) {
+                std::mem::forget(l.buf.take());
+            }
+            std::mem::forget(std::mem::take(&mut self.fixed));
+            return;
+        }
+        // SAFETY: `vq` and `arena` are dropped once, here, and not used after; no
+        // chain is in flight, so the device holds none of their memory.
+        unsafe {
+            ManuallyDrop::drop(&mut self.vq);
+            ManuallyDrop::drop(&mut self.arena);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
