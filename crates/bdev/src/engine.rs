@@ -1,4 +1,3 @@
-#![allow(unsafe_code)] // the two ring calls of the engine and the `Format` contract, each with its SAFETY.
 //! The request engine of the virtio modules: one request queue with the state of every
 //! request on it, generic over the device's request format.
 //!
@@ -10,9 +9,11 @@
 //! Management commands (GET_ID, SCSI scan commands) travel the same way as parents of
 //! one child.
 //!
-//! Per-child headers live in a DMA slot per context, `stride` bytes each, and what the
+//! Per-child headers live in a slot per context, `stride` bytes each, and what the
 //! device writes back (status bytes) in a second area of `status_stride` bytes per
-//! context after all the slots, both allocated with the queue. Keeping the device's
+//! context after all the slots: the arena of the [`RequestQueue`], which also holds each
+//! request's buffer while the device may use it and checks every piece of every chain,
+//! so this module and the formats need no `unsafe`. Keeping the device's
 //! writes off the lines the driver writes headers into saves a cache-line transfer
 //! between the two cores per request, and packs the statuses of neighbouring contexts
 //! into one line. Nothing on the I/O path allocates or locks.
@@ -23,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vbdev_virtio::{
-    AddError, DmaBuf, DmaDomain, Iova, Notifier, QueueError, Segment, SplitQueue, Transport, Used,
+    AddError, ContextLayout, DmaBuf, Notifier, Piece, QueueError, RequestQueue, SplitQueue,
+    Transport, Used,
 };
 
 use crate::bdev::{Completion, IoError, IoOp, IoStatus, Request};
@@ -51,54 +53,74 @@ const NO_USED: Used = Used {
     written: Ok(0),
 };
 
-/// Where a format writes one child: its context's slot and the chain being built.
+/// Where a format writes one child: its context's header slot, and the chain being
+/// built out of [`Piece`]s (the [`RequestQueue`] checks each against its memory).
 pub(crate) struct Slot<'a> {
-    buf: &'a mut DmaBuf,
-    base: usize,
-    /// Offset of the context's status area in `buf`.
-    status: usize,
-    scratch: &'a mut Vec<Segment>,
+    rq: &'a mut RequestQueue,
+    ctx: u16,
+    owner: u32,
+    pieces: &'a mut Vec<Piece>,
 }
 
 impl Slot<'_> {
-    /// Writes `data` at byte `off` of the slot.
+    /// Writes `data` at byte `off` of the header slot.
+    #[inline]
     pub fn write(&mut self, off: usize, data: &[u8]) {
-        self.buf.write_at(self.base + off, data);
+        self.rq.write_header(self.ctx, off, data);
     }
 
-    /// The device address of byte `off` of the slot.
-    pub fn iova(&self, off: usize) -> Iova {
-        Iova(self.buf.iova().0 + (self.base + off) as u64)
+    /// Writes `v` little-endian at byte `off` of the header slot, in one store.
+    #[inline]
+    pub fn write_u64(&mut self, off: usize, v: u64) {
+        self.rq.write_header_u64(self.ctx, off, v);
     }
 
-    /// The device address of byte `off` of the context's status area.
-    pub fn status_iova(&self, off: usize) -> Iova {
-        Iova(self.buf.iova().0 + (self.status + off) as u64)
+    /// Appends `len` bytes at `off` of the header slot (device-readable).
+    #[inline]
+    pub fn header(&mut self, off: usize, len: usize) {
+        self.pieces.push(Piece::Header { off, len });
     }
 
-    /// Appends a segment to the chain (device-readable ones before device-writable ones).
-    pub fn push(&mut self, seg: Segment) {
-        self.scratch.push(seg);
+    /// Appends `len` bytes at `off` of the context's status area (device-writable).
+    #[inline]
+    pub fn status(&mut self, off: usize, len: usize) {
+        self.pieces.push(Piece::Status { off, len });
+    }
+
+    /// Appends `len` bytes at `off` of the request's (or command's) buffer.
+    #[inline]
+    pub fn data(&mut self, off: u64, len: u32, writable: bool) {
+        self.pieces.push(Piece::Data { off, len, writable });
+    }
+
+    /// Appends a piece made elsewhere.
+    #[inline]
+    pub fn piece(&mut self, p: Piece) {
+        self.pieces.push(p);
+    }
+
+    /// Length of the request's (or command's) buffer, if it has one.
+    pub fn data_len(&self) -> Option<usize> {
+        self.rq.lent_len(self.owner)
     }
 }
 
 /// Read access to a completed child's status area (what the device wrote).
 pub(crate) struct SlotView<'a> {
-    buf: &'a DmaBuf,
-    status: usize,
+    rq: &'a RequestQueue,
+    ctx: u16,
 }
 
 impl SlotView<'_> {
     /// The byte at `off` of the context's status area, read once.
+    #[inline]
     pub fn status_byte(&self, off: usize) -> u8 {
-        self.buf.read_volatile(self.status + off)
+        self.rq.status_u8(self.ctx, off)
     }
 
     /// Copies `out.len()` bytes from `off` of the context's status area.
     pub fn read_status(&self, off: usize, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = self.status_byte(off + i);
-        }
+        self.rq.read_status(self.ctx, off, out);
     }
 }
 
@@ -146,14 +168,10 @@ impl Attempts {
 
 /// A device's request format.
 ///
-/// # Safety
-/// `build_io` and `build_cmd` may only push segments that point into the context's
-/// slot (addresses from [`Slot::iova`], within `stride` bytes, and from
-/// [`Slot::status_iova`], within `status_stride` bytes), into the buffer of the
-/// request or command they build (within its length), or into memory the format keeps
-/// alive, and never writes, for as long as it lives. The engine relies on this to hand
-/// the chain to the device.
-pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
+/// A format describes each child with [`Slot`]'s pieces, relative to its context's
+/// slot, its request's buffer and the format's fixed buffers; the [`RequestQueue`]
+/// checks them, so a wrong piece fails its request and never reaches the device.
+pub(crate) trait Format: fmt::Debug + Send + 'static {
     /// What a client's block requests address (a SCSI LUN; nothing for virtio-blk).
     type Target: fmt::Debug + Send + Sync;
     /// A management command.
@@ -163,6 +181,16 @@ pub(crate) unsafe trait Format: fmt::Debug + Send + 'static {
 
     /// Bytes of DMA slot per context.
     fn stride(&self) -> usize;
+
+    /// The buffer a command carries, lent to the queue while the command is in flight
+    /// and put back before it is handed back.
+    fn cmd_buf(cmd: &mut Self::Cmd) -> &mut Option<DmaBuf>;
+
+    /// Buffers every child may name with [`Slot::fixed`] (by index), only ever read by
+    /// the device. Default: none.
+    fn fixed(&self) -> Vec<Arc<DmaBuf>> {
+        Vec::new()
+    }
 
     /// Bytes of status area per context (see the module documentation); 0: none.
     fn status_stride(&self) -> usize {
@@ -310,23 +338,19 @@ struct Client<F: Format> {
 ///
 /// # Invariants
 /// - a context `c` is in `ctx_free`, or in `retry`, or owned by exactly one chain in
-///   `vq` whose cookie is `c`; in the last two cases `ctx[c].parent` names an active
+///   `rq` whose cookie is `c`; in the last two cases `ctx[c].parent` names an active
 ///   parent that counts it in `children`;
-/// - an active parent owns its request's (or command's) buffer; chains point only
-///   into that buffer, the context's slot, and memory of `fmt` (the [`Format`]
-///   contract).
+/// - an active parent `p`'s request (or command) buffer is lent to `rq` under owner
+///   `p` from its start to its finish, where it is taken back (the queue gives it only
+///   once no chain of `p` is with the device).
 #[derive(Debug)]
 pub(crate) struct Engine<F: Format> {
     pub index: u16,
     pub fmt: F,
-    vq: SplitQueue,
+    rq: RequestQueue,
     notifier: Notifier,
     transport: Arc<dyn Transport>,
-    stride: usize,
-    /// Offset of the status areas in `slots`.
-    status_off: usize,
     status_stride: usize,
-    slots: DmaBuf,
     ctx_free: Vec<u16>,
     ctx: Box<[Child]>,
     parents: Box<[Parent<F>]>,
@@ -335,7 +359,7 @@ pub(crate) struct Engine<F: Format> {
     partial: Option<u32>,
     retry: VecDeque<(u16, Instant)>,
     clients: Vec<Client<F>>,
-    scratch: Vec<Segment>,
+    scratch: Vec<Piece>,
     total_active: usize,
     pub stall: StallClock,
     /// Clients sleeping on the call eventfd (interrupts stay on while there are any).
@@ -358,20 +382,23 @@ impl<F: Format> Engine<F> {
     ) -> vbdev_virtio::Result<Self> {
         let size = vq.capacity();
         let n = usize::from(size);
-        let stride = fmt.stride();
         let status_stride = fmt.status_stride();
-        let status_off = (n * stride).next_multiple_of(64);
-        let slots = DmaDomain::global().alloc_zeroed(status_off + n * status_stride, 4096)?;
+        let layout = ContextLayout {
+            header: fmt.stride(),
+            status: status_stride,
+        };
+        // One owner per parent (`0..=n`).
+        let mut rq = RequestQueue::new(vq, layout, n + 1, Arc::clone(&transport))?;
+        for b in fmt.fixed() {
+            rq.add_fixed(b);
+        }
         let mut engine = Self {
             index,
             fmt,
-            vq,
+            rq,
             notifier,
             transport,
-            stride,
-            status_off,
             status_stride,
-            slots,
             ctx_free: (0..size).rev().collect(),
             ctx: vec![Child::default(); n].into_boxed_slice(),
             parents: (0..=n).map(|_| Parent::default()).collect(),
@@ -396,7 +423,7 @@ impl<F: Format> Engine<F> {
 
     /// A new client for a channel (with its target) or a command user (without).
     pub fn register(&mut self, target: Option<Arc<F::Target>>) -> u16 {
-        let cap = usize::from(self.vq.capacity()) + 1;
+        let cap = usize::from(self.rq.contexts()) + 1;
         if let Some(i) = self.clients.iter().position(|c| !c.used) {
             let c = &mut self.clients[i];
             c.used = true;
@@ -435,11 +462,11 @@ impl<F: Format> Engine<F> {
     }
 
     pub fn has_used(&self) -> bool {
-        self.vq.has_used()
+        self.rq.ring().has_used()
     }
 
     pub fn set_interrupts(&mut self, on: bool) {
-        self.vq.set_interrupts(on);
+        self.rq.set_interrupts(on);
     }
 
     /// Takes a block request from `client`, from where it lies (see
@@ -473,6 +500,15 @@ impl<F: Format> Engine<F> {
             return Err(cmd);
         };
         self.start_parent(p, client);
+        let mut cmd = cmd;
+        if let Some(b) = F::cmd_buf(&mut cmd).take() {
+            if let Err(b) = self.rq.lend(p, b) {
+                // Cannot happen (finished parents give their buffer back); the command
+                // keeps its buffer and its children fail as invalid.
+                debug_assert!(false, "parent {p} still has a lent buffer");
+                *F::cmd_buf(&mut cmd) = Some(b);
+            }
+        }
         self.parents[p as usize].cmd = Some(Box::new(CmdState { cmd, reply: None }));
         if self.failed {
             self.parents[p as usize].status = IoStatus::Failed(IoError::Removed);
@@ -489,6 +525,13 @@ impl<F: Format> Engine<F> {
     fn start_io(&mut self, p: u32, client: u16, req: &mut Request) {
         self.start_parent(p, client);
         Request::move_fields(req, &mut self.parents[p as usize].req);
+        if let Some(b) = self.parents[p as usize].req.buf.take() {
+            if let Err(b) = self.rq.lend(p, b) {
+                // As in `submit_cmd`: the request keeps its buffer and fails.
+                debug_assert!(false, "parent {p} still has a lent buffer");
+                self.parents[p as usize].req.buf = Some(b);
+            }
+        }
     }
 
     /// Marks free parent `p` active for `client`; the caller stores the request or
@@ -514,13 +557,12 @@ impl<F: Format> Engine<F> {
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.scratch.clear();
-        let status = self.status_at(ctx);
         let parent = &self.parents[c.parent as usize];
         let mut slot = Slot {
-            buf: &mut self.slots,
-            base: usize::from(ctx) * self.stride,
-            status,
-            scratch: &mut self.scratch,
+            rq: &mut self.rq,
+            ctx,
+            owner: c.parent,
+            pieces: &mut self.scratch,
         };
         debug_assert!(parent.active, "building a child of a free parent");
         match &parent.cmd {
@@ -537,13 +579,8 @@ impl<F: Format> Engine<F> {
     }
 
     fn add(&mut self, ctx: u16) -> Result<(), AddError> {
-        // SAFETY: by the `Format` contract every segment in `scratch` points into
-        // context `ctx`'s slot of `self.slots` (owned by this chain until `ctx` comes
-        // back from the ring), into the buffer of parent `ctx[ctx].parent` (which stays
-        // in `self.parents` until all its children came back from `pop_used` or
-        // `reclaim_all`), or into memory of `self.fmt`, which lives as long as `self`
-        // and is never written; nothing else touches those bytes meanwhile.
-        unsafe { self.vq.try_add(&self.scratch, u64::from(ctx)) }
+        let owner = self.ctx[usize::from(ctx)].parent;
+        self.rq.add(ctx, Some(owner), &self.scratch)
     }
 
     /// Sends children of parent `p` until it is fully sent or the ring is full.
@@ -592,8 +629,9 @@ impl<F: Format> Engine<F> {
                 Ok(()) => {
                     // Published at once when it is the device's only work: it is idle
                     // and waiting (QD 1); the caller's flush would come a poll later.
-                    let unpublished = self.vq.unpublished();
-                    if unpublished >= PUBLISH_BATCH || unpublished == self.vq.len() {
+                    let ring = self.rq.ring();
+                    let unpublished = ring.unpublished();
+                    if unpublished >= PUBLISH_BATCH || unpublished == ring.len() {
                         self.flush();
                     }
                     let parent = &mut self.parents[p as usize];
@@ -612,10 +650,11 @@ impl<F: Format> Engine<F> {
                     self.ctx_free.push(ctx);
                     self.parents[p as usize].status = IoStatus::Failed(IoError::DoesNotFit);
                 }
-                Err(AddError::TooLong) => {
-                    // Limits are computed from the ring's capacity, so this is a bug;
-                    // fail the request rather than the process.
-                    debug_assert!(false, "child chain longer than the ring allows");
+                Err(e @ (AddError::TooLong | AddError::Invalid)) => {
+                    // Limits are computed from the ring's capacity, and pieces from the
+                    // request the channel checked, so this is a bug; fail the request
+                    // rather than the process.
+                    debug_assert!(false, "child chain refused: {e:?}");
                     self.ctx_free.push(ctx);
                     self.parents[p as usize].status = IoStatus::Failed(IoError::DoesNotFit);
                 }
@@ -630,7 +669,7 @@ impl<F: Format> Engine<F> {
 
     /// Publishes what was added, with at most one notification.
     pub fn flush(&mut self) {
-        if self.vq.publish() {
+        if self.rq.publish() {
             self.notifier.notify();
         }
     }
@@ -650,10 +689,14 @@ impl<F: Format> Engine<F> {
         // Field by field rather than `mem::take` of the whole parent: no copy of what
         // is left behind.
         let parent = &mut self.parents[p as usize];
-        let cmd = parent.cmd.take();
+        let mut cmd = parent.cmd.take();
         let parent_status = parent.status;
-        if cmd.is_none() {
-            parent.req.buf = None;
+        parent.req.buf = None;
+        let buf = self.rq.take_back(p);
+        if let Some(c) = cmd.as_mut() {
+            if buf.is_some() {
+                *F::cmd_buf(&mut c.cmd) = buf;
+            }
         }
         self.release(p);
         match cmd {
@@ -695,22 +738,19 @@ impl<F: Format> Engine<F> {
             };
         }
         out.cookie = parent.req.cookie;
-        out.buf = parent.req.buf.take();
+        out.buf = match self.rq.take_back(p) {
+            Some(b) => Some(b),
+            None => parent.req.buf.take(),
+        };
         self.release(p);
         true
-    }
-
-    /// Offset of context `ctx`'s status area in `slots`.
-    fn status_at(&self, ctx: u16) -> usize {
-        self.status_off + usize::from(ctx) * self.status_stride
     }
 
     /// Arms context `ctx`'s status marker (see [`Format::status_marker`]): at queue
     /// creation, and again once the device is done with the context.
     fn rearm(&mut self, ctx: u16) {
         if let Some((off, byte)) = self.fmt.status_marker() {
-            let at = self.status_at(ctx) + off;
-            self.slots.write_volatile(at, byte);
+            self.rq.write_status_u8(ctx, off, byte);
         }
     }
 
@@ -723,7 +763,7 @@ impl<F: Format> Engine<F> {
         }
         for u in batch {
             let ctx = u.cookie as u16; // cookies are context indices < queue size
-            let _ = self.slots.read_volatile(self.status_at(ctx));
+            let _ = self.rq.status_u8(ctx, 0);
         }
     }
 
@@ -732,7 +772,7 @@ impl<F: Format> Engine<F> {
     fn pop_batch(&mut self, batch: &mut [Used; REAP_BATCH], max: usize) -> usize {
         let mut k = 0;
         while k < max.min(REAP_BATCH) {
-            let Some(u) = self.vq.pop_used() else {
+            let Some(u) = self.rq.pop_used() else {
                 break;
             };
             batch[k] = u;
@@ -746,10 +786,7 @@ impl<F: Format> Engine<F> {
     fn complete_used(&mut self, used: &Used) -> Option<u32> {
         let ctx = used.cookie as u16; // cookies are context indices < queue size
         let p = self.ctx[usize::from(ctx)].parent;
-        let view = SlotView {
-            buf: &self.slots,
-            status: self.status_at(ctx),
-        };
+        let view = SlotView { rq: &self.rq, ctx };
         let parent = &mut self.parents[p as usize];
         debug_assert!(parent.active, "a completion for a free parent");
         let written = match (&parent.cmd, &used.written) {
@@ -825,7 +862,7 @@ impl<F: Format> Engine<F> {
 
     fn check_failure(&mut self, removed: bool) {
         if !self.failed {
-            if let Some(e) = self.vq.broken() {
+            if let Some(e) = self.rq.ring().broken() {
                 self.fail_all(IoError::Protocol(e));
             } else if removed {
                 self.fail_all(IoError::Removed);
@@ -847,7 +884,7 @@ impl<F: Format> Engine<F> {
             self.fail_all(IoError::TimedOut);
         }
         if !self.failed {
-            if let Some(e) = self.vq.broken() {
+            if let Some(e) = self.rq.ring().broken() {
                 self.fail_all(IoError::Protocol(e));
             }
         }
@@ -889,7 +926,7 @@ impl<F: Format> Engine<F> {
             // area of the chain built last. Its line is loaded now, with used.idx and the
             // used element (see `SplitQueue::pop_used`), not one line transfer after
             // them; the value is not used (the status is read after the completion).
-            let _ = self.slots.read_volatile(self.status_at(self.last_ctx));
+            let _ = self.rq.status_u8(self.last_ctx, 0);
         }
         let mut n = self.take_io(client, out);
         let mut progressed = false;
@@ -954,16 +991,13 @@ impl<F: Format> Engine<F> {
         self.transport.shutdown();
         tracing::error!(target: TARGET, queue = self.index, in_flight = self.total_active, error = %why, "failing all requests of the queue");
         // Completions the device published before it went are real: deliver them.
-        while let Some(used) = self.vq.pop_used() {
+        while let Some(used) = self.rq.pop_used() {
             if let Some(p) = self.complete_used(&used) {
                 self.route(p);
             }
         }
-        let mut ctxs: Vec<u16> = Vec::with_capacity(usize::from(self.vq.len()));
-        // SAFETY: the transport is shut down: a vhost-user target has lost its connection
-        // and with it the right to our memory (a dead one cannot write at all); the
-        // chains' buffers are only handed back to callers after this point.
-        unsafe { self.vq.reclaim_all(|c| ctxs.push(c as u16)) };
+        let mut ctxs: Vec<u16> = Vec::with_capacity(usize::from(self.rq.ring().len()));
+        self.rq.reclaim_all(|c| ctxs.push(c));
         ctxs.extend(self.retry.drain(..).map(|(c, _)| c));
         for ctx in ctxs {
             self.rearm(ctx);

@@ -61,11 +61,9 @@ fn tsc_invariant() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(unsafe_code)] // the one intrinsic call below, with its SAFETY.
 fn rdtsc() -> u64 {
-    // SAFETY: RDTSC reads a counter register; it has no memory operands and every
-    // x86_64 CPU has it. It is only called when /proc/cpuinfo says the TSC is invariant.
-    unsafe { core::arch::x86_64::_rdtsc() }
+    // Only called when /proc/cpuinfo says the TSC is invariant.
+    vbdev_virtio::cpu::rdtsc()
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -5,8 +5,6 @@
 //! device's limits (`seg_max`, `size_max`, `max_discard_sectors`,
 //! `max_write_zeroes_sectors`); the request completes when its last child does.
 //! Per-child headers and status bytes live in DMA memory allocated with the queue.
-#![allow(unsafe_code)] // `unsafe impl Format`: the segments the format builds, see its SAFETY.
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +15,7 @@ use vbdev_virtio::device::features as vfeat;
 use vbdev_virtio::transport::pci::{PciOptions, PciTransport};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
-    CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, Segment, SplitQueue, Transport, VirtioDevice,
+    CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, SplitQueue, Transport, VirtioDevice,
 };
 
 use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
@@ -445,18 +443,17 @@ struct BlkFormat {
 /// A GET_ID request: 20 bytes of serial into `buf`.
 #[derive(Debug)]
 struct GetId {
-    buf: DmaBuf,
+    /// Lent to the queue while the request is in flight.
+    buf: Option<DmaBuf>,
 }
 
 impl BlkFormat {
+    /// The request header (§5.2.6: type, reserved, sector) as two little-endian words.
     fn header(slot: &mut Slot<'_>, type_: u32, sector: u64) {
-        let hdr = ReqHeader {
-            type_,
-            reserved: 0,
-            sector,
-        };
-        slot.write(0, &hdr.to_bytes());
-        slot.push(Segment::readable(slot.iova(0), 16));
+        const _: () = assert!(size_of::<ReqHeader>() == 16);
+        slot.write_u64(0, u64::from(type_));
+        slot.write_u64(8, sector);
+        slot.header(0, 16);
     }
 
     fn status(slot: &SlotView<'_>) -> IoStatus {
@@ -469,19 +466,17 @@ impl BlkFormat {
     }
 }
 
-// SAFETY: `build_io` and `build_cmd` push segments into the context's slot (header and
-// range: within SLOT_STRIDE; status: within STATUS_STRIDE of its status area) and into
-// the request's own buffer: the child's
-// data segments cover `[start * block_size, (start + units) * block_size)`, inside the
-// buffer of `num_blocks * block_size` bytes the channel validated, and GET_ID writes
-// 20 bytes into its 512-byte buffer.
-unsafe impl Format for BlkFormat {
+impl Format for BlkFormat {
     type Target = ();
     type Cmd = GetId;
     type Reply = u8;
 
     fn stride(&self) -> usize {
         SLOT_STRIDE
+    }
+
+    fn cmd_buf(cmd: &mut GetId) -> &mut Option<DmaBuf> {
+        &mut cmd.buf
     }
 
     fn status_stride(&self) -> usize {
@@ -522,20 +517,12 @@ unsafe impl Format for BlkFormat {
                     (blk::req::OUT, false)
                 };
                 Self::header(slot, type_, to_sector(lba));
-                let buf = req
-                    .buf
-                    .as_ref()
-                    .expect("validated: reads and writes carry a buffer");
-                let mut addr = buf.iova().0 + start * l.block_size;
+                let mut off = start * l.block_size;
                 let mut rest = units * l.block_size;
                 while rest > 0 {
                     let len = rest.min(l.max_seg_bytes);
-                    slot.push(Segment {
-                        addr: vbdev_virtio::Iova(addr),
-                        len: len as u32, // len <= max_seg_bytes <= 1 GiB
-                        device_writable: writable,
-                    });
-                    addr += len;
+                    slot.data(off, len as u32, writable); // len <= max_seg_bytes <= 1 GiB
+                    off += len;
                     rest -= len;
                 }
             }
@@ -553,16 +540,17 @@ unsafe impl Format for BlkFormat {
                     flags: 0,
                 };
                 slot.write(SLOT_DWZ, &range.to_bytes());
-                slot.push(Segment::readable(slot.iova(SLOT_DWZ), 16));
+                slot.header(SLOT_DWZ, 16);
             }
         }
-        slot.push(Segment::writable(slot.status_iova(0), 1));
+        slot.status(0, 1);
     }
 
     fn build_cmd(&self, slot: &mut Slot<'_>, cmd: &GetId, _tag: u64) {
         Self::header(slot, blk::req::GET_ID, 0);
-        slot.push(Segment::writable(cmd.buf.iova(), blk::ID_BYTES as u32));
-        slot.push(Segment::writable(slot.status_iova(0), 1));
+        debug_assert!(cmd.buf.is_none(), "lent to the queue while in flight");
+        slot.data(0, blk::ID_BYTES as u32, true);
+        slot.status(0, 1);
     }
 
     fn judge_io(&self, slot: &SlotView<'_>, _: &(), _: &mut Attempts) -> Verdict {
@@ -612,7 +600,11 @@ impl BlkQueue {
     /// Reads the device serial with GET_ID (virtio 1.2 §5.2.6), synchronously.
     fn get_id(&mut self, timeout: Duration) -> vbdev_virtio::Result<Option<String>> {
         let buf = DmaDomain::global().alloc_zeroed(512, 512)?;
-        if self.e.submit_cmd(self.client, GetId { buf }).is_err() {
+        if self
+            .e
+            .submit_cmd(self.client, GetId { buf: Some(buf) })
+            .is_err()
+        {
             return Err(vbdev_virtio::Error::QueueBusy { in_flight: 0 });
         }
         self.e.flush();
@@ -647,7 +639,10 @@ impl BlkQueue {
             None if done.reply != blk::status::OK => return Ok(None),
             None => {}
         }
-        let id = &done.cmd.buf[..blk::ID_BYTES];
+        let Some(buf) = done.cmd.buf.as_ref() else {
+            return Ok(None);
+        };
+        let id = &buf[..blk::ID_BYTES];
         let end = id.iter().position(|&b| b == 0).unwrap_or(id.len());
         let s = String::from_utf8_lossy(&id[..end]).trim().to_owned();
         Ok((!s.is_empty()).then_some(s))

@@ -40,8 +40,6 @@
 //! [`IoError::Removed`](crate::IoError::Removed)), a capacity change re-reads the capacity and resizes the bdev,
 //! EVENTS_MISSED rescans everything. Changes are reported through
 //! [`ScsiController::subscribe`].
-#![allow(unsafe_code)] // SplitQueue::try_add and reclaim_all call sites, each with its SAFETY.
-
 mod ctrlq;
 mod queue;
 mod scan;
@@ -460,8 +458,8 @@ impl Ctrl {
         let mgmt_slot = Arc::clone(queues.last().expect("at least one request queue"));
         let client = mgmt_slot.lock().register(None);
         let wake = Arc::new(eh.call);
-        let evq = ctrlq::EventQueue::new(eq, eh.notifier, &config)?;
-        let ctrlq = ctrlq::CtrlQueue::new(cq, ch.notifier, ch.call)?;
+        let evq = ctrlq::EventQueue::new(eq, eh.notifier, &config, Arc::clone(&t))?;
+        let ctrlq = ctrlq::CtrlQueue::new(cq, ch.notifier, ch.call, Arc::clone(&t))?;
         Ok(Self {
             name: name.to_owned(),
             device,

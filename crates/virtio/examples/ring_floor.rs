@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
-    DmaBuf, DmaConfig, DmaDomain, Iova, QueueConfig, Segment, SplitQueue, VirtioDevice, features,
+    DmaBuf, DmaConfig, DmaDomain, Iova, QueueConfig, Segment, SharedMem, SplitQueue, VirtioDevice,
+    features,
 };
 use vbdev_virtio::{blk, scsi};
 
@@ -103,8 +104,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (16, 1)
     };
     let n = usize::from(qd);
-    let mut hdr = domain.alloc_zeroed(64 * n, 64)?;
-    let status = domain.alloc_zeroed(resp_len.next_multiple_of(8) * n, 64)?;
+    // Shared with the device (it reads headers and writes statuses of other contexts
+    // while we write this one's): volatile access only.
+    let mut hdr = SharedMem::zeroed(domain, 64 * n, 64)?;
+    let status = SharedMem::zeroed(domain, resp_len.next_multiple_of(8) * n, 64)?;
     let status_at = |i: usize| i * resp_len.next_multiple_of(8);
     let data: Vec<DmaBuf> = (0..n)
         .map(|_| domain.alloc_zeroed(IO_BYTES as usize, 4096))
@@ -113,7 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let span = SPAN_BYTES / IO_BYTES;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
 
-    let mut add = |vq: &mut SplitQueue, hdr: &mut DmaBuf, i: usize, tag: u64| {
+    let mut add = |vq: &mut SplitQueue, hdr: &mut SharedMem, i: usize, tag: u64| {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -127,14 +130,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
             let mut req = [0u8; 64];
             scsi::write_cmd_req(&mut req[..req_len], lun, tag, &cdb);
-            hdr.write_at(64 * i, &req);
+            hdr.write(64 * i, &req);
         } else {
             let h = blk::ReqHeader {
                 type_: blk::req::IN,
                 reserved: 0,
                 sector: byte / blk::SECTOR_SIZE,
             };
-            hdr.write_at(64 * i, &h.to_bytes());
+            hdr.write(64 * i, &h.to_bytes());
         }
         let req = Segment::readable(Iova(hdr.iova().0 + 64 * i as u64), req_len as u32);
         let resp = Segment::writable(Iova(status.iova().0 + status_at(i) as u64), resp_len as u32);
@@ -170,10 +173,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Some(u) = vq.pop_used() {
             let i = u.cookie as usize;
             let ok = if is_scsi {
-                status.read_volatile(status_at(i) + scsi::CMD_RESP_RESPONSE_OFF) == 0
-                    && status.read_volatile(status_at(i) + scsi::CMD_RESP_STATUS_OFF) == 0
+                status.read_u8(status_at(i) + scsi::CMD_RESP_RESPONSE_OFF) == 0
+                    && status.read_u8(status_at(i) + scsi::CMD_RESP_STATUS_OFF) == 0
             } else {
-                status.read_volatile(status_at(i)) == blk::status::OK
+                status.read_u8(status_at(i)) == blk::status::OK
             };
             errors += u64::from(!ok || u.written.is_err());
             ios += 1;

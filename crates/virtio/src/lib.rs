@@ -31,8 +31,10 @@
 //! # Ok::<(), vbdev_virtio::Error>(())
 //! ```
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod blk;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod mem;

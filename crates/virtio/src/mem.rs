@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // mapping, unmapping and addressing DMA regions, each block with its SAFETY.
 //! DMA memory: the process-wide domain of shared memfd regions that devices can see.
 //!
 //! A vhost-user target maps our memory through the file descriptors we pass it
@@ -807,8 +808,10 @@ impl Region {
     }
 }
 
-/// A buffer in the DMA domain, owned: while a request is in flight the request owns it,
-/// so no one else can touch the bytes the device reads or writes.
+/// A buffer in the DMA domain, owned: an I/O buffer that is either the caller's (who
+/// may hold references into it) or, lent to a [`crate::RequestQueue`], the device's,
+/// never both. Memory the device writes while the driver keeps using it (rings, request
+/// headers and statuses) is a [`crate::SharedMem`] instead, which makes no references.
 ///
 /// # Invariants
 /// `ptr..ptr + len` lies inside region `region` at `offset`, is mapped for the life of
@@ -880,37 +883,6 @@ impl DmaBuf {
     /// When the range does not fit the buffer.
     pub fn write_at(&mut self, offset: usize, data: &[u8]) {
         self[offset..offset + data.len()].copy_from_slice(data);
-    }
-
-    /// Reads the byte at `offset` with a volatile load: for bytes a device writes while
-    /// the buffer is shared (status bytes), read once after the completion is seen.
-    ///
-    /// # Panics
-    /// When `offset` is out of range.
-    pub fn read_volatile(&self, offset: usize) -> u8 {
-        assert!(
-            offset < self.len,
-            "offset {offset} beyond buffer of {}",
-            self.len
-        );
-        // SAFETY: `offset < len`, so the byte lies in the owned, mapped range.
-        unsafe { self.ptr.as_ptr().add(offset).read_volatile() }
-    }
-
-    /// Writes the byte at `offset` with a volatile store: for bytes a device writes
-    /// while the buffer is shared (status markers), written while it does not.
-    ///
-    /// # Panics
-    /// When `offset` is out of range.
-    pub fn write_volatile(&mut self, offset: usize, byte: u8) {
-        assert!(
-            offset < self.len,
-            "offset {offset} beyond buffer of {}",
-            self.len
-        );
-        // SAFETY: `offset < len`, so the byte lies in the owned, mapped range; `&mut self`
-        // excludes every other reference made through this handle.
-        unsafe { self.ptr.as_ptr().add(offset).write_volatile(byte) }
     }
 
     /// A raw pointer to the first byte, for code that shares the memory with a device.

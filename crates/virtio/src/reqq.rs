@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // try_add, reclaim_all and Drop of the request queue, each with its SAFETY.
 //! A request queue: a split virtqueue with the memory its requests use, and the
 //! hand-off of that memory to the device made safe.
 //!
@@ -20,7 +21,9 @@
 //! A chain is described by [`Piece`]s relative to those three kinds of memory; the queue
 //! checks each against its bounds and turns it into a device address. Nothing else can
 //! reach the device, so a mistake in a format fails its request ([`AddError::Invalid`])
-//! instead of pointing the device at memory that is not ours to give.
+//! instead of pointing the device at memory that is not ours to give. A queue dropped
+//! with chains in flight shuts its transport down first, so that no memory a device
+//! was given is freed while the device may still use it.
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
@@ -98,6 +101,7 @@ struct Lent {
 ///   then names that chain's owner (or `NO_OWNER`);
 /// - `lent[o].chains` counts the chains on `vq` whose owner is `o`; while it is not
 ///   zero, `lent[o].buf` stays where it is (it is neither taken back nor replaced);
+/// - no chain is in flight when `vq` and `arena` are dropped (`Drop` reclaims first);
 /// - every segment handed to `vq` lies in `arena` (the context's own slot or status
 ///   area), in `lent[owner].buf`, or in a `fixed` buffer, and only the status area and
 ///   lent buffers are ever device-writable.
@@ -113,15 +117,22 @@ pub struct RequestQueue {
     lent: Box<[Lent]>,
     fixed: Vec<Arc<DmaBuf>>,
     scratch: Vec<Segment>,
+    /// Shut down before chains still in flight are given back (see `reclaim_all`).
+    transport: Arc<dyn Transport>,
 }
 
 impl RequestQueue {
-    /// A queue over `vq` with one context per ring entry laid out as `layout`, and
-    /// `owners` owner numbers (`0..owners`).
+    /// A queue over `vq` of the device behind `transport`, with one context per ring
+    /// entry laid out as `layout`, and `owners` owner numbers (`0..owners`).
     ///
     /// # Errors
     /// When the arena cannot be allocated.
-    pub fn new(vq: SplitQueue, layout: ContextLayout, owners: usize) -> Result<Self> {
+    pub fn new(
+        vq: SplitQueue,
+        layout: ContextLayout,
+        owners: usize,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self> {
         let n = usize::from(vq.capacity());
         // The status areas start on a line of their own: the device's writes then stay
         // off the lines the driver writes headers into.
@@ -140,6 +151,7 @@ impl RequestQueue {
             lent: (0..owners).map(|_| Lent::default()).collect(),
             fixed: Vec::new(),
             scratch: Vec::with_capacity(8),
+            transport,
         })
     }
 
@@ -413,15 +425,15 @@ impl RequestQueue {
         Some(u)
     }
 
-    /// Shuts `transport` down, then gives back every chain still in flight, calling `f`
-    /// with each context.
+    /// Shuts the transport down, then gives back every chain still in flight, calling
+    /// `f` with each context.
     ///
     /// After the shutdown the device has none of our requests any more and no right to
     /// our memory; a vhost-user target that is still running keeps the memory mapped,
     /// though, and could write into it as it could before: that trust boundary is the
     /// DMA memory's (see [`crate::mem`]), not something a reclaim can move.
-    pub fn reclaim_all(&mut self, transport: &dyn Transport, mut f: impl FnMut(u16)) {
-        transport.shutdown();
+    pub fn reclaim_all(&mut self, mut f: impl FnMut(u16)) {
+        self.transport.shutdown();
         let mut ctxs = Vec::with_capacity(usize::from(self.vq.len()));
         // SAFETY: the transport is shut down: a PCI device was reset and stopped its DMA,
         // a vhost-user target lost its connection and will be handed no more of our
@@ -435,19 +447,16 @@ impl RequestQueue {
 }
 
 impl Drop for RequestQueue {
+    /// Chains still in flight (an event queue's posted buffers, requests of a device
+    /// that went away) are reclaimed first, which shuts the transport down: the device
+    /// must not be left writing memory that is freed for reuse.
     fn drop(&mut self) {
         if !self.vq.is_empty() {
-            // Chains the device never gave back: the ring and the memory they name are
-            // never freed for reuse.
-            tracing::warn!(target: "vbdev::virtqueue", in_flight = self.vq.len(), "request queue dropped with requests on the device; their memory is leaked, not freed");
-            for l in self.lent.iter_mut().filter(|l| l.chains != 0) {
-                std::mem::forget(l.buf.take());
-            }
-            std::mem::forget(std::mem::take(&mut self.fixed));
-            return;
+            self.reclaim_all(|_| {});
         }
-        // SAFETY: `vq` and `arena` are dropped once, here, and not used after; no
-        // chain is in flight, so the device holds none of their memory.
+        // SAFETY: `vq` and `arena` are dropped once, here, and not used after; no chain
+        // is in flight any more (reclaimed above), so the device holds none of their
+        // memory.
         unsafe {
             ManuallyDrop::drop(&mut self.vq);
             ManuallyDrop::drop(&mut self.arena);

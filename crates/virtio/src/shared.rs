@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // volatile loads and stores of shared memory, each with its SAFETY.
 //! Memory a device writes while the driver holds it: rings, indirect tables, request
 //! headers and status areas.
 //!

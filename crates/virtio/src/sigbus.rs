@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // the SIGBUS handler and its jump buffer, each block with its SAFETY.
 //! A SIGBUS guard for device memory mapped into the process.
 //!
 //! The PCI transport maps a BAR (the virtio notify area; with `uio_pci_generic` every

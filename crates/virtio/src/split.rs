@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // ring memory reached through atomics and volatile accesses, each block with its SAFETY.
 //! Driver side of a split virtqueue (virtio 1.2 §2.7).
 //!
 //! [`SplitQueue`] owns its descriptor table, available ring and used ring (one

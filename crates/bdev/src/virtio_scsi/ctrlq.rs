@@ -1,44 +1,47 @@
 //! The control queue (task management, §5.6.6.2) and the event queue (§5.6.6.3).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vbdev_virtio::scsi::{self as wire, Event, ScsiConfig, response, tmf};
-use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, Iova, Notifier, Segment, SplitQueue};
+use vbdev_virtio::{CallFd, ContextLayout, Notifier, Piece, RequestQueue, SplitQueue, Transport};
 
-/// Bytes per control request slot: TMF request, then the response byte.
-const CTRL_STRIDE: usize = 64;
-const CTRL_RESP: usize = 32;
+/// Bytes per control request context: the TMF request in its header slot, the response
+/// in its status area.
+const CTRL_LAYOUT: ContextLayout = ContextLayout {
+    header: 64,
+    status: 8,
+};
 const RESPONSE_UNSET: u8 = 0xff;
+const _: () = assert!(wire::TMF_REQ_LEN <= 64 && wire::TMF_RESP_LEN <= 8);
 
 /// The control queue. Task management requests are sent one at a time; a request the
 /// device never answers keeps its slot (the device may still write it), and when no
 /// slot is left, resets fail at once.
 #[derive(Debug)]
 pub(super) struct CtrlQueue {
-    vq: SplitQueue,
+    rq: RequestQueue,
     notifier: Notifier,
     call: CallFd,
-    slots: DmaBuf,
     free: Vec<u16>,
     next_id: u64,
 }
 
 impl CtrlQueue {
-    pub fn new(vq: SplitQueue, notifier: Notifier, call: CallFd) -> vbdev_virtio::Result<Self> {
+    pub fn new(
+        vq: SplitQueue,
+        notifier: Notifier,
+        call: CallFd,
+        transport: Arc<dyn Transport>,
+    ) -> vbdev_virtio::Result<Self> {
         let n = vq.capacity();
-        let slots = DmaDomain::global().alloc_zeroed(usize::from(n) * CTRL_STRIDE, 64)?;
         Ok(Self {
-            vq,
+            rq: RequestQueue::new(vq, CTRL_LAYOUT, 0, transport)?,
             notifier,
             call,
-            slots,
             free: (0..n).rev().collect(),
             next_id: 1,
         })
-    }
-
-    fn iova(&self, slot: u16, off: usize) -> Iova {
-        Iova(self.slots.iova().0 + (usize::from(slot) * CTRL_STRIDE + off) as u64)
     }
 
     /// Sends LOGICAL UNIT RESET for `lun` and waits up to `timeout` for the answer.
@@ -48,32 +51,34 @@ impl CtrlQueue {
         let Some(slot) = self.free.pop() else {
             return Err(format!(
                 "the control queue is full of requests the target never answered ({} slots)",
-                self.vq.capacity()
+                self.rq.contexts()
             ));
         };
         let id = self.next_id;
         self.next_id += 1;
-        let base = usize::from(slot) * CTRL_STRIDE;
-        self.slots
-            .write_at(base, &wire::tmf_req(tmf::LOGICAL_UNIT_RESET, lun, id));
-        self.slots.write_at(base + CTRL_RESP, &[RESPONSE_UNSET]);
-        let segs = [
-            Segment::readable(self.iova(slot, 0), wire::TMF_REQ_LEN as u32),
-            Segment::writable(self.iova(slot, CTRL_RESP), wire::TMF_RESP_LEN as u32),
+        self.rq
+            .write_header(slot, 0, &wire::tmf_req(tmf::LOGICAL_UNIT_RESET, lun, id));
+        self.rq.write_status_u8(slot, 0, RESPONSE_UNSET);
+        let pieces = [
+            Piece::Header {
+                off: 0,
+                len: wire::TMF_REQ_LEN,
+            },
+            Piece::Status {
+                off: 0,
+                len: wire::TMF_RESP_LEN,
+            },
         ];
-        // SAFETY: both segments point into `self.slots` at `slot`'s bytes, which nobody
-        // touches until the chain comes back from `pop_used` (the slot is off the free
-        // list until then, and `self.slots` lives as long as the queue).
-        if unsafe { self.vq.try_add(&segs, u64::from(slot)) }.is_err() {
+        if self.rq.add(slot, None, &pieces).is_err() {
             self.free.push(slot);
             return Err("the control queue is broken or full".into());
         }
-        if self.vq.publish() {
+        if self.rq.publish() {
             self.notifier.notify();
         }
         let deadline = Instant::now() + timeout;
         loop {
-            while let Some(u) = self.vq.pop_used() {
+            while let Some(u) = self.rq.pop_used() {
                 let s = u.cookie as u16;
                 self.free.push(s);
                 if s != slot {
@@ -82,7 +87,7 @@ impl CtrlQueue {
                 if let Err(e) = u.written {
                     return Err(format!("the target broke the control queue: {e}"));
                 }
-                let r = self.slots.read_volatile(base + CTRL_RESP);
+                let r = self.rq.status_u8(slot, 0);
                 return match r {
                     response::OK | response::FUNCTION_SUCCEEDED => Ok(()),
                     RESPONSE_UNSET => {
@@ -94,7 +99,7 @@ impl CtrlQueue {
                     )),
                 };
             }
-            if let Some(e) = self.vq.broken() {
+            if let Some(e) = self.rq.ring().broken() {
                 return Err(format!("the target broke the control queue: {e}"));
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -104,16 +109,16 @@ impl CtrlQueue {
                     timeout.as_millis()
                 ));
             }
-            self.vq.set_interrupts(true);
-            if !self.vq.has_used() {
+            self.rq.set_interrupts(true);
+            if !self.rq.ring().has_used() {
                 self.call.wait(left.min(Duration::from_millis(50)));
             }
-            self.vq.set_interrupts(false);
+            self.rq.set_interrupts(false);
         }
     }
 
     fn reap_late(&mut self) {
-        while let Some(u) = self.vq.pop_used() {
+        while let Some(u) = self.rq.pop_used() {
             self.free.push(u.cookie as u16);
         }
     }
@@ -122,36 +127,42 @@ impl CtrlQueue {
 /// The event queue with its posted buffers.
 #[derive(Debug)]
 pub(super) struct EventQueue {
-    vq: SplitQueue,
+    /// Each context's status area is one event buffer.
+    rq: RequestQueue,
     notifier: Notifier,
-    bufs: DmaBuf,
     buf_len: usize,
     count: u16,
 }
 
 impl EventQueue {
-    pub fn new(vq: SplitQueue, notifier: Notifier, cfg: &ScsiConfig) -> vbdev_virtio::Result<Self> {
+    pub fn new(
+        vq: SplitQueue,
+        notifier: Notifier,
+        cfg: &ScsiConfig,
+        transport: Arc<dyn Transport>,
+    ) -> vbdev_virtio::Result<Self> {
         let buf_len = (cfg.event_info_size as usize).clamp(wire::EVENT_LEN, 256);
         let count = vq.capacity();
-        let bufs = DmaDomain::global().alloc_zeroed(usize::from(count) * buf_len, 64)?;
+        let layout = ContextLayout {
+            header: 0,
+            status: buf_len,
+        };
         Ok(Self {
-            vq,
+            rq: RequestQueue::new(vq, layout, 0, transport)?,
             notifier,
-            bufs,
             buf_len,
             count,
         })
     }
 
     fn post(&mut self, i: u16) {
-        let seg = [Segment::writable(
-            Iova(self.bufs.iova().0 + (usize::from(i) * self.buf_len) as u64),
-            self.buf_len as u32,
-        )];
-        // SAFETY: the segment is buffer `i` of `self.bufs`, which is posted at most once
-        // at a time (posted at start, re-posted only after it came back from
-        // `pop_used`) and lives as long as the queue; nothing else writes it.
-        let _ = unsafe { self.vq.try_add(&seg, u64::from(i)) };
+        let buf = [Piece::Status {
+            off: 0,
+            len: self.buf_len,
+        }];
+        // Posted at start, re-posted only after it came back: never busy; a broken ring
+        // takes no more buffers, and then no events come either.
+        let _ = self.rq.add(i, None, &buf);
     }
 
     /// Posts every buffer (at attach).
@@ -159,7 +170,7 @@ impl EventQueue {
         for i in 0..self.count {
             self.post(i);
         }
-        if self.vq.publish() {
+        if self.rq.publish() {
             self.notifier.notify();
         }
     }
@@ -168,31 +179,28 @@ impl EventQueue {
     pub fn take(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         let mut reposted = false;
-        while let Some(u) = self.vq.pop_used() {
+        while let Some(u) = self.rq.pop_used() {
             let i = u.cookie as u16;
             if i >= self.count {
                 continue; // pop_used only returns cookies we gave; defensive
             }
             if let Ok(n) = u.written {
                 if n as usize >= wire::EVENT_LEN {
-                    let base = usize::from(i) * self.buf_len;
                     let mut b = [0u8; wire::EVENT_LEN];
-                    for (k, x) in b.iter_mut().enumerate() {
-                        *x = self.bufs.read_volatile(base + k);
-                    }
+                    self.rq.read_status(i, 0, &mut b);
                     out.push(Event::parse(&b));
                 }
             }
             self.post(i);
             reposted = true;
         }
-        if reposted && self.vq.publish() {
+        if reposted && self.rq.publish() {
             self.notifier.notify();
         }
         out
     }
 
     pub fn set_interrupts(&mut self, on: bool) {
-        self.vq.set_interrupts(on);
+        self.rq.set_interrupts(on);
     }
 }

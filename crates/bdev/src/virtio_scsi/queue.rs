@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use vbdev_scsi::{Sense, Status, UnmapDescriptor, cdb};
 use vbdev_virtio::scsi::{self as wire, CmdResp, response};
-use vbdev_virtio::{CallFd, DmaBuf, Iova, Segment};
+use vbdev_virtio::{CallFd, DmaBuf, Piece};
 
 use crate::bdev::{IoError, IoOp, IoStatus, Request};
 use crate::engine::{Attempts, CmdDone, Engine, Format, Slot, SlotView, Verdict};
@@ -144,6 +144,9 @@ impl From<CmdDone<ScsiFormat>> for CmdOutcome {
     }
 }
 
+/// The index of [`ScsiFormat::zeroes`] among the queue's fixed buffers.
+const ZEROES: usize = 0;
+
 /// The virtio-scsi request format of one controller.
 #[derive(Debug)]
 pub(super) struct ScsiFormat {
@@ -187,7 +190,7 @@ impl ScsiFormat {
             debug_assert!(ok, "CDBs are at most 16 bytes and cdb_size is at least 16");
             slot.write(0, req);
         }
-        slot.push(Segment::readable(slot.iova(0), len as u32));
+        slot.header(0, len);
     }
 
     /// [`Self::header`] for a block request's CDB, in the usual case (the request within
@@ -205,13 +208,13 @@ impl ScsiFormat {
             return;
         }
         for (i, w) in header_words(lun, tag, cdb.words()).into_iter().enumerate() {
-            slot.write(8 * i, &w.to_le_bytes());
+            slot.write_u64(8 * i, w);
         }
-        slot.push(Segment::readable(slot.iova(0), len as u32));
+        slot.header(0, len);
     }
 
-    fn resp(&self, slot: &Slot<'_>) -> Segment {
-        Segment::writable(slot.status_iova(0), self.layout.resp_len as u32)
+    fn resp(&self, slot: &mut Slot<'_>) {
+        slot.status(0, self.layout.resp_len);
     }
 
     fn read_resp(&self, slot: &SlotView<'_>) -> CmdResp {
@@ -225,19 +228,21 @@ impl ScsiFormat {
     }
 }
 
-// SAFETY: `build_io` and `build_cmd` push segments into the context's slot (header,
-// UNMAP parameter list: within `layout.stride`) and status area (the response: within
-// `layout.resp_stride`), into the request's or
-// command's own buffer (offsets within its length: the engine hands children inside
-// the request, and `units * block_size` bytes from `start * block_size`), and into
-// `self.zeroes`, which the format keeps alive and never writes.
-unsafe impl Format for ScsiFormat {
+impl Format for ScsiFormat {
     type Target = Lun;
     type Cmd = Cmd;
     type Reply = ScsiReply;
 
     fn stride(&self) -> usize {
         self.layout.stride
+    }
+
+    fn cmd_buf(cmd: &mut Cmd) -> &mut Option<DmaBuf> {
+        &mut cmd.buf
+    }
+
+    fn fixed(&self) -> Vec<Arc<DmaBuf>> {
+        vec![Arc::clone(&self.zeroes)] // ZEROES
     }
 
     fn status_stride(&self) -> usize {
@@ -274,24 +279,26 @@ unsafe impl Format for ScsiFormat {
         let lba = r.offset_blocks + start;
         // Block counts fit a u32: every limit is capped at u32::MAX blocks.
         let n = units as u32;
-        let data = r.buf.as_ref().map(|b| Iova(b.iova().0 + start * bs));
+        let data = start * bs;
         let bytes = (units * bs) as u32; // children are at most 1 GiB
-        let (cdb, data_out, data_in): (cdb::Cdb, Option<Segment>, Option<Segment>);
+        let (cdb, data_out, data_in): (cdb::Cdb, Option<Piece>, Option<Piece>);
         match r.op {
             IoOp::Read => {
                 cdb = cdb::read(lba, n, false);
                 data_out = None;
-                data_in = Some(Segment::writable(
-                    data.expect("validated: reads carry a buffer"),
-                    bytes,
-                ));
+                data_in = Some(Piece::Data {
+                    off: data,
+                    len: bytes,
+                    writable: true,
+                });
             }
             IoOp::Write => {
                 cdb = cdb::write(lba, n, false);
-                data_out = Some(Segment::readable(
-                    data.expect("validated: writes carry a buffer"),
-                    bytes,
-                ));
+                data_out = Some(Piece::Data {
+                    off: data,
+                    len: bytes,
+                    writable: false,
+                });
                 data_in = None;
             }
             IoOp::Flush => {
@@ -306,48 +313,52 @@ unsafe impl Format for ScsiFormat {
                     .expect("one descriptor fits");
                 slot.write(self.layout.unmap_off, &list[..len]);
                 cdb = cdb::unmap(plen);
-                data_out = Some(Segment::readable(
-                    slot.iova(self.layout.unmap_off),
-                    len as u32,
-                ));
+                data_out = Some(Piece::Header {
+                    off: self.layout.unmap_off,
+                    len,
+                });
                 data_in = None;
             }
             IoOp::WriteZeroes => {
                 let len = if l.write_same_16 {
                     cdb = cdb::write_same_16(lba, n, false, false);
-                    bs as u32
+                    bs as usize
                 } else {
                     cdb = cdb::write(lba, n, false);
-                    bytes
+                    bytes as usize
                 };
-                data_out = Some(Segment::readable(self.zeroes.iova(), len));
+                data_out = Some(Piece::Fixed {
+                    id: ZEROES,
+                    off: 0,
+                    len,
+                });
                 data_in = None;
             }
         }
         self.io_header(slot, lun.field, tag, &cdb);
-        if let Some(s) = data_out {
-            slot.push(s);
+        if let Some(p) = data_out {
+            slot.piece(p);
         }
-        let resp = self.resp(slot);
-        slot.push(resp);
-        if let Some(s) = data_in {
-            slot.push(s);
+        self.resp(slot);
+        if let Some(p) = data_in {
+            slot.piece(p);
         }
     }
 
     fn build_cmd(&self, slot: &mut Slot<'_>, cmd: &Cmd, tag: u64) {
         self.header(slot, cmd.lun, tag, &cmd.cdb);
-        let resp = self.resp(slot);
-        match &cmd.buf {
-            Some(b) if cmd.data_in => {
-                slot.push(resp);
-                slot.push(Segment::writable(b.iova(), b.len() as u32));
+        debug_assert!(cmd.buf.is_none(), "lent to the queue while in flight");
+        // Command buffers are small (scan data, at most a few KiB).
+        match slot.data_len().map(|n| n as u32) {
+            Some(n) if cmd.data_in => {
+                self.resp(slot);
+                slot.data(0, n, true);
             }
-            Some(b) => {
-                slot.push(Segment::readable(b.iova(), b.len() as u32));
-                slot.push(resp);
+            Some(n) => {
+                slot.data(0, n, false);
+                self.resp(slot);
             }
-            None => slot.push(resp),
+            None => self.resp(slot),
         }
     }
 

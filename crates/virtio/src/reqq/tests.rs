@@ -12,6 +12,10 @@ const LAYOUT: ContextLayout = ContextLayout {
 };
 
 fn queue(size: u16, owners: usize) -> (RequestQueue, FakeDevice) {
+    queue_on(size, owners, Arc::new(ShutTransport::default()))
+}
+
+fn queue_on(size: u16, owners: usize, t: Arc<ShutTransport>) -> (RequestQueue, FakeDevice) {
     let vq = SplitQueue::new(
         DmaDomain::global(),
         QueueConfig {
@@ -24,7 +28,7 @@ fn queue(size: u16, owners: usize) -> (RequestQueue, FakeDevice) {
     )
     .unwrap();
     let dev = FakeDevice::new(vq.addrs());
-    (RequestQueue::new(vq, LAYOUT, owners).unwrap(), dev)
+    (RequestQueue::new(vq, LAYOUT, owners, t).unwrap(), dev)
 }
 
 /// A read-like chain: header, data (device-writable), status.
@@ -229,15 +233,16 @@ impl Transport for ShutTransport {
 
 #[test]
 fn reclaim_shuts_the_transport_down_and_frees_every_context_and_buffer() {
-    let (mut q, _dev) = queue(8, 2);
+    let t = Arc::new(ShutTransport::default());
+    let (mut q, _dev) = queue_on(8, 2, Arc::clone(&t));
     q.lend(1, DmaBuf::zeroed(4096, 4096).unwrap()).unwrap();
     q.add(2, Some(1), &read_chain(4096)).unwrap();
     q.add(4, None, &[Piece::Status { off: 0, len: 16 }])
         .unwrap();
     q.publish();
-    let t = ShutTransport::default();
+    assert!(t.is_alive());
     let mut back = Vec::new();
-    q.reclaim_all(&t, |c| back.push(c));
+    q.reclaim_all(|c| back.push(c));
     back.sort_unstable();
     assert_eq!(back, vec![2, 4]);
     assert!(!t.is_alive(), "shut down before the reclaim");
@@ -265,4 +270,23 @@ fn status_markers_and_reads_stay_in_their_context() {
         0xf1,
         "headers and statuses do not overlap"
     );
+}
+
+#[test]
+fn a_queue_dropped_with_chains_in_flight_shuts_its_transport_down_first() {
+    let t = Arc::new(ShutTransport::default());
+    let (mut q, _dev) = queue_on(8, 1, Arc::clone(&t));
+    q.add(0, None, &[Piece::Status { off: 0, len: 16 }])
+        .unwrap();
+    q.publish();
+    drop(q);
+    assert!(
+        !t.is_alive(),
+        "the device may not keep memory that is freed"
+    );
+
+    let t = Arc::new(ShutTransport::default());
+    let (q, _dev) = queue_on(8, 1, Arc::clone(&t));
+    drop(q);
+    assert!(t.is_alive(), "an idle queue leaves its device alone");
 }

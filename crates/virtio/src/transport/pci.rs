@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // VFIO ioctls, BAR mappings and DMA maps, each block with its SAFETY.
 //! The virtio-pci transport (virtio 1.2 §4.1): a function bound to `vfio-pci` or
 //! `uio_pci_generic`, driven from user space in polled mode.
 //!
