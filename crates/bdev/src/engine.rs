@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vbdev_virtio::{
-    AddError, ContextLayout, DmaBuf, Notifier, Piece, QueueError, RequestQueue, SplitQueue,
-    Transport, Used,
+    AddError, ChainBuilder, ContextLayout, DmaBuf, Notifier, Piece, QueueError, RequestQueue,
+    SplitQueue, Transport, Used,
 };
 
 use crate::bdev::{Completion, IoError, IoOp, IoStatus, Request};
@@ -54,54 +54,51 @@ const NO_USED: Used = Used {
 };
 
 /// Where a format writes one child: its context's header slot, and the chain being
-/// built out of [`Piece`]s (the [`RequestQueue`] checks each against its memory).
+/// built (the [`RequestQueue`] checks each piece against its memory as it comes).
 pub(crate) struct Slot<'a> {
-    rq: &'a mut RequestQueue,
-    ctx: u16,
-    owner: u32,
-    pieces: &'a mut Vec<Piece>,
+    chain: ChainBuilder<'a>,
 }
 
 impl Slot<'_> {
     /// Writes `data` at byte `off` of the header slot.
     #[inline]
     pub fn write(&mut self, off: usize, data: &[u8]) {
-        self.rq.write_header(self.ctx, off, data);
+        self.chain.write_header(off, data);
     }
 
-    /// Writes `v` little-endian at byte `off` of the header slot, in one store.
+    /// Writes `words` little-endian from byte `off` of the header slot, a store each.
     #[inline]
-    pub fn write_u64(&mut self, off: usize, v: u64) {
-        self.rq.write_header_u64(self.ctx, off, v);
+    pub fn write_words(&mut self, off: usize, words: &[u64]) {
+        self.chain.write_header_words(off, words);
     }
 
     /// Appends `len` bytes at `off` of the header slot (device-readable).
     #[inline]
     pub fn header(&mut self, off: usize, len: usize) {
-        self.pieces.push(Piece::Header { off, len });
+        self.chain.header(off, len);
     }
 
     /// Appends `len` bytes at `off` of the context's status area (device-writable).
     #[inline]
     pub fn status(&mut self, off: usize, len: usize) {
-        self.pieces.push(Piece::Status { off, len });
+        self.chain.status(off, len);
     }
 
     /// Appends `len` bytes at `off` of the request's (or command's) buffer.
     #[inline]
     pub fn data(&mut self, off: u64, len: u32, writable: bool) {
-        self.pieces.push(Piece::Data { off, len, writable });
+        self.chain.data(off, len, writable);
     }
 
-    /// Appends a piece made elsewhere.
+    /// Appends a piece made elsewhere (a fixed buffer of [`Format::fixed`], say).
     #[inline]
     pub fn piece(&mut self, p: Piece) {
-        self.pieces.push(p);
+        self.chain.piece(p);
     }
 
     /// Length of the request's (or command's) buffer, if it has one.
     pub fn data_len(&self) -> Option<usize> {
-        self.rq.lent_len(self.owner)
+        self.chain.data_len()
     }
 }
 
@@ -359,7 +356,6 @@ pub(crate) struct Engine<F: Format> {
     partial: Option<u32>,
     retry: VecDeque<(u16, Instant)>,
     clients: Vec<Client<F>>,
-    scratch: Vec<Piece>,
     total_active: usize,
     pub stall: StallClock,
     /// Clients sleeping on the call eventfd (interrupts stay on while there are any).
@@ -406,7 +402,6 @@ impl<F: Format> Engine<F> {
             partial: None,
             retry: VecDeque::new(),
             clients: Vec::new(),
-            scratch: Vec::with_capacity(8),
             total_active: 0,
             stall: StallClock::default(),
             sleepers: 0,
@@ -524,8 +519,11 @@ impl<F: Format> Engine<F> {
     #[inline(always)]
     fn start_io(&mut self, p: u32, client: u16, req: &mut Request) {
         self.start_parent(p, client);
+        // The buffer goes to the queue straight from the caller's request; the parent
+        // keeps the other fields.
+        let buf = req.buf.take();
         Request::move_fields(req, &mut self.parents[p as usize].req);
-        if let Some(b) = self.parents[p as usize].req.buf.take() {
+        if let Some(b) = buf {
             if let Err(b) = self.rq.lend(p, b) {
                 // As in `submit_cmd`: the request keeps its buffer and fails.
                 debug_assert!(false, "parent {p} still has a lent buffer");
@@ -550,19 +548,15 @@ impl<F: Format> Engine<F> {
         self.total_active += 1;
     }
 
-    /// Writes context `ctx`'s child and builds its chain in `scratch`.
-    fn build(&mut self, ctx: u16) {
+    /// Writes context `ctx`'s child and adds its chain to the ring.
+    fn build(&mut self, ctx: u16) -> Result<(), AddError> {
         let c = self.ctx[usize::from(ctx)];
         self.last_ctx = ctx;
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
-        self.scratch.clear();
         let parent = &self.parents[c.parent as usize];
         let mut slot = Slot {
-            rq: &mut self.rq,
-            ctx,
-            owner: c.parent,
-            pieces: &mut self.scratch,
+            chain: self.rq.chain(ctx, Some(c.parent)),
         };
         debug_assert!(parent.active, "building a child of a free parent");
         match &parent.cmd {
@@ -576,11 +570,7 @@ impl<F: Format> Engine<F> {
             }
             Some(c) => self.fmt.build_cmd(&mut slot, &c.cmd, tag),
         }
-    }
-
-    fn add(&mut self, ctx: u16) -> Result<(), AddError> {
-        let owner = self.ctx[usize::from(ctx)].parent;
-        self.rq.add(ctx, Some(owner), &self.scratch)
+        slot.chain.submit()
     }
 
     /// Sends children of parent `p` until it is fully sent or the ring is full.
@@ -624,8 +614,7 @@ impl<F: Format> Engine<F> {
                 units: n,
                 attempts: Attempts::default(),
             };
-            self.build(ctx);
-            match self.add(ctx) {
+            match self.build(ctx) {
                 Ok(()) => {
                     // Published at once when it is the device's only work: it is idle
                     // and waiting (QD 1); the caller's flush would come a poll later.
@@ -852,8 +841,7 @@ impl<F: Format> Engine<F> {
                 self.retry.push_back((ctx, due));
                 continue;
             }
-            self.build(ctx);
-            if self.add(ctx).is_err() {
+            if self.build(ctx).is_err() {
                 self.retry.push_front((ctx, due));
                 break;
             }

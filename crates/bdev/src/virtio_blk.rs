@@ -451,8 +451,7 @@ impl BlkFormat {
     /// The request header (§5.2.6: type, reserved, sector) as two little-endian words.
     fn header(slot: &mut Slot<'_>, type_: u32, sector: u64) {
         const _: () = assert!(size_of::<ReqHeader>() == 16);
-        slot.write_u64(0, u64::from(type_));
-        slot.write_u64(8, sector);
+        slot.write_words(0, &[u64::from(type_), sector]);
         slot.header(0, 16);
     }
 

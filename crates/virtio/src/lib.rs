@@ -51,7 +51,7 @@ pub mod transport;
 pub use device::{VirtioDevice, features};
 pub use error::{Error, QueueError, Result};
 pub use mem::{DmaBuf, DmaConfig, DmaDomain, Iova, RegionId};
-pub use reqq::{ContextLayout, Piece, RequestQueue};
+pub use reqq::{ChainBuilder, ContextLayout, Piece, RequestQueue};
 pub use shared::SharedMem;
 pub use split::{AddError, QueueConfig, RingAddrs, Segment, SplitQueue, Used};
 pub use transport::{CallFd, Notifier, QueueHandles, Transport};

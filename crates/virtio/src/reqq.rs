@@ -191,6 +191,7 @@ impl RequestQueue {
     ///
     /// # Errors
     /// Gives `buf` back when `owner` is out of range or already holds a buffer.
+    #[inline]
     pub fn lend(&mut self, owner: u32, buf: DmaBuf) -> std::result::Result<(), DmaBuf> {
         match self.lent.get_mut(owner as usize) {
             Some(l) if l.buf.is_none() => {
@@ -203,6 +204,7 @@ impl RequestQueue {
 
     /// Takes back `owner`'s buffer; `None` when it lent none, or while a chain naming it
     /// is still with the device (the buffer then stays lent).
+    #[inline]
     pub fn take_back(&mut self, owner: u32) -> Option<DmaBuf> {
         let l = self.lent.get_mut(owner as usize)?;
         if l.chains != 0 {
@@ -216,6 +218,7 @@ impl RequestQueue {
         self.lent.get(owner as usize)?.buf.as_ref().map(DmaBuf::len)
     }
 
+    #[inline]
     fn header_at(&self, ctx: u16, off: usize, len: usize) -> usize {
         assert!(
             usize::from(ctx) < self.in_flight.len()
@@ -227,6 +230,7 @@ impl RequestQueue {
         usize::from(ctx) * self.layout.header + off
     }
 
+    #[inline]
     fn status_at(&self, ctx: u16, off: usize, len: usize) -> usize {
         assert!(
             usize::from(ctx) < self.in_flight.len()
@@ -280,6 +284,7 @@ impl RequestQueue {
     ///
     /// # Panics
     /// When the byte lies outside the area.
+    #[inline]
     pub fn write_status_u8(&mut self, ctx: u16, off: usize, v: u8) {
         let at = self.status_at(ctx, off, 1);
         self.arena.write_u8(at, v);
@@ -292,120 +297,52 @@ impl RequestQueue {
             .is_some_and(|&o| o != FREE)
     }
 
-    /// The device address of `p` for context `ctx` and `owner`, or why not.
-    fn segment(
-        &self,
-        ctx: u16,
-        owner: Option<u32>,
-        p: Piece,
-    ) -> std::result::Result<Segment, AddError> {
-        let inside = |off: u64, len: u64, size: usize| {
-            len > 0 && off.checked_add(len).is_some_and(|e| e <= size as u64)
-        };
+    /// Starts the chain of context `ctx`, naming `owner`'s lent buffer for
+    /// [`ChainBuilder::data`]; [`ChainBuilder::submit`] adds it.
+    #[inline]
+    pub fn chain(&mut self, ctx: u16, owner: Option<u32>) -> ChainBuilder<'_> {
+        self.scratch.clear();
         let c = usize::from(ctx);
-        match p {
-            Piece::Header { off, len } if inside(off as u64, len as u64, self.layout.header) => {
-                Ok(Segment::readable(
-                    Iova(self.arena.iova().0 + (c * self.layout.header + off) as u64),
-                    len as u32, // <= header stride
-                ))
-            }
-            Piece::Status { off, len } if inside(off as u64, len as u64, self.layout.status) => {
-                Ok(Segment::writable(
-                    Iova(
-                        self.arena.iova().0
-                            + (self.status_off + c * self.layout.status + off) as u64,
-                    ),
-                    len as u32, // <= status stride
-                ))
-            }
-            Piece::Data { off, len, writable } => {
-                let buf = owner
-                    .and_then(|o| self.lent.get(o as usize))
-                    .and_then(|l| l.buf.as_ref())
-                    .ok_or(AddError::Invalid)?;
-                if !inside(off, u64::from(len), buf.len()) {
-                    return Err(AddError::Invalid);
-                }
-                Ok(Segment {
-                    addr: Iova(buf.iova().0 + off),
-                    len,
-                    device_writable: writable,
-                })
-            }
-            Piece::Fixed { id, off, len } => {
-                let buf = self.fixed.get(id).ok_or(AddError::Invalid)?;
-                if !inside(off as u64, len as u64, buf.len()) || len > u32::MAX as usize {
-                    return Err(AddError::Invalid);
-                }
-                Ok(Segment::readable(
-                    Iova(buf.iova().0 + off as u64),
-                    len as u32,
-                ))
-            }
-            _ => Err(AddError::Invalid),
+        let free = self.in_flight.get(c) == Some(&FREE);
+        let (owner, data) = match owner {
+            None => (NO_OWNER, None),
+            Some(o) => match self.lent.get(o as usize) {
+                Some(l) => (o, l.buf.as_ref().map(|b| (b.iova().0, b.len() as u64))),
+                None => (NO_OWNER, None),
+            },
+        };
+        let base = self.arena.iova().0;
+        ChainBuilder {
+            header: base + (c * self.layout.header) as u64,
+            status: base + (self.status_off + c * self.layout.status) as u64,
+            data,
+            ctx,
+            owner,
+            bad: !free,
+            writable: false,
+            rq: self,
         }
     }
 
     /// Adds the chain of `pieces` for context `ctx` (its cookie when it comes back),
-    /// naming `owner`'s lent buffer for [`Piece::Data`]; not visible to the device
-    /// before [`Self::publish`]. Device-readable pieces must come first (§2.7.4.2).
+    /// naming `owner`'s lent buffer for [`Piece::Data`]; see [`ChainBuilder`].
     ///
     /// # Errors
-    /// As [`SplitQueue::try_add`], and [`AddError::Invalid`] when `ctx` is out of range
-    /// or busy, or a piece lies outside its memory (nothing is added then).
+    /// As [`ChainBuilder::submit`].
     pub fn add(
         &mut self,
         ctx: u16,
         owner: Option<u32>,
         pieces: &[Piece],
     ) -> std::result::Result<(), AddError> {
-        if self.in_flight.get(usize::from(ctx)) != Some(&FREE) {
-            return Err(AddError::Invalid);
-        }
-        let mut segs = std::mem::take(&mut self.scratch);
-        segs.clear();
-        let mut r = Ok(());
-        let mut seen_writable = false;
+        let mut c = self.chain(ctx, owner);
         for &p in pieces {
-            match self.segment(ctx, owner, p) {
-                Ok(s) if seen_writable && !s.device_writable => {
-                    r = Err(AddError::Invalid);
-                    break;
-                }
-                Ok(s) => {
-                    seen_writable |= s.device_writable;
-                    segs.push(s);
-                }
-                Err(e) => {
-                    r = Err(e);
-                    break;
-                }
-            }
+            c.piece(p);
         }
-        if r.is_ok() {
-            // SAFETY: every segment was made by `segment`: it lies in context `ctx`'s
-            // header slot or status area of `self.arena` (context `ctx` is FREE, so no
-            // other chain holds them, and the arena lives as long as `self`), in
-            // `owner`'s lent buffer (kept by `self.lent` until the count raised below
-            // drops back to zero in `pop_used` or `reclaim_all`), or in a fixed buffer
-            // `self` keeps an `Arc` of and never writes; only the status area and lent
-            // buffers are device-writable, and nothing in this crate makes references
-            // into the arena. `Drop` leaks rather than frees what a chain still names.
-            r = unsafe { self.vq.try_add(&segs, u64::from(ctx)) };
-        }
-        self.scratch = segs;
-        r?;
-        self.in_flight[usize::from(ctx)] = match owner {
-            Some(o) => {
-                self.lent[o as usize].chains += 1; // `o` checked by `segment` or unused
-                o
-            }
-            None => NO_OWNER,
-        };
-        Ok(())
+        c.submit()
     }
 
+    #[inline]
     fn release(&mut self, ctx: u16) {
         let Some(o) = self.in_flight.get_mut(usize::from(ctx)) else {
             return;
@@ -418,7 +355,7 @@ impl RequestQueue {
 
     /// The next completion: its cookie is the context; the context and its owner's
     /// count are released.
-    #[inline]
+    #[inline(always)]
     pub fn pop_used(&mut self) -> Option<Used> {
         let u = self.vq.pop_used()?;
         self.release(u.cookie as u16); // cookies are the contexts given to `add`
@@ -443,6 +380,160 @@ impl RequestQueue {
             self.release(c);
             f(c);
         }
+    }
+}
+
+/// The chain of one context being built: each piece is checked against its memory as
+/// it is appended, and turned into a device address; nothing reaches the ring before
+/// [`Self::submit`]. Device-readable pieces must come first (virtio 1.2 §2.7.4.2).
+#[derive(Debug)]
+pub struct ChainBuilder<'a> {
+    rq: &'a mut RequestQueue,
+    /// Device addresses of the context's header slot and status area.
+    header: u64,
+    status: u64,
+    /// The owner's lent buffer: device address and length.
+    data: Option<(u64, u64)>,
+    ctx: u16,
+    owner: u32,
+    /// A piece was refused, or the context is busy or out of range.
+    bad: bool,
+    /// A device-writable piece was appended.
+    writable: bool,
+}
+
+impl ChainBuilder<'_> {
+    #[inline(always)]
+    fn push(&mut self, ok: bool, addr: u64, len: u32, device_writable: bool) {
+        if !ok || (self.writable && !device_writable) {
+            self.bad = true;
+            return;
+        }
+        self.writable |= device_writable;
+        self.rq.scratch.push(Segment {
+            addr: Iova(addr),
+            len,
+            device_writable,
+        });
+    }
+
+    /// Appends `len` bytes at `off` of the header slot (device-readable).
+    #[inline]
+    pub fn header(&mut self, off: usize, len: usize) {
+        let ok = len > 0
+            && off
+                .checked_add(len)
+                .is_some_and(|e| e <= self.rq.layout.header);
+        // Lengths within the slot fit a u32 whenever `ok`.
+        self.push(ok, self.header.wrapping_add(off as u64), len as u32, false);
+    }
+
+    /// Appends `len` bytes at `off` of the status area (device-writable).
+    #[inline]
+    pub fn status(&mut self, off: usize, len: usize) {
+        let ok = len > 0
+            && off
+                .checked_add(len)
+                .is_some_and(|e| e <= self.rq.layout.status);
+        self.push(ok, self.status.wrapping_add(off as u64), len as u32, true);
+    }
+
+    /// Appends `len` bytes at `off` of the owner's lent buffer.
+    #[inline]
+    pub fn data(&mut self, off: u64, len: u32, writable: bool) {
+        let (ok, addr) = match self.data {
+            Some((iova, size)) => (
+                len > 0 && off.checked_add(u64::from(len)).is_some_and(|e| e <= size),
+                iova.wrapping_add(off),
+            ),
+            None => (false, 0),
+        };
+        self.push(ok, addr, len, writable);
+    }
+
+    /// Appends `len` bytes at `off` of fixed buffer `id` (device-readable).
+    #[inline]
+    pub fn fixed(&mut self, id: usize, off: usize, len: usize) {
+        let (ok, addr) = match self.rq.fixed.get(id) {
+            Some(b) => (
+                len > 0
+                    && u32::try_from(len).is_ok()
+                    && off.checked_add(len).is_some_and(|e| e <= b.len()),
+                b.iova().0.wrapping_add(off as u64),
+            ),
+            None => (false, 0),
+        };
+        self.push(ok, addr, len as u32, false);
+    }
+
+    /// Appends `p`.
+    #[inline]
+    pub fn piece(&mut self, p: Piece) {
+        match p {
+            Piece::Header { off, len } => self.header(off, len),
+            Piece::Status { off, len } => self.status(off, len),
+            Piece::Data { off, len, writable } => self.data(off, len, writable),
+            Piece::Fixed { id, off, len } => self.fixed(id, off, len),
+        }
+    }
+
+    /// Length of the owner's lent buffer.
+    pub fn data_len(&self) -> Option<usize> {
+        self.data.map(|(_, len)| len as usize) // the length of a buffer in memory
+    }
+
+    /// Writes `data` at `off` of the header slot (nothing when the context is busy).
+    ///
+    /// # Panics
+    /// When the bytes lie outside the slot.
+    #[inline]
+    pub fn write_header(&mut self, off: usize, data: &[u8]) {
+        if !self.rq.is_busy(self.ctx) {
+            self.rq.write_header(self.ctx, off, data);
+        }
+    }
+
+    /// Writes `words` little-endian from `off` of the header slot, one store each
+    /// (nothing when the context is busy).
+    ///
+    /// # Panics
+    /// When the bytes lie outside the slot.
+    #[inline]
+    pub fn write_header_words(&mut self, off: usize, words: &[u64]) {
+        if self.rq.is_busy(self.ctx) {
+            return;
+        }
+        let at = self.rq.header_at(self.ctx, off, 8 * words.len());
+        self.rq.arena.write_words_le(at, words);
+    }
+
+    /// Adds the chain to the ring (not visible to the device before
+    /// [`RequestQueue::publish`]).
+    ///
+    /// # Errors
+    /// As [`SplitQueue::try_add`], and [`AddError::Invalid`] when the context was busy
+    /// or out of range or a piece lay outside its memory or came in the wrong order
+    /// (nothing is added then).
+    #[inline]
+    pub fn submit(self) -> std::result::Result<(), AddError> {
+        if self.bad {
+            return Err(AddError::Invalid);
+        }
+        let rq = self.rq;
+        // SAFETY: every segment was appended by `push`, after its check: it lies in
+        // context `ctx`'s header slot or status area of `rq.arena` (the context is FREE,
+        // checked by `chain`, so no other chain holds them, and the arena lives as long
+        // as `rq`: `Drop` reclaims every chain first), in the owner's lent buffer (kept
+        // by `rq.lent` until the count raised below drops back to zero in `pop_used` or
+        // `reclaim_all`), or in a fixed buffer `rq` keeps an `Arc` of and never writes;
+        // only the status area and lent buffers are device-writable, and nothing makes
+        // references into the arena.
+        unsafe { rq.vq.try_add(&rq.scratch, u64::from(self.ctx)) }?;
+        rq.in_flight[usize::from(self.ctx)] = self.owner;
+        if let Some(l) = rq.lent.get_mut(self.owner as usize) {
+            l.chains += 1;
+        }
+        Ok(())
     }
 }
 

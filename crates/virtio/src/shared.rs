@@ -166,6 +166,25 @@ impl SharedMem {
         }
     }
 
+    /// Writes `words` little-endian from `off`, one volatile store each.
+    ///
+    /// # Panics
+    /// When the range is out of bounds.
+    #[inline]
+    pub fn write_words_le(&mut self, off: usize, words: &[u64]) {
+        self.check(off, 8 * words.len());
+        let base = self.buf.as_ptr();
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: `off + 8 * (i + 1) <= off + 8 * words.len() <= len` (checked above);
+            // `[u8; 8]` has alignment 1; a volatile store.
+            unsafe {
+                base.add(off + 8 * i)
+                    .cast::<[u8; 8]>()
+                    .write_volatile(w.to_le_bytes())
+            }
+        }
+    }
+
     /// Zeroes every byte (while the device does not use the memory).
     pub fn zero(&mut self) {
         for off in (0..self.len()).step_by(8) {

@@ -207,9 +207,7 @@ impl ScsiFormat {
             self.header(slot, lun, tag, cdb.as_bytes());
             return;
         }
-        for (i, w) in header_words(lun, tag, cdb.words()).into_iter().enumerate() {
-            slot.write_u64(8 * i, w);
-        }
+        slot.write_words(0, &header_words(lun, tag, cdb.words()));
         slot.header(0, len);
     }
 
@@ -281,67 +279,51 @@ impl Format for ScsiFormat {
         let n = units as u32;
         let data = start * bs;
         let bytes = (units * bs) as u32; // children are at most 1 GiB
-        let (cdb, data_out, data_in): (cdb::Cdb, Option<Piece>, Option<Piece>);
-        match r.op {
-            IoOp::Read => {
-                cdb = cdb::read(lba, n, false);
-                data_out = None;
-                data_in = Some(Piece::Data {
-                    off: data,
-                    len: bytes,
-                    writable: true,
-                });
-            }
-            IoOp::Write => {
-                cdb = cdb::write(lba, n, false);
-                data_out = Some(Piece::Data {
-                    off: data,
-                    len: bytes,
-                    writable: false,
-                });
-                data_in = None;
-            }
-            IoOp::Flush => {
-                cdb = cdb::synchronize_cache_10(0, 0, false);
-                (data_out, data_in) = (None, None);
-            }
+        let unmap_len = cdb::unmap_parameter_list_len(1);
+        let zeroes_len = if l.write_same_16 {
+            bs
+        } else {
+            u64::from(bytes)
+        };
+        let cdb = match r.op {
+            IoOp::Read => cdb::read(lba, n, false),
+            IoOp::Write => cdb::write(lba, n, false),
+            IoOp::Flush => cdb::synchronize_cache_10(0, 0, false),
             IoOp::Unmap => {
-                let len = cdb::unmap_parameter_list_len(1);
                 let mut list = [0u8; 64];
                 let d = UnmapDescriptor { lba, blocks: n };
-                let plen = cdb::write_unmap_parameter_list(&[d], &mut list[..len])
+                let plen = cdb::write_unmap_parameter_list(&[d], &mut list[..unmap_len])
                     .expect("one descriptor fits");
-                slot.write(self.layout.unmap_off, &list[..len]);
-                cdb = cdb::unmap(plen);
-                data_out = Some(Piece::Header {
-                    off: self.layout.unmap_off,
-                    len,
-                });
-                data_in = None;
+                slot.write(self.layout.unmap_off, &list[..unmap_len]);
+                cdb::unmap(plen)
+            }
+            IoOp::WriteZeroes if l.write_same_16 => cdb::write_same_16(lba, n, false, false),
+            IoOp::WriteZeroes => cdb::write(lba, n, false),
+        };
+        self.io_header(slot, lun.field, tag, &cdb);
+        // Data-Out before the response, Data-In after it (§5.6.6.1).
+        match r.op {
+            IoOp::Read => {
+                self.resp(slot);
+                slot.data(data, bytes, true);
+            }
+            IoOp::Write => {
+                slot.data(data, bytes, false);
+                self.resp(slot);
+            }
+            IoOp::Flush => self.resp(slot),
+            IoOp::Unmap => {
+                slot.header(self.layout.unmap_off, unmap_len);
+                self.resp(slot);
             }
             IoOp::WriteZeroes => {
-                let len = if l.write_same_16 {
-                    cdb = cdb::write_same_16(lba, n, false, false);
-                    bs as usize
-                } else {
-                    cdb = cdb::write(lba, n, false);
-                    bytes as usize
-                };
-                data_out = Some(Piece::Fixed {
+                slot.piece(Piece::Fixed {
                     id: ZEROES,
                     off: 0,
-                    len,
+                    len: zeroes_len as usize, // at most the zero buffer (see child_units)
                 });
-                data_in = None;
+                self.resp(slot);
             }
-        }
-        self.io_header(slot, lun.field, tag, &cdb);
-        if let Some(p) = data_out {
-            slot.piece(p);
-        }
-        self.resp(slot);
-        if let Some(p) = data_in {
-            slot.piece(p);
         }
     }
 
