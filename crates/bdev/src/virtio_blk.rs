@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vbdev_pci::{PciOptions, PciTransport};
 use vbdev_virtio::blk::{self, BlkConfig, DiscardWriteZeroes, ReqHeader};
 use vbdev_virtio::device::features as vfeat;
-use vbdev_virtio::transport::pci::{PciOptions, PciTransport};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
     CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, SplitQueue, Transport, VirtioDevice,
@@ -186,7 +186,12 @@ impl BlkShared {
                        vhost-scsi, is likely a virtio-scsi device)",
             });
         }
-        let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
+        let device = VirtioDevice::init(
+            transport,
+            vbdev_virtio::device::DeviceType::Blk,
+            WANTED_FEATURES,
+            0,
+        )?;
         let t = device.transport();
         let f = device.features();
         let mut raw = vec![0u8; BlkConfig::needed_len(f)];

@@ -51,9 +51,9 @@ use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::thread::ThreadId;
 use std::time::Duration;
 
+use vbdev_pci::{PciOptions, PciTransport};
 use vbdev_virtio::device::features as vfeat;
 use vbdev_virtio::scsi::{self as wire, ScsiConfig};
-use vbdev_virtio::transport::pci::{PciOptions, PciTransport};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, QueueConfig, SplitQueue, Transport, VirtioDevice};
 
@@ -343,7 +343,12 @@ impl Ctrl {
         transport: Arc<dyn Transport>,
         opts: &AttachOptions,
     ) -> vbdev_virtio::Result<Self> {
-        let device = VirtioDevice::init(transport, WANTED_FEATURES, 0)?;
+        let device = VirtioDevice::init(
+            transport,
+            vbdev_virtio::device::DeviceType::Scsi,
+            WANTED_FEATURES,
+            0,
+        )?;
         let t = Arc::clone(device.transport());
         let f = device.features();
         // The transport's request queues; the config may name fewer.

@@ -82,8 +82,8 @@ fn main() -> ExitCode {
 /// [`DmaConfig::pinned`]: vbdev_virtio::DmaConfig::pinned
 /// [`DmaConfig::physical`]: vbdev_virtio::DmaConfig::physical
 fn dma_config(cli: &cli::Cli) -> Option<vbdev_virtio::DmaConfig> {
+    use vbdev_pci::PciAccess;
     use vbdev_virtio::DmaConfig;
-    use vbdev_virtio::transport::pci::PciAccess;
     let physical = |bdf: &str| PciAccess::of(bdf).is_ok_and(PciAccess::physical);
     let pci = match &cli.command {
         cli::Command::Io(a) => a.pci.as_deref().map(physical),

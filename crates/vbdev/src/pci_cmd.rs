@@ -1,6 +1,6 @@
 //! `vbdev pci list|bind|unbind`: virtio PCI functions and their driver binding, the
 //! part of SPDK's `scripts/setup.sh` that concerns virtio (through
-//! [`vbdev_virtio::pci::sysfs`]).
+//! [`vbdev_pci::sysfs`]).
 //!
 //! `list --json` prints one [`ListJson`] object.
 
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 use serde::Serialize;
-use vbdev_virtio::pci::sysfs::{Bdf, Driver, PciFunction, Sysfs, SysfsError};
+use vbdev_pci::sysfs::{Bdf, Driver, PciFunction, Sysfs, SysfsError};
 
 use crate::Failure;
 use crate::cli::{PciArgs, PciCmd, PciDriver};

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vbdev_virtio::device::DeviceType;
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
     DmaBuf, DmaConfig, DmaDomain, Iova, QueueConfig, Segment, SharedMem, SplitQueue, VirtioDevice,
@@ -67,7 +68,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         VhostUserOptions::default(),
     )?);
     let wanted = features::VERSION_1 | features::RING_EVENT_IDX | features::RING_INDIRECT_DESC;
-    let dev = VirtioDevice::init(t, wanted, features::VERSION_1)?;
+    let dev = VirtioDevice::init(
+        t,
+        if is_scsi {
+            DeviceType::Scsi
+        } else {
+            DeviceType::Blk
+        },
+        wanted,
+        features::VERSION_1,
+    )?;
     let t = Arc::clone(dev.transport());
     let f = dev.features();
     let queue_size = 512u16;

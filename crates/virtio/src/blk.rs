@@ -45,13 +45,9 @@ pub fn feature_name(bit: u64) -> Option<&'static str> {
     })
 }
 
-/// Names of every set bit in `f` that this crate knows (device-independent ones too).
+/// Names of every set bit in `f` (device-independent ones too; `"unknown"` for the rest).
 pub fn feature_names(f: u64) -> Vec<&'static str> {
-    (0..64)
-        .map(|b| 1u64 << b)
-        .filter(|b| f & b != 0)
-        .map(crate::device::feature_name)
-        .collect()
+    crate::device::DeviceType::Blk.feature_names(f)
 }
 
 /// Request types (virtio 1.2 §5.2.6).

@@ -31,8 +31,49 @@ pub mod features {
     pub const RING_EVENT_IDX: u64 = 1 << 29;
     /// A virtio 1.x device (not legacy).
     pub const VERSION_1: u64 = 1 << 32;
+    /// The device's DMA goes through the platform's IOMMU (VIRTIO_F_ACCESS_PLATFORM).
+    pub const ACCESS_PLATFORM: u64 = 1 << 33;
     /// Packed virtqueues (§2.8).
     pub const RING_PACKED: u64 = 1 << 34;
+}
+
+/// The device types this crate drives (virtio 1.2 §5): they name their feature bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceType {
+    /// virtio-blk (device ID 2).
+    Blk,
+    /// virtio-scsi (device ID 8).
+    Scsi,
+}
+
+impl DeviceType {
+    /// The virtio device ID.
+    pub fn id(self) -> u16 {
+        match self {
+            Self::Blk => 2,
+            Self::Scsi => 8,
+        }
+    }
+
+    /// The name of feature `bit` (a mask) for this device type: a device-independent
+    /// name, the type's own, or `"unknown"`.
+    pub fn feature_name(self, bit: u64) -> &'static str {
+        generic_feature_name(bit)
+            .or_else(|| match self {
+                Self::Blk => crate::blk::feature_name(bit),
+                Self::Scsi => crate::scsi::feature_name(bit),
+            })
+            .unwrap_or("unknown")
+    }
+
+    /// The names of every bit set in `f`.
+    pub fn feature_names(self, f: u64) -> Vec<&'static str> {
+        (0..64)
+            .map(|b| 1u64 << b)
+            .filter(|b| f & b != 0)
+            .map(|b| self.feature_name(b))
+            .collect()
+    }
 }
 
 /// A device past feature negotiation: the transport plus the agreed feature bits.
@@ -53,7 +94,12 @@ impl VirtioDevice {
     /// # Errors
     /// [`Error::MissingFeature`] when a bit in `required` is not offered,
     /// [`Error::FeaturesRejected`] when the device does not keep FEATURES_OK.
-    pub fn init(transport: Arc<dyn Transport>, wanted: u64, required: u64) -> Result<Self> {
+    pub fn init(
+        transport: Arc<dyn Transport>,
+        device: DeviceType,
+        wanted: u64,
+        required: u64,
+    ) -> Result<Self> {
         let t = &transport;
         t.set_status(0)?;
         t.set_status(status::ACKNOWLEDGE)?;
@@ -66,7 +112,7 @@ impl VirtioDevice {
         {
             t.set_status(status::FAILED)?;
             return Err(Error::MissingFeature {
-                name: feature_name(missing),
+                name: device.feature_name(missing),
             });
         }
         let negotiated = offered & (wanted | required | t.transport_features());
@@ -138,14 +184,48 @@ impl VirtioDevice {
     }
 }
 
-/// A readable name for a feature bit (device-type bits use their virtio-blk names).
-pub fn feature_name(bit: u64) -> &'static str {
-    match bit {
+/// The name of a device-independent feature bit (virtio 1.2 §6), if it has one.
+pub fn generic_feature_name(bit: u64) -> Option<&'static str> {
+    Some(match bit {
         features::RING_INDIRECT_DESC => "RING_INDIRECT_DESC",
         features::RING_EVENT_IDX => "RING_EVENT_IDX",
         features::VERSION_1 => "VERSION_1",
+        features::ACCESS_PLATFORM => "ACCESS_PLATFORM",
         features::RING_PACKED => "RING_PACKED",
-        crate::pci::transport_features::ACCESS_PLATFORM => "ACCESS_PLATFORM",
-        b => crate::blk::feature_name(b).unwrap_or("unknown"),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_names_come_from_the_device_type() {
+        // Bit 1 is virtio-blk's SIZE_MAX and virtio-scsi's HOTPLUG.
+        assert_eq!(
+            DeviceType::Blk.feature_name(crate::blk::features::SIZE_MAX),
+            "SIZE_MAX"
+        );
+        assert_eq!(
+            DeviceType::Scsi.feature_name(crate::scsi::features::HOTPLUG),
+            "HOTPLUG"
+        );
+        assert_eq!(
+            crate::blk::features::SIZE_MAX,
+            crate::scsi::features::HOTPLUG
+        );
+        assert_eq!(
+            DeviceType::Scsi.feature_name(features::VERSION_1),
+            "VERSION_1"
+        );
+        assert_eq!(
+            DeviceType::Blk.feature_name(features::ACCESS_PLATFORM),
+            "ACCESS_PLATFORM"
+        );
+        assert_eq!(
+            DeviceType::Scsi.feature_name(crate::blk::features::DISCARD),
+            "unknown"
+        );
     }
 }

@@ -168,38 +168,10 @@ pub enum Error {
         /// The index.
         index: u16,
     },
-    /// A register access or the layout of a virtio-pci function failed.
-    #[error("virtio-pci function {bdf}")]
-    Pci {
-        /// The function's address (`0000:00:02.0`).
-        bdf: Box<str>,
-        /// Cause.
-        #[source]
-        source: crate::pci::PciError,
-    },
-    /// A step of opening a function through VFIO failed.
+    /// A failure that belongs to a transport outside this crate (virtio-pci: register
+    /// access, VFIO, the IOMMU; see the `vbdev-pci` crate), with its own message.
     #[error(transparent)]
-    Vfio(Box<VfioError>),
-    /// A function is not set up for the transport (wrong driver, no IOMMU group).
-    #[error("{bdf}: {what}")]
-    PciSetup {
-        /// The function's address.
-        bdf: Box<str>,
-        /// What is wrong and what to do.
-        what: String,
-    },
-    /// A DMA region lies outside every IOVA range the IOMMU translates.
-    #[error(transparent)]
-    IovaOutOfRange(Box<IovaOutOfRange>),
-    /// The function is behind an IOMMU but does not offer VIRTIO_F_ACCESS_PLATFORM: its
-    /// DMA would bypass the IOMMU and land at the IOVAs taken as physical addresses.
-    #[error(
-        "{bdf}: the device is behind an IOMMU but does not offer VIRTIO_F_ACCESS_PLATFORM, so its DMA would bypass the IOMMU (QEMU: iommu_platform=on)"
-    )]
-    NoAccessPlatform {
-        /// The function's address.
-        bdf: Box<str>,
-    },
+    Transport(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A system call failed.
     #[error("{op} failed")]
     Io {
@@ -209,35 +181,4 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// A step of opening a PCI function through VFIO failed. The message carries the
-/// system error and, where one helps, what to check.
-#[derive(Debug, thiserror::Error)]
-#[error("{bdf}: {step}: {cause}{hint}")]
-pub struct VfioError {
-    /// The function's address (`0000:00:02.0`).
-    pub bdf: String,
-    /// What was being done, naming the file (`open /dev/vfio/3`).
-    pub step: String,
-    /// The system error.
-    pub cause: std::io::Error,
-    /// Empty, or `": "` and what to check.
-    pub hint: &'static str,
-}
-
-/// A DMA region lies outside every IOVA range the IOMMU translates.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{bdf}: DMA region {addr:#x}..{end:#x} is outside the IOMMU's IOVA ranges {ranges} (place DMA memory with DmaConfig::addr_limit)"
-)]
-pub struct IovaOutOfRange {
-    /// The function's address.
-    pub bdf: String,
-    /// Start of the region (its IOVA).
-    pub addr: u64,
-    /// End of the region (exclusive).
-    pub end: u64,
-    /// The usable ranges, as `[start-end, ...]` (inclusive ends).
-    pub ranges: String,
 }

@@ -2,15 +2,17 @@
 //!
 //! # Overview
 //! - [`mem`]: the process-wide DMA memory domain ([`DmaDomain`], [`DmaBuf`]): memfd
-//!   regions that devices can map.
-//! - [`split`]: the driver side of a split virtqueue ([`SplitQueue`]).
-//! - [`transport`]: how a device is reached ([`Transport`]); [`transport::vhost_user`]
-//!   talks to a vhost-user target over a Unix socket, [`transport::pci`] to a
-//!   virtio-pci function through VFIO.
-//! - [`pci`]: virtio over PCI (capability parsing, common configuration, doorbells),
-//!   which the PCI transport builds on.
+//!   regions that devices can map; [`shared`]: memory the device writes while the
+//!   driver uses it ([`SharedMem`]: volatile access only).
+//! - [`split`]: the driver side of a split virtqueue ([`SplitQueue`]); [`reqq`]: a split
+//!   queue with its requests' memory, whose hand-off to the device needs no `unsafe`
+//!   from its users ([`RequestQueue`]).
+//! - [`transport`]: how a device is reached ([`Transport`], [`Notifier`]);
+//!   [`transport::vhost_user`] talks to a vhost-user target over a Unix socket. The
+//!   virtio-pci transport (VFIO, uio) is the `vbdev-pci` crate.
 //! - [`device`]: feature negotiation and the status handshake ([`VirtioDevice`]).
-//! - [`blk`]: virtio-blk request formats and configuration layout.
+//! - [`blk`], [`scsi`]: the virtio-blk and virtio-scsi request formats and configuration
+//!   layouts.
 //!
 //! A driver connects a transport, negotiates features with [`VirtioDevice::init`],
 //! creates [`SplitQueue`]s in the DMA domain, hands their addresses to the device, and
@@ -38,11 +40,9 @@ pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod mem;
-pub mod pci;
 pub mod reqq;
 pub mod scsi;
 pub mod shared;
-pub mod sigbus;
 pub mod split;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

@@ -27,14 +27,9 @@ pub fn feature_name(bit: u64) -> Option<&'static str> {
     })
 }
 
-/// Names of all bits set in `f` (device-type bits by name, generic bits through
-/// [`crate::device::feature_name`]).
+/// Names of all bits set in `f` (device-independent ones too; `"unknown"` for the rest).
 pub fn feature_names(f: u64) -> Vec<&'static str> {
-    (0..64)
-        .map(|i| 1u64 << i)
-        .filter(|b| f & b != 0)
-        .map(|b| feature_name(b).unwrap_or_else(|| crate::device::feature_name(b)))
-        .collect()
+    crate::device::DeviceType::Scsi.feature_names(f)
 }
 
 /// Response codes (`response` in command, TMF and AN responses, §5.6.6.1, §5.6.6.2).

@@ -3,13 +3,12 @@
 //! A transport carries any device type: it knows features, status, config space and
 //! virtqueue setup, never what the queues carry.
 
-pub mod pci;
 pub mod vhost_user;
 
 use std::fmt::Debug;
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -17,7 +16,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::Result;
 use crate::mem::RegionId;
-use crate::pci::{Doorbell, PciBars};
 use crate::split::RingAddrs;
 
 /// A virtio transport (virtio 1.2 §4): feature bits, status, config space and queues.
@@ -201,12 +199,18 @@ impl CallFd {
     }
 }
 
+/// A doorbell another crate provides (virtio-pci's BAR stores and writes).
+pub trait Doorbell: Send + Sync + Debug {
+    /// Rings it. A failure means the device is gone; the queue's timeout reports it, as
+    /// for a lost completion.
+    fn ring(&self);
+}
+
 /// A queue's doorbell (available-buffer notification, virtio 1.2 §2.7.13.3).
 ///
-/// One of: an eventfd write (vhost-user kick), a 16-bit store into a mapped PCI BAR
-/// (no system call), or a 16-bit write through a [`PciBars`] accessor (a `pwrite` on a
-/// VFIO device fd when the notify BAR cannot be mapped). `notify` is one match on the
-/// kind, then the store or the call.
+/// An eventfd write (vhost-user kick), or a [`Doorbell`] of another transport (a 16-bit
+/// store into a mapped PCI BAR, or a write through a BAR accessor). `notify` is one
+/// match on the kind, then the write or the call.
 #[derive(Debug)]
 pub struct Notifier {
     kind: NotifierKind,
@@ -215,11 +219,7 @@ pub struct Notifier {
 #[derive(Debug)]
 enum NotifierKind {
     EventFd(EventFd),
-    Mmio(pci::MmioDoorbell),
-    Bars {
-        bars: Arc<dyn PciBars>,
-        doorbell: Doorbell,
-    },
+    Doorbell(Box<dyn Doorbell>),
 }
 
 impl Notifier {
@@ -230,36 +230,23 @@ impl Notifier {
         }
     }
 
-    /// A doorbell that stores into a mapped BAR (virtio-pci, §4.1.5.2).
-    pub fn mmio(doorbell: pci::MmioDoorbell) -> Self {
+    /// A doorbell of another transport.
+    pub fn doorbell(d: Box<dyn Doorbell>) -> Self {
         Self {
-            kind: NotifierKind::Mmio(doorbell),
-        }
-    }
-
-    /// A doorbell written through a BAR accessor (virtio-pci without a mapping; one
-    /// system call per notification with VFIO).
-    pub fn bars(bars: Arc<dyn PciBars>, doorbell: Doorbell) -> Self {
-        Self {
-            kind: NotifierKind::Bars { bars, doorbell },
+            kind: NotifierKind::Doorbell(d),
         }
     }
 
     /// Rings the doorbell.
     pub fn notify(&self) {
         match &self.kind {
-            NotifierKind::Mmio(d) => d.ring(),
             // An eventfd write only fails when the counter would overflow, which means
             // the device has not read it for 2^64 - 1 kicks: the device will still see
             // a kick.
             NotifierKind::EventFd(kick) => {
                 let _ = kick.write(1);
             }
-            // A failed BAR write means the device is gone; the queue's timeout reports
-            // it, as for a lost completion.
-            NotifierKind::Bars { bars, doorbell } => {
-                let _ = doorbell.ring(&**bars);
-            }
+            NotifierKind::Doorbell(d) => d.ring(),
         }
     }
 }

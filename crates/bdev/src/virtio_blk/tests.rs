@@ -401,7 +401,13 @@ fn more_channels_than_queues_fails_with_no_free_queue() {
 fn init_fails_when_the_device_rejects_the_features() {
     let dev = fake(FakeBlkConfig::new(MIB));
     dev.reject_features(true);
-    let err = VirtioDevice::init(dev.clone(), WANTED_FEATURES, 0).expect_err("rejected");
+    let err = VirtioDevice::init(
+        dev.clone(),
+        vbdev_virtio::device::DeviceType::Blk,
+        WANTED_FEATURES,
+        0,
+    )
+    .expect_err("rejected");
     assert!(
         matches!(err, vbdev_virtio::Error::FeaturesRejected { .. }),
         "{err:?}"
@@ -425,7 +431,13 @@ fn init_requires_version_1() {
     let mut cfg = FakeBlkConfig::new(MIB);
     cfg.features &= !vfeat::VERSION_1;
     let dev = fake(cfg);
-    let err = VirtioDevice::init(dev.clone(), WANTED_FEATURES, 0).expect_err("legacy device");
+    let err = VirtioDevice::init(
+        dev.clone(),
+        vbdev_virtio::device::DeviceType::Blk,
+        WANTED_FEATURES,
+        0,
+    )
+    .expect_err("legacy device");
     assert!(
         matches!(
             err,

@@ -168,7 +168,13 @@ impl Frontend {
         let t = VhostUser::connect(socket, DmaDomain::global(), VhostUserOptions::default())
             .expect("vhost-user connect");
         let t: Arc<dyn Transport> = Arc::new(t);
-        let dev = VirtioDevice::init(Arc::clone(&t), wanted, 0).expect("features");
+        let dev = VirtioDevice::init(
+            Arc::clone(&t),
+            vbdev_virtio::device::DeviceType::Scsi,
+            wanted,
+            0,
+        )
+        .expect("features");
         let mut queues: Vec<Vq> = (0..t.num_queues()).map(|i| new_ring(&dev, i)).collect();
         assert!(queues.len() >= 3, "control, event and a request queue");
         dev.driver_ok().expect("DRIVER_OK");

@@ -40,8 +40,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use vbdev_bdev::virtio_scsi::{self, ScsiController};
 use vbdev_bdev::{Bdev, malloc, null, virtio_blk};
+use vbdev_pci::sysfs::{Bdf, DeviceType, PciFunction, Sysfs};
 use vbdev_target::{BlkTargetConfig, ScsiHandle, ScsiTargetConfig, TargetHandle};
-use vbdev_virtio::pci::sysfs::{Bdf, DeviceType, PciFunction, Sysfs};
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
 
 use super::rpc::{Handler, RpcError};

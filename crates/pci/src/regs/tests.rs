@@ -1,7 +1,7 @@
-use super::fake::{self, ConfigSpaceBuilder, FakePciConfig, FakePciDevice};
 use super::*;
-use crate::device::{features as vfeat, status};
+use crate::fake::{self, ConfigSpaceBuilder, FakePciConfig, FakePciDevice};
 use proptest::prelude::*;
+use vbdev_virtio::device::{features as vfeat, status};
 
 const B4: u8 = fake::BAR;
 
@@ -655,7 +655,7 @@ fn status_handshake_keeps_features_ok_for_an_offered_subset() {
     c.set_device_status(status::ACKNOWLEDGE | status::DRIVER)
         .unwrap();
     let offered = c.device_features().unwrap();
-    c.set_driver_features(offered & (vfeat::VERSION_1 | crate::blk::features::MQ))
+    c.set_driver_features(offered & (vfeat::VERSION_1 | vbdev_virtio::blk::features::MQ))
         .unwrap();
     let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
     c.set_device_status(s).unwrap();
@@ -983,7 +983,7 @@ fn device_config_reads_use_natural_widths() {
     assert_eq!(reads.len(), 60);
     assert!(reads.iter().all(|&(_, w)| w == 1));
     let offered = FakePciConfig::blk(0).features;
-    let parsed = crate::blk::BlkConfig::parse(&all, offered);
+    let parsed = vbdev_virtio::blk::BlkConfig::parse(&all, offered);
     assert_eq!(
         (
             parsed.capacity,

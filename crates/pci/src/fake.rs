@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::{
     BarIndex, CfgType, NO_VECTOR, PciBars, PciError, Result, VIRTIO_VENDOR_ID, common_cfg, header,
 };
-use crate::device::{features as vfeat, status};
+use vbdev_virtio::device::{features as vfeat, status};
 
 /// The BAR that holds every virtio structure, as in QEMU.
 pub const BAR: u8 = 4;
@@ -192,10 +192,10 @@ impl FakePciConfig {
             device_id: super::DEVICE_ID_BLK,
             features: vfeat::VERSION_1
                 | vfeat::RING_EVENT_IDX
-                | crate::blk::features::SEG_MAX
-                | crate::blk::features::BLK_SIZE
-                | crate::blk::features::FLUSH
-                | crate::blk::features::MQ,
+                | vbdev_virtio::blk::features::SEG_MAX
+                | vbdev_virtio::blk::features::BLK_SIZE
+                | vbdev_virtio::blk::features::FLUSH
+                | vbdev_virtio::blk::features::MQ,
             num_queues: 2,
             max_queue_size: 256,
             notify_multiplier: 4,

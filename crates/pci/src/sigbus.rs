@@ -64,7 +64,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use rustix::mm::{MapFlags, MremapFlags, ProtFlags};
 
-use crate::error::{Error, Result};
+use vbdev_virtio::{Error, Result};
 
 /// How many ranges can be registered at the same time. A virtio-pci device registers
 /// one or two BAR mappings.
@@ -233,7 +233,7 @@ impl Guard {
     /// ```
     /// use std::ptr::NonNull;
     /// use rustix::mm::{MapFlags, ProtFlags};
-    /// use vbdev_virtio::sigbus::Guard;
+    /// use vbdev_pci::sigbus::Guard;
     ///
     /// let len = 4096;
     /// // SAFETY: a new private mapping at an address the kernel chooses.

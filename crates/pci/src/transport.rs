@@ -17,7 +17,7 @@
 //!   `config` file; physical addresses.
 //!
 //! With physical addresses the domain must be in physical mode
-//! ([`DmaConfig::physical`](crate::DmaConfig::physical)) and the transport hands its
+//! ([`DmaConfig::physical`](vbdev_virtio::DmaConfig::physical)) and the transport hands its
 //! [`PhysMap`] to the queues ([`Transport::phys_map`]), which split every buffer at
 //! physical discontinuities. The driver sets Memory Space and Bus Master itself (and
 //! INTx Disable for uio).
@@ -38,7 +38,7 @@
 //! Not done: per-queue reset (VIRTIO_F_RING_RESET is not accepted; `stop_queue` does
 //! nothing and `shutdown` resets the device).
 //!
-//! [`DmaDomain`]: crate::DmaDomain
+//! [`DmaDomain`]: vbdev_virtio::DmaDomain
 
 use std::ffi::CString;
 use std::fs::File;
@@ -57,14 +57,16 @@ use vmm_sys_util::ioctl::{
     ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val,
 };
 
-use super::{CallFd, Notifier, QueueHandles, Transport};
-use crate::error::{Error, IovaOutOfRange, Result, VfioError};
-use crate::mem::{DmaDomain, PhysMap, RegionId, RegionInfo, RegionListener};
-use crate::pci::{
+use vbdev_virtio::transport::{CallFd, Notifier, QueueHandles, Transport};
+use vbdev_virtio::{Error, Result};
+
+use crate::error::{IovaOutOfRange, PciTransportError, VfioError};
+use crate::{
     BarIndex, CommonCfg, Doorbell, NO_VECTOR, PciBars, PciError, VirtioPciLayout, header,
     parse_config_space, transport_features,
 };
-use crate::split::RingAddrs;
+use vbdev_virtio::mem::{DmaDomain, PhysMap, RegionId, RegionInfo, RegionListener};
+use vbdev_virtio::split::RingAddrs;
 
 const TARGET: &str = "vbdev::pci";
 
@@ -233,6 +235,27 @@ impl MmioDoorbell {
     }
 }
 
+impl vbdev_virtio::transport::Doorbell for MmioDoorbell {
+    fn ring(&self) {
+        MmioDoorbell::ring(self);
+    }
+}
+
+/// A queue's doorbell written through a BAR accessor (no mapping of the notify BAR: one
+/// system call per notification with VFIO).
+#[derive(Debug)]
+struct BarsDoorbell {
+    bars: Arc<dyn PciBars>,
+    doorbell: Doorbell,
+}
+
+impl vbdev_virtio::transport::Doorbell for BarsDoorbell {
+    fn ring(&self) {
+        // A failed BAR write means the device is gone; the queue's timeout reports it.
+        let _ = self.doorbell.ring(&*self.bars);
+    }
+}
+
 /// One VFIO region: where it is in the device fd and what it allows.
 #[derive(Debug, Clone, Copy)]
 struct VfioRegion {
@@ -250,7 +273,7 @@ pub struct VfioBars {
 }
 
 impl VfioBars {
-    fn region(&self, bar: BarIndex, offset: u64, width: u8) -> crate::pci::Result<u64> {
+    fn region(&self, bar: BarIndex, offset: u64, width: u8) -> crate::Result<u64> {
         let bad = PciError::BadAccess { bar, offset, width };
         let r = self.bars[usize::from(bar.get())].ok_or(bad)?;
         let w = u64::from(width);
@@ -262,7 +285,7 @@ impl VfioBars {
             .ok_or(PciError::BadAccess { bar, offset, width })
     }
 
-    fn read<const N: usize>(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<[u8; N]> {
+    fn read<const N: usize>(&self, bar: BarIndex, offset: u64) -> crate::Result<[u8; N]> {
         let width = N as u8;
         let at = self.region(bar, offset, width)?;
         let mut b = [0u8; N];
@@ -283,12 +306,7 @@ impl VfioBars {
         }
     }
 
-    fn write<const N: usize>(
-        &self,
-        bar: BarIndex,
-        offset: u64,
-        b: [u8; N],
-    ) -> crate::pci::Result<()> {
+    fn write<const N: usize>(&self, bar: BarIndex, offset: u64, b: [u8; N]) -> crate::Result<()> {
         let width = N as u8;
         let at = self.region(bar, offset, width)?;
         match rustix::io::pwrite(&self.device, &b, at) {
@@ -327,22 +345,22 @@ impl VfioBars {
 }
 
 impl PciBars for VfioBars {
-    fn read8(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u8> {
+    fn read8(&self, bar: BarIndex, offset: u64) -> crate::Result<u8> {
         self.read::<1>(bar, offset).map(|b| b[0])
     }
-    fn read16(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u16> {
+    fn read16(&self, bar: BarIndex, offset: u64) -> crate::Result<u16> {
         self.read(bar, offset).map(u16::from_le_bytes)
     }
-    fn read32(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u32> {
+    fn read32(&self, bar: BarIndex, offset: u64) -> crate::Result<u32> {
         self.read(bar, offset).map(u32::from_le_bytes)
     }
-    fn write8(&self, bar: BarIndex, offset: u64, value: u8) -> crate::pci::Result<()> {
+    fn write8(&self, bar: BarIndex, offset: u64, value: u8) -> crate::Result<()> {
         self.write(bar, offset, [value])
     }
-    fn write16(&self, bar: BarIndex, offset: u64, value: u16) -> crate::pci::Result<()> {
+    fn write16(&self, bar: BarIndex, offset: u64, value: u16) -> crate::Result<()> {
         self.write(bar, offset, value.to_le_bytes())
     }
-    fn write32(&self, bar: BarIndex, offset: u64, value: u32) -> crate::pci::Result<()> {
+    fn write32(&self, bar: BarIndex, offset: u64, value: u32) -> crate::Result<()> {
         self.write(bar, offset, value.to_le_bytes())
     }
 }
@@ -355,7 +373,7 @@ pub struct MmapBars {
 }
 
 impl MmapBars {
-    fn at(&self, bar: BarIndex, offset: u64, width: u8) -> crate::pci::Result<*mut u8> {
+    fn at(&self, bar: BarIndex, offset: u64, width: u8) -> crate::Result<*mut u8> {
         let bad = PciError::BadAccess { bar, offset, width };
         let m = self.bars[usize::from(bar.get())].as_ref().ok_or(bad)?;
         let w = u64::from(width);
@@ -372,35 +390,35 @@ impl MmapBars {
 }
 
 impl PciBars for MmapBars {
-    fn read8(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u8> {
+    fn read8(&self, bar: BarIndex, offset: u64) -> crate::Result<u8> {
         let p = self.at(bar, offset, 1)?;
         // SAFETY: `at` checked that the byte lies inside a live BAR mapping; a volatile
         // load is the access device memory needs.
         Ok(unsafe { p.read_volatile() })
     }
-    fn read16(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u16> {
+    fn read16(&self, bar: BarIndex, offset: u64) -> crate::Result<u16> {
         let p = self.at(bar, offset, 2)?;
         // SAFETY: `at` checked bounds and 2-byte alignment inside a live BAR mapping.
         Ok(u16::from_le(unsafe { p.cast::<u16>().read_volatile() }))
     }
-    fn read32(&self, bar: BarIndex, offset: u64) -> crate::pci::Result<u32> {
+    fn read32(&self, bar: BarIndex, offset: u64) -> crate::Result<u32> {
         let p = self.at(bar, offset, 4)?;
         // SAFETY: `at` checked bounds and 4-byte alignment inside a live BAR mapping.
         Ok(u32::from_le(unsafe { p.cast::<u32>().read_volatile() }))
     }
-    fn write8(&self, bar: BarIndex, offset: u64, value: u8) -> crate::pci::Result<()> {
+    fn write8(&self, bar: BarIndex, offset: u64, value: u8) -> crate::Result<()> {
         let p = self.at(bar, offset, 1)?;
         // SAFETY: as in `read8`; a volatile store.
         unsafe { p.write_volatile(value) };
         Ok(())
     }
-    fn write16(&self, bar: BarIndex, offset: u64, value: u16) -> crate::pci::Result<()> {
+    fn write16(&self, bar: BarIndex, offset: u64, value: u16) -> crate::Result<()> {
         let p = self.at(bar, offset, 2)?;
         // SAFETY: as in `read16`; a volatile store.
         unsafe { p.cast::<u16>().write_volatile(value.to_le()) };
         Ok(())
     }
-    fn write32(&self, bar: BarIndex, offset: u64, value: u32) -> crate::pci::Result<()> {
+    fn write32(&self, bar: BarIndex, offset: u64, value: u32) -> crate::Result<()> {
         let p = self.at(bar, offset, 4)?;
         // SAFETY: as in `read32`; a volatile store.
         unsafe { p.cast::<u32>().write_volatile(value.to_le()) };
@@ -453,12 +471,13 @@ impl VfioDma {
         if ranges.iter().any(|&(s, e)| s <= r.addr && last <= e) {
             return Ok(());
         }
-        Err(Error::IovaOutOfRange(Box::new(IovaOutOfRange {
+        Err(PciTransportError::IovaOutOfRange(Box::new(IovaOutOfRange {
             bdf: self.bdf.clone(),
             addr: r.addr,
             end: r.addr + r.len,
             ranges: format_ranges(ranges),
-        })))
+        }))
+        .into())
     }
 
     /// Maps region `r` at IOVA = its address, unless it is mapped already.
@@ -487,7 +506,7 @@ impl VfioDma {
                 self.mapped.fetch_or(bit, Ordering::AcqRel);
                 return Ok(());
             }
-            return Err(Error::Vfio(Box::new(VfioError {
+            return Err(PciTransportError::Vfio(Box::new(VfioError {
                 bdf: self.bdf.clone(),
                 step: format!(
                     "VFIO_IOMMU_MAP_DMA of DMA region {} ({:#x}+{:#x})",
@@ -495,7 +514,8 @@ impl VfioDma {
                 ),
                 cause: e,
                 hint: ": is RLIMIT_MEMLOCK large enough (it counts pinned memory)?",
-            })));
+            }))
+            .into());
         }
         self.mapped.fetch_or(bit, Ordering::AcqRel);
         tracing::debug!(target: TARGET, bdf = %self.bdf, region = r.id.0, addr = r.addr, len = r.len, "DMA region mapped in the IOMMU");
@@ -551,7 +571,7 @@ pub enum PciAccess {
 
 impl PciAccess {
     /// Whether the device sees physical addresses (the DMA domain must be in physical
-    /// mode, [`DmaConfig::physical`](crate::DmaConfig::physical)).
+    /// mode, [`DmaConfig::physical`](vbdev_virtio::DmaConfig::physical)).
     pub fn physical(self) -> bool {
         !matches!(self, PciAccess::VfioType1)
     }
@@ -559,7 +579,7 @@ impl PciAccess {
     /// How `bdf` can be reached now, from its driver binding and IOMMU group.
     ///
     /// # Errors
-    /// [`Error::PciSetup`] when the function does not exist or is bound to another
+    /// [`PciTransportError::Setup`] when the function does not exist or is bound to another
     /// driver (or none).
     pub fn of(bdf: &str) -> Result<Self> {
         let v = VfioOpen::new(bdf)?;
@@ -610,22 +630,22 @@ impl PciTransport {
     /// Opens the virtio-pci function `bdf` (`0000:00:02.0`), bound to `vfio-pci` behind an
     /// IOMMU (VFIO type1), and maps `domain`'s regions for its DMA.
     ///
-    /// `domain` should be configured with [`DmaConfig::pinned`](crate::DmaConfig::pinned)
+    /// `domain` should be configured with [`DmaConfig::pinned`](vbdev_virtio::DmaConfig::pinned)
     /// before its first use: type1 pins whole regions, and the IOMMU may translate fewer
     /// address bits than the process uses.
     ///
     /// # Errors
-    /// [`Error::PciSetup`] when the function does not exist, is not bound to `vfio-pci`
-    /// or has no IOMMU group; [`Error::Vfio`] naming the VFIO step that failed;
-    /// [`Error::Pci`] for a config space or register failure;
-    /// [`Error::IovaOutOfRange`] when a DMA region is outside the IOMMU's ranges;
-    /// [`Error::NoAccessPlatform`] when the device would bypass the IOMMU.
+    /// [`PciTransportError::Setup`] when the function does not exist, is not bound to `vfio-pci`
+    /// or has no IOMMU group; [`PciTransportError::Vfio`] naming the VFIO step that failed;
+    /// [`PciTransportError::Pci`] for a config space or register failure;
+    /// [`PciTransportError::IovaOutOfRange`] when a DMA region is outside the IOMMU's ranges;
+    /// [`PciTransportError::NoAccessPlatform`] when the device would bypass the IOMMU.
     /// Opens the virtio-pci function `bdf` the way its driver binding allows
     /// ([`PciAccess::of`]): VFIO type1, VFIO no-IOMMU or uio_pci_generic.
     ///
     /// The two no-IOMMU ways need `domain` in physical mode
-    /// ([`DmaConfig::physical`](crate::DmaConfig::physical)); type1 works with either,
-    /// and wants [`DmaConfig::pinned`](crate::DmaConfig::pinned) or `physical` (small
+    /// ([`DmaConfig::physical`](vbdev_virtio::DmaConfig::physical)); type1 works with either,
+    /// and wants [`DmaConfig::pinned`](vbdev_virtio::DmaConfig::pinned) or `physical` (small
     /// regions below 2^39).
     ///
     /// # Errors
@@ -646,7 +666,7 @@ impl PciTransport {
     /// and `domain` must be in physical mode.
     ///
     /// # Errors
-    /// As for [`PciTransport::open`]; [`Error::PciSetup`] for a no-IOMMU group when
+    /// As for [`PciTransport::open`]; [`PciTransportError::Setup`] for a no-IOMMU group when
     /// `domain` is not in physical mode.
     pub fn open_vfio(
         bdf: &str,
@@ -853,8 +873,8 @@ impl PciTransport {
         )?;
         let mut t = t;
         t.msix = msix;
-        if t.offered & transport_features::ACCESS_PLATFORM == 0 {
-            return Err(Error::NoAccessPlatform { bdf: bdf.into() });
+        if t.offered & vbdev_virtio::device::features::ACCESS_PLATFORM == 0 {
+            return Err(PciTransportError::NoAccessPlatform { bdf: bdf.into() }.into());
         }
         tracing::info!(target: TARGET, bdf, virtio_id = t.layout.virtio_id.0, features = t.offered, queues = t.num_queues, iommu_type, msix_vectors = t.msix.len(), mmio_doorbell = t.notify_map.is_some(), "virtio-pci function opened through VFIO");
         let t = Arc::new(t);
@@ -870,9 +890,9 @@ impl PciTransport {
     /// uio_pci_generic only has INTx) in the command register.
     ///
     /// # Errors
-    /// [`Error::PciSetup`] when the function is not bound to uio_pci_generic or `domain`
-    /// is not in physical mode; [`Error::Vfio`] naming the file that could not be
-    /// opened, read or mapped; [`Error::Pci`] for a config space or register failure.
+    /// [`PciTransportError::Setup`] when the function is not bound to uio_pci_generic or `domain`
+    /// is not in physical mode; [`PciTransportError::Vfio`] naming the file that could not be
+    /// opened, read or mapped; [`PciTransportError::Pci`] for a config space or register failure.
     pub fn open_uio(
         bdf: &str,
         domain: &'static DmaDomain,
@@ -966,7 +986,7 @@ impl PciTransport {
     /// through `bars`.
     ///
     /// # Errors
-    /// [`Error::Pci`] when the config space does not parse, a structure lies outside its
+    /// [`PciTransportError::Pci`] when the config space does not parse, a structure lies outside its
     /// BAR (`bar_len`), or the device cannot be read.
     pub fn with_bars(
         name: &str,
@@ -975,9 +995,12 @@ impl PciTransport {
         bar_len: impl Fn(BarIndex) -> Option<u64>,
         opts: &PciOptions,
     ) -> Result<Self> {
-        let pci = |source| Error::Pci {
-            bdf: name.into(),
-            source,
+        let pci = |source| -> Error {
+            PciTransportError::Pci {
+                bdf: name.into(),
+                source,
+            }
+            .into()
         };
         let layout = parse_config_space(config_space).map_err(pci)?;
         layout.check_bars(bar_len).map_err(pci)?;
@@ -1004,9 +1027,12 @@ impl PciTransport {
         vfio: Option<VfioHandles>,
         opts: &PciOptions,
     ) -> Result<Self> {
-        let pci = |source| Error::Pci {
-            bdf: bdf.into(),
-            source,
+        let pci = |source| -> Error {
+            PciTransportError::Pci {
+                bdf: bdf.into(),
+                source,
+            }
+            .into()
         };
         let mut common = CommonCfg::new(Arc::clone(&bars), &layout.common).map_err(pci)?;
         // Reset first: an earlier driver may have left the device running.
@@ -1053,10 +1079,11 @@ impl PciTransport {
         if matches!(source, PciError::DeviceGone) && self.alive.swap(false, Ordering::AcqRel) {
             tracing::error!(target: TARGET, bdf = %self.bdf, "virtio-pci function reads all ones: removed");
         }
-        Error::Pci {
+        PciTransportError::Pci {
             bdf: self.bdf.as_str().into(),
             source,
         }
+        .into()
     }
 
     fn ring_visible(&self, addrs: &RingAddrs) -> bool {
@@ -1422,26 +1449,29 @@ impl VfioOpen {
     }
 
     fn setup(&self, what: String) -> Error {
-        Error::PciSetup {
+        PciTransportError::Setup {
             bdf: self.bdf.as_str().into(),
             what,
         }
+        .into()
     }
 
     fn vfio(&self, step: &str, cause: std::io::Error, hint: &'static str) -> Error {
-        Error::Vfio(Box::new(VfioError {
+        PciTransportError::Vfio(Box::new(VfioError {
             bdf: self.bdf.clone(),
             step: step.to_owned(),
             cause,
             hint,
         }))
+        .into()
     }
 
     fn pci(&self, source: PciError) -> Error {
-        Error::Pci {
+        PciTransportError::Pci {
             bdf: self.bdf.as_str().into(),
             source,
         }
+        .into()
     }
 
     /// Fails with the last OS error when an ioctl returned a negative value.
@@ -1519,7 +1549,7 @@ impl Transport for PciTransport {
     fn transport_features(&self) -> u64 {
         // ACCESS_PLATFORM must be accepted when offered (QEMU clears FEATURES_OK
         // otherwise); IOVAs are what the descriptors carry.
-        transport_features::ACCESS_PLATFORM
+        vbdev_virtio::device::features::ACCESS_PLATFORM
     }
 
     fn device_features(&self) -> Result<u64> {
@@ -1596,8 +1626,11 @@ impl Transport for PciTransport {
             .as_ref()
             .and_then(|m| MmioDoorbell::new(Arc::clone(m), &doorbell))
         {
-            Some(d) => Notifier::mmio(d),
-            None => Notifier::bars(Arc::clone(&self.bars), doorbell),
+            Some(d) => Notifier::doorbell(Box::new(d)),
+            None => Notifier::doorbell(Box::new(BarsDoorbell {
+                bars: Arc::clone(&self.bars),
+                doorbell,
+            })),
         };
         let io = |op| move |source| Error::Io { op, source };
         let call = match vector {
@@ -1672,9 +1705,9 @@ impl Drop for PciTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{VirtioDevice, features as vfeat};
-    use crate::pci::fake::{BAR, BAR_LEN, FakePciConfig, FakePciDevice};
-    use crate::{QueueConfig, SplitQueue};
+    use crate::fake::{BAR, BAR_LEN, FakePciConfig, FakePciDevice};
+    use vbdev_virtio::device::{VirtioDevice, features as vfeat};
+    use vbdev_virtio::{QueueConfig, SplitQueue};
 
     fn fake(cfg: FakePciConfig) -> (Arc<FakePciDevice>, Arc<PciTransport>) {
         let dev = Arc::new(FakePciDevice::new(cfg));
@@ -1694,13 +1727,20 @@ mod tests {
     #[test]
     fn init_accepts_access_platform_when_offered() {
         let mut cfg = FakePciConfig::blk(2048);
-        cfg.features |= transport_features::ACCESS_PLATFORM | transport_features::RING_RESET;
+        cfg.features |=
+            vbdev_virtio::device::features::ACCESS_PLATFORM | transport_features::RING_RESET;
         let (dev, t) = fake(cfg);
-        let d = VirtioDevice::init(t, vfeat::RING_EVENT_IDX, 0).unwrap();
-        assert!(d.has(transport_features::ACCESS_PLATFORM));
+        let d = VirtioDevice::init(
+            t,
+            vbdev_virtio::device::DeviceType::Blk,
+            vfeat::RING_EVENT_IDX,
+            0,
+        )
+        .unwrap();
+        assert!(d.has(vbdev_virtio::device::features::ACCESS_PLATFORM));
         assert_eq!(dev.driver_features() & transport_features::RING_RESET, 0);
         assert_ne!(
-            dev.driver_features() & transport_features::ACCESS_PLATFORM,
+            dev.driver_features() & vbdev_virtio::device::features::ACCESS_PLATFORM,
             0
         );
     }
@@ -1708,7 +1748,13 @@ mod tests {
     #[test]
     fn queue_setup_programs_the_device_and_the_doorbell_writes_the_index() {
         let (dev, t) = fake(FakePciConfig::blk(2048));
-        let d = VirtioDevice::init(t.clone(), vfeat::RING_EVENT_IDX, 0).unwrap();
+        let d = VirtioDevice::init(
+            t.clone(),
+            vbdev_virtio::device::DeviceType::Blk,
+            vfeat::RING_EVENT_IDX,
+            0,
+        )
+        .unwrap();
         let vq = SplitQueue::new(
             DmaDomain::global(),
             QueueConfig {
@@ -1739,9 +1785,10 @@ mod tests {
     fn a_removed_device_turns_the_transport_dead() {
         let (dev, t) = fake(FakePciConfig::blk(2048));
         dev.remove();
+        let e = t.status().expect_err("the function is gone");
         assert!(matches!(
-            t.status(),
-            Err(Error::Pci {
+            PciTransportError::of(&e),
+            Some(PciTransportError::Pci {
                 source: PciError::DeviceGone,
                 ..
             })
@@ -1753,7 +1800,8 @@ mod tests {
     #[test]
     fn shutdown_resets_the_device_and_fails_later_calls() {
         let (dev, t) = fake(FakePciConfig::blk(2048));
-        let _d = VirtioDevice::init(t.clone(), 0, 0).unwrap();
+        let _d =
+            VirtioDevice::init(t.clone(), vbdev_virtio::device::DeviceType::Blk, 0, 0).unwrap();
         assert_ne!(dev.status(), 0);
         t.shutdown();
         assert_eq!(dev.status(), 0);

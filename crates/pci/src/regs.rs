@@ -1,141 +1,16 @@
 //! Virtio over PCI (virtio 1.2 §4.1), the parts that need no device: the capability
-//! walk of a function's configuration space, BAR register access behind a trait
-//! ([`PciBars`]), the common configuration registers ([`CommonCfg`]), doorbell
-//! addresses ([`NotifyCap::doorbell`]) and device-config reads that honour
-//! `config_generation`.
+//! walk of a function's configuration space ([`parse_config_space`]), BAR register
+//! access behind a trait ([`PciBars`]), the common configuration registers
+//! ([`CommonCfg`]), doorbell addresses ([`NotifyCap::doorbell`]) and device-config reads
+//! that honour `config_generation`.
 //!
-//! `fake::FakePciDevice` (tests and the `test-utils` feature) is a register model of a
-//! modern virtio-blk function that checks access widths; the tests run every accessor
-//! against it.
-//!
-//! # Design note: the `PciTransport` that comes next (issue 7)
-//!
-//! The transport goes in `transport/pci.rs` (STYLE §1 puts the PCI `unsafe` there) and
-//! implements [`Transport`](crate::Transport) with the pieces of this module. This module
-//! changes neither `Transport`, `Notifier` nor the ring; the note lists what the
-//! transport will need from them: an MMIO `Notifier`, one defaulted `Transport` method,
-//! and a placement hint plus a physical mode in `DmaDomain`.
-//!
-//! **Finding the function.** Read the config space (VFIO: `pread` of region
-//! `VFIO_PCI_CONFIG_REGION_INDEX` = 7 at its `VFIO_DEVICE_GET_REGION_INFO` offset; uio:
-//! `/sys/bus/pci/devices/BDF/config`), run [`parse_config_space`], map the BARs its
-//! capabilities name and check them with [`VirtioPciLayout::check_bars`]. The driver sets
-//! Memory Space and Bus Master in the command register itself (`|= 0x6`, written through
-//! the same config file or region). Transitional IDs pass only with the modern
-//! capabilities present ([`PciError::LegacyOnly`] otherwise): there is no legacy I/O-port
-//! interface (§4.1.5.1.1: a non-transitional driver fails gracefully).
-//!
-//! **VFIO type1** (`/dev/vfio/N`, QEMU `intel-iommu` + `iommu_platform=on`). Open
-//! `/dev/vfio/vfio`: `VFIO_GET_API_VERSION` must be 0 and `VFIO_CHECK_EXTENSION(TYPE1v2 = 3)`
-//! true; open the group (from `/sys/bus/pci/devices/BDF/iommu_group`) and check
-//! `VFIO_GROUP_GET_STATUS` reports VIABLE; `VFIO_GROUP_SET_CONTAINER`, `VFIO_SET_IOMMU`,
-//! `VFIO_GROUP_GET_DEVICE_FD("0000:00:02.0")`, `VFIO_DEVICE_GET_INFO` (QEMU root-bus
-//! functions have no `VFIO_DEVICE_FLAGS_RESET`: reset is [`CommonCfg::reset`]), then
-//! `VFIO_DEVICE_GET_REGION_INFO` per BAR: `mmap(device_fd, info.offset)` when
-//! `VFIO_REGION_INFO_FLAG_MMAP` is set, `pread`/`pwrite` at `info.offset` otherwise.
-//! Structs come from `vfio-bindings` 0.7 (rust-vmm, bindgen output, checked on
-//! crates.io: structs and constants only, its optional `vmm-sys-util` is our 0.15); the
-//! request numbers are all `_IO(VFIO_TYPE = ';', VFIO_BASE = 100 + n)`, declared with
-//! `vmm-sys-util`'s `ioctl_io_nr!` (n: GET_API_VERSION 0, CHECK_EXTENSION 1, SET_IOMMU 2,
-//! GROUP_GET_STATUS 3, GROUP_SET_CONTAINER 4, GROUP_GET_DEVICE_FD 6, DEVICE_GET_INFO 7,
-//! DEVICE_GET_REGION_INFO 8, DEVICE_GET_IRQ_INFO 9, DEVICE_SET_IRQS 10,
-//! IOMMU_GET_INFO 12, IOMMU_MAP_DMA 13).
-//!
-//! *DMA.* Every [`DmaDomain`](crate::DmaDomain) region is mapped with
-//! `VFIO_IOMMU_MAP_DMA { vaddr = iova = region.addr, size = region.len, READ | WRITE }`,
-//! so [`Iova`] stays the process virtual address exactly as for vhost-user and the ring
-//! and bdev code do not change. Regions created later arrive through a
-//! [`RegionListener`](crate::mem::RegionListener) subscription and are mapped in
-//! `region_added` (the vhost-user `ADD_MEM_REG` pattern); `region_visible` is the bit set
-//! after a successful map. Three consequences to design for:
-//! - QEMU's `intel-iommu` before 9.2 defaults to `aw-bits=39`: IOVAs must stay below
-//!   512 GiB, and the kernel places `mmap`s near 2^47. `MAP_DMA` at iova = VA then fails.
-//!   The domain therefore needs a placement hint (reserve regions below 2^39, e.g. from
-//!   64 GiB up with `MAP_FIXED_NOREPLACE`, falling back to the kernel's choice), and the
-//!   transport checks each region against the ranges of `VFIO_IOMMU_GET_INFO`'s
-//!   `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE` (which also exclude the MSI window at
-//!   0xfee0_0000) and fails the attach naming the range, never maps elsewhere silently.
-//! - type1 pins, and so populates, the whole range at `MAP_DMA` time (counted against
-//!   `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`): the lazily populated 1 GiB default region
-//!   becomes 1 GiB of resident memory, all the test guest has. PCI attach must run with a
-//!   small [`DmaConfig::region_size`](crate::DmaConfig) (tens of MiB) set through
-//!   `DmaDomain::configure` before the domain is first used.
-//! - An IOMMU that translates while the device does not offer VIRTIO_F_ACCESS_PLATFORM
-//!   (bit 33, [`transport_features::ACCESS_PLATFORM`]) means the device bypasses it and
-//!   DMA lands at the IOVA taken as a physical address (research pitfall 2): attach
-//!   fails. When it is offered it must be accepted or QEMU clears FEATURES_OK (pitfall
-//!   3). `VirtioDevice::init` only keeps `offered & (wanted | required)`, so the one
-//!   trait change needed is a defaulted `Transport::transport_features()` returning
-//!   bits the transport requires or accepts, which `init` ORs in.
-//!
-//! **uio_pci_generic, and VFIO no-IOMMU** (`/dev/vfio/noiommu-N`, `VFIO_SET_IOMMU(8)`,
-//! no `MAP_DMA`). BARs: uio maps `/sys/bus/pci/devices/BDF/resourceN` (`O_RDWR|O_SYNC`,
-//! size = file length; memory BARs there can only be mapped, not read or written);
-//! no-IOMMU uses the VFIO regions as above. The device sees physical addresses, from
-//! `/proc/self/pagemap` (one `u64` per 4 KiB page: bit 63 present, bits 0-54 the PFN,
-//! which reads as 0 without `CAP_SYS_ADMIN`: an error, not address 0). For
-//! `DmaDomain` that means a physical mode:
-//! - regions are hugetlb (2 MiB) or the attach fails: the fallback to normal pages is
-//!   wrong here, since 4 KiB pages move (compaction migrates even `mlock`ed pages) and
-//!   every 4 KiB boundary would be a discontinuity;
-//! - each region is populated and locked when created (`MAP_POPULATE` + `mlock`), and
-//!   its 2 MiB pages' physical addresses are recorded in a table then (hugetlb pages
-//!   are neither swapped nor migrated in practice; DPDK and SPDK rely on the same);
-//! - the huge-page pool is small (the guest reserves 8 x 2 MiB), so regions are small;
-//! - `Iova` is no longer the VA: `DmaBuf::iova()` stays the domain address and the
-//!   transport exposes a translation that splits a segment at every physical
-//!   discontinuity (SPDK bug #3189), so a request needs up to `ceil(len / 2 MiB) + 1`
-//!   descriptors per buffer and the chain builders in the bdev modules count after
-//!   splitting; each ring part (descriptor table, avail, used) is allocated so that it
-//!   does not cross a 2 MiB page, which keeps it physically contiguous (§2.7: each part
-//!   is contiguous in device-visible memory). vhost-user and type1 keep the identity
-//!   translation and today's fast path.
-//!
-//! **Doorbell.** `Notifier` gets an MMIO variant: a 16-bit little-endian store of the
-//! queue index, or of `queue_notify_data` when VIRTIO_F_NOTIF_CONFIG_DATA was
-//! negotiated (§4.1.5.2), at `notify.offset + queue_notify_off * notify_off_multiplier`
-//! in the notify BAR (§4.1.4.4), i.e. [`Doorbell`]. It holds a pointer into the mapping
-//! and an `Arc` that keeps the mapping alive; no system call on the hot path. The
-//! ring's `publish` already fences (SeqCst) after the `avail.idx` store, which on x86
-//! orders it before the uncached MMIO store; a weakly ordered CPU would need its I/O
-//! write barrier there (Linux's `iowrite16` is `wmb` + store). VIRTIO_F_NOTIFICATION_DATA
-//! (bit 38, 32-bit doorbell values) is never accepted.
-//!
-//! **Vanished device.** A store into a BAR mapping of a removed function can SIGBUS. The
-//! control path therefore uses `pread`/`pwrite` on the VFIO device fd (errors, not
-//! signals; a [`PciBars`] implementation); reads of all ones are reported as
-//! [`PciError::DeviceGone`]. The doorbell stays an MMIO store guarded like SPDK's (a
-//! process-wide SIGBUS handler that maps anonymous 0xff pages over the faulting BAR,
-//! after which `is_alive` turns false); uio has only mappings, so it needs the guard for
-//! everything. If the guard proves unsound, a `pwrite` doorbell costs one system call,
-//! as the vhost-user eventfd kick does today.
-//!
-//! **Used-buffer notifications.** Polled mode needs none: queues are set up with
-//! [`NO_VECTOR`] and get a [`CallFd`](crate::CallFd) on an eventfd that is never
-//! signalled. Interrupt mode with VFIO: `VFIO_DEVICE_GET_IRQ_INFO(VFIO_PCI_MSIX_IRQ_INDEX
-//! = 2)`, then `VFIO_DEVICE_SET_IRQS { DATA_EVENTFD | ACTION_TRIGGER, index 2, start 0,
-//! count n, [eventfd; n] }`; queue `i` gets vector `v` in `queue_msix_vector` (read back,
-//! [`PciError::MsixVectorRejected`] when refused, §4.1.5.1.2) and vector `v`'s eventfd
-//! becomes its `CallFd`, the same interface as vhost-user. With fewer vectors than
-//! queues (QEMU blk: 3), queues share a vector and `dup` its eventfd; a spurious wakeup
-//! only costs an empty poll. uio has INTx only (`read(/dev/uioN)` returns a count,
-//! uio_pci_generic masks with the command register's Interrupt Disable bit, the ISR
-//! read acknowledges, §4.1.4.5): uio starts as polling only.
-//!
-//! **The rest of `Transport`.** `device_features`/`set_driver_features`: the 64-bit
-//! select dance ([`CommonCfg::device_features`]); `set_status(0)`: [`CommonCfg::reset`]
-//! (§4.1.4.3.2: wait for 0); `read_config`: [`CommonCfg::read_device_config`];
-//! `max_queue_size`: `queue_size` after select; `setup_queue`:
-//! [`QueueRegs::configure`] then [`NotifyCap::doorbell`]; `stop_queue`: `queue_reset`
-//! when VIRTIO_F_RING_RESET (bit 40) was negotiated, otherwise nothing (the driver MUST
-//! NOT write 0 to `queue_enable`, §4.1.4.3.2) and `shutdown` resets the whole device.
-//! [`CommonCfg`] takes `&mut self` for everything that writes a select register, so the
-//! transport keeps it in a `Mutex` (the select-then-access pairs must not interleave).
+//! Transitional device IDs pass only with the modern capabilities present
+//! ([`PciError::LegacyOnly`] otherwise): there is no legacy I/O-port interface
+//! (§4.1.5.1.1). [`CommonCfg`] takes `&mut self` for everything that writes a select
+//! register, so its users keep it in a `Mutex` (select-then-access pairs must not
+//! interleave).
 #![deny(unsafe_code)]
 
-#[cfg(any(test, feature = "test-utils"))]
-pub mod fake;
-pub mod sysfs;
 #[cfg(test)]
 mod tests;
 
@@ -144,8 +19,8 @@ use std::mem::offset_of;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::mem::Iova;
-use crate::split::{MAX_QUEUE_SIZE, RingAddrs};
+use vbdev_virtio::mem::Iova;
+use vbdev_virtio::split::{MAX_QUEUE_SIZE, RingAddrs};
 
 const TARGET: &str = "vbdev::pci";
 
@@ -216,7 +91,7 @@ pub mod header {
 /// Feature bits (virtio 1.2 §6) that concern the PCI transport rather than the device.
 pub mod transport_features {
     /// The device's DMA goes through the platform's IOMMU (VIRTIO_F_ACCESS_PLATFORM).
-    pub const ACCESS_PLATFORM: u64 = 1 << 33;
+    pub const ACCESS_PLATFORM: u64 = vbdev_virtio::device::features::ACCESS_PLATFORM;
     /// Doorbells carry 32 bits of extra data (VIRTIO_F_NOTIFICATION_DATA); never accepted.
     pub const NOTIFICATION_DATA: u64 = 1 << 38;
     /// Doorbells carry `queue_notify_data` instead of the index (VIRTIO_F_NOTIF_CONFIG_DATA).
@@ -663,8 +538,8 @@ pub struct Doorbell {
 }
 
 impl Doorbell {
-    /// Rings the doorbell through `bars` (a 16-bit write); the MMIO `Notifier` of the
-    /// transport does the same store without the trait.
+    /// Rings the doorbell through `bars` (a 16-bit write); the transport's
+    /// `MmioDoorbell` does the same store into a mapping.
     ///
     /// # Errors
     /// When the BAR write fails.
