@@ -143,6 +143,18 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The PCI guest's stand-alone programs (built with plain rustc inside the harness) get the
+# workspace's formatting and its unsafe lints too.
+step "rustfmt --check and clippy-driver (workspace unsafe lints) on scripts/pci-guest/*.rs"
+rustfmt --check --edition 2024 scripts/pci-guest/*.rs
+clip_out=$(mktemp -d)
+for f in scripts/pci-guest/*.rs; do
+    clippy-driver --edition 2024 --crate-type bin -D warnings \
+        -D clippy::undocumented_unsafe_blocks -D clippy::missing_safety_doc \
+        -D unsafe_op_in_unsafe_fn -o "$clip_out/$(basename "$f" .rs)" "$f"
+done
+rm -rf "$clip_out"
+
 step "RUSTDOCFLAGS=\"-D warnings\" cargo doc --workspace --no-deps"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
