@@ -140,8 +140,9 @@ fi
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+# --all-features: the test-utils features too, and with them the ring benchmark.
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 # The PCI guest's stand-alone programs (built with plain rustc inside the harness) get the
 # workspace's formatting and its unsafe lints too.
@@ -160,6 +161,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "cargo bench -p vbdev-virtio --features test-utils --no-run (the ring benchmark builds)"
+cargo bench -p vbdev-virtio --features test-utils --no-run
 
 step "cargo test --workspace --release"
 cargo test --workspace --release
