@@ -2,6 +2,7 @@
 
 mod blk;
 mod iostat;
-mod qsd;
 mod util;
+
+use vbdev_testkit::qsd;
 mod vds;

@@ -8,8 +8,9 @@ mod io_rw;
 mod pci;
 mod pci_admin;
 mod perf;
-mod qsd;
 mod scsi_io;
 mod serve;
 mod target_cli;
 mod util;
+
+use vbdev_testkit::qsd;

@@ -411,8 +411,6 @@ fn usage_errors_exit_2_naming_the_option() {
 /// verify pattern lands in the image files.
 #[test]
 fn verify_passes_on_vhost_device_scsi() {
-    let bin =
-        std::env::var_os("VBDEV_VHOST_DEVICE_SCSI").unwrap_or_else(|| "vhost-device-scsi".into());
     let dir = tempfile::tempdir().unwrap();
     let images: Vec<_> = (0..2)
         .map(|i| {
@@ -424,29 +422,11 @@ fn verify_passes_on_vhost_device_scsi() {
             p
         })
         .collect();
+    let image_refs: Vec<&std::path::Path> = images.iter().map(|p| p.as_path()).collect();
     for (i, bdev) in ["VirtioScsi0t0", "VirtioScsi0t0l1"].iter().enumerate() {
-        let sock = dir.path().join(format!("vds{i}.sock"));
-        let mut child = std::process::Command::new(&bin)
-            .arg("--socket-path")
-            .arg(&sock)
-            .args(&images)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {bin:?} ({e}): run scripts/test.sh, which installs it")
-            });
-        // The daemon creates its socket before it listens; vbdev's bounded connect
-        // retries until it accepts. Wait only for the path (bounded).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "vhost-device-scsi exited"
-            );
-            assert!(std::time::Instant::now() < deadline, "no socket after 10 s");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        // Started and awaited (listening) by the test kit; one frontend per process.
+        let mut vds = vbdev_testkit::vds::Vds::start(&image_refs);
+        let sock = vds.socket().to_path_buf();
         let r = perf_json(&[
             "-q",
             "16",
@@ -469,7 +449,9 @@ fn verify_passes_on_vhost_device_scsi() {
         r.results[0].expect_sane();
         assert_eq!(r.results[0].job, *bdev);
         // It serves one frontend and exits when that one goes.
-        let status = child.wait().unwrap();
+        let status = vds
+            .wait_exit(std::time::Duration::from_secs(10))
+            .expect("vhost-device-scsi exits when its frontend goes");
         assert!(status.success(), "vhost-device-scsi: {status}");
         let data = std::fs::read(&images[i]).unwrap();
         assert!(

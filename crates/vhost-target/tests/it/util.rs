@@ -9,6 +9,7 @@ use vbdev_target::Faults;
 use vbdev_target::blk::{BlkTargetConfig, start_blk};
 use vbdev_target::fault::Fault;
 use vbdev_target::server::TargetHandle;
+pub use vbdev_testkit::data::{dma, error_chain, pattern, run};
 
 /// A malloc bdev of `num_blocks` blocks of `block_size` bytes, every byte `fill`.
 pub fn malloc_bdev(name: &str, num_blocks: u64, block_size: u32, fill: u8) -> Bdev {
@@ -93,27 +94,6 @@ pub fn attach_opts(socket: &Path, name: &str, opts: &AttachOptions) -> Bdev {
     }
 }
 
-/// Deterministic test data: a different byte sequence for every `seed`.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            // xorshift64
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// A DMA buffer holding `data`.
-pub fn dma(data: &[u8]) -> DmaBuf {
-    let mut b = DmaBuf::alloc(data.len()).expect("dma alloc");
-    b.copy_from_slice(data);
-    b
-}
-
 /// Reads `len` bytes at block 0 with a MEDIUM ERROR (03/11/00) injected by the scsi
 /// target's `faults`: the completion carries that CHECK CONDITION's sense.
 pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usize) -> Completion {
@@ -134,14 +114,6 @@ pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usiz
     c
 }
 
-/// Submits and waits for one request; panics if it is refused.
-pub fn run(ch: &mut IoChannel, req: Request) -> Completion {
-    if let Err(r) = ch.submit(req) {
-        panic!("submit refused: {}", r.error);
-    }
-    ch.wait_one().expect("completion")
-}
-
 /// Writes `data` at block `lba` and checks the completion.
 pub fn write(ch: &mut IoChannel, lba: u64, data: &[u8]) {
     let c = run(ch, Request::write(lba, dma(data), lba));
@@ -153,12 +125,4 @@ pub fn read(ch: &mut IoChannel, lba: u64, len: usize) -> Vec<u8> {
     let c = run(ch, Request::read(lba, DmaBuf::alloc(len).unwrap(), lba));
     assert_eq!(c.status, IoStatus::Success, "read at block {lba}");
     c.buf.expect("read buffer back").to_vec()
-}
-
-/// An error and its sources, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    std::iter::successors(Some(e), |e| e.source())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }

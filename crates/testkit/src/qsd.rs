@@ -1,7 +1,6 @@
 //! Test helper: run `qemu-storage-daemon` (qsd) as a vhost-user-blk target.
 //!
-//! This file is shared verbatim by several test binaries (`mod qsd;`), so it
-//! depends only on `std`, `libc` and `tempfile`, and on no vbdev crate.
+//! It depends only on `std`, `libc` and `tempfile`.
 //!
 //! Every [`Qsd`] lives in its own directory under `/tmp` (short enough for
 //! `sun_path`), holding the raw image, the vhost-user socket, the QMP socket,
