@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use vbdev_virtio::DmaBuf;
 
-use crate::bdev::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 use crate::direct::{DirectError, ReadDest, WriteSrc};
 use crate::error::{Error, RejectReason, Result};
+use crate::io::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 use crate::iostat::{BdevStats, ChannelStats, Counts, IoStat};
 
 /// A module's side of a channel: one device queue, owned by one thread.

@@ -13,8 +13,8 @@
 //! Channels that cannot do this ([`IoChannel::is_direct`](crate::IoChannel::is_direct)
 //! false: virtio bdevs, files) refuse direct calls; use requests there.
 
-use crate::bdev::IoError;
 use crate::error::RejectReason;
+use crate::io::IoError;
 
 /// Where a direct read puts its bytes, in order: the bdev calls it with consecutive
 /// pieces that together cover the read. Each method returns `false` when the

@@ -28,7 +28,7 @@ use vbdev_virtio::{
     SplitQueue, Transport, Used,
 };
 
-use crate::bdev::{Completion, IoError, IoOp, IoStatus, Request};
+use crate::io::{Completion, IoError, IoOp, IoStatus, Request};
 use crate::stall::StallClock;
 
 const TARGET: &str = "vbdev::engine";

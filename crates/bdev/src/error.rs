@@ -1,6 +1,6 @@
 //! Errors of the block-device layer.
 
-use crate::bdev::IoOp;
+use crate::io::IoOp;
 
 /// Result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

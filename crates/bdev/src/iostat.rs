@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::bdev::IoOp;
+use crate::io::IoOp;
 
 /// Completed requests of a bdev (or of one channel) and their bytes, by operation.
 ///

@@ -42,6 +42,7 @@ pub mod direct;
 mod engine;
 pub mod error;
 pub mod file;
+pub mod io;
 mod iostat;
 mod local;
 pub mod malloc;

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use vbdev_virtio::DmaBuf;
 
-use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
+use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::direct::{ReadDest, WriteSrc};
 use crate::error::{Error, Result};
+use crate::io::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 
 /// Log target of the local modules' bdevs and channels (each module logs its creation
 /// under its own).

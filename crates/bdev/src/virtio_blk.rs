@@ -18,10 +18,11 @@ use vbdev_virtio::{
     CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, SplitQueue, Transport, VirtioDevice,
 };
 
-use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
+use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::engine::{Attempts, Engine, Format, Slot, SlotView, Verdict};
 use crate::error::{Error, Result};
+use crate::io::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 
 const TARGET: &str = "vbdev::virtio_blk";
 
@@ -388,7 +389,10 @@ impl BlkShared {
         vec![
             ("transport", self.device.transport().kind().to_owned()),
             ("features", format!("0x{f:x}")),
-            ("feature_names", blk::feature_names(f).join(",")),
+            (
+                "feature_names",
+                vbdev_virtio::DeviceType::Blk.feature_names(f).join(","),
+            ),
             ("offered_features", format!("0x{:x}", self.device.offered())),
             ("capacity_sectors", c.capacity.to_string()),
             ("size_max", c.size_max.to_string()),

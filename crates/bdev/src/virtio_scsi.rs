@@ -57,10 +57,11 @@ use vbdev_virtio::scsi::{self as wire, ScsiConfig};
 use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, QueueConfig, SplitQueue, Transport, VirtioDevice};
 
-use crate::bdev::{Bdev, BdevBackend, BdevInfo, Completion, Request};
+use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::engine::PUBLISH_BATCH;
 use crate::error::{Error, Result};
+use crate::io::{BdevInfo, Completion, Request};
 
 use queue::{Layout, QueueSlot, ScsiQueue};
 
@@ -533,7 +534,10 @@ impl Ctrl {
         vec![
             ("transport", self.device.transport().kind().to_owned()),
             ("features", format!("0x{f:x}")),
-            ("feature_names", wire::feature_names(f).join(",")),
+            (
+                "feature_names",
+                vbdev_virtio::DeviceType::Scsi.feature_names(f).join(","),
+            ),
             ("offered_features", format!("0x{:x}", self.device.offered())),
             ("vq_count", (self.queues.len() + 2).to_string()),
             ("vq_size", self.queue_size.to_string()),

@@ -45,11 +45,6 @@ pub fn feature_name(bit: u64) -> Option<&'static str> {
     })
 }
 
-/// Names of every set bit in `f` (device-independent ones too; `"unknown"` for the rest).
-pub fn feature_names(f: u64) -> Vec<&'static str> {
-    crate::device::DeviceType::Blk.feature_names(f)
-}
-
 /// Request types (virtio 1.2 §5.2.6).
 pub mod req {
     /// Read.

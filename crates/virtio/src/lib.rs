@@ -39,6 +39,7 @@ pub mod blk;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod features;
 pub mod mem;
 pub mod reqq;
 pub mod scsi;
@@ -48,8 +49,9 @@ pub mod split;
 pub mod testing;
 pub mod transport;
 
-pub use device::{VirtioDevice, features};
+pub use device::VirtioDevice;
 pub use error::{Error, QueueError, Result};
+pub use features::DeviceType;
 pub use mem::{DmaBuf, DmaConfig, DmaDomain, Iova, RegionId};
 pub use reqq::{ChainBuilder, ContextLayout, Piece, RequestQueue};
 pub use shared::SharedMem;

@@ -27,11 +27,6 @@ pub fn feature_name(bit: u64) -> Option<&'static str> {
     })
 }
 
-/// Names of all bits set in `f` (device-independent ones too; `"unknown"` for the rest).
-pub fn feature_names(f: u64) -> Vec<&'static str> {
-    crate::device::DeviceType::Scsi.feature_names(f)
-}
-
 /// Response codes (`response` in command, TMF and AN responses, §5.6.6.1, §5.6.6.2).
 pub mod response {
     /// The request completed; for commands, `status` and sense are valid.
@@ -466,7 +461,7 @@ mod tests {
         assert_eq!(Event::parse(&e.to_bytes()), e);
         assert_eq!(response::name(response::BAD_TARGET), "BAD_TARGET");
         assert_eq!(
-            feature_names(features::HOTPLUG | 1 << 32),
+            crate::DeviceType::Scsi.feature_names(features::HOTPLUG | 1 << 32),
             ["HOTPLUG", "VERSION_1"]
         );
     }

@@ -14,8 +14,8 @@ use vbdev_scsi::{Sense, Status, UnmapDescriptor, cdb};
 use vbdev_virtio::scsi::{self as wire, CmdResp, response};
 use vbdev_virtio::{CallFd, DmaBuf, Piece};
 
-use crate::bdev::{IoError, IoOp, IoStatus, Request};
 use crate::engine::{Attempts, CmdDone, Engine, Format, Slot, SlotView, Verdict};
+use crate::io::{IoError, IoOp, IoStatus, Request};
 
 use super::Lun;
 

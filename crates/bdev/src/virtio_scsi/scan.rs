@@ -14,8 +14,8 @@ use vbdev_virtio::scsi::{self as wire, response};
 
 use super::queue::{Cmd, CmdOutcome};
 use super::{Ctrl, LunLimits, MAX_CHILD_BYTES, TARGET};
-use crate::bdev::IoError;
 use crate::error::{Error, Result};
+use crate::io::IoError;
 
 /// Attempts per scan command (SPDK uses 5).
 const SCAN_RETRIES: u32 = 5;
