@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod bdev;
 pub mod channel;
 pub mod direct;
@@ -53,6 +54,7 @@ pub mod ticks;
 pub mod virtio_blk;
 pub mod virtio_scsi;
 
+pub use attach::{Attached, QueueOptions, Target};
 pub use bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 pub use channel::{ChannelBackend, IoChannel, Rejected};
 pub use direct::{DirectError, ReadDest, WriteSrc};

@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vbdev_pci::{PciOptions, PciTransport};
 use vbdev_virtio::blk::{self, BlkConfig, DiscardWriteZeroes, ReqHeader};
 use vbdev_virtio::device::features as vfeat;
-use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{
     CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, SplitQueue, Transport, VirtioDevice,
 };
 
+use crate::attach::{QueueOptions, Target};
 use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::engine::{Attempts, Engine, Format, Slot, SlotView, Verdict};
@@ -58,58 +57,29 @@ pub const WANTED_FEATURES: u64 = blk::features::SIZE_MAX
     | vfeat::RING_INDIRECT_DESC
     | vfeat::VERSION_1;
 
-/// How to attach a virtio-blk device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttachOptions {
-    /// Request queues to set up: the most channels open at once (SPDK `vq_count`, default 1).
-    pub num_queues: u16,
-    /// Descriptors per queue, a power of two up to 32768 (SPDK `vq_size`, default 512).
-    pub queue_size: u16,
-    /// A request not completed within this time fails the device (default 30 s).
-    pub io_timeout: Duration,
-    /// vhost-user connection options.
-    pub vhost_user: VhostUserOptions,
-}
+/// How a virtio-blk device's queues are set up (the options of every device type).
+pub type AttachOptions = QueueOptions;
 
-impl Default for AttachOptions {
-    fn default() -> Self {
-        Self {
-            num_queues: 1,
-            queue_size: 512,
-            io_timeout: Duration::from_secs(30),
-            vhost_user: VhostUserOptions::default(),
-        }
-    }
-}
-
-/// Connects to a vhost-user-blk target and attaches it as bdev `name`.
+/// Connects to a vhost-user-blk target (default connection options) and attaches it as
+/// bdev `name`; [`attach_to`] with a [`Target`] for other options or a PCI function.
 ///
 /// # Errors
-/// [`Error::Attach`] with the cause: the socket cannot be reached, the target does not
-/// answer in time, lacks a required feature, or has fewer queues than asked for.
+/// As [`attach_to`].
 pub fn attach_vhost_user(name: &str, path: impl AsRef<Path>, opts: &AttachOptions) -> Result<Bdev> {
-    let attach_err = Error::attach(name);
-    let transport =
-        VhostUser::connect(path, DmaDomain::global(), opts.vhost_user).map_err(attach_err)?;
-    attach(name, Arc::new(transport), opts)
+    attach_to(name, &Target::vhost_user(path.as_ref()), opts)
 }
 
-/// Opens the virtio-blk PCI function `bdf` (bound to `vfio-pci` or `uio_pci_generic`,
-/// see [`PciTransport::open`]) and attaches it as bdev `name`. The DMA domain should be
-/// configured before it is first used: [`DmaConfig::physical`] for uio and VFIO
-/// no-IOMMU (physical addresses), [`DmaConfig::pinned`] or `physical` for VFIO type1.
-///
-/// [`DmaConfig::physical`]: vbdev_virtio::DmaConfig::physical
-/// [`DmaConfig::pinned`]: vbdev_virtio::DmaConfig::pinned
+/// Opens the transport to `target` and attaches the virtio-blk device there as bdev
+/// `name`.
 ///
 /// # Errors
-/// [`Error::Attach`] with the cause: the function is bound to another driver, a VFIO
-/// or sysfs step fails, the DMA memory is not in the mode the binding needs, the device
-/// lacks a required feature, or has fewer queues than asked for.
-pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<Bdev> {
-    let transport = PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default())
-        .map_err(Error::attach(name))?;
-    attach(name, transport, opts)
+/// [`Error::InvalidOption`] for a bad queue count or size (before connecting);
+/// [`Error::Attach`] with the cause: the target cannot be reached or does not answer in
+/// time (see [`Target::open`]), lacks a required feature, or has fewer queues than asked
+/// for.
+pub fn attach_to(name: &str, target: &Target, opts: &AttachOptions) -> Result<Bdev> {
+    opts.check(1)?;
+    attach(name, target.open(name)?, opts)
 }
 
 /// Attaches the virtio-blk device behind `transport` as bdev `name`.
@@ -118,17 +88,9 @@ pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<Bdev> {
 /// [`Error::Attach`] when negotiation, configuration or queue setup fails;
 /// [`Error::InvalidOption`] for a bad queue count or size.
 pub fn attach(name: &str, transport: Arc<dyn Transport>, opts: &AttachOptions) -> Result<Bdev> {
-    if opts.num_queues == 0 {
-        return Err(Error::InvalidOption {
-            option: "num_queues",
-            why: "must be at least 1".into(),
-        });
-    }
-    if !opts.queue_size.is_power_of_two() {
-        return Err(Error::InvalidOption {
-            option: "queue_size",
-            why: format!("{} is not a power of two from 1 to 32768", opts.queue_size),
-        });
+    if let Err(e) = opts.check(1) {
+        transport.shutdown();
+        return Err(e);
     }
     let attach_err = Error::attach(name);
     let result = BlkShared::new(name, Arc::clone(&transport), opts).map_err(attach_err);
@@ -314,7 +276,7 @@ impl BlkShared {
             )?);
         }
         device.driver_ok()?;
-        let serial = queues[0].get_id(opts.vhost_user.timeout)?;
+        let serial = queues[0].get_id(opts.cmd_timeout)?;
         let info = BdevInfo {
             name: name.to_owned(),
             product_name: "VirtioBlk Disk".into(),

@@ -51,12 +51,11 @@ use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use vbdev_pci::{PciOptions, PciTransport};
 use vbdev_virtio::device::features as vfeat;
 use vbdev_virtio::scsi::{self as wire, ScsiConfig};
-use vbdev_virtio::transport::vhost_user::{VhostUser, VhostUserOptions};
 use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, QueueConfig, SplitQueue, Transport, VirtioDevice};
 
+use crate::attach::{QueueOptions, Target};
 use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::engine::PUBLISH_BATCH;
@@ -82,34 +81,9 @@ const MAX_CHILD_BYTES: u64 = 1 << 30;
 /// Event buffers kept posted (SPDK posts 16 as well).
 const EVENT_BUFFERS: u16 = 16;
 
-/// How to attach a virtio-scsi controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttachOptions {
-    /// Request queues for I/O: the most threads doing I/O at once (SPDK `vq_count`,
-    /// default 1). One more is set up for scans when the device has it.
-    pub num_queues: u16,
-    /// Descriptors per request queue, a power of two up to 32768 (SPDK `vq_size`,
-    /// default 512).
-    pub queue_size: u16,
-    /// A request not completed within this time fails the controller (default 30 s).
-    pub io_timeout: Duration,
-    /// Each scan or management command must complete within this (default 5 s).
-    pub cmd_timeout: Duration,
-    /// vhost-user connection options.
-    pub vhost_user: VhostUserOptions,
-}
-
-impl Default for AttachOptions {
-    fn default() -> Self {
-        Self {
-            num_queues: 1,
-            queue_size: 512,
-            io_timeout: Duration::from_secs(30),
-            cmd_timeout: Duration::from_secs(5),
-            vhost_user: VhostUserOptions::default(),
-        }
-    }
-}
+/// How a virtio-scsi controller's queues are set up (the options of every device type;
+/// `cmd_timeout` bounds each scan command).
+pub type AttachOptions = QueueOptions;
 
 /// A change to the bdevs of a controller, reported to subscribers.
 #[derive(Debug, Clone)]
@@ -268,54 +242,45 @@ struct Ctrl {
 #[derive(Debug, Clone)]
 pub struct ScsiController(Arc<Ctrl>);
 
-/// Connects to a vhost-user-scsi target, scans it and returns the controller.
+/// Connects to a vhost-user-scsi target (default connection options), scans it and
+/// returns the controller; [`attach_to`] with a [`Target`] for other options or a PCI
+/// function.
 ///
 /// # Errors
-/// [`Error::Attach`] when the socket cannot be reached, negotiation or queue setup
-/// fails; [`Error::Scan`] when a scan command times out or the device breaks.
+/// As [`attach_to`].
 pub fn attach_vhost_user(
     name: &str,
     path: impl AsRef<Path>,
     opts: &AttachOptions,
 ) -> Result<ScsiController> {
-    let transport = VhostUser::connect(path, DmaDomain::global(), opts.vhost_user)
-        .map_err(Error::attach(name))?;
-    attach(name, Arc::new(transport), opts)
+    attach_to(name, &Target::vhost_user(path.as_ref()), opts)
 }
 
-/// Opens the virtio-scsi PCI function `bdf` (bound to `vfio-pci` or `uio_pci_generic`,
-/// see [`PciTransport::open`]), scans it and returns the controller. The DMA domain
-/// should be configured before it is first used, as for
-/// [`virtio_blk::attach_pci`](crate::virtio_blk::attach_pci).
+/// Opens the transport to `target`, attaches the virtio-scsi controller there as `name`
+/// and scans it.
 ///
 /// # Errors
-/// As [`attach_vhost_user`], with the VFIO or sysfs steps in place of the socket.
-pub fn attach_pci(name: &str, bdf: &str, opts: &AttachOptions) -> Result<ScsiController> {
-    let transport = PciTransport::open(bdf, DmaDomain::global(), &PciOptions::default())
-        .map_err(Error::attach(name))?;
-    attach(name, transport, opts)
+/// [`Error::InvalidOption`] for a bad queue count or size (before connecting);
+/// [`Error::Attach`] when the target cannot be reached (see [`Target::open`]),
+/// negotiation or queue setup fails; [`Error::Scan`] when a scan command times out or the
+/// device breaks.
+pub fn attach_to(name: &str, target: &Target, opts: &AttachOptions) -> Result<ScsiController> {
+    opts.check(4)?;
+    attach(name, target.open(name)?, opts)
 }
 
 /// Attaches the virtio-scsi device behind `transport` as controller `name` and scans it.
 ///
 /// # Errors
-/// As [`attach_vhost_user`]; [`Error::InvalidOption`] for a bad queue count or size.
+/// As [`attach_to`].
 pub fn attach(
     name: &str,
     transport: Arc<dyn Transport>,
     opts: &AttachOptions,
 ) -> Result<ScsiController> {
-    if opts.num_queues == 0 {
-        return Err(Error::InvalidOption {
-            option: "num_queues",
-            why: "must be at least 1".into(),
-        });
-    }
-    if !opts.queue_size.is_power_of_two() || opts.queue_size < 4 {
-        return Err(Error::InvalidOption {
-            option: "queue_size",
-            why: format!("{} is not a power of two from 4 to 32768", opts.queue_size),
-        });
+    if let Err(e) = opts.check(4) {
+        transport.shutdown();
+        return Err(e);
     }
     let ctrl = match Ctrl::new(name, Arc::clone(&transport), opts) {
         Ok(c) => Arc::new(c),

@@ -1,5 +1,5 @@
-//! Attaching to a vhost-user target (or, for `vbdev io`, a PCI function), shared by
-//! `vbdev io` and `vbdev perf`.
+//! Attaching to a vhost-user target or a PCI function, shared by `vbdev io` and `vbdev
+//! perf`: the command-line options made into `vbdev_bdev::attach`'s descriptions.
 //!
 //! virtio-blk attaches as one bdev named after the attach name; virtio-scsi attaches as a
 //! controller whose LUNs become bdevs `<name>t<T>` (LUN 0) and `<name>t<T>l<L>`.
@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use vbdev_bdev::virtio_scsi::{self, ScsiController};
-use vbdev_bdev::{Bdev, virtio_blk};
+use vbdev_bdev::virtio_scsi::ScsiController;
+use vbdev_bdev::{Bdev, QueueOptions, Target};
+use vbdev_virtio::DeviceType;
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
 
 use crate::Failure;
@@ -20,13 +21,15 @@ pub const BLK_NAME: &str = "VirtioBlk0";
 /// The controller name a virtio-scsi device attaches under (prefix of its bdev names).
 pub const SCSI_NAME: &str = "VirtioScsi0";
 
-/// How to attach, per device type.
+/// How to attach: the device type, its queues, and the transport's reply deadline.
 #[derive(Debug, Clone)]
-pub enum Attach {
-    /// virtio-blk.
-    Blk(virtio_blk::AttachOptions),
-    /// virtio-scsi.
-    Scsi(virtio_scsi::AttachOptions),
+pub struct Attach {
+    /// virtio-blk or virtio-scsi.
+    pub device: DeviceType,
+    /// Queue count, size and timeouts.
+    pub queues: QueueOptions,
+    /// The vhost-user reply deadline (`--timeout-ms`).
+    timeout: Duration,
 }
 
 impl Attach {
@@ -48,56 +51,57 @@ impl Attach {
         if timeout.is_zero() {
             return Err(Failure::usage(anyhow!("--timeout-ms must be positive")));
         }
-        let vhost_user = VhostUserOptions { timeout };
-        Ok(match dev_type {
-            DevType::Blk => Attach::Blk(virtio_blk::AttachOptions {
+        let device = match dev_type {
+            DevType::Blk => DeviceType::Blk,
+            DevType::Scsi => DeviceType::Scsi,
+        };
+        if device == DeviceType::Scsi && queue_size < 4 {
+            return Err(Failure::usage(anyhow!(
+                "--queue-size {queue_size} is below 4, the least a virtio-scsi request needs"
+            )));
+        }
+        Ok(Attach {
+            device,
+            queues: QueueOptions {
                 num_queues: queues,
                 queue_size,
-                vhost_user,
-                ..virtio_blk::AttachOptions::default()
-            }),
-            DevType::Scsi => {
-                if queue_size < 4 {
-                    return Err(Failure::usage(anyhow!(
-                        "--queue-size {queue_size} is below 4, the least a virtio-scsi request needs"
-                    )));
-                }
-                Attach::Scsi(virtio_scsi::AttachOptions {
-                    num_queues: queues,
-                    queue_size,
-                    cmd_timeout: timeout,
-                    vhost_user,
-                    ..virtio_scsi::AttachOptions::default()
-                })
-            }
+                cmd_timeout: timeout,
+                ..QueueOptions::default()
+            },
+            timeout,
         })
+    }
+
+    /// The name the device attaches under.
+    pub fn name(&self) -> &'static str {
+        match self.device {
+            DeviceType::Blk => BLK_NAME,
+            DeviceType::Scsi => SCSI_NAME,
+        }
     }
 
     /// Connects to `path` and attaches the device as `name`; failures are run failures.
     pub fn connect(&self, name: &str, path: &Path) -> Result<Attached, Failure> {
-        match self {
-            Attach::Blk(opts) => virtio_blk::attach_vhost_user(name, path, opts)
-                .map(Attached::Blk)
-                .map_err(Failure::run),
-            Attach::Scsi(opts) => virtio_scsi::attach_vhost_user(name, path, opts)
-                .map(Attached::Scsi)
-                .map_err(Failure::run),
-        }
+        self.attach(
+            name,
+            &Target::VhostUser {
+                path: path.to_path_buf(),
+                options: VhostUserOptions {
+                    timeout: self.timeout,
+                },
+            },
+        )
     }
-}
 
-impl Attach {
-    /// Opens PCI function `bdf` through VFIO and attaches it as `name`; failures are run
-    /// failures.
+    /// Opens PCI function `bdf` and attaches it as `name`; failures are run failures.
     pub fn connect_pci(&self, name: &str, bdf: &str) -> Result<Attached, Failure> {
-        match self {
-            Attach::Blk(opts) => virtio_blk::attach_pci(name, bdf, opts)
-                .map(Attached::Blk)
-                .map_err(Failure::run),
-            Attach::Scsi(opts) => virtio_scsi::attach_pci(name, bdf, opts)
-                .map(Attached::Scsi)
-                .map_err(Failure::run),
-        }
+        self.attach(name, &Target::pci(bdf))
+    }
+
+    fn attach(&self, name: &str, target: &Target) -> Result<Attached, Failure> {
+        vbdev_bdev::attach::attach(name, target, self.device, &self.queues)
+            .map(Attached::from)
+            .map_err(Failure::run)
     }
 }
 
@@ -110,6 +114,15 @@ pub enum Attached {
     Scsi(ScsiController),
     /// A bdev of this process (malloc, null).
     Local(Bdev),
+}
+
+impl From<vbdev_bdev::Attached> for Attached {
+    fn from(a: vbdev_bdev::Attached) -> Self {
+        match a {
+            vbdev_bdev::Attached::Blk(b) => Attached::Blk(b),
+            vbdev_bdev::Attached::Scsi(c) => Attached::Scsi(c),
+        }
+    }
 }
 
 impl Attached {

@@ -16,7 +16,7 @@ use vbdev_bdev::virtio_scsi::{self, ScsiController};
 use vbdev_bdev::{Bdev, Completion, DmaBuf, IoChannel, Request};
 
 use crate::Failure;
-use crate::attach::{Attach, Attached, BLK_NAME, SCSI_NAME};
+use crate::attach::{Attach, Attached, BLK_NAME};
 use crate::cli::{DevType, IoArgs, IoCmd};
 use crate::output::{self, InfoJson, OpJson, ScsiBdevJson, ScsiControllerJson, ScsiInfoJson};
 
@@ -49,17 +49,14 @@ impl TryFrom<&IoArgs> for IoConfig {
 
 pub fn run(args: IoArgs) -> Result<(), Failure> {
     let cfg = IoConfig::try_from(&args)?;
-    let name = match cfg.attach {
-        Attach::Blk(_) => BLK_NAME,
-        Attach::Scsi(_) => SCSI_NAME,
-    };
+    let name = cfg.attach.name();
     let attached = match (&args.vhost_user, &args.pci) {
         (Some(path), _) => cfg.attach.connect(name, path)?,
         (None, Some(bdf)) => cfg.attach.connect_pci(name, bdf)?,
         (None, None) => unreachable!("clap requires --vhost-user or --pci"),
     };
     let result = match (&attached, &cfg.attach) {
-        (Attached::Scsi(ctrl), Attach::Scsi(opts)) => execute_scsi(ctrl, opts, &args),
+        (Attached::Scsi(ctrl), _) => execute_scsi(ctrl, &cfg.attach.queues, &args),
         (Attached::Blk(bdev), _) => execute(bdev, &args),
         _ => unreachable!("attached as configured"),
     };

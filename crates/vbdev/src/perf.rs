@@ -322,21 +322,13 @@ fn set_up(cfg: &PerfConfig) -> Result<Setup, Failure> {
 }
 
 /// The attach name of a device type: `VirtioBlk0` or `VirtioScsi0`.
-fn attach_name(attach: &Attach) -> &'static str {
-    match attach {
-        Attach::Blk(_) => crate::attach::BLK_NAME,
-        Attach::Scsi(_) => SCSI_NAME,
-    }
-}
-
 fn set_up_into(cfg: &PerfConfig, s: &mut Setup) -> Result<(), Failure> {
     match &cfg.source {
         Source::VhostUser { path, attach } => {
-            s.attached.push(attach.connect(attach_name(attach), path)?);
+            s.attached.push(attach.connect(attach.name(), path)?);
         }
         Source::Pci { bdf, attach } => {
-            s.attached
-                .push(attach.connect_pci(attach_name(attach), bdf)?);
+            s.attached.push(attach.connect_pci(attach.name(), bdf)?);
         }
         Source::Config { items, timeout } => {
             for item in items {
@@ -385,11 +377,9 @@ fn set_up_into(cfg: &PerfConfig, s: &mut Setup) -> Result<(), Failure> {
             let socket = dir.path().join("scsi.sock");
             let disk = malloc::create("Malloc0", size / u64::from(*block_size), *block_size)
                 .map_err(Failure::usage)?;
-            let Attach::Scsi(opts) = attach else {
-                unreachable!("the embedded target is virtio-scsi")
-            };
+            debug_assert_eq!(attach.device, vbdev_virtio::DeviceType::Scsi);
             let tcfg = ScsiTargetConfig {
-                num_queues: opts.num_queues,
+                num_queues: attach.queues.num_queues,
                 poll: true,
                 ..ScsiTargetConfig::new(&socket)
             };

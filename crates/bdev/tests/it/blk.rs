@@ -3,6 +3,7 @@
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
+use vbdev_bdev::Target;
 use vbdev_bdev::virtio_blk::{self, AttachOptions};
 use vbdev_bdev::{DmaBuf, Error, IoError, IoStatus, RejectReason, Request};
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
@@ -293,14 +294,15 @@ fn silent_target_fails_attach_with_a_timeout() {
         .unwrap();
     let path = dir.path().join("silent.sock");
     let _listener = UnixListener::bind(&path).unwrap();
-    let opts = AttachOptions {
-        vhost_user: VhostUserOptions {
+    let target = Target::VhostUser {
+        path: path.clone(),
+        options: VhostUserOptions {
             timeout: Duration::from_millis(500),
         },
-        ..AttachOptions::default()
     };
     let start = Instant::now();
-    let e = virtio_blk::attach_vhost_user("silent", &path, &opts).expect_err("no answer");
+    let e =
+        virtio_blk::attach_to("silent", &target, &AttachOptions::default()).expect_err("no answer");
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -328,13 +330,14 @@ fn regression_15_a_target_that_hangs_up_mid_call_is_not_a_timeout() {
         let mut hdr = [0u8; 24];
         let _ = s.read_exact(&mut hdr);
     });
-    let opts = AttachOptions {
-        vhost_user: VhostUserOptions {
+    let target = Target::VhostUser {
+        path: path.clone(),
+        options: VhostUserOptions {
             timeout: Duration::from_secs(30),
         },
-        ..AttachOptions::default()
     };
-    let e = virtio_blk::attach_vhost_user("hangup", &path, &opts).expect_err("hung up");
+    let e =
+        virtio_blk::attach_to("hangup", &target, &AttachOptions::default()).expect_err("hung up");
     server.join().unwrap();
     let chain = error_chain(&e);
     assert!(!chain.contains("did not answer"), "{chain}");
@@ -348,13 +351,14 @@ fn regression_15_a_target_that_hangs_up_mid_call_is_not_a_timeout() {
 fn second_frontend_on_a_busy_qsd_times_out_and_the_first_keeps_working() {
     let q = QsdBuilder::new(Backend::Null { size: 8 * MIB }).start();
     let first = attach(&q, "first", 1, 64);
-    let opts = AttachOptions {
-        vhost_user: VhostUserOptions {
+    let target = Target::VhostUser {
+        path: q.socket().into(),
+        options: VhostUserOptions {
             timeout: Duration::from_millis(500),
         },
-        ..AttachOptions::default()
     };
-    let e = virtio_blk::attach_vhost_user("second", q.socket(), &opts).expect_err("qsd is busy");
+    let e = virtio_blk::attach_to("second", &target, &AttachOptions::default())
+        .expect_err("qsd is busy");
     assert!(format!("{:?}", e).contains("Timeout"), "{e:?}");
     let mut ch = first.open_channel().unwrap();
     let c = run(&mut ch, Request::read(0, DmaBuf::alloc(4096).unwrap(), 1));

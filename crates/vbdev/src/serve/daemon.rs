@@ -38,10 +38,12 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use vbdev_bdev::virtio_scsi::{self, ScsiController};
-use vbdev_bdev::{Bdev, malloc, null, virtio_blk};
+use vbdev_bdev::attach::{Attached as VirtioDev, QueueOptions, Target};
+use vbdev_bdev::{Bdev, malloc, null};
+use vbdev_pci::PciOptions;
 use vbdev_pci::sysfs::{Bdf, DeviceType, PciFunction, Sysfs};
 use vbdev_target::{BlkTargetConfig, ScsiHandle, ScsiTargetConfig, TargetHandle};
+use vbdev_virtio::DeviceType as VirtioType;
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
 
 use super::rpc::{Handler, RpcError};
@@ -96,25 +98,13 @@ struct Virtio {
     dev: VirtioDev,
 }
 
-#[derive(Debug)]
-enum VirtioDev {
-    Blk(Bdev),
-    Scsi(ScsiController),
-}
-
 impl Virtio {
     fn bdevs(&self) -> Vec<Bdev> {
-        match &self.dev {
-            VirtioDev::Blk(b) => vec![b.clone()],
-            VirtioDev::Scsi(c) => c.bdevs(),
-        }
+        self.dev.bdevs()
     }
 
     fn detach(&self) {
-        match &self.dev {
-            VirtioDev::Blk(b) => b.detach(),
-            VirtioDev::Scsi(c) => c.detach(),
-        }
+        self.dev.detach();
     }
 
     fn is_scsi(&self) -> bool {
@@ -922,40 +912,32 @@ impl Daemon {
             timeout_ms,
         } = spec;
         let socket = PathBuf::from(&traddr);
-        let vhost_user = VhostUserOptions {
-            timeout: timeout_ms.map_or(self.vhost_timeout, Duration::from_millis),
-        };
-        let dev = if pci {
-            if scsi {
-                let opts = virtio_scsi::AttachOptions {
-                    queue_size: vq_size,
-                    ..virtio_scsi::AttachOptions::default()
-                };
-                virtio_scsi::attach_pci(&name, &traddr, &opts).map(VirtioDev::Scsi)
-            } else {
-                let opts = virtio_blk::AttachOptions {
-                    queue_size: vq_size,
-                    ..virtio_blk::AttachOptions::default()
-                };
-                virtio_blk::attach_pci(&name, &traddr, &opts).map(VirtioDev::Blk)
+        // One description of where the device is and one of its queues (SPDK: PCI takes
+        // no queue count).
+        let target = if pci {
+            Target::Pci {
+                bdf: traddr.clone(),
+                options: PciOptions::default(),
             }
-        } else if scsi {
-            let opts = virtio_scsi::AttachOptions {
-                num_queues: vq_count,
-                queue_size: vq_size,
-                vhost_user,
-                ..virtio_scsi::AttachOptions::default()
-            };
-            virtio_scsi::attach_vhost_user(&name, &socket, &opts).map(VirtioDev::Scsi)
         } else {
-            let opts = virtio_blk::AttachOptions {
-                num_queues: vq_count,
-                queue_size: vq_size,
-                vhost_user,
-                ..virtio_blk::AttachOptions::default()
-            };
-            virtio_blk::attach_vhost_user(&name, &socket, &opts).map(VirtioDev::Blk)
+            Target::VhostUser {
+                path: socket.clone(),
+                options: VhostUserOptions {
+                    timeout: timeout_ms.map_or(self.vhost_timeout, Duration::from_millis),
+                },
+            }
         };
+        let queues = QueueOptions {
+            num_queues: if pci { 1 } else { vq_count },
+            queue_size: vq_size,
+            ..QueueOptions::default()
+        };
+        let device = if scsi {
+            VirtioType::Scsi
+        } else {
+            VirtioType::Blk
+        };
+        let dev = vbdev_bdev::attach::attach(&name, &target, device, &queues);
         let dev = match dev {
             Ok(d) => d,
             Err(e) => {

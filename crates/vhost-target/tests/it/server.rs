@@ -66,13 +66,13 @@ fn one_frontend_at_a_time_the_next_is_served_when_the_first_goes() {
     let mut ch = a.open_channel().unwrap();
     write(&mut ch, 8, &data);
     // A second frontend connects (the backlog takes it) but gets no answer.
-    let short = AttachOptions {
-        vhost_user: VhostUserOptions {
+    let short = vbdev_bdev::Target::VhostUser {
+        path: t.socket().to_path_buf(),
+        options: VhostUserOptions {
             timeout: Duration::from_millis(300),
         },
-        ..AttachOptions::default()
     };
-    let e = virtio_blk::attach_vhost_user("b", t.socket(), &short).expect_err("not served");
+    let e = virtio_blk::attach_to("b", &short, &AttachOptions::default()).expect_err("not served");
     assert!(matches!(e, vbdev_bdev::Error::Attach { .. }), "{e}");
     assert!(!a.is_removed(), "the first frontend is unaffected");
     write(&mut ch, 16, &data);
