@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use vbdev_scsi::Sense;
 use vbdev_virtio::{DmaBuf, QueueError};
 
 /// What a bdev is and what it can do; fixed at attach.
@@ -190,15 +191,12 @@ pub enum IoError {
     /// The device did not complete within the I/O timeout and was failed.
     #[error("device timed out")]
     TimedOut,
-    /// A SCSI command ended in CHECK CONDITION; the sense data's key and codes.
-    #[error("SCSI CHECK CONDITION: {} (sense key 0x{sense_key:x}, ASC 0x{asc:02x}, ASCQ 0x{ascq:02x})", sense_key_name(*.sense_key))]
+    /// A SCSI command ended in CHECK CONDITION, with the sense data the device reported
+    /// (key, codes, INFORMATION such as the failing LBA, field pointer).
+    #[error("SCSI CHECK CONDITION: {} (sense key 0x{:x}, ASC 0x{:02x}, ASCQ 0x{:02x})", sense_key_name(sense.sense_key), sense.sense_key.get(), sense.asc, sense.ascq)]
     ScsiCheckCondition {
-        /// SENSE KEY.
-        sense_key: u8,
-        /// ADDITIONAL SENSE CODE.
-        asc: u8,
-        /// ADDITIONAL SENSE CODE QUALIFIER.
-        ascq: u8,
+        /// The parsed sense data.
+        sense: Sense,
     },
     /// A SCSI command ended with a status other than GOOD or CHECK CONDITION (after
     /// retries for BUSY and TASK SET FULL), or CHECK CONDITION without usable sense.
@@ -216,10 +214,8 @@ pub enum IoError {
     },
 }
 
-fn sense_key_name(k: u8) -> &'static str {
-    vbdev_scsi::SenseKey::new(k)
-        .name()
-        .unwrap_or("reserved sense key")
+fn sense_key_name(k: vbdev_scsi::SenseKey) -> &'static str {
+    k.name().unwrap_or("reserved sense key")
 }
 
 /// The outcome of a request.

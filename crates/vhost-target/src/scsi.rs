@@ -45,7 +45,6 @@ mod block;
 mod inquiry;
 mod mode;
 mod opcode;
-mod sense;
 mod wire;
 
 #[cfg(test)]
@@ -57,7 +56,10 @@ use std::fmt;
 use tracing::{debug, trace};
 
 pub use addr::{MAX_LUN, parse_virtio_lun, sam_lun};
-pub use sense::{FIXED_SENSE_LEN, FieldPointer, Sense, SenseKey};
+// Sense data is the SCSI crate's, which both encodes it (here) and parses it (the
+// initiator).
+pub use vbdev_scsi::SenseKey;
+pub use vbdev_scsi::sense::{FIXED_SENSE_LEN, FieldPointer, Sense};
 
 use crate::disk::{BlockIo, DiskError, DiskInfo};
 use opcode::Caps;
@@ -426,7 +428,7 @@ impl Lun {
                 trace!(
                     target: TARGET,
                     opcode,
-                    sense_key = sense.sense_key.0,
+                    sense_key = sense.sense_key.get(),
                     asc = sense.asc,
                     ascq = sense.ascq,
                     "check condition"

@@ -869,7 +869,7 @@ impl ScsiDevice {
         };
         let outcome = match fault {
             Some(Fault::ScsiSense { key, asc, ascq }) => {
-                CmdOutcome::check_condition(Sense::new(SenseKey(key), asc, ascq))
+                CmdOutcome::check_condition(Sense::new(SenseKey::new(key), asc, ascq))
             }
             Some(Fault::ScsiStatus(status)) => CmdOutcome {
                 status: crate::scsi::Status(status),

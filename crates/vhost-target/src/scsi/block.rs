@@ -2,10 +2,10 @@
 //! and UNMAP.
 
 use super::ReadSink;
+use super::Sense;
 use super::opcode::{
     READ_6, READ_10, READ_12, SYNCHRONIZE_CACHE_16, WRITE_6, WRITE_10, WRITE_12, WRITE_SAME_16,
 };
-use super::sense::Sense;
 use super::wire::{Cdb, DataIn};
 use super::{Access, CmdResult, Failure, Lun, disk_error};
 use crate::disk::DiskError;

@@ -1,6 +1,6 @@
 //! INQUIRY (SPC-5 §6.7): standard data and the vital product data pages.
 
-use super::sense::Sense;
+use super::Sense;
 use super::wire::{Cdb, DataIn};
 use super::{Lun, REVISION, VENDOR};
 

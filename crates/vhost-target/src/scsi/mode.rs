@@ -2,8 +2,8 @@
 //! pages, read-only (MODE SELECT is not implemented, so nothing is changeable).
 
 use super::Lun;
+use super::Sense;
 use super::opcode::MODE_SENSE_10;
-use super::sense::Sense;
 use super::wire::{Cdb, DataIn};
 
 const PAGE_CACHING: u8 = 0x08;

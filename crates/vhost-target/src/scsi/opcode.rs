@@ -12,7 +12,7 @@
 //! Bits of the CONTROL byte are all treated as reserved: NACA = 1 is refused because ACA
 //! is not supported (SAM-5 CONTROL byte, NORMACA = 0 in the standard INQUIRY data).
 
-use super::sense::Sense;
+use super::Sense;
 use super::wire::{Cdb, DataIn};
 
 pub(super) const TEST_UNIT_READY: u8 = 0x00;

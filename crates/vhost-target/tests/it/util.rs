@@ -103,14 +103,13 @@ pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usiz
         ascq: 0x00,
     });
     let c = run(ch, Request::read(0, DmaBuf::alloc(len).unwrap(), 1));
-    assert_eq!(
-        c.status,
-        IoStatus::Failed(IoError::ScsiCheckCondition {
-            sense_key: 0x3,
-            asc: 0x11,
-            ascq: 0
-        })
-    );
+    match c.status {
+        IoStatus::Failed(IoError::ScsiCheckCondition { sense }) => {
+            assert!(sense.is_medium_error(), "{sense:?}");
+            assert_eq!((sense.asc, sense.ascq), (0x11, 0));
+        }
+        s => panic!("expected CHECK CONDITION with MEDIUM ERROR, got {s:?}"),
+    }
     c
 }
 
