@@ -40,7 +40,6 @@
 //!   medium. Medium access commands and TEST UNIT READY then end in NOT READY, MEDIUM
 //!   NOT PRESENT (3Ah/00h).
 
-mod addr;
 mod block;
 mod inquiry;
 mod mode;
@@ -55,7 +54,17 @@ use std::fmt;
 
 use tracing::{debug, trace};
 
-pub use addr::{MAX_LUN, parse_virtio_lun, sam_lun};
+/// The highest LUN flat space addressing can express (14 bits).
+pub const MAX_LUN: u16 = vbdev_scsi::Lun::MAX;
+// LUN addressing is shared with the initiator: the request's LUN field is
+// `vbdev_virtio::scsi`'s, the SAM LUN structure `vbdev_scsi::Lun`'s.
+pub use vbdev_virtio::scsi::parse_lun_field as parse_virtio_lun;
+
+/// The 8-byte single level LUN structure for `lun` (peripheral device addressing below
+/// 256, flat space up to [`MAX_LUN`]); `None` above it.
+pub fn sam_lun(lun: u16) -> Option<[u8; 8]> {
+    vbdev_scsi::Lun::new(lun).map(vbdev_scsi::Lun::to_bytes)
+}
 // Sense data is the SCSI crate's, which both encodes it (here) and parses it (the
 // initiator).
 pub use vbdev_scsi::SenseKey;

@@ -277,11 +277,15 @@ pub fn lun_field(target: u8, lun: u16) -> [u8; 8] {
     [1, target, 0x40 | (lun >> 8) as u8, lun as u8, 0, 0, 0, 0]
 }
 
-/// Decodes a LUN field written by a device (event queue, §5.6.6.3) into
-/// `(target, lun)`: byte 0 must be 1; bytes 2..4 in peripheral (`00b`) or flat space
-/// (`01b`) addressing. `None` for any other layout.
+/// Decodes a LUN field into `(target, lun)`: what a driver sends in a request (the
+/// target's side) and what a device reports in an event (§5.6.6.3). Byte 0 must be 1,
+/// byte 1 is the target, bytes 2..4 a single level LUN in peripheral (`00b`, bus 0) or
+/// flat space (`01b`) addressing, bytes 4..8 zero. Linux sends flat space addressing,
+/// SPDK all zeros (peripheral LUN 0); both are accepted. `None` for any other layout
+/// (including the REPORT LUNS well-known LUN `C1h 01h`), which a device answers with
+/// `VIRTIO_SCSI_S_BAD_TARGET`.
 pub fn parse_lun_field(f: &[u8; 8]) -> Option<(u8, u16)> {
-    if f[0] != 1 {
+    if f[0] != 1 || f[4..] != [0, 0, 0, 0] {
         return None;
     }
     let lun = match f[2] >> 6 {
@@ -424,6 +428,16 @@ mod tests {
         assert_eq!(parse_lun_field(&[0, 2, 0, 5, 0, 0, 0, 0]), None);
         assert_eq!(parse_lun_field(&[1, 2, 0x80, 5, 0, 0, 0, 0]), None);
         assert_eq!(parse_lun_field(&[1, 2, 0x01, 5, 0, 0, 0, 0]), None);
+        // Lower levels must be zero; the well-known REPORT LUNS LUN is not addressable.
+        assert_eq!(parse_lun_field(&[1, 0, 0x40, 0, 0, 0, 0, 1]), None);
+        assert_eq!(parse_lun_field(&[1, 0, 0xC1, 0x01, 0, 0, 0, 0]), None);
+        // SPDK: bytes 2..8 zero.
+        assert_eq!(parse_lun_field(&[1, 7, 0, 0, 0, 0, 0, 0]), Some((7, 0)));
+        for t in [0u8, 9, 255] {
+            for l in 0..=0x3fffu16 {
+                assert_eq!(parse_lun_field(&lun_field(t, l)), Some((t, l)));
+            }
+        }
     }
 
     #[test]
