@@ -48,7 +48,7 @@ pub fn run(args: ServeArgs, vhost_dma: Option<vbdev_virtio::DmaConfig>) -> Resul
     let pci_enable = ini.as_ref().is_some_and(|i| i.pci_enable);
     if pci_enable && !args.pci {
         // What main does for --pci, before any DMA memory exists.
-        vbdev_virtio::DmaDomain::configure(crate::serve_pci_dma_config()).map_err(|e| {
+        vbdev_virtio::DmaDomain::configure(crate::dma::serve_pci_config()).map_err(|e| {
             Failure::usage(anyhow!(
                 "[VirtioPci] Enable Yes: cannot set up DMA memory for PCI ({e}); start with --pci"
             ))
