@@ -355,6 +355,46 @@ impl BlockLimits {
         }
         Ok(l)
     }
+
+    /// The page as a direct-access block device reports it (SBC-4, PAGE LENGTH 3Ch):
+    /// MAXIMUM PREFETCH LENGTH and the atomic transfer limits zero.
+    pub fn to_page(&self) -> [u8; BLOCK_LIMITS_LEN] {
+        let mut b = [0u8; BLOCK_LIMITS_LEN];
+        page_header(&mut b, page::BLOCK_LIMITS);
+        b[4] = u8::from(self.wsnz);
+        b[5] = self.max_compare_and_write_length;
+        b[6..8].copy_from_slice(&self.optimal_transfer_length_granularity.to_be_bytes());
+        b[8..12].copy_from_slice(&self.max_transfer_length.to_be_bytes());
+        b[12..16].copy_from_slice(&self.optimal_transfer_length.to_be_bytes());
+        b[20..24].copy_from_slice(&self.max_unmap_lba_count.to_be_bytes());
+        b[24..28].copy_from_slice(&self.max_unmap_block_descriptor_count.to_be_bytes());
+        b[28..32].copy_from_slice(&self.optimal_unmap_granularity.to_be_bytes());
+        let uga = self
+            .unmap_granularity_alignment
+            .map_or(0, |a| 0x8000_0000 | (a & 0x7FFF_FFFF));
+        b[32..36].copy_from_slice(&uga.to_be_bytes());
+        b[36..44].copy_from_slice(&self.max_write_same_length.to_be_bytes());
+        b
+    }
+}
+
+/// Bytes of the Block Limits page [`BlockLimits::to_page`] builds.
+pub const BLOCK_LIMITS_LEN: usize = HEADER + 0x3C;
+/// Bytes of the Block Device Characteristics page
+/// [`BlockDeviceCharacteristics::to_page`] builds.
+pub const BLOCK_DEVICE_CHARACTERISTICS_LEN: usize = HEADER + 0x3C;
+/// Bytes of the Logical Block Provisioning page [`LogicalBlockProvisioning::to_page`]
+/// builds.
+pub const LOGICAL_BLOCK_PROVISIONING_LEN: usize = HEADER + 4;
+
+/// The 4-byte header of a VPD page of a direct-access block device (peripheral
+/// qualifier 0, device type 0), its PAGE LENGTH from the buffer's length.
+fn page_header(b: &mut [u8], code: u8) {
+    b[0] = 0x00;
+    b[1] = code;
+    // Every page built here is shorter than 64 KiB.
+    let len = (b.len() - HEADER) as u16;
+    b[2..4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// The Block Device Characteristics page (0xB1, SBC-4).
@@ -377,6 +417,15 @@ impl BlockDeviceCharacteristics {
         Ok(Self {
             medium_rotation_rate: be16(b, 0),
         })
+    }
+
+    /// The page (SBC-4, PAGE LENGTH 3Ch): MEDIUM ROTATION RATE, the rest (product
+    /// type, form factor, zoned) not reported.
+    pub fn to_page(&self) -> [u8; BLOCK_DEVICE_CHARACTERISTICS_LEN] {
+        let mut b = [0u8; BLOCK_DEVICE_CHARACTERISTICS_LEN];
+        page_header(&mut b, page::BLOCK_DEVICE_CHARACTERISTICS);
+        b[4..6].copy_from_slice(&self.medium_rotation_rate.to_be_bytes());
+        b
     }
 
     /// Whether the medium does not rotate (MEDIUM ROTATION RATE 1).
@@ -446,6 +495,22 @@ impl LogicalBlockProvisioning {
             dp: b[1] & 0x01 != 0,
             provisioning_type: b[2] & 0x07,
         })
+    }
+
+    /// The page (SBC-4, PAGE LENGTH 4: no provisioning group descriptor, so DP is
+    /// written as given and should be false).
+    pub fn to_page(&self) -> [u8; LOGICAL_BLOCK_PROVISIONING_LEN] {
+        let mut b = [0u8; LOGICAL_BLOCK_PROVISIONING_LEN];
+        page_header(&mut b, page::LOGICAL_BLOCK_PROVISIONING);
+        b[4] = self.threshold_exponent;
+        b[5] = u8::from(self.lbpu) << 7
+            | u8::from(self.lbpws) << 6
+            | u8::from(self.lbpws10) << 5
+            | (self.lbprz & 0x07) << 2
+            | u8::from(self.anc_sup) << 1
+            | u8::from(self.dp);
+        b[6] = self.provisioning_type & 0x07;
+        b
     }
 }
 

@@ -356,3 +356,54 @@ proptest! {
         let _ = p.unique_id();
     }
 }
+
+proptest! {
+    #[test]
+    fn block_limits_round_trip(
+        wsnz: bool,
+        cw: u8,
+        gran: u16,
+        max_t: u32,
+        opt_t: u32,
+        unmap: (u32, u32, u32),
+        uga in proptest::option::of(0u32..0x8000_0000),
+        ws: u64,
+    ) {
+        let l = BlockLimits {
+            wsnz,
+            max_compare_and_write_length: cw,
+            optimal_transfer_length_granularity: gran,
+            max_transfer_length: max_t,
+            optimal_transfer_length: opt_t,
+            max_unmap_lba_count: unmap.0,
+            max_unmap_block_descriptor_count: unmap.1,
+            optimal_unmap_granularity: unmap.2,
+            unmap_granularity_alignment: uga,
+            max_write_same_length: ws,
+        };
+        prop_assert_eq!(BlockLimits::parse(&l.to_page()).unwrap(), l);
+    }
+
+    #[test]
+    fn provisioning_and_characteristics_round_trip(
+        te: u8,
+        bits in proptest::array::uniform5(any::<bool>()),
+        lbprz in 0u8..8,
+        pt in 0u8..8,
+        rate: u16,
+    ) {
+        let p = LogicalBlockProvisioning {
+            threshold_exponent: te,
+            lbpu: bits[0],
+            lbpws: bits[1],
+            lbpws10: bits[2],
+            lbprz,
+            anc_sup: bits[3],
+            dp: bits[4],
+            provisioning_type: pt,
+        };
+        prop_assert_eq!(LogicalBlockProvisioning::parse(&p.to_page()).unwrap(), p);
+        let c = BlockDeviceCharacteristics { medium_rotation_rate: rate };
+        prop_assert_eq!(BlockDeviceCharacteristics::parse(&c.to_page()).unwrap(), c);
+    }
+}

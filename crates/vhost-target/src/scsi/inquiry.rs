@@ -1,5 +1,7 @@
 //! INQUIRY (SPC-5 §6.7): standard data and the vital product data pages.
 
+use vbdev_scsi::vpd;
+
 use super::Sense;
 use super::wire::{Cdb, DataIn};
 use super::{Lun, REVISION, VENDOR};
@@ -130,12 +132,11 @@ impl Lun {
             VPD_DEVICE_IDENTIFICATION => self.device_identification(&mut out),
             VPD_BLOCK_LIMITS => self.block_limits(&mut out),
             VPD_BLOCK_DEVICE_CHARACTERISTICS => {
-                // SBC-4 Block Device Characteristics VPD page, PAGE LENGTH 3Ch.
-                vpd_header(&mut out, page, 0x3C);
-                out.be16(0x0001); // MEDIUM ROTATION RATE: non-rotating medium
-                out.u8(0); // PRODUCT TYPE: not indicated
-                out.u8(0); // WABEREQ, WACEREQ, NOMINAL FORM FACTOR: not reported
-                out.zeros(0x3C - 4); // ZONED = 00b and the rest reserved
+                // MEDIUM ROTATION RATE 1: a non-rotating medium; the rest not reported.
+                let c = vpd::BlockDeviceCharacteristics {
+                    medium_rotation_rate: 1,
+                };
+                out.put(&c.to_page());
             }
             VPD_LOGICAL_BLOCK_PROVISIONING => self.logical_block_provisioning(&mut out),
             _ => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
@@ -171,42 +172,44 @@ impl Lun {
             1..=4096 => (4096 / bs).max(1),
             _ => 1,
         };
-        vpd_header(out, VPD_BLOCK_LIMITS, 0x3C);
-        out.u8(0x01); // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS = 0 is refused
-        out.u8(0); // MAXIMUM COMPARE AND WRITE LENGTH: no COMPARE AND WRITE
-        // OPTIMAL TRANSFER LENGTH GRANULARITY; granularity <= 4096.
-        out.be16(granularity as u16);
-        out.be32(l.max_transfer_blocks); // MAXIMUM TRANSFER LENGTH
-        out.be32(0); // OPTIMAL TRANSFER LENGTH: not reported
-        out.be32(0); // MAXIMUM PREFETCH LENGTH
-        if self.info.unmap {
-            out.be32(l.max_unmap_blocks); // MAXIMUM UNMAP LBA COUNT
-            out.be32(l.max_unmap_descriptors); // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
-            out.be32(granularity); // OPTIMAL UNMAP GRANULARITY
-        } else {
+        let unmap = self.info.unmap;
+        let bl = vpd::BlockLimits {
+            // WRITE SAME with NUMBER OF LOGICAL BLOCKS = 0 is refused.
+            wsnz: true,
+            // No COMPARE AND WRITE.
+            max_compare_and_write_length: 0,
+            // granularity <= 4096.
+            optimal_transfer_length_granularity: granularity as u16,
+            max_transfer_length: l.max_transfer_blocks,
+            optimal_transfer_length: 0,
             // 0: UNMAP is not implemented.
-            out.zeros(12);
-        }
-        out.be32(0); // UGAVALID = 0, UNMAP GRANULARITY ALIGNMENT
-        out.be64(l.max_write_same_blocks); // MAXIMUM WRITE SAME LENGTH
-        out.zeros(0x3C - 40); // atomic transfer limits: no atomic writes
+            max_unmap_lba_count: if unmap { l.max_unmap_blocks } else { 0 },
+            max_unmap_block_descriptor_count: if unmap { l.max_unmap_descriptors } else { 0 },
+            optimal_unmap_granularity: if unmap { granularity } else { 0 },
+            unmap_granularity_alignment: None,
+            max_write_same_length: l.max_write_same_blocks,
+        };
+        out.put(&bl.to_page());
     }
 
     /// Logical Block Provisioning VPD page (SBC-4), PAGE LENGTH 4 (DP = 0).
     fn logical_block_provisioning(&self, out: &mut DataIn<'_>) {
-        vpd_header(out, VPD_LOGICAL_BLOCK_PROVISIONING, 4);
-        out.u8(0); // THRESHOLD EXPONENT: no thresholds
-        if self.info.unmap {
-            // LBPU (UNMAP), LBPWS (WRITE SAME(16) UNMAP), LBPWS10 (WRITE SAME(10) UNMAP),
-            // LBPRZ = 001b (BlockIo::unmap: unmapped blocks read back as zeros),
-            // ANC_SUP = 0, DP = 0.
-            out.u8(0x80 | 0x40 | 0x20 | 0x04);
-            out.u8(0x02); // PROVISIONING TYPE 010b: thin provisioned
-        } else {
-            out.u8(0x00);
-            out.u8(0x00); // PROVISIONING TYPE 000b: not reported (fully provisioned)
-        }
-        out.u8(0); // THRESHOLD PERCENTAGE
+        let unmap = self.info.unmap;
+        let p = vpd::LogicalBlockProvisioning {
+            // No thresholds.
+            threshold_exponent: 0,
+            // UNMAP, WRITE SAME(16) UNMAP and WRITE SAME(10) UNMAP when the disk unmaps.
+            lbpu: unmap,
+            lbpws: unmap,
+            lbpws10: unmap,
+            // 001b: unmapped blocks read back as zeros (BlockIo::unmap).
+            lbprz: if unmap { 0b001 } else { 0 },
+            anc_sup: false,
+            dp: false,
+            // 010b thin provisioned; 000b not reported (fully provisioned).
+            provisioning_type: if unmap { 0b010 } else { 0 },
+        };
+        out.put(&p.to_page());
     }
 }
 
