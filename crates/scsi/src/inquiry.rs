@@ -94,10 +94,17 @@ pub struct StandardInquiry {
     pub product: String,
     /// PRODUCT REVISION LEVEL, trimmed.
     pub revision: String,
+    /// VERSION DESCRIPTORS (bytes 58..74: the standards claimed, e.g. 0x00A0 SAM-5), up
+    /// to the first zero and within ADDITIONAL LENGTH.
+    pub version_descriptors: Vec<u16>,
 }
 
 /// Bytes of standard INQUIRY data this parser needs (through PRODUCT REVISION LEVEL).
 pub const STANDARD_INQUIRY_LEN: usize = 36;
+/// Offset of the VERSION DESCRIPTORS in standard INQUIRY data.
+const VERSION_DESCRIPTORS_OFF: usize = 58;
+/// VERSION DESCRIPTORS fields (bytes 58..74).
+const MAX_VERSION_DESCRIPTORS: usize = 8;
 
 impl StandardInquiry {
     /// Parses standard INQUIRY data.
@@ -125,7 +132,53 @@ impl StandardInquiry {
             vendor: ascii_field(&d[8..16]),
             product: ascii_field(&d[16..32]),
             revision: ascii_field(&d[32..36]),
+            version_descriptors: {
+                let end = data.len().min(5 + usize::from(d[4]));
+                data.get(VERSION_DESCRIPTORS_OFF..end.max(VERSION_DESCRIPTORS_OFF))
+                    .unwrap_or_default()
+                    .chunks_exact(2)
+                    .take(MAX_VERSION_DESCRIPTORS)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .take_while(|&v| v != 0)
+                    .collect()
+            },
         })
+    }
+
+    /// The data as a device reports it: `5 + additional_length` bytes (at least
+    /// [`STANDARD_INQUIRY_LEN`]), identification strings padded with spaces (cut to their
+    /// fields), version descriptors at byte 58 when there is room for them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let len = STANDARD_INQUIRY_LEN.max(5 + usize::from(self.additional_length));
+        let mut d = vec![0u8; len];
+        d[0] = (self.peripheral_qualifier & 0x07) << 5 | self.device_type.get();
+        d[1] = if self.removable { 0x80 } else { 0 };
+        d[2] = self.version;
+        d[3] = self.response_data_format & 0x0F;
+        d[4] = self.additional_length;
+        d[7] = if self.cmdque { 0x02 } else { 0 };
+        let mut put = |at: usize, width: usize, s: &str| {
+            let field = &mut d[at..at + width];
+            field.fill(b' ');
+            let b = s.as_bytes();
+            let n = b.len().min(width);
+            field[..n].copy_from_slice(&b[..n]);
+        };
+        put(8, 8, &self.vendor);
+        put(16, 16, &self.product);
+        put(32, 4, &self.revision);
+        for (i, v) in self
+            .version_descriptors
+            .iter()
+            .take(MAX_VERSION_DESCRIPTORS)
+            .enumerate()
+        {
+            let at = VERSION_DESCRIPTORS_OFF + 2 * i;
+            if at + 2 <= len {
+                d[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        d
     }
 
     /// Whether a logical unit is present here: qualifier [`qualifier::CONNECTED`] and a
@@ -228,6 +281,38 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn what_a_target_encodes_an_initiator_decodes(
+            q in 0u8..8,
+            ty in 0u8..0x20,
+            removable: bool,
+            version: u8,
+            rdf in 0u8..16,
+            extra in 31u8..=91,
+            cmdque: bool,
+            vendor in "[!-~]([ -~]{0,6}[!-~])?",
+            product in "[!-~]([ -~]{0,14}[!-~])?",
+            revision in "[!-~]{0,4}",
+            descs in proptest::collection::vec(1u16.., 0..=8),
+        ) {
+            // Descriptors only where ADDITIONAL LENGTH leaves room for them.
+            let room = (5 + usize::from(extra)).saturating_sub(58) / 2;
+            let i = StandardInquiry {
+                peripheral_qualifier: q,
+                device_type: DeviceType::new(ty),
+                removable,
+                version,
+                response_data_format: rdf,
+                additional_length: extra,
+                cmdque,
+                vendor,
+                product,
+                revision,
+                version_descriptors: descs.into_iter().take(room).collect(),
+            };
+            prop_assert_eq!(StandardInquiry::parse(&i.to_bytes()).unwrap(), i);
+        }
+
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..80)) {
             match StandardInquiry::parse(&data) {

@@ -53,24 +53,24 @@ fn fields(cdb: Cdb<'_>) -> Result<(bool, u8, usize), Sense> {
 
 /// Standard INQUIRY data (SPC-5 §6.7.2).
 fn standard(out: &mut DataIn<'_>, peripheral: u8, product: &[u8; 16]) {
-    out.u8(peripheral);
-    out.u8(0x00); // RMB = 0: not removable
-    out.u8(VERSION_SPC5);
-    // NORMACA = 0, HISUP = 0, RESPONSE DATA FORMAT = 2.
-    out.u8(0x02);
-    // ADDITIONAL LENGTH (n - 4).
-    out.u8((STANDARD_LEN - 5) as u8);
-    out.u8(0x00); // SCCS, ACC, TPGS, 3PC, PROTECT
-    out.u8(0x00); // ENCSERV, MULTIP
-    out.u8(0x02); // CMDQUE: full task management model (SAM-5)
-    out.put(&VENDOR);
-    out.put(product);
-    out.put(&REVISION);
-    out.zeros(58 - 36); // vendor specific (36-55), reserved (56-57)
-    for v in VERSION_DESCRIPTORS {
-        out.be16(v);
-    }
-    out.zeros(STANDARD_LEN - 58 - 2 * VERSION_DESCRIPTORS.len());
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end_matches(' ').to_owned();
+    let inquiry = vbdev_scsi::StandardInquiry {
+        peripheral_qualifier: peripheral >> 5,
+        device_type: vbdev_scsi::DeviceType::new(peripheral),
+        // Not removable.
+        removable: false,
+        version: VERSION_SPC5,
+        response_data_format: 0x02,
+        // STANDARD_LEN is 96: fits a byte.
+        additional_length: (STANDARD_LEN - 5) as u8,
+        // The full task management model (SAM-5).
+        cmdque: true,
+        vendor: text(&VENDOR),
+        product: text(product),
+        revision: text(&REVISION),
+        version_descriptors: VERSION_DESCRIPTORS.to_vec(),
+    };
+    out.put(&inquiry.to_bytes());
 }
 
 /// INQUIRY to a LUN that does not exist: standard data with peripheral qualifier 011b
