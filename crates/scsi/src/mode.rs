@@ -112,6 +112,16 @@ impl ModeParameterHeader6 {
     pub fn dpofua(&self) -> bool {
         self.device_specific_parameter & Self::DPOFUA != 0
     }
+
+    /// The 4 header bytes.
+    pub fn to_bytes(&self) -> [u8; MODE_PARAMETER_HEADER_6_LEN] {
+        [
+            self.mode_data_length,
+            self.medium_type,
+            self.device_specific_parameter,
+            self.block_descriptor_length,
+        ]
+    }
 }
 
 /// Finds mode page `page_code`, subpage `subpage_code` in MODE SENSE(6) data and
@@ -238,7 +248,19 @@ impl CachingPage {
             rcd: b2 & Self::RCD != 0,
         })
     }
+
+    /// The whole page (PAGE LENGTH 12h): WCE and RCD in byte 2, every other field 0.
+    pub fn to_bytes(&self) -> [u8; CACHING_PAGE_LEN] {
+        let mut b = [0u8; CACHING_PAGE_LEN];
+        b[0] = page::CACHING;
+        b[1] = (CACHING_PAGE_LEN - 2) as u8;
+        b[2] = if self.wce { Self::WCE } else { 0 } | if self.rcd { Self::RCD } else { 0 };
+        b
+    }
 }
+
+/// Bytes of the Caching mode page (page_0 format, PAGE LENGTH 12h).
+pub const CACHING_PAGE_LEN: usize = 0x14;
 
 /// MODE SENSE(6) data as a block initiator reads it: the header and, when the data
 /// holds it, the Caching mode page. Block descriptors and other pages are skipped.

@@ -299,3 +299,36 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn header_and_caching_page_round_trip(
+        len in 3u8..,
+        medium: u8,
+        dsp: u8,
+        bdl: u8,
+        wce: bool,
+        rcd: bool,
+    ) {
+        let h = ModeParameterHeader6 {
+            mode_data_length: len,
+            medium_type: medium,
+            device_specific_parameter: dsp,
+            block_descriptor_length: bdl,
+        };
+        prop_assert_eq!(ModeParameterHeader6::parse(&h.to_bytes()).unwrap(), h);
+        let c = CachingPage { wce, rcd };
+        prop_assert_eq!(CachingPage::parse(&c.to_bytes()).unwrap(), c);
+        // Header, then the page: what MODE SENSE(6) for page 08h without block
+        // descriptors returns.
+        let mut data = ModeParameterHeader6 {
+            mode_data_length: (3 + CACHING_PAGE_LEN) as u8,
+            block_descriptor_length: 0,
+            ..h
+        }
+        .to_bytes()
+        .to_vec();
+        data.extend_from_slice(&c.to_bytes());
+        prop_assert_eq!(ModeSense6::parse(&data).unwrap().caching, Some(c));
+    }
+}

@@ -13,7 +13,7 @@ const PAGE_ALL: u8 = 0x3F;
 const SUBPAGE_ALL: u8 = 0xFF;
 
 /// Length of the Caching mode page (SBC-4): PAGE LENGTH 12h plus 2.
-const CACHING_LEN: usize = 0x14;
+const CACHING_LEN: usize = vbdev_scsi::mode::CACHING_PAGE_LEN;
 /// Length of the Control mode page (SPC-5): PAGE LENGTH 0Ah plus 2.
 const CONTROL_LEN: usize = 0x0C;
 
@@ -96,10 +96,14 @@ impl Lun {
             out.u8(0);
             out.be16(block_desc_len as u16);
         } else {
-            out.u8((total - 1) as u8);
-            out.u8(0);
-            out.u8(dsp);
-            out.u8(block_desc_len as u8);
+            let header = vbdev_scsi::ModeParameterHeader6 {
+                // MODE SENSE(6) answers at most 255 bytes of mode data: total < 64 here.
+                mode_data_length: (total - 1) as u8,
+                medium_type: 0,
+                device_specific_parameter: dsp,
+                block_descriptor_length: block_desc_len as u8,
+            };
+            out.put(&header.to_bytes());
         }
         match block_desc_len {
             // Short LBA mode parameter block descriptor (SBC-4): NUMBER OF LOGICAL
@@ -134,14 +138,12 @@ impl Lun {
 /// volatile cache until SYNCHRONIZE CACHE or FUA; the backing bdev decides, so the
 /// initiator must flush. Changeable values are all zero.
 fn caching_page(out: &mut DataIn<'_>, pc: PageControl) {
-    out.u8(PAGE_CACHING);
-    out.u8((CACHING_LEN - 2) as u8);
-    if pc == PageControl::Changeable {
-        out.zeros(CACHING_LEN - 2);
-        return;
-    }
-    out.u8(0x04); // WCE = 1, RCD = 0
-    out.zeros(CACHING_LEN - 3);
+    let page = vbdev_scsi::CachingPage {
+        // Changeable values: none.
+        wce: pc != PageControl::Changeable,
+        rcd: false,
+    };
+    out.put(&page.to_bytes());
 }
 
 /// Control mode page (SPC-5): TST = 000b, D_SENSE = 0 (fixed format sense),
