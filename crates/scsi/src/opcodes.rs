@@ -53,6 +53,34 @@ impl CommandDescriptor {
         descriptor_len(self.ctdp)
     }
 
+    /// Appends the descriptor (and its timeouts descriptor with CTDP; zeros when CTDP is
+    /// set without `timeouts`) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let sa = self.service_action.to_be_bytes();
+        let len = self.cdb_length.to_be_bytes();
+        out.extend_from_slice(&[
+            self.opcode,
+            0,
+            sa[0],
+            sa[1],
+            0,
+            u8::from(self.ctdp) << 1 | u8::from(self.servactv),
+            len[0],
+            len[1],
+        ]);
+        if self.ctdp {
+            let t = self.timeouts.unwrap_or(CommandTimeouts {
+                command_specific: 0,
+                nominal: 0,
+                recommended: 0,
+            });
+            // DESCRIPTOR LENGTH 0Ah.
+            out.extend_from_slice(&[0x00, 0x0A, 0, t.command_specific]);
+            out.extend_from_slice(&t.nominal.to_be_bytes());
+            out.extend_from_slice(&t.recommended.to_be_bytes());
+        }
+    }
+
     /// Whether the descriptor is the command `opcode` / `service_action` (see
     /// [`SupportedOpcodes::supports`]).
     pub fn is(&self, opcode: u8, service_action: Option<u16>) -> bool {
@@ -176,6 +204,18 @@ impl SupportedOpcodes {
     /// The allocation length that returns the whole list (header included).
     pub fn needed_len(&self) -> u64 {
         u64::from(self.command_data_length) + SUPPORTED_OPCODES_HEADER_LEN as u64
+    }
+
+    /// The parameter data of `commands`: COMMAND DATA LENGTH, then the descriptors.
+    pub fn encode(commands: &[CommandDescriptor]) -> Vec<u8> {
+        let mut out = vec![0u8; SUPPORTED_OPCODES_HEADER_LEN];
+        for c in commands {
+            c.encode(&mut out);
+        }
+        // A command list is far shorter than 4 GiB.
+        let len = (out.len() - SUPPORTED_OPCODES_HEADER_LEN) as u32;
+        out[..SUPPORTED_OPCODES_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        out
     }
 
     /// Whether the device reported more descriptors than the buffer held.

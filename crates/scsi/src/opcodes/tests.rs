@@ -201,3 +201,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn what_a_target_encodes_an_initiator_decodes(
+        cmds in proptest::collection::vec(
+            (any::<u8>(), any::<u16>(), any::<bool>(), any::<u16>(),
+             proptest::option::of((any::<u8>(), any::<u32>(), any::<u32>()))),
+            0..40,
+        ),
+    ) {
+        let commands: Vec<CommandDescriptor> = cmds
+            .into_iter()
+            .map(|(opcode, service_action, servactv, cdb_length, t)| CommandDescriptor {
+                opcode,
+                service_action,
+                servactv,
+                ctdp: t.is_some(),
+                cdb_length,
+                timeouts: t.map(|(command_specific, nominal, recommended)| CommandTimeouts {
+                    command_specific,
+                    nominal,
+                    recommended,
+                }),
+            })
+            .collect();
+        let data = SupportedOpcodes::encode(&commands);
+        let parsed = SupportedOpcodes::parse(&data).unwrap();
+        prop_assert!(!parsed.is_truncated());
+        prop_assert_eq!(parsed.commands, commands);
+    }
+}

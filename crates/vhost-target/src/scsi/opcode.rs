@@ -12,6 +12,8 @@
 //! Bits of the CONTROL byte are all treated as reserved: NACA = 1 is refused because ACA
 //! is not supported (SAM-5 CONTROL byte, NORMACA = 0 in the standard INQUIRY data).
 
+use vbdev_scsi::opcodes::{CommandDescriptor, CommandTimeouts, SupportedOpcodes};
+
 use super::Sense;
 use super::wire::{Cdb, DataIn};
 
@@ -448,22 +450,25 @@ pub(super) fn report_supported_operation_codes(
 
 /// The all_commands parameter data format (SPC-5 REPORT SUPPORTED OPERATION CODES).
 fn all_commands(caps: Caps, rctd: bool, out: &mut DataIn<'_>) {
-    let desc_len = if rctd { 20 } else { 8 };
-    let count = TABLE.iter().filter(|op| op.offered(caps)).count();
-    // COMMAND DATA LENGTH (n - 3); the table is small, so this fits easily.
-    out.be32((count * desc_len) as u32);
-    for op in TABLE.iter().filter(|op| op.offered(caps)) {
-        out.u8(op.opcode);
-        out.u8(0);
-        out.be16(op.service_action.map_or(0, u16::from));
-        out.u8(0);
-        // CTDP (bit 1), SERVACTV (bit 0).
-        out.u8(u8::from(rctd) << 1 | u8::from(op.service_action.is_some()));
-        out.be16(op.cdb_len() as u16);
-        if rctd {
-            put_timeouts(out);
-        }
-    }
+    let commands: Vec<CommandDescriptor> = TABLE
+        .iter()
+        .filter(|op| op.offered(caps))
+        .map(|op| CommandDescriptor {
+            opcode: op.opcode,
+            service_action: op.service_action.map_or(0, u16::from),
+            servactv: op.service_action.is_some(),
+            // With RCTD, a command timeouts descriptor of zeros (not specified).
+            ctdp: rctd,
+            // CDBs are at most 16 bytes.
+            cdb_length: op.cdb_len() as u16,
+            timeouts: rctd.then_some(CommandTimeouts {
+                command_specific: 0,
+                nominal: 0,
+                recommended: 0,
+            }),
+        })
+        .collect();
+    out.put(&SupportedOpcodes::encode(&commands));
 }
 
 /// The one_command parameter data format (SPC-5 REPORT SUPPORTED OPERATION CODES).
