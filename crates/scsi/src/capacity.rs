@@ -51,6 +51,14 @@ impl ReadCapacity10 {
         // u32::MAX + 1 fits in u64.
         u64::from(self.last_lba) + 1
     }
+
+    /// The 8 bytes of parameter data.
+    pub fn to_bytes(&self) -> [u8; READ_CAPACITY_10_LEN] {
+        let mut d = [0u8; READ_CAPACITY_10_LEN];
+        d[0..4].copy_from_slice(&self.last_lba.to_be_bytes());
+        d[4..8].copy_from_slice(&self.block_length.to_be_bytes());
+        d
+    }
 }
 
 /// READ CAPACITY(16) parameter data (SBC-4 "READ CAPACITY (16) parameter data"):
@@ -76,6 +84,9 @@ pub struct ReadCapacity16 {
     pub lbprz: bool,
     /// LOWEST ALIGNED LOGICAL BLOCK ADDRESS.
     pub lowest_aligned_lba: u16,
+    /// RC BASIS (byte 12 bits 5..4): 01b when the returned LBA is the last LBA of the
+    /// logical unit, 00b when it may be of its lowest capacity (SBC-3).
+    pub rc_basis: u8,
 }
 
 impl ReadCapacity16 {
@@ -105,7 +116,22 @@ impl ReadCapacity16 {
             lbpme: lbp & 0x8000 != 0,
             lbprz: lbp & 0x4000 != 0,
             lowest_aligned_lba: lbp & 0x3FFF,
+            rc_basis: (d[12] >> 4) & 0x03,
         })
+    }
+
+    /// The 32 bytes of parameter data (P_I_EXPONENT 0, the reserved bytes zero).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[0..8].copy_from_slice(&self.last_lba.to_be_bytes());
+        d[8..12].copy_from_slice(&self.block_length.to_be_bytes());
+        d[12] = (self.rc_basis & 0x03) << 4 | (self.p_type & 0x07) << 1 | u8::from(self.prot_en);
+        d[13] = self.physical_block_exponent & 0x0F;
+        let lbp = u16::from(self.lbpme) << 15
+            | u16::from(self.lbprz) << 14
+            | (self.lowest_aligned_lba & 0x3FFF);
+        d[14..16].copy_from_slice(&lbp.to_be_bytes());
+        d
     }
 
     /// The number of logical blocks (last LBA + 1); `None` for a last LBA of
@@ -176,6 +202,7 @@ mod tests {
                 lbpme: true,
                 lbprz: true,
                 lowest_aligned_lba: 0x107,
+                rc_basis: 0,
             }
         );
         assert_eq!(c.block_count(), Some((1 << 32) + 1));
@@ -228,6 +255,29 @@ mod tests {
             prop_assert_eq!((c.last_lba, c.block_length, c.physical_block_exponent), (lba, len, exp));
             prop_assert_eq!(c.lbpme, lbp >> 15 == 1);
             prop_assert_eq!(c.lbprz, (lbp >> 14) & 1 == 1);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_a_target_encodes_an_initiator_decodes(
+            last10: u32, last16: u64, bl in 1u32.., prot_en: bool, p_type in 0u8..8,
+            exp in 0u8..16, lbpme: bool, lbprz: bool, lowest in 0u16..0x4000, rc in 0u8..4,
+        ) {
+            let c10 = ReadCapacity10 { last_lba: last10, block_length: bl };
+            proptest::prop_assert_eq!(ReadCapacity10::parse(&c10.to_bytes()).unwrap(), c10);
+            let c16 = ReadCapacity16 {
+                last_lba: last16,
+                block_length: bl,
+                prot_en,
+                p_type,
+                physical_block_exponent: exp,
+                lbpme,
+                lbprz,
+                lowest_aligned_lba: lowest,
+                rc_basis: rc,
+            };
+            proptest::prop_assert_eq!(ReadCapacity16::parse(&c16.to_bytes()).unwrap(), c16);
         }
     }
 }

@@ -155,8 +155,11 @@ impl Lun {
         self.require_medium()?;
         let last = self.num_blocks - 1; // has_medium: num_blocks > 0
         let mut out = DataIn::new(data_in, 8);
-        out.be32(u32::try_from(last).unwrap_or(u32::MAX));
-        out.be32(self.info.block_size);
+        let c = vbdev_scsi::ReadCapacity10 {
+            last_lba: u32::try_from(last).unwrap_or(u32::MAX),
+            block_length: self.info.block_size,
+        };
+        out.put(&c.to_bytes());
         Ok(out.written())
     }
 
@@ -164,18 +167,23 @@ impl Lun {
     pub(super) fn read_capacity_16(&self, cdb: Cdb<'_>, data_in: &mut [u8]) -> CmdResult {
         self.require_medium()?;
         let mut out = DataIn::new(data_in, cdb.be32(10) as usize);
-        out.be64(self.num_blocks - 1); // has_medium: num_blocks > 0
-        out.be32(self.info.block_size);
-        // RC BASIS 01b: the returned LBA is the last LBA of the logical unit; no
-        // protection information (P_TYPE, PROT_EN 0).
-        out.u8(0x10);
-        // P_I_EXPONENT 0, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0 (not reported).
-        out.u8(0);
-        // LBPME (bit 7) and LBPRZ (bit 6) when the disk can unmap: unmapped blocks
-        // read back as zeros (BlockIo::unmap). LOWEST ALIGNED LBA 0.
-        out.u8(if self.info.unmap { 0xC0 } else { 0x00 });
-        out.u8(0);
-        out.zeros(16);
+        let c = vbdev_scsi::ReadCapacity16 {
+            last_lba: self.num_blocks - 1, // has_medium: num_blocks > 0
+            block_length: self.info.block_size,
+            // RC BASIS 01b: the returned LBA is the last LBA of the logical unit.
+            rc_basis: 0b01,
+            // No protection information.
+            prot_en: false,
+            p_type: 0,
+            // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0: not reported.
+            physical_block_exponent: 0,
+            // LBPME and LBPRZ when the disk can unmap: unmapped blocks read back as
+            // zeros (BlockIo::unmap).
+            lbpme: self.info.unmap,
+            lbprz: self.info.unmap,
+            lowest_aligned_lba: 0,
+        };
+        out.put(&c.to_bytes());
         Ok(out.written())
     }
 
