@@ -98,6 +98,22 @@ pub struct ReportLuns {
 pub const REPORT_LUNS_HEADER_LEN: usize = 8;
 
 impl ReportLuns {
+    /// The parameter data of `luns`: LUN LIST LENGTH, 4 reserved bytes, then each LUN's
+    /// 8 bytes (an [`LunEntry::Other`] as it was received).
+    pub fn encode(luns: &[LunEntry]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REPORT_LUNS_HEADER_LEN + 8 * luns.len());
+        // A list of at most (Lun::MAX + 1) LUNs per target is far below 4 GiB.
+        out.extend_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for l in luns {
+            out.extend_from_slice(&match l {
+                LunEntry::Lun(l) => l.to_bytes(),
+                LunEntry::Other(b) => *b,
+            });
+        }
+        out
+    }
+
     /// Parses REPORT LUNS parameter data.
     ///
     /// # Errors
@@ -228,6 +244,19 @@ mod tests {
         assert_eq!(Lun::new(0x4000), None);
         assert_eq!(Lun(7).to_bytes(), [0, 7, 0, 0, 0, 0, 0, 0]);
         assert_eq!(Lun(256).to_bytes(), [0x41, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    proptest! {
+        #[test]
+        fn what_a_target_encodes_an_initiator_decodes(
+            ids in proptest::collection::vec(0u16..=Lun::MAX, 0..64),
+        ) {
+            let luns: Vec<LunEntry> =
+                ids.into_iter().map(|v| LunEntry::Lun(Lun::new(v).unwrap())).collect();
+            let r = ReportLuns::parse(&ReportLuns::encode(&luns)).unwrap();
+            prop_assert!(!r.is_truncated());
+            prop_assert_eq!(r.luns, luns);
+        }
     }
 
     proptest! {

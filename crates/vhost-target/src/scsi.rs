@@ -654,16 +654,17 @@ impl ScsiTarget {
                 .retain(|ua| *ua != Sense::REPORTED_LUNS_DATA_HAS_CHANGED);
         }
         let mut out = DataIn::new(data_in, cdb.be32(6) as usize);
-        let count = if all { self.luns.len() } else { 0 };
-        // LUN LIST LENGTH: at most (MAX_LUN + 1) * 8 bytes, so it fits in 32 bits.
-        out.be32((count * 8) as u32);
-        out.zeros(4);
-        if all {
-            for id in self.luns.keys() {
+        let luns: Vec<vbdev_scsi::LunEntry> = if all {
+            self.luns
+                .keys()
                 // Ids above MAX_LUN are refused by add_lun.
-                out.put(&sam_lun(*id).unwrap_or_default());
-            }
-        }
+                .filter_map(|&id| vbdev_scsi::Lun::new(id))
+                .map(vbdev_scsi::LunEntry::Lun)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.put(&vbdev_scsi::ReportLuns::encode(&luns));
         Ok(out.written())
     }
 
