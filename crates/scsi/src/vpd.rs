@@ -89,6 +89,26 @@ pub fn parse_supported_pages(data: &[u8]) -> Result<Vec<u8>> {
     Ok(body(data, page::SUPPORTED_PAGES, "supported vpd pages", true)?.to_vec())
 }
 
+/// The Supported VPD Pages page (0x00) of a direct-access block device listing `pages`.
+pub fn supported_pages_page(pages: &[u8]) -> Vec<u8> {
+    with_header(page::SUPPORTED_PAGES, pages)
+}
+
+/// The Unit Serial Number page (0x80) of a direct-access block device for `serial`.
+pub fn unit_serial_number_page(serial: &str) -> Vec<u8> {
+    with_header(page::UNIT_SERIAL_NUMBER, serial.as_bytes())
+}
+
+/// A VPD page of a direct-access block device: the 4-byte header, then `body` (cut at
+/// 65535 bytes, the most PAGE LENGTH holds).
+fn with_header(code: u8, body: &[u8]) -> Vec<u8> {
+    let body = &body[..body.len().min(usize::from(u16::MAX))];
+    let mut v = vec![0u8; HEADER];
+    v.extend_from_slice(body);
+    page_header(&mut v, code);
+    v
+}
+
 /// Unit Serial Number (0x80): PRODUCT SERIAL NUMBER, ASCII, leading and trailing spaces
 /// and NULs trimmed.
 ///
@@ -250,6 +270,23 @@ impl DeviceIdentification {
             at += 4 + len;
         }
         Ok(Self { designators })
+    }
+
+    /// The page of a direct-access block device with these designation descriptors
+    /// (each identifier cut at 255 bytes).
+    pub fn to_page(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        for d in &self.designators {
+            let id = &d.identifier[..d.identifier.len().min(255)];
+            body.push((d.protocol_identifier & 0x0F) << 4 | (d.code_set & 0x0F));
+            body.push(
+                u8::from(d.piv) << 7 | (d.association & 0x03) << 4 | (d.designator_type & 0x0F),
+            );
+            body.push(0);
+            body.push(id.len() as u8); // at most 255
+            body.extend_from_slice(id);
+        }
+        with_header(page::DEVICE_IDENTIFICATION, &body)
     }
 
     /// The designator that best names the logical unit, for a stable id: of those

@@ -407,3 +407,33 @@ proptest! {
         prop_assert_eq!(BlockDeviceCharacteristics::parse(&c.to_page()).unwrap(), c);
     }
 }
+
+proptest! {
+    #[test]
+    fn identification_pages_round_trip(
+        pages in proptest::collection::vec(any::<u8>(), 0..32),
+        serial in "[!-~]([ -~]{0,30}[!-~])?",
+        ds in proptest::collection::vec(
+            (0u8..16, 0u8..16, any::<bool>(), 0u8..4, 0u8..16,
+             proptest::collection::vec(any::<u8>(), 0..40)),
+            0..6,
+        ),
+    ) {
+        prop_assert_eq!(parse_supported_pages(&supported_pages_page(&pages)).unwrap(), pages);
+        prop_assert_eq!(parse_unit_serial_number(&unit_serial_number_page(&serial)).unwrap(), serial);
+        let id = DeviceIdentification {
+            designators: ds
+                .into_iter()
+                .map(|(p, c, piv, a, t, identifier)| Designator {
+                    protocol_identifier: p,
+                    code_set: c,
+                    piv,
+                    association: a,
+                    designator_type: t,
+                    identifier,
+                })
+                .collect(),
+        };
+        prop_assert_eq!(DeviceIdentification::parse(&id.to_page()).unwrap(), id);
+    }
+}

@@ -121,14 +121,8 @@ impl Lun {
             return Ok(out.written());
         }
         match page {
-            VPD_SUPPORTED_PAGES => {
-                vpd_header(&mut out, page, VPD_PAGES.len());
-                out.put(&VPD_PAGES);
-            }
-            VPD_UNIT_SERIAL_NUMBER => {
-                vpd_header(&mut out, page, self.serial.len());
-                out.put(self.serial.as_bytes());
-            }
+            VPD_SUPPORTED_PAGES => out.put(&vpd::supported_pages_page(&VPD_PAGES)),
+            VPD_UNIT_SERIAL_NUMBER => out.put(&vpd::unit_serial_number_page(&self.serial)),
             VPD_DEVICE_IDENTIFICATION => self.device_identification(&mut out),
             VPD_BLOCK_LIMITS => self.block_limits(&mut out),
             VPD_BLOCK_DEVICE_CHARACTERISTICS => {
@@ -146,21 +140,34 @@ impl Lun {
 
     /// Device Identification VPD page (SPC-5): two logical unit designators.
     fn device_identification(&self, out: &mut DataIn<'_>) {
-        // T10 vendor ID based: T10 VENDOR IDENTIFICATION, then the vendor specific part,
-        // product identification and serial as SPC-5 suggests.
-        let t10_len = VENDOR.len() + self.product.len() + self.serial.len();
-        let naa_len = 8;
-        vpd_header(out, VPD_DEVICE_IDENTIFICATION, 4 + t10_len + 4 + naa_len);
-        // PROTOCOL IDENTIFIER 0, CODE SET 2h (ASCII); PIV 0, ASSOCIATION 00b (logical
-        // unit), DESIGNATOR TYPE 1h (T10 vendor ID based).
-        // t10_len <= 8 + 16 + MAX_SERIAL_LEN, well under 256.
-        out.put(&[0x02, 0x01, 0x00, t10_len as u8]);
-        out.put(&VENDOR);
-        out.put(&self.product);
-        out.put(self.serial.as_bytes());
-        // CODE SET 1h (binary); ASSOCIATION 00b, DESIGNATOR TYPE 3h (NAA).
-        out.put(&[0x01, 0x03, 0x00, naa_len as u8]);
-        out.put(&naa_locally_assigned(&self.serial));
+        let lu = |code_set, designator_type, identifier| vpd::Designator {
+            // PROTOCOL IDENTIFIER 0; PIV 0, ASSOCIATION 00b: the logical unit.
+            protocol_identifier: 0,
+            code_set,
+            piv: false,
+            association: 0,
+            designator_type,
+            identifier,
+        };
+        // T10 vendor ID based (type 1h, ASCII): T10 VENDOR IDENTIFICATION, then the
+        // vendor specific part, product identification and serial as SPC-5 suggests.
+        let t10 = [&VENDOR[..], &self.product[..], self.serial.as_bytes()].concat();
+        let page = vpd::DeviceIdentification {
+            designators: vec![
+                lu(
+                    vpd::code_set::ASCII,
+                    vpd::designator_type::T10_VENDOR_ID,
+                    t10,
+                ),
+                // NAA (type 3h, binary), locally assigned from the serial.
+                lu(
+                    vpd::code_set::BINARY,
+                    vpd::designator_type::NAA,
+                    naa_locally_assigned(&self.serial).to_vec(),
+                ),
+            ],
+        };
+        out.put(&page.to_page());
     }
 
     /// Block Limits VPD page (SBC-4), PAGE LENGTH 3Ch.
@@ -211,14 +218,6 @@ impl Lun {
         };
         out.put(&p.to_page());
     }
-}
-
-/// The 4-byte VPD page header of a direct access block device (SPC-5, VPD page format).
-fn vpd_header(out: &mut DataIn<'_>, page: u8, page_len: usize) {
-    out.u8(PERIPHERAL_DISK);
-    out.u8(page);
-    // Every page here is shorter than 64 KiB.
-    out.be16(page_len as u16);
 }
 
 #[cfg(test)]
