@@ -6,8 +6,23 @@
 
 use crate::error::{Error, Result};
 
-/// Operation codes of the commands this crate builds (SPC-5 / SBC-4 command tables).
+/// Operation codes (SPC-5 / SBC-4 command tables): those this crate builds and those
+/// the target emulation serves.
 pub mod opcode {
+    /// REQUEST SENSE (SPC-5).
+    pub const REQUEST_SENSE: u8 = 0x03;
+    /// READ(6) (SBC-4).
+    pub const READ_6: u8 = 0x08;
+    /// WRITE(6) (SBC-4).
+    pub const WRITE_6: u8 = 0x0A;
+    /// WRITE SAME(10) (SBC-4).
+    pub const WRITE_SAME_10: u8 = 0x41;
+    /// MODE SENSE(10) (SPC-5).
+    pub const MODE_SENSE_10: u8 = 0x5A;
+    /// READ(12) (SBC-4).
+    pub const READ_12: u8 = 0xA8;
+    /// WRITE(12) (SBC-4).
+    pub const WRITE_12: u8 = 0xAA;
     /// TEST UNIT READY (SPC-5).
     pub const TEST_UNIT_READY: u8 = 0x00;
     /// INQUIRY (SPC-5).

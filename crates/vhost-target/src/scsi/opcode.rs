@@ -17,34 +17,8 @@ use vbdev_scsi::opcodes::{CommandDescriptor, CommandTimeouts, SupportedOpcodes};
 use super::Sense;
 use super::wire::{Cdb, DataIn};
 
-pub(super) const TEST_UNIT_READY: u8 = 0x00;
-pub(super) const REQUEST_SENSE: u8 = 0x03;
-pub(super) const READ_6: u8 = 0x08;
-pub(super) const WRITE_6: u8 = 0x0A;
-pub(super) const INQUIRY: u8 = 0x12;
-pub(super) const MODE_SENSE_6: u8 = 0x1A;
-pub(super) const START_STOP_UNIT: u8 = 0x1B;
-pub(super) const READ_CAPACITY_10: u8 = 0x25;
-pub(super) const READ_10: u8 = 0x28;
-pub(super) const WRITE_10: u8 = 0x2A;
-pub(super) const SYNCHRONIZE_CACHE_10: u8 = 0x35;
-pub(super) const WRITE_SAME_10: u8 = 0x41;
-pub(super) const UNMAP: u8 = 0x42;
-pub(super) const MODE_SENSE_10: u8 = 0x5A;
-pub(super) const READ_16: u8 = 0x88;
-pub(super) const WRITE_16: u8 = 0x8A;
-pub(super) const SYNCHRONIZE_CACHE_16: u8 = 0x91;
-pub(super) const WRITE_SAME_16: u8 = 0x93;
-pub(super) const SERVICE_ACTION_IN_16: u8 = 0x9E;
-pub(super) const REPORT_LUNS: u8 = 0xA0;
-pub(super) const MAINTENANCE_IN: u8 = 0xA3;
-pub(super) const READ_12: u8 = 0xA8;
-pub(super) const WRITE_12: u8 = 0xAA;
-
-/// SERVICE ACTION IN(16) service action READ CAPACITY(16) (SBC-4).
-pub(super) const SA_READ_CAPACITY_16: u8 = 0x10;
-/// MAINTENANCE IN service action REPORT SUPPORTED OPERATION CODES (SPC-5).
-pub(super) const SA_REPORT_SUPPORTED_OPERATION_CODES: u8 = 0x0C;
+// The operation codes are the SCSI crate's, shared with the initiator.
+pub(super) use vbdev_scsi::cdb::opcode::*;
 
 /// What the addressed logical unit can do, where that changes the command set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
