@@ -1,4 +1,3 @@
-
 use super::*;
 use vm_memory::GuestMemoryBackend;
 
