@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use vbdev_scsi::Sense;
+use vbdev_scsi::sense::PackedSense;
 use vbdev_virtio::{DmaBuf, QueueError};
 
 /// What a bdev is and what it can do; fixed at attach.
@@ -193,10 +193,10 @@ pub enum IoError {
     TimedOut,
     /// A SCSI command ended in CHECK CONDITION, with the sense data the device reported
     /// (key, codes, INFORMATION such as the failing LBA, field pointer).
-    #[error("SCSI CHECK CONDITION: {} (sense key 0x{:x}, ASC 0x{:02x}, ASCQ 0x{:02x})", sense_key_name(sense.sense_key), sense.sense_key.get(), sense.asc, sense.ascq)]
+    #[error("SCSI CHECK CONDITION: {} (sense key 0x{:x}, ASC 0x{:02x}, ASCQ 0x{:02x})", sense_key_name(sense.sense().sense_key), sense.sense().sense_key.get(), sense.sense().asc, sense.sense().ascq)]
     ScsiCheckCondition {
-        /// The parsed sense data.
-        sense: Sense,
+        /// The parsed sense data (`sense.sense()`), packed: an `IoError` stays 24 bytes.
+        sense: PackedSense,
     },
     /// A SCSI command ended with a status other than GOOD or CHECK CONDITION (after
     /// retries for BUSY and TASK SET FULL), or CHECK CONDITION without usable sense.

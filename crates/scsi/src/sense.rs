@@ -404,6 +404,56 @@ impl Sense {
     }
 }
 
+/// [`Sense`] in 16 bytes with alignment 1, for error values that are copied often (an
+/// I/O error of a block layer): no `Option` of a `u64`, nothing to pad. Lossless:
+/// [`PackedSense::sense`] gives back the [`Sense`] it was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackedSense {
+    /// RESPONSE CODE, SENSE KEY, ASC, ASCQ.
+    code: [u8; 4],
+    /// INFORMATION (big-endian) and whether it is present (byte 8).
+    information: [u8; 9],
+    /// SENSE KEY SPECIFIC bytes as [`FieldPointer::bytes`] writes them (SKSV clear:
+    /// none).
+    sks: [u8; 3],
+}
+
+impl From<Sense> for PackedSense {
+    fn from(s: Sense) -> Self {
+        let mut information = [0u8; 9];
+        if let Some(i) = s.information {
+            information[..8].copy_from_slice(&i.to_be_bytes());
+            information[8] = 1;
+        }
+        Self {
+            code: [s.response_code, s.sense_key.get(), s.asc, s.ascq],
+            information,
+            sks: s.field_pointer.map_or([0; 3], |f| f.bytes()),
+        }
+    }
+}
+
+impl PackedSense {
+    /// The sense data.
+    pub fn sense(&self) -> Sense {
+        let [response_code, key, asc, ascq] = self.code;
+        let mut info = [0u8; 8];
+        info.copy_from_slice(&self.information[..8]);
+        Sense {
+            response_code,
+            sense_key: SenseKey::new(key),
+            asc,
+            ascq,
+            information: (self.information[8] != 0).then_some(u64::from_be_bytes(info)),
+            deferred: matches!(
+                response_code,
+                response_code::FIXED_DEFERRED | response_code::DESCRIPTOR_DEFERRED
+            ),
+            field_pointer: FieldPointer::parse(self.sks),
+        }
+    }
+}
+
 /// The field pointer in SENSE KEY SPECIFIC bytes, which mean one for ILLEGAL REQUEST only
 /// (other keys use them for progress or retry counts).
 fn field_pointer(key: SenseKey, sks: Option<&[u8]>) -> Option<FieldPointer> {
@@ -599,7 +649,10 @@ mod tests {
             if let (Some((in_cdb, byte, bit)), true) = (fp, key == SenseKey::ILLEGAL_REQUEST) {
                 s = s.with_field_pointer(FieldPointer { in_cdb, byte, bit });
             }
+            prop_assert_eq!(PackedSense::from(s).sense(), s);
+            prop_assert!(std::mem::size_of::<PackedSense>() == 16);
             let d = Sense::parse(&s.descriptor_format()).unwrap();
+            prop_assert_eq!(PackedSense::from(d).sense(), d);
             prop_assert_eq!(d, Sense { response_code: response_code::DESCRIPTOR_CURRENT, ..s });
             // Fixed format holds a 4-byte INFORMATION only.
             let f = Sense::parse(&s.fixed_format()).unwrap();

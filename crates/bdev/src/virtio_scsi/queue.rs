@@ -414,7 +414,7 @@ impl Format for ScsiFormat {
         let Ok(s) = Sense::parse(&sense[..n]) else {
             return fail(IoError::ScsiStatus(resp.status));
         };
-        let failed = IoError::ScsiCheckCondition { sense: s };
+        let failed = IoError::ScsiCheckCondition { sense: s.into() };
         if s.is_unit_attention() {
             if s.is_capacity_changed() {
                 lun.note_capacity_change();

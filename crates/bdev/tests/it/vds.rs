@@ -477,7 +477,7 @@ mod scsi {
             match c.status {
                 IoStatus::Failed(IoError::ScsiCheckCondition { sense }) => {
                     assert!(
-                        sense.is_illegal_request(),
+                        sense.sense().is_illegal_request(),
                         "ILLEGAL REQUEST expected: {:?}",
                         c.status
                     );

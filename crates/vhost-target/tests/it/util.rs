@@ -105,6 +105,7 @@ pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usiz
     let c = run(ch, Request::read(0, DmaBuf::alloc(len).unwrap(), 1));
     match c.status {
         IoStatus::Failed(IoError::ScsiCheckCondition { sense }) => {
+            let sense = sense.sense();
             assert!(sense.is_medium_error(), "{sense:?}");
             assert_eq!((sense.asc, sense.ascq), (0x11, 0));
         }
