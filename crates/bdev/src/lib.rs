@@ -49,6 +49,7 @@ mod local;
 pub mod malloc;
 pub mod null;
 pub mod registry;
+mod spec;
 mod stall;
 pub mod ticks;
 pub mod virtio_blk;

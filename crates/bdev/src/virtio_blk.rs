@@ -16,12 +16,12 @@ use vbdev_virtio::{
     CallFd, DmaBuf, DmaDomain, Notifier, QueueConfig, SplitQueue, Transport, VirtioDevice,
 };
 
-use crate::attach::{QueueOptions, Target};
 use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::engine::{Attempts, Engine, Format, Slot, SlotView, Verdict};
 use crate::error::{Error, Result};
 use crate::io::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
+use crate::spec::{QueueOptions, Target};
 
 const TARGET: &str = "vbdev::virtio_blk";
 

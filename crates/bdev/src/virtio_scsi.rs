@@ -55,12 +55,12 @@ use vbdev_virtio::device::features as vfeat;
 use vbdev_virtio::scsi::{self as wire, ScsiConfig};
 use vbdev_virtio::{CallFd, DmaBuf, DmaDomain, QueueConfig, SplitQueue, Transport, VirtioDevice};
 
-use crate::attach::{QueueOptions, Target};
 use crate::bdev::{Bdev, BdevBackend};
 use crate::channel::ChannelBackend;
 use crate::engine::PUBLISH_BATCH;
 use crate::error::{Error, Result};
 use crate::io::{BdevInfo, Completion, Request};
+use crate::spec::{QueueOptions, Target};
 
 use queue::{Layout, QueueSlot, ScsiQueue};
 
