@@ -213,11 +213,6 @@ impl RequestQueue {
         l.buf.take()
     }
 
-    /// Length of `owner`'s lent buffer.
-    pub fn lent_len(&self, owner: u32) -> Option<usize> {
-        self.lent.get(owner as usize)?.buf.as_ref().map(DmaBuf::len)
-    }
-
     #[inline]
     fn header_at(&self, ctx: u16, off: usize, len: usize) -> usize {
         assert!(
@@ -250,16 +245,6 @@ impl RequestQueue {
     pub fn write_header(&mut self, ctx: u16, off: usize, data: &[u8]) {
         let at = self.header_at(ctx, off, data.len());
         self.arena.write(at, data);
-    }
-
-    /// Writes `v` little-endian at `off` of context `ctx`'s header slot, in one store.
-    ///
-    /// # Panics
-    /// When the bytes lie outside the slot.
-    #[inline]
-    pub fn write_header_u64(&mut self, ctx: u16, off: usize, v: u64) {
-        let at = self.header_at(ctx, off, 8);
-        self.arena.write_u64_le(at, v);
     }
 
     /// The byte at `off` of context `ctx`'s status area, read once.
@@ -303,7 +288,9 @@ impl RequestQueue {
     pub fn chain(&mut self, ctx: u16, owner: Option<u32>) -> ChainBuilder<'_> {
         self.scratch.clear();
         let c = usize::from(ctx);
-        let free = self.in_flight.get(c) == Some(&FREE);
+        let slot = self.in_flight.get(c).copied();
+        let free = slot == Some(FREE);
+        let busy = slot.is_some() && !free;
         let (owner, data) = match owner {
             None => (NO_OWNER, None),
             Some(o) => match self.lent.get(o as usize) {
@@ -319,6 +306,7 @@ impl RequestQueue {
             ctx,
             owner,
             bad: !free,
+            busy,
             writable: false,
             rq: self,
         }
@@ -400,6 +388,8 @@ pub struct ChainBuilder<'a> {
     bad: bool,
     /// A device-writable piece was appended.
     writable: bool,
+    /// The context has a chain with the device: its header is not written.
+    busy: bool,
 }
 
 impl ChainBuilder<'_> {
@@ -488,7 +478,7 @@ impl ChainBuilder<'_> {
     /// When the bytes lie outside the slot.
     #[inline]
     pub fn write_header(&mut self, off: usize, data: &[u8]) {
-        if !self.rq.is_busy(self.ctx) {
+        if !self.busy {
             self.rq.write_header(self.ctx, off, data);
         }
     }
@@ -500,7 +490,7 @@ impl ChainBuilder<'_> {
     /// When the bytes lie outside the slot.
     #[inline]
     pub fn write_header_words(&mut self, off: usize, words: &[u64]) {
-        if self.rq.is_busy(self.ctx) {
+        if self.busy {
             return;
         }
         let at = self.rq.header_at(self.ctx, off, 8 * words.len());

@@ -149,23 +149,6 @@ impl SharedMem {
         }
     }
 
-    /// Writes `v` little-endian at `off` with one volatile store.
-    ///
-    /// # Panics
-    /// When the range is out of bounds.
-    #[inline]
-    pub fn write_u64_le(&mut self, off: usize, v: u64) {
-        self.check(off, 8);
-        // SAFETY: in range (checked); `[u8; 8]` has alignment 1; a volatile store.
-        unsafe {
-            self.buf
-                .as_ptr()
-                .add(off)
-                .cast::<[u8; 8]>()
-                .write_volatile(v.to_le_bytes())
-        }
-    }
-
     /// Writes `words` little-endian from `off`, one volatile store each.
     ///
     /// # Panics
@@ -203,7 +186,7 @@ mod tests {
         let mut m = SharedMem::zeroed(DmaDomain::global(), 64, 64).unwrap();
         m.write(3, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
         m.write_u8(20, 0xaa);
-        m.write_u64_le(24, 0x0102_0304_0506_0708);
+        m.write_words_le(24, &[0x0102_0304_0506_0708]);
         let mut out = [0u8; 32];
         m.read(0, &mut out);
         assert_eq!(&out[..14], &[0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);

@@ -263,7 +263,7 @@ fn status_markers_and_reads_stay_in_their_context() {
         q.read_status(c, 0, &mut out);
         assert_eq!(out, [0xf0 | c as u8, 0]);
     }
-    q.write_header_u64(1, 8, 0x1122_3344_5566_7788);
+    q.write_header(1, 8, &0x1122_3344_5566_7788u64.to_le_bytes());
     q.write_header(1, 0, &[1, 2, 3]);
     assert_eq!(
         q.status_u8(1, 0),
