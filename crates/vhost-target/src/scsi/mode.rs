@@ -1,14 +1,13 @@
 //! MODE SENSE(6) and MODE SENSE(10) (SPC-5 §6.14, §6.15): the Caching and Control mode
 //! pages, read-only (MODE SELECT is not implemented, so nothing is changeable).
 
+use vbdev_scsi::mode::page::{ALL as PAGE_ALL, CACHING as PAGE_CACHING, CONTROL as PAGE_CONTROL};
+
 use super::Lun;
 use super::Sense;
 use super::opcode::MODE_SENSE_10;
 use super::wire::{Cdb, DataIn};
 
-const PAGE_CACHING: u8 = 0x08;
-const PAGE_CONTROL: u8 = 0x0A;
-const PAGE_ALL: u8 = 0x3F;
 /// SUBPAGE CODE FFh: all subpages.
 const SUBPAGE_ALL: u8 = 0xFF;
 
@@ -27,8 +26,8 @@ enum PageControl {
 
 /// DEVICE-SPECIFIC PARAMETER of a direct access block device (SBC-4): WP (bit 7),
 /// DPOFUA (bit 4: DPO and FUA are supported).
-const DPOFUA: u8 = 0x10;
-const WP: u8 = 0x80;
+const DPOFUA: u8 = vbdev_scsi::ModeParameterHeader6::DPOFUA;
+const WP: u8 = vbdev_scsi::ModeParameterHeader6::WP;
 
 impl Lun {
     /// MODE SENSE(6) or MODE SENSE(10).
