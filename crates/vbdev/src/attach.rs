@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use vbdev_bdev::virtio_scsi::ScsiController;
 use vbdev_bdev::{Bdev, QueueOptions, Target};
 use vbdev_virtio::DeviceType;
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;
@@ -100,7 +99,7 @@ impl Attach {
 
     fn attach(&self, name: &str, target: &Target) -> Result<Attached, Failure> {
         vbdev_bdev::attach::attach(name, target, self.device, &self.queues)
-            .map(Attached::from)
+            .map(Attached::Virtio)
             .map_err(Failure::run)
     }
 }
@@ -108,37 +107,26 @@ impl Attach {
 /// An attached device (or a local bdev): what can be benchmarked or used, and detached.
 #[derive(Debug)]
 pub enum Attached {
-    /// A virtio-blk bdev.
-    Blk(Bdev),
-    /// A virtio-scsi controller and its LUN bdevs.
-    Scsi(ScsiController),
+    /// A virtio-blk bdev or a virtio-scsi controller with its LUN bdevs.
+    Virtio(vbdev_bdev::Attached),
     /// A bdev of this process (malloc, null).
     Local(Bdev),
-}
-
-impl From<vbdev_bdev::Attached> for Attached {
-    fn from(a: vbdev_bdev::Attached) -> Self {
-        match a {
-            vbdev_bdev::Attached::Blk(b) => Attached::Blk(b),
-            vbdev_bdev::Attached::Scsi(c) => Attached::Scsi(c),
-        }
-    }
 }
 
 impl Attached {
     /// The bdevs it provides, in scan order.
     pub fn bdevs(&self) -> Vec<Bdev> {
         match self {
-            Attached::Blk(b) | Attached::Local(b) => vec![b.clone()],
-            Attached::Scsi(c) => c.bdevs(),
+            Attached::Virtio(v) => v.bdevs(),
+            Attached::Local(b) => vec![b.clone()],
         }
     }
 
     /// Stops the device.
     pub fn detach(&self) {
         match self {
-            Attached::Blk(b) | Attached::Local(b) => b.detach(),
-            Attached::Scsi(c) => c.detach(),
+            Attached::Virtio(v) => v.detach(),
+            Attached::Local(b) => b.detach(),
         }
     }
 }

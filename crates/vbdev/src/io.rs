@@ -55,10 +55,12 @@ pub fn run(args: IoArgs) -> Result<(), Failure> {
         (None, Some(bdf)) => cfg.attach.connect_pci(name, bdf)?,
         (None, None) => unreachable!("clap requires --vhost-user or --pci"),
     };
-    let result = match (&attached, &cfg.attach) {
-        (Attached::Scsi(ctrl), _) => execute_scsi(ctrl, &cfg.attach.queues, &args),
-        (Attached::Blk(bdev), _) => execute(bdev, &args),
-        _ => unreachable!("attached as configured"),
+    let result = match &attached {
+        Attached::Virtio(vbdev_bdev::Attached::Scsi(ctrl)) => {
+            execute_scsi(ctrl, &cfg.attach.queues, &args)
+        }
+        Attached::Virtio(vbdev_bdev::Attached::Blk(bdev)) => execute(bdev, &args),
+        Attached::Local(_) => unreachable!("vbdev io attaches virtio devices only"),
     };
     attached.detach();
     result
