@@ -193,7 +193,7 @@ pub enum IoError {
     TimedOut,
     /// A SCSI command ended in CHECK CONDITION, with the sense data the device reported
     /// (key, codes, INFORMATION such as the failing LBA, field pointer).
-    #[error("SCSI CHECK CONDITION: {} (sense key 0x{:x}, ASC 0x{:02x}, ASCQ 0x{:02x})", sense_key_name(sense.sense().sense_key), sense.sense().sense_key.get(), sense.sense().asc, sense.sense().ascq)]
+    #[error("SCSI CHECK CONDITION: {}", check_condition(sense))]
     ScsiCheckCondition {
         /// The parsed sense data (`sense.sense()`), packed: an `IoError` stays 24 bytes.
         sense: PackedSense,
@@ -214,8 +214,16 @@ pub enum IoError {
     },
 }
 
-fn sense_key_name(k: vbdev_scsi::SenseKey) -> &'static str {
-    k.name().unwrap_or("reserved sense key")
+/// The sense of a CHECK CONDITION for messages, unpacked once: key name, key, ASC, ASCQ.
+fn check_condition(sense: &PackedSense) -> String {
+    let s = sense.sense();
+    format!(
+        "{} (sense key 0x{:x}, ASC 0x{:02x}, ASCQ 0x{:02x})",
+        s.sense_key.name().unwrap_or("reserved sense key"),
+        s.sense_key.get(),
+        s.asc,
+        s.ascq
+    )
 }
 
 /// The outcome of a request.
