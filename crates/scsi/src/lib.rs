@@ -18,9 +18,12 @@
 //! - [`luns`]: [`ReportLuns`], whose entries are [`LunEntry`]s holding a [`Lun`].
 //! - [`mode`]: MODE SENSE(6) data, [`ModeSense6`]: the [`ModeParameterHeader6`] (WP,
 //!   DPOFUA) and the [`CachingPage`] (WCE, RCD) found after the block descriptors;
-//!   [`mode::find_page_6`] finds any other page.
+//!   [`mode::find_page_6`] finds any other page. MODE SENSE(10): the
+//!   [`ModeParameterHeader10`] and [`mode::find_page_10`]; [`BlockDescriptor`]s (short
+//!   and long LBA) and the [`ControlPage`].
 //! - [`opcodes`]: REPORT SUPPORTED OPERATION CODES data, [`SupportedOpcodes`] of
-//!   [`CommandDescriptor`]s, with [`SupportedOpcodes::supports`].
+//!   [`CommandDescriptor`]s, with [`SupportedOpcodes::supports`]; [`OneCommand`] for the
+//!   one_command format.
 //! - [`sense`]: [`Sense`], one type for fixed and descriptor format sense data.
 //! - [`status`]: [`Status`] bytes and [`SenseKey`]s with their names.
 //!
@@ -62,8 +65,11 @@ pub use cdb::{Cdb, UnmapDescriptor};
 pub use error::{Error, Result};
 pub use inquiry::{DeviceType, StandardInquiry};
 pub use luns::{Lun, LunEntry, ReportLuns};
-pub use mode::{CachingPage, ModeParameterHeader6, ModeSense6};
-pub use opcodes::{CommandDescriptor, CommandTimeouts, SupportedOpcodes};
+pub use mode::{
+    BlockDescriptor, CachingPage, ControlPage, ModeParameterHeader6, ModeParameterHeader10,
+    ModeSense6,
+};
+pub use opcodes::{CommandDescriptor, CommandTimeouts, OneCommand, SupportedOpcodes};
 pub use sense::Sense;
 pub use status::{SenseKey, Status};
 pub use vpd::{

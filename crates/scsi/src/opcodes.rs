@@ -1,12 +1,15 @@
-//! REPORT SUPPORTED OPERATION CODES parameter data for all commands (SPC-5 "All_commands
-//! parameter data format", REPORTING OPTIONS 000b).
+//! REPORT SUPPORTED OPERATION CODES parameter data (SPC-5): for all commands
+//! ("All_commands parameter data format", REPORTING OPTIONS 000b) and for one
+//! ("One_command parameter data format", REPORTING OPTIONS 001b to 011b).
 //!
 //! Layout: bytes 0..4 COMMAND DATA LENGTH (the bytes after the field), then command
 //! descriptors: byte 0 OPERATION CODE, bytes 2..4 SERVICE ACTION, byte 5 CTDP (bit 1)
 //! and SERVACTV (bit 0), bytes 6..8 CDB LENGTH. With CTDP a command timeouts descriptor
 //! follows (bytes 0..2 DESCRIPTOR LENGTH, 0Ah; byte 3 COMMAND SPECIFIC; bytes 4..8
 //! NOMINAL COMMAND PROCESSING TIMEOUT; bytes 8..12 RECOMMENDED COMMAND TIMEOUT), so a
-//! descriptor is 8 bytes, or 20 with CTDP.
+//! descriptor is 8 bytes, or 20 with CTDP. One_command data: byte 1 CTDP (bit 7) and
+//! SUPPORT (bits 2..0), bytes 2..4 CDB SIZE, CDB SIZE bytes of CDB USAGE DATA, then the
+//! command timeouts descriptor with CTDP.
 
 use crate::error::{Error, Result};
 
@@ -19,7 +22,7 @@ pub const COMMAND_DESCRIPTOR_LEN: usize = 8;
 pub const COMMAND_TIMEOUTS_LEN: usize = 12;
 
 /// The command timeouts descriptor (SPC-5 "Command timeouts descriptor").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CommandTimeouts {
     /// COMMAND SPECIFIC: command-dependent timeout information.
     pub command_specific: u8,
@@ -27,6 +30,27 @@ pub struct CommandTimeouts {
     pub nominal: u32,
     /// RECOMMENDED COMMAND TIMEOUT in seconds (0: not specified).
     pub recommended: u32,
+}
+
+impl CommandTimeouts {
+    /// The 12 descriptor bytes (DESCRIPTOR LENGTH 0Ah).
+    pub fn to_bytes(&self) -> [u8; COMMAND_TIMEOUTS_LEN] {
+        let mut b = [0u8; COMMAND_TIMEOUTS_LEN];
+        b[1] = 0x0A;
+        b[3] = self.command_specific;
+        b[4..8].copy_from_slice(&self.nominal.to_be_bytes());
+        b[8..].copy_from_slice(&self.recommended.to_be_bytes());
+        b
+    }
+
+    /// The fields of a 12-byte descriptor (DESCRIPTOR LENGTH is not checked).
+    fn from_bytes(t: &[u8; COMMAND_TIMEOUTS_LEN]) -> Self {
+        Self {
+            command_specific: t[3],
+            nominal: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+            recommended: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        }
+    }
 }
 
 /// One command descriptor (SPC-5 "Command descriptor format").
@@ -69,15 +93,7 @@ impl CommandDescriptor {
             len[1],
         ]);
         if self.ctdp {
-            let t = self.timeouts.unwrap_or(CommandTimeouts {
-                command_specific: 0,
-                nominal: 0,
-                recommended: 0,
-            });
-            // DESCRIPTOR LENGTH 0Ah.
-            out.extend_from_slice(&[0x00, 0x0A, 0, t.command_specific]);
-            out.extend_from_slice(&t.nominal.to_be_bytes());
-            out.extend_from_slice(&t.recommended.to_be_bytes());
+            out.extend_from_slice(&self.timeouts.unwrap_or_default().to_bytes());
         }
     }
 
@@ -168,11 +184,7 @@ impl SupportedOpcodes {
                 else {
                     break;
                 };
-                Some(CommandTimeouts {
-                    command_specific: t[3],
-                    nominal: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
-                    recommended: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-                })
+                Some(CommandTimeouts::from_bytes(t))
             } else {
                 None
             };
@@ -222,6 +234,95 @@ impl SupportedOpcodes {
     pub fn is_truncated(&self) -> bool {
         let held: u64 = self.commands.iter().map(|c| c.encoded_len() as u64).sum();
         held < u64::from(self.command_data_length)
+    }
+}
+
+/// SUPPORT values of one_command parameter data (SPC-5 "SUPPORT field").
+pub mod support {
+    /// Data about the command is not available now.
+    pub const NOT_AVAILABLE: u8 = 0b000;
+    /// The command is not supported; nothing after byte 1 is defined.
+    pub const NOT_SUPPORTED: u8 = 0b001;
+    /// Supported as a SCSI standard defines it.
+    pub const STANDARD: u8 = 0b011;
+    /// Supported in a vendor specific manner.
+    pub const VENDOR: u8 = 0b101;
+}
+
+/// Length of one_command parameter data before the CDB USAGE DATA.
+pub const ONE_COMMAND_HEADER_LEN: usize = 4;
+
+/// REPORT SUPPORTED OPERATION CODES parameter data for one command (SPC-5
+/// "One_command parameter data format").
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OneCommand {
+    /// SUPPORT (byte 1 bits 2..0), one of [`support`].
+    pub support: u8,
+    /// CDB USAGE DATA: per CDB byte, the bits the device evaluates (byte 0 is the
+    /// operation code); its length is CDB SIZE. Empty for an unsupported command.
+    pub usage: Vec<u8>,
+    /// The command timeouts descriptor: CTDP is set exactly when it is `Some`.
+    pub timeouts: Option<CommandTimeouts>,
+}
+
+impl OneCommand {
+    /// The answer for a command the device does not support: SUPPORT 001b, no usage
+    /// data, no timeouts.
+    pub fn not_supported() -> Self {
+        Self {
+            support: support::NOT_SUPPORTED,
+            usage: Vec::new(),
+            timeouts: None,
+        }
+    }
+
+    /// The parameter data. CDB SIZE is the usage data's length (at most 65535 bytes;
+    /// a CDB is at most 260), SUPPORT its low 3 bits.
+    pub fn encode(&self) -> Vec<u8> {
+        let size = u16::try_from(self.usage.len()).unwrap_or(u16::MAX);
+        let mut out =
+            Vec::with_capacity(ONE_COMMAND_HEADER_LEN + usize::from(size) + COMMAND_TIMEOUTS_LEN);
+        out.push(0);
+        out.push(u8::from(self.timeouts.is_some()) << 7 | (self.support & 0x07));
+        out.extend_from_slice(&size.to_be_bytes());
+        out.extend_from_slice(&self.usage[..usize::from(size)]);
+        if let Some(t) = self.timeouts {
+            out.extend_from_slice(&t.to_bytes());
+        }
+        out
+    }
+
+    /// Parses one_command parameter data.
+    ///
+    /// # Errors
+    /// [`Error::Short`] when the buffer ends before the header, the CDB USAGE DATA that
+    /// CDB SIZE declares or (with CTDP) the command timeouts descriptor: ask again with
+    /// 4 + CDB SIZE (+ 12) bytes.
+    pub fn parse(data: &[u8]) -> Result<Self> {
+        let short = |need| Error::Short {
+            what: "one_command parameter data",
+            need,
+            got: data.len(),
+        };
+        let Some(h) = data.first_chunk::<ONE_COMMAND_HEADER_LEN>() else {
+            return Err(short(ONE_COMMAND_HEADER_LEN));
+        };
+        let ctdp = h[1] & 0x80 != 0;
+        let size = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let end = ONE_COMMAND_HEADER_LEN + size;
+        let need = end + if ctdp { COMMAND_TIMEOUTS_LEN } else { 0 };
+        if data.len() < need {
+            return Err(short(need));
+        }
+        let timeouts = ctdp.then(|| {
+            let t = data[end..need].first_chunk().expect("checked above");
+            CommandTimeouts::from_bytes(t)
+        });
+        Ok(Self {
+            support: h[1] & 0x07,
+            usage: data[ONE_COMMAND_HEADER_LEN..end].to_vec(),
+            timeouts,
+        })
     }
 }
 

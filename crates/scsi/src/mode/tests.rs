@@ -332,3 +332,177 @@ proptest! {
         prop_assert_eq!(ModeSense6::parse(&data).unwrap().caching, Some(c));
     }
 }
+
+#[test]
+fn header_10_fields_and_errors() {
+    // SPC-5 Mode parameter header(10): 22 bytes of mode data after the length field,
+    // write-protected with DPOFUA, long LBA descriptors of 16 bytes.
+    let d = [0x00, 0x16, 0x00, 0x90, 0x01, 0x00, 0x00, 0x10];
+    let h = ModeParameterHeader10::parse(&d).unwrap();
+    assert_eq!(
+        h,
+        ModeParameterHeader10 {
+            mode_data_length: 0x16,
+            medium_type: 0,
+            device_specific_parameter: 0x90,
+            longlba: true,
+            block_descriptor_length: 16,
+        }
+    );
+    assert!(h.write_protected());
+    assert_eq!((h.data_len(), h.pages_offset()), (24, 24));
+    assert_eq!(h.to_bytes(), d);
+    assert!(matches!(
+        ModeParameterHeader10::parse(&d[..7]),
+        Err(Error::Short {
+            need: 8,
+            got: 7,
+            ..
+        })
+    ));
+    // A MODE DATA LENGTH of 5 ends inside the header.
+    assert!(matches!(
+        ModeParameterHeader10::parse(&[0, 5, 0, 0, 0, 0, 0, 0]),
+        Err(Error::Overrun { end: 7, .. })
+    ));
+}
+
+#[test]
+fn block_descriptors_short_and_long() {
+    let b = BlockDescriptor {
+        num_blocks: 0x1_0000_0000,
+        block_length: 4096,
+    };
+    // The short format says "more" for a count that needs 33 bits.
+    assert_eq!(
+        b.to_short_bytes(),
+        [0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00, 0x10, 0x00]
+    );
+    assert_eq!(
+        b.to_long_bytes(),
+        [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]
+    );
+    assert_eq!(BlockDescriptor::parse_long(&b.to_long_bytes()).unwrap(), b);
+    assert!(matches!(
+        BlockDescriptor::parse_short(&[0; 7]),
+        Err(Error::Short { need: 8, .. })
+    ));
+    assert!(matches!(
+        BlockDescriptor::parse_long(&[0; 15]),
+        Err(Error::Short { need: 16, .. })
+    ));
+}
+
+#[test]
+fn control_page_bytes_and_errors() {
+    // GLTSD and unrestricted reordering: what our target reports.
+    let c = ControlPage {
+        gltsd: true,
+        queue_algorithm_modifier: 1,
+        ..ControlPage::default()
+    };
+    assert_eq!(
+        c.to_bytes(),
+        [0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(ControlPage::default().to_bytes()[2..], [0; 10]);
+    assert_eq!(
+        ControlPage::parse(
+            &CachingPage {
+                wce: true,
+                rcd: false
+            }
+            .to_bytes()
+        ),
+        Err(Error::WrongModePage {
+            expected: page::CONTROL,
+            got: page::CACHING
+        })
+    );
+    // PAGE LENGTH shorter than the page: what is there is not enough.
+    let mut short = c.to_bytes();
+    short[1] = 6;
+    assert!(matches!(
+        ControlPage::parse(&short),
+        Err(Error::Short {
+            need: 12,
+            got: 8,
+            ..
+        })
+    ));
+}
+
+proptest! {
+    #[test]
+    fn header_10_descriptors_and_control_page_round_trip(
+        len in 6u16..,
+        medium: u8,
+        dsp: u8,
+        longlba: bool,
+        bdl: u16,
+        num_blocks: u64,
+        block_length in 0u32..1 << 24,
+        d_sense: bool,
+        gltsd: bool,
+        qam in 0u8..16,
+        qerr in 0u8..4,
+        ua in 0u8..4,
+        tas: bool,
+        busy: u16,
+    ) {
+        let h = ModeParameterHeader10 {
+            mode_data_length: len,
+            medium_type: medium,
+            device_specific_parameter: dsp,
+            longlba,
+            block_descriptor_length: bdl,
+        };
+        prop_assert_eq!(ModeParameterHeader10::parse(&h.to_bytes()).unwrap(), h);
+        let b = BlockDescriptor { num_blocks, block_length };
+        prop_assert_eq!(BlockDescriptor::parse_long(&b.to_long_bytes()).unwrap(), b);
+        let short = BlockDescriptor::parse_short(&b.to_short_bytes()).unwrap();
+        prop_assert_eq!(short.block_length, block_length);
+        prop_assert_eq!(short.num_blocks, num_blocks.min(u64::from(u32::MAX)));
+        let c = ControlPage {
+            d_sense,
+            gltsd,
+            queue_algorithm_modifier: qam,
+            qerr,
+            ua_intlck_ctrl: ua,
+            tas,
+            busy_timeout_period: busy,
+        };
+        prop_assert_eq!(ControlPage::parse(&c.to_bytes()).unwrap(), c);
+        // MODE SENSE(10) for all pages with a long descriptor: header, descriptor,
+        // Caching and Control pages; each page is found where it lies.
+        let caching = CachingPage { wce: d_sense, rcd: tas };
+        let mut data = ModeParameterHeader10 {
+            mode_data_length: (6 + LONG_BLOCK_DESCRIPTOR_LEN + CACHING_PAGE_LEN + CONTROL_PAGE_LEN) as u16,
+            longlba: true,
+            block_descriptor_length: LONG_BLOCK_DESCRIPTOR_LEN as u16,
+            ..h
+        }
+        .to_bytes()
+        .to_vec();
+        data.extend_from_slice(&b.to_long_bytes());
+        data.extend_from_slice(&caching.to_bytes());
+        data.extend_from_slice(&c.to_bytes());
+        let found = find_page_10(&data, page::CONTROL, 0).unwrap().unwrap();
+        prop_assert_eq!(ControlPage::parse(found).unwrap(), c);
+        let found = find_page_10(&data, page::CACHING, 0).unwrap().unwrap();
+        prop_assert_eq!(CachingPage::parse(found).unwrap(), caching);
+    }
+
+    #[test]
+    fn mode_10_parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(h) = ModeParameterHeader10::parse(&data) {
+            prop_assert!(h.data_len() >= 8);
+        }
+        if let Ok(Some(p)) = find_page_10(&data, data.get(8).copied().unwrap_or(0) & 0x3F, 0) {
+            prop_assert!(p.len() >= 2 && p.len() <= data.len());
+        }
+        let _ = ControlPage::parse(&data);
+        let _ = BlockDescriptor::parse_short(&data);
+        let _ = BlockDescriptor::parse_long(&data);
+    }
+}

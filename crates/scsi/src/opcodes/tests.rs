@@ -232,3 +232,63 @@ proptest! {
         prop_assert_eq!(parsed.commands, commands);
     }
 }
+
+#[test]
+fn one_command_supported_and_not() {
+    // SYNCHRONIZE CACHE(10) with timeouts: CTDP, SUPPORT 011b, CDB SIZE 10.
+    let usage = vec![0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00];
+    let o = OneCommand {
+        support: support::STANDARD,
+        usage: usage.clone(),
+        timeouts: Some(CommandTimeouts::default()),
+    };
+    let d = o.encode();
+    assert_eq!(d[..4], [0x00, 0x83, 0x00, 0x0A]);
+    assert_eq!(d[4..14], usage[..]);
+    assert_eq!(d[14..], [0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(OneCommand::parse(&d).unwrap(), o);
+    // Cut: the parser asks for all of it.
+    assert!(matches!(
+        OneCommand::parse(&d[..20]),
+        Err(Error::Short {
+            need: 26,
+            got: 20,
+            ..
+        })
+    ));
+    assert_eq!(
+        OneCommand::not_supported().encode(),
+        [0x00, 0x01, 0x00, 0x00]
+    );
+    assert_eq!(
+        OneCommand::parse(&[0x00, 0x01, 0x00, 0x00]).unwrap(),
+        OneCommand::not_supported()
+    );
+}
+
+proptest! {
+    #[test]
+    fn one_command_round_trips(
+        support in 0u8..8,
+        usage in proptest::collection::vec(any::<u8>(), 0..32),
+        timeouts in proptest::option::of((any::<u8>(), any::<u32>(), any::<u32>())),
+    ) {
+        let o = OneCommand {
+            support,
+            usage,
+            timeouts: timeouts.map(|(c, n, r)| CommandTimeouts {
+                command_specific: c,
+                nominal: n,
+                recommended: r,
+            }),
+        };
+        prop_assert_eq!(OneCommand::parse(&o.encode()).unwrap(), o);
+    }
+
+    #[test]
+    fn one_command_parse_never_panics(data in proptest::collection::vec(any::<u8>(), 0..48)) {
+        if let Ok(o) = OneCommand::parse(&data) {
+            prop_assert!(4 + o.usage.len() <= data.len());
+        }
+    }
+}

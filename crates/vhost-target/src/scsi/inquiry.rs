@@ -83,8 +83,10 @@ pub(super) fn missing_lun(cdb: Cdb<'_>, data_in: &mut [u8]) -> Result<usize, Sen
     match (evpd, page) {
         (false, _) => standard(&mut out, PERIPHERAL_NONE, &super::PRODUCT),
         (true, VPD_SUPPORTED_PAGES) => {
-            out.put(&[PERIPHERAL_NONE, VPD_SUPPORTED_PAGES, 0x00, 0x01]);
-            out.u8(VPD_SUPPORTED_PAGES);
+            // The page lists itself; byte 0 says no LUN is there.
+            let mut page = vpd::supported_pages_page(&[VPD_SUPPORTED_PAGES]);
+            page[0] = PERIPHERAL_NONE;
+            out.put(&page);
         }
         (true, _) => return Err(Sense::invalid_field_in_cdb(2, Some(7))),
     }

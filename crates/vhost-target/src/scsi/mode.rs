@@ -14,7 +14,7 @@ const SUBPAGE_ALL: u8 = 0xFF;
 /// Length of the Caching mode page (SBC-4): PAGE LENGTH 12h plus 2.
 const CACHING_LEN: usize = vbdev_scsi::mode::CACHING_PAGE_LEN;
 /// Length of the Control mode page (SPC-5): PAGE LENGTH 0Ah plus 2.
-const CONTROL_LEN: usize = 0x0C;
+const CONTROL_LEN: usize = vbdev_scsi::mode::CONTROL_PAGE_LEN;
 
 /// PAGE CONTROL (SPC-5 MODE SENSE, Table "PC field").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,12 +88,14 @@ impl Lun {
         // Mode parameter header (SPC-5 §7.5.6); MODE DATA LENGTH excludes itself.
         // total is at most 8 + 16 + 32 bytes.
         if ten {
-            out.be16((total - 2) as u16);
-            out.u8(0); // MEDIUM TYPE
-            out.u8(dsp);
-            out.u8(u8::from(block_desc_len == 16)); // LONGLBA
-            out.u8(0);
-            out.be16(block_desc_len as u16);
+            let header = vbdev_scsi::ModeParameterHeader10 {
+                mode_data_length: (total - 2) as u16,
+                medium_type: 0,
+                device_specific_parameter: dsp,
+                longlba: block_desc_len == 16,
+                block_descriptor_length: block_desc_len as u16,
+            };
+            out.put(&header.to_bytes());
         } else {
             let header = vbdev_scsi::ModeParameterHeader6 {
                 // MODE SENSE(6) answers at most 255 bytes of mode data: total < 64 here.
@@ -104,22 +106,15 @@ impl Lun {
             };
             out.put(&header.to_bytes());
         }
+        let descriptor = vbdev_scsi::BlockDescriptor {
+            num_blocks: self.num_blocks,
+            block_length: self.info.block_size,
+        };
         match block_desc_len {
-            // Short LBA mode parameter block descriptor (SBC-4): NUMBER OF LOGICAL
-            // BLOCKS, FFFF_FFFFh when it does not fit.
-            8 => {
-                out.be32(u32::try_from(self.num_blocks).unwrap_or(u32::MAX));
-                out.u8(0);
-                // LOGICAL BLOCK LENGTH, 3 bytes: a LUN with a medium has a block size
-                // below 16 MiB.
-                out.put(&self.info.block_size.to_be_bytes()[1..]);
-            }
-            // Long LBA mode parameter block descriptor (SBC-4).
-            16 => {
-                out.be64(self.num_blocks);
-                out.be32(0);
-                out.be32(self.info.block_size);
-            }
+            // Short LBA format: NUMBER OF LOGICAL BLOCKS FFFF_FFFFh when it does not
+            // fit; a LUN's block size is far below the 16 MiB its 3 bytes hold.
+            8 => out.put(&descriptor.to_short_bytes()),
+            16 => out.put(&descriptor.to_long_bytes()),
             _ => {}
         }
         // Pages in ascending page code order.
@@ -148,17 +143,17 @@ fn caching_page(out: &mut DataIn<'_>, pc: PageControl) {
 /// Control mode page (SPC-5): TST = 000b, D_SENSE = 0 (fixed format sense),
 /// GLTSD = 1 (no log parameters saved), QUEUE ALGORITHM MODIFIER = 1 (unrestricted
 /// reordering), QERR = 00b, UA_INTLCK_CTRL = 00b (a reported unit attention is
-/// cleared), TAS = 0, BUSY TIMEOUT PERIOD 0 (undefined).
+/// cleared), TAS = 0, BUSY TIMEOUT PERIOD 0 (undefined). Changeable values are all
+/// zero.
 fn control_page(out: &mut DataIn<'_>, pc: PageControl) {
-    out.u8(PAGE_CONTROL);
-    out.u8((CONTROL_LEN - 2) as u8);
-    if pc == PageControl::Changeable {
-        out.zeros(CONTROL_LEN - 2);
-        return;
-    }
-    out.u8(0x02); // TST, TMF_ONLY, DPICZ, D_SENSE, GLTSD, RLEC
-    out.u8(0x10); // QUEUE ALGORITHM MODIFIER, NUAR, QERR
-    out.u8(0x00); // VS, RAC, UA_INTLCK_CTRL, SWP
-    out.u8(0x00); // ATO, TAS, ATMPE, RWWP, SBLP, AUTOLOAD MODE
-    out.zeros(CONTROL_LEN - 6); // obsolete, BUSY TIMEOUT PERIOD, EXTENDED SELF-TEST
+    let page = if pc == PageControl::Changeable {
+        vbdev_scsi::ControlPage::default()
+    } else {
+        vbdev_scsi::ControlPage {
+            gltsd: true,
+            queue_algorithm_modifier: 1,
+            ..vbdev_scsi::ControlPage::default()
+        }
+    };
+    out.put(&page.to_bytes());
 }

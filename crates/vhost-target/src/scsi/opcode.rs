@@ -12,7 +12,9 @@
 //! Bits of the CONTROL byte are all treated as reserved: NACA = 1 is refused because ACA
 //! is not supported (SAM-5 CONTROL byte, NORMACA = 0 in the standard INQUIRY data).
 
-use vbdev_scsi::opcodes::{CommandDescriptor, CommandTimeouts, SupportedOpcodes};
+use vbdev_scsi::opcodes::{
+    CommandDescriptor, CommandTimeouts, OneCommand, SupportedOpcodes, support,
+};
 
 use super::Sense;
 use super::wire::{Cdb, DataIn};
@@ -370,17 +372,6 @@ pub(super) fn check_cdb(op: &Op, cdb: Cdb<'_>, caps: Caps) -> Result<(), Sense> 
     Ok(())
 }
 
-/// The command timeouts descriptor (SPC-5 REPORT SUPPORTED OPERATION CODES):
-/// DESCRIPTOR LENGTH 0Ah, no nominal or recommended timeout reported (0 = not
-/// specified).
-fn put_timeouts(out: &mut DataIn<'_>) {
-    out.be16(0x000A);
-    out.u8(0); // reserved
-    out.u8(0); // COMMAND SPECIFIC
-    out.be32(0); // NOMINAL COMMAND PROCESSING TIMEOUT
-    out.be32(0); // RECOMMENDED COMMAND TIMEOUT
-}
-
 /// Writes the REPORT SUPPORTED OPERATION CODES parameter data (SPC-5).
 ///
 /// # Errors
@@ -435,11 +426,7 @@ fn all_commands(caps: Caps, rctd: bool, out: &mut DataIn<'_>) {
             ctdp: rctd,
             // CDBs are at most 16 bytes.
             cdb_length: op.cdb_len() as u16,
-            timeouts: rctd.then_some(CommandTimeouts {
-                command_specific: 0,
-                nominal: 0,
-                recommended: 0,
-            }),
+            timeouts: rctd.then(CommandTimeouts::default),
         })
         .collect();
     out.put(&SupportedOpcodes::encode(&commands));
@@ -447,21 +434,17 @@ fn all_commands(caps: Caps, rctd: bool, out: &mut DataIn<'_>) {
 
 /// The one_command parameter data format (SPC-5 REPORT SUPPORTED OPERATION CODES).
 fn one_command(op: Option<&Op>, caps: Caps, rctd: bool, out: &mut DataIn<'_>) {
-    let Some(op) = op else {
-        // SUPPORT 001b: not supported; nothing after byte 1 is defined.
-        out.put(&[0x00, 0b001, 0x00, 0x00]);
-        return;
+    let data = match op {
+        // SUPPORT 001b: nothing after byte 1 is defined, so no timeouts either.
+        None => OneCommand::not_supported(),
+        Some(op) => OneCommand {
+            support: support::STANDARD,
+            usage: (0..op.cdb_len()).map(|i| op.usage_byte(i, caps)).collect(),
+            // With RCTD, a command timeouts descriptor of zeros (not specified).
+            timeouts: rctd.then(CommandTimeouts::default),
+        },
     };
-    out.u8(0);
-    // CTDP (bit 7), SUPPORT 011b: supported as a standard defines it.
-    out.u8(u8::from(rctd) << 7 | 0b011);
-    out.be16(op.cdb_len() as u16);
-    for i in 0..op.cdb_len() {
-        out.u8(op.usage_byte(i, caps));
-    }
-    if rctd {
-        put_timeouts(out);
-    }
+    out.put(&data.encode());
 }
 
 #[cfg(test)]

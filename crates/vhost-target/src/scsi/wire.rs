@@ -62,32 +62,6 @@ impl<'a> DataIn<'a> {
         self.pos = self.pos.saturating_add(bytes.len());
     }
 
-    pub(super) fn u8(&mut self, v: u8) {
-        self.put(&[v]);
-    }
-
-    pub(super) fn be16(&mut self, v: u16) {
-        self.put(&v.to_be_bytes());
-    }
-
-    pub(super) fn be32(&mut self, v: u32) {
-        self.put(&v.to_be_bytes());
-    }
-
-    pub(super) fn be64(&mut self, v: u64) {
-        self.put(&v.to_be_bytes());
-    }
-
-    pub(super) fn zeros(&mut self, n: usize) {
-        const Z: [u8; 64] = [0; 64];
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(Z.len());
-            self.put(&Z[..k]);
-            left -= k;
-        }
-    }
-
     /// Bytes of parameter data produced so far (the full length, not what fits).
     #[cfg(test)]
     pub(super) fn produced(&self) -> usize {
@@ -117,14 +91,14 @@ mod tests {
     fn data_in_cuts_at_allocation_length_and_buffer() {
         let mut buf = [0xAAu8; 8];
         let mut d = DataIn::new(&mut buf, 5);
-        d.be32(0x0102_0304);
-        d.be32(0x0506_0708);
+        d.put(&[1, 2, 3, 4]);
+        d.put(&[5, 6, 7, 8]);
         assert_eq!(d.produced(), 8);
         assert_eq!(d.written(), 5);
         assert_eq!(buf, [1, 2, 3, 4, 5, 0xAA, 0xAA, 0xAA]);
         let mut small = [0u8; 2];
         let mut d = DataIn::new(&mut small, 100);
-        d.zeros(200);
+        d.put(&[0; 200]);
         assert_eq!((d.produced(), d.written()), (200, 2));
     }
 }
