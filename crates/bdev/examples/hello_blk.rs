@@ -24,11 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bs = bdev.block_size() as usize;
     let mut buf = DmaBuf::alloc(bs)?;
     buf.fill(0x42);
-    ch.submit(Request::write(1, buf, 1)).map_err(|r| r.error)?;
+    ch.submit(Request::write(1, 1, buf, 1))
+        .map_err(|r| r.error)?;
     let done = ch.wait_one()?;
     assert!(done.status.is_success(), "write failed: {:?}", done.status);
 
-    ch.submit(Request::read(1, DmaBuf::alloc(bs)?, 2))
+    ch.submit(Request::read(1, 1, DmaBuf::alloc(bs)?, 2))
         .map_err(|r| r.error)?;
     let done = ch.wait_one()?;
     let data = done.buf.expect("reads give their buffer back");

@@ -68,14 +68,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rng ^= rng << 17;
         (rng % span) * blocks_per_io
     };
-    let request: fn(u64, DmaBuf, u64) -> Request =
+    let request: fn(u64, u64, DmaBuf, u64) -> Request =
         if write { Request::write } else { Request::read };
     for i in 0..qd {
         let mut buf = DmaBuf::alloc(4096)?;
         if write {
             buf.fill(0xa5);
         }
-        ch.submit(request(next(), buf, i as u64))
+        ch.submit(request(next(), blocks_per_io, buf, i as u64))
             .map_err(|r| r.error)?;
     }
     let mut out: Vec<Completion> = (0..qd.max(1)).map(|_| Completion::default()).collect();
@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .buf
                 .take()
                 .expect("reads and writes give their buffer back");
-            ch.submit(request(next(), buf, c.cookie))
+            ch.submit(request(next(), blocks_per_io, buf, c.cookie))
                 .map_err(|r| r.error)?;
         }
     }

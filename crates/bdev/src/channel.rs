@@ -211,29 +211,26 @@ impl IoChannel {
         }
     }
 
-    fn check(&self, req: &mut Request) -> std::result::Result<(), RejectReason> {
+    fn check(&self, req: &Request) -> std::result::Result<(), RejectReason> {
         let op = req.op;
         self.check_access(op)?;
         match op {
             IoOp::Read | IoOp::Write => {
+                if req.num_blocks == 0 {
+                    return Err(RejectReason::Empty { op, num_blocks: 0 });
+                }
                 let len = req.buf.as_ref().map_or(0, |b| b.len() as u64);
+                // The block count the buffer holds; a shift for every common block size.
                 let (blocks, rest) = match self.block_shift {
                     Some(shift) => (len >> shift, len & (self.block_size - 1)),
                     None => (len / self.block_size, len % self.block_size),
                 };
-                if len == 0 || rest != 0 {
+                if rest != 0 || blocks != req.num_blocks {
                     return Err(RejectReason::BufferSize {
                         expected: req.num_blocks.saturating_mul(self.block_size),
                         actual: len,
                     });
                 }
-                if req.num_blocks != 0 && req.num_blocks != blocks {
-                    return Err(RejectReason::BufferSize {
-                        expected: req.num_blocks.saturating_mul(self.block_size),
-                        actual: len,
-                    });
-                }
-                req.num_blocks = blocks;
                 if let Some(buf) = &req.buf {
                     if !self.backend.buffer_visible(buf) {
                         return Err(RejectReason::BufferNotVisible {
@@ -275,7 +272,7 @@ impl IoChannel {
     /// [`Rejected`] with the request when it is invalid (read-only device, out of range,
     /// bad buffer size, unsupported operation, device removed); nothing was sent.
     pub fn submit(&mut self, mut req: Request) -> std::result::Result<(), Rejected> {
-        if let Err(error) = self.check(&mut req) {
+        if let Err(error) = self.check(&req) {
             return Err(Rejected {
                 error,
                 request: req,
@@ -382,6 +379,12 @@ impl IoChannel {
     /// last poll). [`Bdev::iostat`](crate::Bdev::iostat) sums every channel's.
     pub fn iostat(&self) -> IoStat {
         self.counts.to_iostat()
+    }
+
+    /// The bdev's block size in bytes: a read or write buffer holds a whole number of
+    /// these, exactly the request's `num_blocks`.
+    pub fn block_size(&self) -> u32 {
+        self.block_size as u32 // stored widened from the bdev's u32
     }
 
     /// Requests submitted and not yet returned by [`Self::poll`].
@@ -687,6 +690,55 @@ mod tests {
     }
 
     #[test]
+    fn a_read_or_write_buffer_holds_exactly_the_blocks_it_names() {
+        let stats = Arc::new(BdevStats::default());
+        let mut ch = IoChannel::new(&info(false), Box::new(Lifo::default()), &stats);
+        assert_eq!(ch.block_size(), 512);
+        let buf = |len| DmaBuf::alloc(len).unwrap();
+        // Two blocks named, four given: refused, not read in full.
+        let r = ch.submit(Request::read(0, 2, buf(2048), 1)).unwrap_err();
+        assert_eq!(
+            r.error,
+            RejectReason::BufferSize {
+                expected: 1024,
+                actual: 2048
+            }
+        );
+        assert_eq!(
+            r.request.buf.map(|b| b.len()),
+            Some(2048),
+            "buffer handed back"
+        );
+        let r = ch.submit(Request::write(0, 4, buf(1024), 2)).unwrap_err();
+        assert_eq!(
+            r.error,
+            RejectReason::BufferSize {
+                expected: 2048,
+                actual: 1024
+            }
+        );
+        // Part of a block, and a read of nothing.
+        let r = ch.submit(Request::read(0, 1, buf(700), 3)).unwrap_err();
+        assert!(matches!(
+            r.error,
+            RejectReason::BufferSize { actual: 700, .. }
+        ));
+        let r = ch.submit(Request::read(0, 0, buf(512), 4)).unwrap_err();
+        assert_eq!(
+            r.error,
+            RejectReason::Empty {
+                op: IoOp::Read,
+                num_blocks: 0
+            }
+        );
+        // What it names, it gets.
+        ch.submit(Request::read(4, 2, buf(1024), 5)).unwrap();
+        let c = ch.wait_one().unwrap();
+        assert_eq!((c.cookie, c.status), (5, IoStatus::Success));
+        assert_eq!(ch.iostat().bytes_read, 1024);
+    }
+
+    #[test]
     fn out_of_order_completions_get_their_cookies_and_counts() {
         let stats = Arc::new(BdevStats::default());
         let mut ch = IoChannel::new(&info(false), Box::new(Lifo::default()), &stats);
@@ -695,7 +747,7 @@ mod tests {
         for (i, &cookie) in cookies.iter().enumerate() {
             let block = i as u64; // odd blocks fail
             let req = match i % 3 {
-                0 => Request::read(block, DmaBuf::alloc(1024).unwrap(), cookie),
+                0 => Request::read(block, 2, DmaBuf::alloc(1024).unwrap(), cookie),
                 1 => Request::unmap(block, 3, cookie),
                 _ => Request::write_zeroes(block, 5, cookie),
             };

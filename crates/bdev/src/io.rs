@@ -79,7 +79,10 @@ pub struct Request {
     pub op: IoOp,
     /// First block.
     pub offset_blocks: u64,
-    /// Number of blocks (0 for a flush of everything).
+    /// Number of blocks (0 for a flush, which covers everything). Reads and writes say
+    /// it too, and their buffer must hold exactly that many blocks: a request is complete
+    /// as built, and a buffer of the wrong size is refused rather than read or written
+    /// in full (as SPDK's `spdk_bdev_read_blocks` takes both).
     pub num_blocks: u64,
     /// Data for reads and writes: exactly `num_blocks * block_size` bytes.
     pub buf: Option<DmaBuf>,
@@ -108,24 +111,24 @@ impl Request {
         dst.buf = src.buf.take();
     }
 
-    /// Reads `buf.len() / block_size` blocks at `offset_blocks` into `buf`.
-    /// The block count is filled in by [`IoChannel::submit`](crate::IoChannel::submit) from the buffer length.
-    pub fn read(offset_blocks: u64, buf: DmaBuf, cookie: u64) -> Self {
+    /// Reads `num_blocks` blocks at `offset_blocks` into `buf`, which holds exactly
+    /// that many ([`IoChannel::submit`](crate::IoChannel::submit) refuses it otherwise).
+    pub fn read(offset_blocks: u64, num_blocks: u64, buf: DmaBuf, cookie: u64) -> Self {
         Self {
             op: IoOp::Read,
             offset_blocks,
-            num_blocks: 0,
+            num_blocks,
             buf: Some(buf),
             cookie,
         }
     }
 
-    /// Writes `buf` at `offset_blocks`.
-    pub fn write(offset_blocks: u64, buf: DmaBuf, cookie: u64) -> Self {
+    /// Writes `buf`, exactly `num_blocks` blocks, at `offset_blocks`.
+    pub fn write(offset_blocks: u64, num_blocks: u64, buf: DmaBuf, cookie: u64) -> Self {
         Self {
             op: IoOp::Write,
             offset_blocks,
-            num_blocks: 0,
+            num_blocks,
             buf: Some(buf),
             cookie,
         }

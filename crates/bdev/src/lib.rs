@@ -26,9 +26,10 @@
 //!
 //! let bdev = virtio_blk::attach_vhost_user("VirtioBlk0", "/tmp/vblk.sock", &Default::default())?;
 //! let mut ch = bdev.open_channel()?;
+//! let blocks = 4096 / u64::from(bdev.block_size());
 //! let mut buf = DmaBuf::alloc(4096)?;
 //! buf.fill(0xab);
-//! ch.submit(Request::write(0, buf, 1)).map_err(|r| r.error)?;
+//! ch.submit(Request::write(0, blocks, buf, 1)).map_err(|r| r.error)?;
 //! let c = ch.wait_one()?;
 //! assert!(c.status.is_success());
 //! # Ok::<(), Box<dyn std::error::Error>>(())

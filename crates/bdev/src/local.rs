@@ -360,15 +360,17 @@ pub(crate) mod testing {
 
     /// Writes `data` at `offset_blocks`, which must succeed.
     pub(crate) fn write(ch: &mut IoChannel, offset_blocks: u64, data: &[u8]) {
-        let c = run(ch, Request::write(offset_blocks, buf_with(data), 1));
+        let n = data.len() as u64 / u64::from(ch.block_size());
+        let c = run(ch, Request::write(offset_blocks, n, buf_with(data), 1));
         assert_eq!(c.status, IoStatus::Success);
     }
 
     /// Reads `len` bytes at `offset_blocks`, which must succeed.
     pub(crate) fn read(ch: &mut IoChannel, offset_blocks: u64, len: usize) -> Vec<u8> {
+        let n = len as u64 / u64::from(ch.block_size());
         let c = run(
             ch,
-            Request::read(offset_blocks, buf_with(&vec![0x5a; len]), 2),
+            Request::read(offset_blocks, n, buf_with(&vec![0x5a; len]), 2),
         );
         assert_eq!(c.status, IoStatus::Success);
         c.buf.expect("read buffer given back").to_vec()
@@ -478,10 +480,16 @@ mod tests {
         let mut ch = bdev.open_channel().expect("channel");
         assert_eq!(testing::read(&mut ch, 0, 512), vec![7; 512]);
         fail.store(true, Ordering::Relaxed);
-        let c = expect_nospc(&mut ch, Request::read(0, testing::buf_with(&[0; 512]), 3));
+        let c = expect_nospc(
+            &mut ch,
+            Request::read(0, 1, testing::buf_with(&[0; 512]), 3),
+        );
         assert_eq!(c.cookie, 3);
         assert_eq!(c.buf.expect("buffer given back").len(), 512);
-        expect_nospc(&mut ch, Request::write(0, testing::buf_with(&[0; 512]), 4));
+        expect_nospc(
+            &mut ch,
+            Request::write(0, 1, testing::buf_with(&[0; 512]), 4),
+        );
         expect_nospc(&mut ch, Request::flush(5));
         expect_nospc(&mut ch, Request::unmap(0, 1, 6));
         expect_nospc(&mut ch, Request::write_zeroes(0, 1, 7));

@@ -204,7 +204,7 @@ mod tests {
         let bdev = create("Null0", 16, 512).expect("create");
         let mut ch = bdev.open_channel().expect("channel");
         let r = ch
-            .submit(Request::read(15, buf_with(&[0; 1024]), 1))
+            .submit(Request::read(15, 2, buf_with(&[0; 1024]), 1))
             .expect_err("beyond the end");
         assert!(matches!(r.error, RejectReason::OutOfRange { .. }));
     }

@@ -199,8 +199,8 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
             out,
             pattern,
         } => {
-            let (off, _) = range(bdev, *offset, *length)?;
-            let (c, t) = one(&mut ch, Request::read(off, alloc(*length)?, 0))?;
+            let (off, n) = range(bdev, *offset, *length)?;
+            let (c, t) = one(&mut ch, Request::read(off, n, alloc(*length)?, 0))?;
             let data = c.buf.expect("reads return their buffer");
             if let Some(path) = out {
                 std::fs::write(path, &data[..])
@@ -256,8 +256,8 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                     )));
                 }
             };
-            let (off, _) = range_of(bdev, *offset, len_flag, len)?;
-            let (_, t) = one(&mut ch, Request::write(off, buf, 0))?;
+            let (off, n) = range_of(bdev, *offset, len_flag, len)?;
+            let (_, t) = one(&mut ch, Request::write(off, n, buf, 0))?;
             report(json, "write", *offset, len, t, None)
         }
         IoCmd::Flush => {

@@ -295,7 +295,7 @@ impl BlockIo for ChannelIo {
             return self.ch.read_direct(lba, blocks, dest).map_err(direct_error);
         }
         let dma = self.buf(len)?;
-        let dma = self.run(Request::read(lba, dma, 0))?;
+        let dma = self.run(Request::read(lba, blocks, dma, 0))?;
         let ok = match dma.as_deref() {
             Some(d) => dest.put(d),
             None => false,
@@ -333,7 +333,7 @@ impl BlockIo for ChannelIo {
             self.keep(Some(dma));
             return Ok(false);
         }
-        let dma = self.run(Request::write(lba, dma, 0))?;
+        let dma = self.run(Request::write(lba, blocks, dma, 0))?;
         self.keep(dma);
         Ok(true)
     }

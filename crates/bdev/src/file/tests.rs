@@ -157,7 +157,7 @@ fn read_only_file_refuses_writes() {
     assert!(bdev.info().read_only);
     let mut ch = channel(&bdev);
     for req in [
-        Request::write(0, buf_with(&[1; 512]), 1),
+        Request::write(0, 1, buf_with(&[1; 512]), 1),
         Request::unmap(0, 1, 2),
         Request::write_zeroes(0, 1, 3),
     ] {
@@ -175,7 +175,7 @@ fn out_of_range_and_misaligned_requests_are_refused() {
     let bdev = open("File0", &path, opts(4096)).expect("open");
     let mut ch = channel(&bdev);
     let r = ch
-        .submit(Request::read(7, buf_with(&[0; 8192]), 1))
+        .submit(Request::read(7, 2, buf_with(&[0; 8192]), 1))
         .expect_err("beyond the end");
     assert!(matches!(
         r.error,
@@ -186,7 +186,7 @@ fn out_of_range_and_misaligned_requests_are_refused() {
         }
     ));
     let r = ch
-        .submit(Request::write(0, buf_with(&[0; 1024]), 2))
+        .submit(Request::write(0, 1, buf_with(&[0; 1024]), 2))
         .expect_err("part of a block");
     assert!(matches!(r.error, RejectReason::BufferSize { .. }));
     let r = ch

@@ -129,7 +129,7 @@ fn out_of_range_and_misaligned_requests_are_refused() {
     let bdev = create("Malloc0", 16, 4096).expect("create");
     let mut ch = bdev.open_channel().expect("channel");
     let r = ch
-        .submit(Request::write(15, buf_with(&[1; 8192]), 1))
+        .submit(Request::write(15, 2, buf_with(&[1; 8192]), 1))
         .expect_err("beyond the end");
     assert!(matches!(
         r.error,
@@ -140,7 +140,7 @@ fn out_of_range_and_misaligned_requests_are_refused() {
         }
     ));
     let r = ch
-        .submit(Request::read(0, buf_with(&[0; 512]), 2))
+        .submit(Request::read(0, 1, buf_with(&[0; 512]), 2))
         .expect_err("not a whole block");
     assert!(matches!(
         r.error,

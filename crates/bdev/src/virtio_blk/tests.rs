@@ -64,7 +64,15 @@ fn run(ch: &mut IoChannel, req: Request) -> Completion {
 }
 
 fn read_blocks(ch: &mut IoChannel, offset_blocks: u64, len: usize) -> Vec<u8> {
-    let c = run(ch, Request::read(offset_blocks, zero_buf(len), 0));
+    let c = run(
+        ch,
+        Request::read(
+            offset_blocks,
+            len as u64 / u64::from(ch.block_size()),
+            zero_buf(len),
+            0,
+        ),
+    );
     assert_eq!(c.status, IoStatus::Success);
     c.buf.expect("read gives its buffer back").to_vec()
 }
@@ -112,7 +120,7 @@ fn read_only_device_rejects_writes_before_the_device_sees_them() {
     let mut ch = bdev.open_channel().unwrap();
     let before = dev.stats().requests;
     let rejected = ch
-        .submit(Request::write(0, buf_with(&[1; 512]), 1))
+        .submit(Request::write(0, 1, buf_with(&[1; 512]), 1))
         .expect_err("write to a read-only device");
     assert_eq!(rejected.error, RejectReason::ReadOnly { op: IoOp::Write });
     assert!(rejected.request.buf.is_some(), "the buffer is given back");
@@ -135,7 +143,10 @@ fn large_write_respects_segment_limits(mut cfg: FakeBlkConfig, queue_size: u16) 
     let mut ch = bdev.open_channel().unwrap();
     let data = pattern(MIB, 0x3c);
     let before = dev.stats().requests;
-    let c = run(&mut ch, Request::write(8, buf_with(&data), 77));
+    let c = run(
+        &mut ch,
+        Request::write(8, data.len() as u64 / 512, buf_with(&data), 77),
+    );
     assert_eq!((c.cookie, c.status), (77, IoStatus::Success));
     assert_eq!(c.buf.as_ref().map(|b| b.len()), Some(MIB));
     assert_eq!(&dev.disk()[8 * 512..8 * 512 + MIB], &data[..]);
@@ -228,7 +239,10 @@ fn full_queue_keeps_requests_in_the_channel_until_space_frees() {
     let mut ch = bdev.open_channel().unwrap();
     let data: Vec<Vec<u8>> = (0..64u8).map(|i| pattern(4096, i)).collect();
     for (i, d) in data.iter().enumerate() {
-        submit(&mut ch, Request::write(i as u64 * 8, buf_with(d), i as u64));
+        submit(
+            &mut ch,
+            Request::write(i as u64 * 8, 8, buf_with(d), i as u64),
+        );
     }
     assert_eq!(
         ch.queued(),
@@ -261,14 +275,17 @@ fn request_behind_a_full_queue_goes_out_after_earlier_ones() {
     for i in 0..6u64 {
         submit(
             &mut ch,
-            Request::write(512 + i * 8, zero_buf(4096), 100 + i),
+            Request::write(512 + i * 8, 8, zero_buf(4096), 100 + i),
         );
     }
     // 64 KiB: four 16 KiB children, of which two fit beside the six fillers; the read
     // of its last block fits too, but must wait behind it.
     let data = pattern(65536, 0x77);
-    submit(&mut ch, Request::write(0, buf_with(&data), 1));
-    submit(&mut ch, Request::read(120, zero_buf(4096), 2));
+    submit(
+        &mut ch,
+        Request::write(0, data.len() as u64 / 512, buf_with(&data), 1),
+    );
+    submit(&mut ch, Request::read(120, 8, zero_buf(4096), 2));
     assert_eq!(ch.poll(&mut []), 0);
     assert_eq!(ch.queued(), 1, "the read waits in the channel");
     dev.hold(false);
@@ -288,7 +305,7 @@ fn dead_device_fails_in_flight_requests_with_removed() {
     let mut ch = bdev.open_channel().unwrap();
     dev.hold(true);
     for i in 0..4u64 {
-        submit(&mut ch, Request::read(i, zero_buf(512), i));
+        submit(&mut ch, Request::read(i, 1, zero_buf(512), i));
     }
     assert_eq!(ch.poll(&mut []), 0);
     assert_eq!(ch.pending(), 4);
@@ -303,7 +320,7 @@ fn dead_device_fails_in_flight_requests_with_removed() {
     assert!(ch.is_removed());
     assert!(bdev.is_removed());
     let rejected = ch
-        .submit(Request::read(0, zero_buf(512), 9))
+        .submit(Request::read(0, 1, zero_buf(512), 9))
         .expect_err("submit to a dead device");
     assert_eq!(rejected.error, RejectReason::Removed);
     assert!(matches!(bdev.open_channel(), Err(Error::Removed(_))));
@@ -316,7 +333,7 @@ fn bad_used_id_fails_everything(id: u32) -> QueueError {
     let mut ch = bdev.open_channel().unwrap();
     dev.hold(true);
     for i in 0..4u64 {
-        submit(&mut ch, Request::write(i, zero_buf(512), i));
+        submit(&mut ch, Request::write(i, 1, zero_buf(512), i));
     }
     assert_eq!(ch.poll(&mut []), 0);
     dev.corrupt_next_used_id(id);
@@ -332,7 +349,7 @@ fn bad_used_id_fails_everything(id: u32) -> QueueError {
     assert!(errors.iter().all(|e| *e == errors[0]), "{errors:?}");
     assert!(ch.is_removed(), "a broken queue takes no more requests");
     let rejected = ch
-        .submit(Request::read(0, zero_buf(512), 9))
+        .submit(Request::read(0, 1, zero_buf(512), 9))
         .expect_err("submit to a broken queue");
     assert_eq!(rejected.error, RejectReason::Removed);
     assert!(!dev.is_alive(), "the transport was shut down");
@@ -375,11 +392,11 @@ fn more_channels_than_queues_fails_with_no_free_queue() {
     );
     assert!(err.to_string().contains("vq_count"), "{err}");
     assert_eq!(
-        run(&mut a, Request::write(0, buf_with(&[1; 512]), 1)).status,
+        run(&mut a, Request::write(0, 1, buf_with(&[1; 512]), 1)).status,
         IoStatus::Success
     );
     assert_eq!(
-        run(&mut b, Request::write(1, buf_with(&[2; 512]), 2)).status,
+        run(&mut b, Request::write(1, 1, buf_with(&[2; 512]), 2)).status,
         IoStatus::Success
     );
     drop(a);
@@ -453,7 +470,7 @@ fn dead_device_fails_requests_waiting_in_the_channel_too() {
     let mut ch = bdev.open_channel().unwrap();
     dev.hold(true);
     for i in 0..12u64 {
-        submit(&mut ch, Request::read(i, zero_buf(512), i));
+        submit(&mut ch, Request::read(i, 1, zero_buf(512), i));
     }
     assert_eq!(ch.poll(&mut []), 0);
     assert_eq!(ch.queued(), 4, "eight on the ring, four in the channel");
@@ -474,7 +491,7 @@ fn detach_fails_requests_in_flight_and_stops_the_device() {
     let mut ch = bdev.open_channel().unwrap();
     dev.hold(true);
     for i in 0..12u64 {
-        submit(&mut ch, Request::read(i, zero_buf(512), i));
+        submit(&mut ch, Request::read(i, 1, zero_buf(512), i));
     }
     assert_eq!(ch.poll(&mut []), 0);
     bdev.detach();
@@ -504,8 +521,8 @@ fn hung_device_fails_requests_after_the_io_timeout() {
     let (bdev, dev) = attach_fake(FakeBlkConfig::new(MIB), &opts);
     let mut ch = bdev.open_channel().unwrap();
     dev.hold(true);
-    submit(&mut ch, Request::read(0, zero_buf(512), 1));
-    submit(&mut ch, Request::write(1, zero_buf(512), 2));
+    submit(&mut ch, Request::read(0, 1, zero_buf(512), 1));
+    submit(&mut ch, Request::write(1, 1, zero_buf(512), 2));
     let done = drain(&mut ch);
     assert!(start.elapsed() >= Duration::from_millis(200));
     assert_eq!(done.len(), 2);
@@ -528,7 +545,7 @@ fn idle_time_does_not_count_toward_the_io_timeout() {
     // Not a synchronisation: the channel must sit idle for longer than the timeout.
     std::thread::sleep(Duration::from_millis(300));
     dev.hold(true);
-    submit(&mut ch, Request::read(0, zero_buf(512), 1));
+    submit(&mut ch, Request::read(0, 1, zero_buf(512), 1));
     // Held for 50 ms, far below the 200 ms timeout: nothing may complete yet.
     match ch.drain(Duration::from_millis(50)) {
         Err(Error::WaitTimeout(_)) => {}
@@ -553,9 +570,15 @@ fn device_error_in_one_child_fails_the_request_and_spares_the_next() {
     // 256 KiB in sixteen 16 KiB children from 40 KiB before the end: the third fails.
     let start = (MIB - 40 * 1024) / 512;
     let data = pattern(256 * 1024, 1);
-    submit(&mut ch, Request::write(start as u64, buf_with(&data), 1));
+    submit(
+        &mut ch,
+        Request::write(start as u64, data.len() as u64 / 512, buf_with(&data), 1),
+    );
     let small = pattern(4096, 2);
-    submit(&mut ch, Request::write(0, buf_with(&small), 2));
+    submit(
+        &mut ch,
+        Request::write(0, small.len() as u64 / 512, buf_with(&small), 2),
+    );
     let done = drain(&mut ch);
     let status = |cookie| done.iter().find(|c| c.cookie == cookie).unwrap().status;
     assert_eq!(done.len(), 2);
@@ -610,7 +633,7 @@ fn a_long_refill_reaches_the_device_in_batches_before_the_poll() {
     dev.hold(true);
     let n = 2 * u64::from(crate::engine::PUBLISH_BATCH) + 4;
     for i in 0..n {
-        submit(&mut ch, Request::read(i * 8, zero_buf(4096), i));
+        submit(&mut ch, Request::read(i * 8, 8, zero_buf(4096), i));
     }
     dev.hold(false);
     let batch = u64::from(crate::engine::PUBLISH_BATCH);
@@ -641,7 +664,7 @@ fn a_request_to_an_idle_device_is_published_at_once() {
     let mut ch = bdev.open_channel().unwrap();
     for i in 0..3u64 {
         let before = dev.stats().requests;
-        submit(&mut ch, Request::read(i * 8, zero_buf(4096), i));
+        submit(&mut ch, Request::read(i * 8, 8, zero_buf(4096), i));
         let deadline = Instant::now() + DEADLINE;
         while dev.stats().requests == before {
             assert!(
@@ -666,13 +689,18 @@ fn a_completion_the_device_did_not_answer_fails_every_time() {
         let data = pattern(4096, round as u8);
         let ok = run(
             &mut ch,
-            Request::write(8 * round, buf_with(&data), 2 * round),
+            Request::write(
+                8 * round,
+                data.len() as u64 / 512,
+                buf_with(&data),
+                2 * round,
+            ),
         );
         assert_eq!(ok.status, IoStatus::Success, "round {round}");
         dev.skip_next_status(1);
         let lost = run(
             &mut ch,
-            Request::read(8 * round, zero_buf(4096), 2 * round + 1),
+            Request::read(8 * round, 8, zero_buf(4096), 2 * round + 1),
         );
         assert_eq!(
             lost.status,

@@ -32,12 +32,20 @@ fn writes_from_512_bytes_to_4_mib_read_back_and_land_in_the_image() {
     ];
     for (i, &(off, len)) in cases.iter().enumerate() {
         let data = pattern(i as u64, len);
-        let c = run(&mut ch, Request::write(off / 512, dma(&data), i as u64));
+        let c = run(
+            &mut ch,
+            Request::write(off / 512, data.len() as u64 / 512, dma(&data), i as u64),
+        );
         assert_eq!(c.status, IoStatus::Success, "write {off}+{len}");
         assert_eq!(c.cookie, i as u64);
         let c = run(
             &mut ch,
-            Request::read(off / 512, DmaBuf::alloc(len).unwrap(), 100),
+            Request::read(
+                off / 512,
+                len as u64 / 512,
+                DmaBuf::alloc(len).unwrap(),
+                100,
+            ),
         );
         assert_eq!(c.status, IoStatus::Success, "read {off}+{len}");
         assert!(
@@ -113,7 +121,7 @@ fn read_only_export_refuses_writes_before_sending() {
     assert!(bdev.info().read_only);
     let mut ch = bdev.open_channel().unwrap();
     for (i, req) in [
-        Request::write(0, dma(&[1u8; 512]), 0),
+        Request::write(0, 1, dma(&[1u8; 512]), 0),
         Request::unmap(0, 8, 1),
         Request::write_zeroes(0, 8, 2),
     ]
@@ -127,7 +135,10 @@ fn read_only_export_refuses_writes_before_sending() {
         assert_eq!(r.request.cookie, i as u64, "the request is given back");
     }
     assert_eq!(ch.pending(), 0, "nothing was sent");
-    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(4096).unwrap(), 4));
+    let c = run(
+        &mut ch,
+        Request::read(0, 8, DmaBuf::alloc(4096).unwrap(), 4),
+    );
     assert_eq!(c.status, IoStatus::Success);
     assert!(c.buf.unwrap().iter().all(|&b| b == 0x5a));
 }
@@ -151,15 +162,26 @@ fn four_threads_on_four_queues_write_and_verify_disjoint_ranges() {
                 for i in 0..n {
                     let off = base + i * CHUNK as u64;
                     let data = pattern(off, CHUNK);
-                    ch.submit(Request::write(off / 512, dma(&data), i)).unwrap();
+                    ch.submit(Request::write(
+                        off / 512,
+                        data.len() as u64 / 512,
+                        dma(&data),
+                        i,
+                    ))
+                    .unwrap();
                 }
                 let done = drain(&mut ch, Duration::from_secs(60));
                 assert_eq!(done.len() as u64, n);
                 assert!(done.iter().all(|c| c.status.is_success()));
                 for i in 0..n {
                     let off = base + i * CHUNK as u64;
-                    ch.submit(Request::read(off / 512, DmaBuf::alloc(CHUNK).unwrap(), i))
-                        .unwrap();
+                    ch.submit(Request::read(
+                        off / 512,
+                        CHUNK as u64 / 512,
+                        DmaBuf::alloc(CHUNK).unwrap(),
+                        i,
+                    ))
+                    .unwrap();
                 }
                 for c in drain(&mut ch, Duration::from_secs(60)) {
                     assert!(c.status.is_success());
@@ -221,8 +243,13 @@ fn queue_full_requests_wait_in_the_channel_and_all_succeed() {
     let mut ch = bdev.open_channel().unwrap();
     const N: u64 = 16 * 8; // 8x the queue size
     for i in 0..N {
-        ch.submit(Request::write(i * 8, dma(&pattern(i, 4096)), i))
-            .expect("a full queue is not an error");
+        ch.submit(Request::write(
+            i * 8,
+            pattern(i, 4096).len() as u64 / 512,
+            dma(&pattern(i, 4096)),
+            i,
+        ))
+        .expect("a full queue is not an error");
     }
     assert!(ch.queued() > 0, "some requests wait for room");
     assert_eq!(ch.pending() as u64, N);
@@ -254,8 +281,13 @@ fn target_killed_during_io_fails_every_outstanding_request_quickly() {
     let mut ch = bdev.open_channel().unwrap();
     const N: u64 = 256;
     for i in 0..N {
-        ch.submit(Request::write(i * 2048, dma(&pattern(i, 1 << 20)), i))
-            .unwrap();
+        ch.submit(Request::write(
+            i * 2048,
+            pattern(i, 1 << 20).len() as u64 / 512,
+            dma(&pattern(i, 1 << 20)),
+            i,
+        ))
+        .unwrap();
     }
     let mut out: Vec<_> = (0..8).map(|_| Default::default()).collect();
     let mut done = ch.poll(&mut out); // publish the first batch
@@ -361,7 +393,10 @@ fn second_frontend_on_a_busy_qsd_times_out_and_the_first_keeps_working() {
         .expect_err("qsd is busy");
     assert!(format!("{:?}", e).contains("Timeout"), "{e:?}");
     let mut ch = first.open_channel().unwrap();
-    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(4096).unwrap(), 1));
+    let c = run(
+        &mut ch,
+        Request::read(0, 8, DmaBuf::alloc(4096).unwrap(), 1),
+    );
     assert_eq!(c.status, IoStatus::Success);
     drop(ch);
     first.detach();
@@ -391,22 +426,23 @@ fn block_size_4096_export() {
     let mut ch = bdev.open_channel().unwrap();
     let data = pattern(7, 3 * 4096);
     assert!(
-        run(&mut ch, Request::write(5, dma(&data), 1))
+        run(&mut ch, Request::write(5, 3, dma(&data), 1))
             .status
             .is_success()
     );
     let c = run(
         &mut ch,
-        Request::read(5, DmaBuf::alloc(3 * 4096).unwrap(), 2),
+        Request::read(5, 3, DmaBuf::alloc(3 * 4096).unwrap(), 2),
     );
     assert!(c.buf.unwrap()[..] == data[..]);
     let r = ch
-        .submit(Request::read(5, DmaBuf::alloc(512).unwrap(), 3))
+        .submit(Request::read(5, 1, DmaBuf::alloc(512).unwrap(), 3))
         .expect_err("not a whole block");
     assert!(matches!(r.error, RejectReason::BufferSize { .. }));
     let r = ch
         .submit(Request::read(
             bdev.num_blocks(),
+            1,
             DmaBuf::alloc(4096).unwrap(),
             3,
         ))
@@ -433,9 +469,10 @@ fn buffers_in_a_region_created_after_attach_are_shared_with_add_mem_reg() {
     let expected = pattern(99, data.len());
     data.copy_from_slice(&expected);
     let mut ch = bdev.open_channel().unwrap();
-    let c = run(&mut ch, Request::write(MIB / 512, data, 1));
+    let blocks = data.len() as u64 / 512;
+    let c = run(&mut ch, Request::write(MIB / 512, blocks, data, 1));
     assert_eq!(c.status, IoStatus::Success);
-    let c = run(&mut ch, Request::read(MIB / 512, c.buf.unwrap(), 2));
+    let c = run(&mut ch, Request::read(MIB / 512, blocks, c.buf.unwrap(), 2));
     assert_eq!(c.status, IoStatus::Success);
     assert!(c.buf.unwrap()[..] == expected[..]);
     drop(ch);
@@ -453,7 +490,13 @@ fn queue_sizes_from_1_to_32768_carry_verified_io() {
         let mut ch = bdev.open_channel().unwrap();
         let data = pattern(i as u64, 1 << 20);
         for k in 0..4u64 {
-            ch.submit(Request::write(k * 2048, dma(&data), k)).unwrap();
+            ch.submit(Request::write(
+                k * 2048,
+                data.len() as u64 / 512,
+                dma(&data),
+                k,
+            ))
+            .unwrap();
         }
         assert!(
             drain(&mut ch, Duration::from_secs(30))
@@ -462,7 +505,7 @@ fn queue_sizes_from_1_to_32768_carry_verified_io() {
         );
         let c = run(
             &mut ch,
-            Request::read(3 * 2048, DmaBuf::alloc(1 << 20).unwrap(), 9),
+            Request::read(3 * 2048, 2048, DmaBuf::alloc(1 << 20).unwrap(), 9),
         );
         assert!(c.buf.unwrap()[..] == data[..], "queue size {size}");
         drop(ch);

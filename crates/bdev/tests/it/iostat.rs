@@ -67,12 +67,18 @@ fn run_mix(ch: &mut vbdev_bdev::IoChannel, mix: &Mix) {
     };
     for i in 0..mix.reads {
         let buf = DmaBuf::alloc(mix.read_bytes).expect("dma alloc");
-        submit(ch, Request::read(i % 64 * 8, buf, i));
+        submit(
+            ch,
+            Request::read(i % 64 * 8, buf.len() as u64 / 512, buf, i),
+        );
     }
     for i in 0..mix.writes {
         let mut buf = DmaBuf::alloc(mix.write_bytes).expect("dma alloc");
         buf.fill(i as u8);
-        submit(ch, Request::write(i % 64 * 16, buf, i));
+        submit(
+            ch,
+            Request::write(i % 64 * 16, buf.len() as u64 / 512, buf, i),
+        );
     }
     for i in 0..mix.unmaps {
         submit(
@@ -141,7 +147,7 @@ fn two_threads_one_channel_closed_totals_are_exact() {
     assert_eq!(bdev.iostat(), want, "closing a channel keeps its counts");
     // A channel opened later adds to the same totals.
     let mut ch = bdev.open_channel().expect("channel c");
-    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+    let c = run(&mut ch, Request::read(0, 1, DmaBuf::alloc(512).unwrap(), 1));
     assert_eq!(c.status, IoStatus::Success);
     let want = IoStat {
         num_read_ops: want.num_read_ops + 1,
@@ -156,11 +162,11 @@ fn rejected_requests_are_not_counted() {
     let bdev = null::create("Stat1", 128, 4096).expect("null");
     let mut ch = bdev.open_channel().expect("channel");
     let r = ch
-        .submit(Request::read(127, DmaBuf::alloc(8192).unwrap(), 1))
+        .submit(Request::read(127, 2, DmaBuf::alloc(8192).unwrap(), 1))
         .expect_err("out of range");
     assert!(matches!(r.error, RejectReason::OutOfRange { .. }));
     let r = ch
-        .submit(Request::write(0, DmaBuf::alloc(100).unwrap(), 2))
+        .submit(Request::write(0, 1, DmaBuf::alloc(100).unwrap(), 2))
         .expect_err("bad size");
     assert!(matches!(r.error, RejectReason::BufferSize { .. }));
     let r = ch.submit(Request::unmap(0, 0, 3)).expect_err("empty unmap");

@@ -351,7 +351,7 @@ mod scsi {
             );
             let done = run_ok(
                 &mut chs[c.lun],
-                Request::write(c.block, buf, i as u64),
+                Request::write(c.block, buf.len() as u64 / BLOCK_SIZE, buf, i as u64),
                 &what,
             );
             wbufs[i] = done.buf;
@@ -371,7 +371,7 @@ mod scsi {
             );
             let done = run_ok(
                 &mut chs[c.lun],
-                Request::read(first, buf, 2000 + i as u64),
+                Request::read(first, buf.len() as u64 / BLOCK_SIZE, buf, 2000 + i as u64),
                 &what,
             );
             let got = done.buf.unwrap();
@@ -503,9 +503,13 @@ mod scsi {
         for (i, ((first, n), buf)) in reads.zip(rbufs).enumerate() {
             let (from, end) = span((first, n));
             let what = format!("read-back of {n} blocks at {first}");
-            let got = run_ok(&mut ch, Request::read(from, buf, 10 + i as u64), &what)
-                .buf
-                .unwrap();
+            let got = run_ok(
+                &mut ch,
+                Request::read(from, buf.len() as u64 / BLOCK_SIZE, buf, 10 + i as u64),
+                &what,
+            )
+            .buf
+            .unwrap();
             let want: Vec<u8> = if (first, n) == unmapped {
                 image_pattern(
                     SEED,
@@ -567,6 +571,7 @@ mod scsi {
         const TIMEOUT: Duration = Duration::from_millis(300);
         const N: u64 = 8;
         const LEN: usize = 16 << 10;
+        const BLOCKS: u64 = LEN as u64 / BLOCK_SIZE;
         let imgs = images(dir.path(), &[(SIZE, SEED)]);
         // Request i writes LEN bytes at block 3 + 64 * i.
         let at = |i: u64| 3 + 64 * i;
@@ -582,11 +587,11 @@ mod scsi {
         // Before the reset: one write, and the rest in flight during it.
         run_ok(
             &mut ch,
-            Request::write(at(0), wbufs.next().unwrap(), 0),
+            Request::write(at(0), BLOCKS, wbufs.next().unwrap(), 0),
             "write 0",
         );
         for (i, buf) in (1..).zip(wbufs) {
-            ch.submit(Request::write(at(i), buf, i)).unwrap();
+            ch.submit(Request::write(at(i), BLOCKS, buf, i)).unwrap();
         }
         let mut out: Vec<Completion> = (0..8).map(|_| Completion::default()).collect();
         let mut done = ch.poll(&mut out); // publishes them
@@ -632,9 +637,13 @@ mod scsi {
         // New I/O after the resets.
         for i in 0..N {
             let buf = rbuf.take().unwrap();
-            let got = run_ok(&mut ch, Request::read(at(i), buf, 100 + i), "read")
-                .buf
-                .unwrap();
+            let got = run_ok(
+                &mut ch,
+                Request::read(at(i), buf.len() as u64 / BLOCK_SIZE, buf, 100 + i),
+                "read",
+            )
+            .buf
+            .unwrap();
             assert_bytes(&got, &data[i as usize], &format!("read-back of write {i}"));
             rbuf = Some(got);
         }
@@ -642,7 +651,7 @@ mod scsi {
         buf.copy_from_slice(&pattern(399, LEN));
         run_ok(
             &mut ch,
-            Request::write(at(N), buf, 200),
+            Request::write(at(N), buf.len() as u64 / BLOCK_SIZE, buf, 200),
             "write after the resets",
         );
         run_ok(&mut ch, Request::flush(201), "flush after the resets");
@@ -708,10 +717,20 @@ mod scsi {
         // the ring holds, so some wait in the channels (staged or in their FIFOs).
         let mut w = wbufs.map(Vec::into_iter);
         for i in 0..N {
-            ch0.submit(Request::write(at(i), w[0].next().unwrap(), cookie(0, i)))
-                .unwrap();
-            ch1.submit(Request::write(at(i), w[1].next().unwrap(), cookie(1, i)))
-                .unwrap();
+            ch0.submit(Request::write(
+                at(i),
+                len(i) / BLOCK_SIZE,
+                w[0].next().unwrap(),
+                cookie(0, i),
+            ))
+            .unwrap();
+            ch1.submit(Request::write(
+                at(i),
+                len(i) / BLOCK_SIZE,
+                w[1].next().unwrap(),
+                cookie(1, i),
+            ))
+            .unwrap();
         }
         drop(w);
         assert_eq!(ch0.pending() + ch1.pending(), 2 * N as usize);
@@ -746,10 +765,20 @@ mod scsi {
         let mut done: [Vec<Completion>; 2] = [Vec::new(), Vec::new()];
         let mut out: Vec<Completion> = (0..32).map(|_| Completion::default()).collect();
         for i in 0..N {
-            ch1.submit(Request::read(at(i), r[1].next().unwrap(), cookie(1, i)))
-                .unwrap();
-            ch0.submit(Request::read(at(i), r[0].next().unwrap(), cookie(0, i)))
-                .unwrap();
+            ch1.submit(Request::read(
+                at(i),
+                len(i) / BLOCK_SIZE,
+                r[1].next().unwrap(),
+                cookie(1, i),
+            ))
+            .unwrap();
+            ch0.submit(Request::read(
+                at(i),
+                len(i) / BLOCK_SIZE,
+                r[0].next().unwrap(),
+                cookie(0, i),
+            ))
+            .unwrap();
             if i % 8 == 7 {
                 for (lun, ch) in [&mut ch0, &mut ch1].into_iter().enumerate() {
                     let n = ch.poll(&mut out);

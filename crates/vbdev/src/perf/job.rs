@@ -408,7 +408,7 @@ impl Job {
                 Request {
                     op,
                     offset_blocks: lba,
-                    num_blocks: 0,
+                    num_blocks: self.io_blocks,
                     buf,
                     cookie,
                 }
@@ -490,7 +490,10 @@ impl Job {
                     let slot = &mut self.slots[i];
                     let buf = slot.rbuf.take().expect("idle read buffer");
                     slot.state = State::VerifyRead;
-                    if let Err(r) = self.ch.submit(Request::read(lba, buf, c.cookie)) {
+                    if let Err(r) =
+                        self.ch
+                            .submit(Request::read(lba, self.io_blocks, buf, c.cookie))
+                    {
                         let slot = &mut self.slots[i];
                         slot.rbuf = r.request.buf;
                         slot.state = State::Idle;

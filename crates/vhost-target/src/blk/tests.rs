@@ -676,6 +676,7 @@ fn direct_malloc_writes_land_in_the_bdev_and_read_back_across_descriptors_and_re
         let c = {
             ch.submit(vbdev_bdev::Request::read(
                 8,
+                16,
                 vbdev_bdev::DmaBuf::alloc(8192).unwrap(),
                 0,
             ))

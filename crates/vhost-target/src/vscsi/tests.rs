@@ -236,7 +236,13 @@ fn reads_of_direct_bdevs_go_straight_into_several_data_in_buffers() {
     let mut ch = malloc.open_channel().unwrap();
     let mut buf = vbdev_bdev::DmaBuf::alloc(4096).unwrap();
     buf.copy_from_slice(&data);
-    ch.submit(vbdev_bdev::Request::write(2, buf, 0)).unwrap();
+    ch.submit(vbdev_bdev::Request::write(
+        2,
+        buf.len() as u64 / 512,
+        buf,
+        0,
+    ))
+    .unwrap();
     assert!(ch.wait_one().unwrap().status.is_success());
     let (used, out) = run_filled(&device_on(&malloc), &[&read], &bufs, 0x77);
     assert_eq!(used, resp + 4096);

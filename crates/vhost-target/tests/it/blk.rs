@@ -102,7 +102,7 @@ fn read_only_target_is_read_only_to_the_initiator() {
     assert!(bdev.info().read_only);
     let mut ch = bdev.open_channel().unwrap();
     for req in [
-        Request::write(0, dma(&[1u8; 512]), 0),
+        Request::write(0, 1, dma(&[1u8; 512]), 0),
         Request::unmap(0, 8, 1),
         Request::write_zeroes(0, 8, 2),
     ] {
@@ -155,15 +155,20 @@ fn four_times_the_queue_size_in_flight_completes_in_order_of_need() {
     let mut ch = bdev.open_channel().unwrap();
     let n = 4 * 64u64;
     for i in 0..n {
-        ch.submit(Request::write(i * 8, dma(&pattern(i, 4096)), i))
-            .expect("submit");
+        ch.submit(Request::write(
+            i * 8,
+            pattern(i, 4096).len() as u64 / 512,
+            dma(&pattern(i, 4096)),
+            i,
+        ))
+        .expect("submit");
     }
     assert!(ch.queued() > 0, "some requests wait for room in the ring");
     let done = ch.drain(Duration::from_secs(30)).expect("all complete");
     assert_eq!(done.len(), n as usize);
     assert!(done.iter().all(|c| c.status == IoStatus::Success));
     for i in 0..n {
-        ch.submit(Request::read(i * 8, DmaBuf::alloc(4096).unwrap(), i))
+        ch.submit(Request::read(i * 8, 8, DmaBuf::alloc(4096).unwrap(), i))
             .expect("submit");
     }
     let done = ch.drain(Duration::from_secs(30)).expect("all complete");
@@ -197,7 +202,7 @@ fn block_size_4096_reaches_the_initiator_and_serves_io() {
     let c = run(&mut ch, Request::write_zeroes(7, 2, 9));
     assert_eq!(c.status, IoStatus::Success);
     assert!(t.bytes(7 * 4096, 8192).iter().all(|&b| b == 0));
-    let r = ch.submit(Request::read(4096, DmaBuf::alloc(4096).unwrap(), 0));
+    let r = ch.submit(Request::read(4096, 1, DmaBuf::alloc(4096).unwrap(), 0));
     assert!(matches!(
         r.map_err(|r| r.error),
         Err(RejectReason::OutOfRange { .. })
@@ -275,7 +280,7 @@ fn second_frontend_is_served_after_the_first_hangs_up_mid_handshake() {
         let a = t.attach("a", 1, 64);
         t.handle.faults.inject(vbdev_target::Fault::StopAnswering);
         let mut ch = a.open_channel().unwrap();
-        ch.submit(Request::read(0, DmaBuf::alloc(512).unwrap(), 0))
+        ch.submit(Request::read(0, 1, DmaBuf::alloc(512).unwrap(), 0))
             .unwrap();
         let mut out = [vbdev_bdev::Completion::default()];
         assert_eq!(ch.poll(&mut out), 0);
@@ -339,14 +344,19 @@ fn polling_fast_path_and_general_path_interleave_on_one_queue() {
                 0 => Request::flush(i),
                 1 => Request::unmap(lba, 8, i),
                 2 => Request::write_zeroes(lba, 8, i),
-                _ => Request::write(lba, dma(&pattern(i, 512 * (1 + i as usize % 8))), i),
+                _ => Request::write(
+                    lba,
+                    pattern(i, 512 * (1 + i as usize % 8)).len() as u64 / 512,
+                    dma(&pattern(i, 512 * (1 + i as usize % 8))),
+                    i,
+                ),
             });
         }
         for (i, c) in run_all(&mut ch, reqs).iter().enumerate() {
             assert_eq!(c.status, IoStatus::Success, "ring {ring} request {i}");
         }
         let reads = (0..40u64)
-            .map(|i| Request::read(i * 64, DmaBuf::alloc(8 * 512).unwrap(), i))
+            .map(|i| Request::read(i * 64, 8, DmaBuf::alloc(8 * 512).unwrap(), i))
             .collect();
         for (i, c) in run_all(&mut ch, reads).iter().enumerate() {
             let i = i as u64;
@@ -370,7 +380,7 @@ fn polling_fast_path_and_general_path_interleave_on_one_queue() {
         // A fault armed while the queue polls applies to the next request, then the fast
         // path takes over again.
         t.handle.faults.inject(Fault::BlkStatus(status::IOERR));
-        let c = run(&mut ch, Request::write(1, dma(&[7u8; 512]), 0));
+        let c = run(&mut ch, Request::write(1, 1, dma(&[7u8; 512]), 0));
         assert_eq!(c.status, IoStatus::Failed(IoError::BlkIoErr), "ring {ring}");
         t.handle.faults.clear();
         write(&mut ch, 1, &[9u8; 512]);

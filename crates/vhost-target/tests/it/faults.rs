@@ -29,7 +29,7 @@ fn attach(t: &Target, name: &str) -> Bdev {
 }
 
 fn read_status(ch: &mut IoChannel, lba: u64) -> IoStatus {
-    run(ch, Request::read(lba, DmaBuf::alloc(512).unwrap(), lba)).status
+    run(ch, Request::read(lba, 1, DmaBuf::alloc(512).unwrap(), lba)).status
 }
 
 /// After a fault that cost the connection: the target serves the next frontend, and
@@ -48,7 +48,7 @@ fn blk_status_fault_fails_that_request_with_its_status() {
     let bdev = attach(&t, "st");
     let mut ch = bdev.open_channel().unwrap();
     t.handle.faults.inject(Fault::BlkStatus(status::IOERR));
-    let c = run(&mut ch, Request::write(0, dma(&[7u8; 512]), 0));
+    let c = run(&mut ch, Request::write(0, 1, dma(&[7u8; 512]), 0));
     assert_eq!(c.status, IoStatus::Failed(IoError::BlkIoErr));
     assert_eq!(t.bytes(0, 1), [0], "the failed write was not done");
     t.handle.faults.inject(Fault::BlkStatus(status::UNSUPP));
@@ -94,7 +94,7 @@ fn close_after_two_fails_the_third_request_and_removes_the_bdev() {
     // (see `completions_published_before_a_hang_up_are_delivered`).
     let second = read_status(&mut ch, 10);
     assert_eq!(second, IoStatus::Success);
-    let third = ch.submit(Request::read(10, DmaBuf::alloc(512).unwrap(), 3));
+    let third = ch.submit(Request::read(10, 1, DmaBuf::alloc(512).unwrap(), 3));
     match third {
         Ok(()) => {
             let c = ch.wait_one().unwrap();

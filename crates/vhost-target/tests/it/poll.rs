@@ -48,7 +48,13 @@ fn every_queue_at_once(t: &Target, bdev: &Bdev, queues: u16) {
                     while next < chunks.len() && next - done < DEPTH {
                         let lba = base + (next as u64) * 8;
                         let buf = crate::util::dma(chunks[next]);
-                        ch.submit(Request::write(lba, buf, next as u64)).unwrap();
+                        ch.submit(Request::write(
+                            lba,
+                            buf.len() as u64 / 512,
+                            buf,
+                            next as u64,
+                        ))
+                        .unwrap();
                         next += 1;
                     }
                     let n = ch.poll(&mut out);
@@ -63,7 +69,8 @@ fn every_queue_at_once(t: &Target, bdev: &Bdev, queues: u16) {
                     while next < chunks.len() && next - done < DEPTH {
                         let lba = base + (next as u64) * 8;
                         let buf = DmaBuf::alloc(4096).unwrap();
-                        ch.submit(Request::read(lba, buf, next as u64)).unwrap();
+                        ch.submit(Request::read(lba, buf.len() as u64 / 512, buf, next as u64))
+                            .unwrap();
                         next += 1;
                     }
                     let n = ch.poll(&mut out);
@@ -149,7 +156,7 @@ fn a_busy_queue_does_not_starve_the_other_queue_of_its_poller() {
             while !stop.load(Ordering::Relaxed) {
                 while inflight < 64 {
                     let lba = (served + inflight as u64) % 1024 * 8;
-                    ch.submit(Request::read(lba, DmaBuf::alloc(4096).unwrap(), 0))
+                    ch.submit(Request::read(lba, 8, DmaBuf::alloc(4096).unwrap(), 0))
                         .unwrap();
                     inflight += 1;
                 }
@@ -217,7 +224,7 @@ fn a_delayed_request_holds_up_only_its_queue_on_a_shared_poller() {
     let start = Instant::now();
     // One read on each queue: the first the target draws a fault for is delayed.
     for (i, ch) in chans.iter_mut().enumerate() {
-        ch.submit(Request::read(0, DmaBuf::alloc(512).unwrap(), i as u64))
+        ch.submit(Request::read(0, 1, DmaBuf::alloc(512).unwrap(), i as u64))
             .unwrap();
     }
     let mut out = [vbdev_bdev::Completion::default()];
@@ -270,7 +277,10 @@ fn stop_with_every_queue_busy() {
                 let mut ch = bdev.open_channel().unwrap();
                 let data = pattern(q, 4096);
                 // At least one request served before the stop.
-                let c = run(&mut ch, Request::write(q * 8, crate::util::dma(&data), 0));
+                let c = run(
+                    &mut ch,
+                    Request::write(q * 8, data.len() as u64 / 512, crate::util::dma(&data), 0),
+                );
                 assert_eq!(c.status, IoStatus::Success);
                 running.wait();
                 let mut out = std::iter::repeat_with(vbdev_bdev::Completion::default)
@@ -281,7 +291,7 @@ fn stop_with_every_queue_busy() {
                 loop {
                     while inflight < 8 {
                         if ch
-                            .submit(Request::read(q * 8, DmaBuf::alloc(4096).unwrap(), 0))
+                            .submit(Request::read(q * 8, 8, DmaBuf::alloc(4096).unwrap(), 0))
                             .is_err()
                         {
                             // Rejected: the bdev is removed.

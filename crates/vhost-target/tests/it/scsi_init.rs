@@ -228,8 +228,13 @@ fn queue_full_waits_in_order_and_every_request_completes() {
     let mut ch = b.open_channel().unwrap();
     let n = 8 * 8u64;
     for i in 0..n {
-        ch.submit(Request::write(i * 4, dma(&pattern(i, 2048)), i))
-            .unwrap();
+        ch.submit(Request::write(
+            i * 4,
+            pattern(i, 2048).len() as u64 / 512,
+            dma(&pattern(i, 2048)),
+            i,
+        ))
+        .unwrap();
     }
     let mut seen = vec![false; n as usize];
     let mut out: [vbdev_bdev::Completion; 16] = Default::default();
@@ -295,14 +300,22 @@ fn io_loop(
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let lba = (rounds * 8) % 512;
             let data = pattern(rounds, 8 * bs);
-            let c = run(&mut ch, Request::write(lba, dma(&data), 0));
+            let c = run(
+                &mut ch,
+                Request::write(lba, data.len() as u64 / 512, dma(&data), 0),
+            );
             if c.status != IoStatus::Success {
                 errors.push(format!("write {rounds}: {:?}", c.status));
                 continue;
             }
             let c = run(
                 &mut ch,
-                Request::read(lba, DmaBuf::alloc(data.len()).unwrap(), 0),
+                Request::read(
+                    lba,
+                    data.len() as u64 / 512,
+                    DmaBuf::alloc(data.len()).unwrap(),
+                    0,
+                ),
             );
             match c.status {
                 IoStatus::Success if c.buf.as_deref() == Some(&data[..]) => {}
@@ -362,7 +375,7 @@ fn hot_add_resize_and_hot_remove_events_during_io() {
         e => panic!("expected Resized, got {e:?}"),
     }
     assert_eq!(b2.num_blocks(), 1024);
-    let r = ch2.submit(Request::read(1500, DmaBuf::alloc(4096).unwrap(), 0));
+    let r = ch2.submit(Request::read(1500, 8, DmaBuf::alloc(4096).unwrap(), 0));
     assert!(r.is_err(), "read past the new end is refused");
     s.handle.set_capacity(0, 2, 2048).unwrap();
     match next_event(&events) {
@@ -378,7 +391,7 @@ fn hot_add_resize_and_hot_remove_events_during_io() {
         e => panic!("expected Removed, got {e:?}"),
     }
     assert!(b2.is_removed());
-    let r = ch2.submit(Request::read(0, DmaBuf::alloc(4096).unwrap(), 0));
+    let r = ch2.submit(Request::read(0, 8, DmaBuf::alloc(4096).unwrap(), 0));
     assert!(r.is_err(), "I/O on a removed LUN is refused");
     assert_eq!(ctrl.bdevs().len(), 1);
 
@@ -410,12 +423,12 @@ fn busy_task_set_full_and_retryable_responses_are_retried_other_statuses_fail() 
         "retried through five transient failures"
     );
     s.handle.faults.inject(Fault::ScsiStatus(0x18)); // RESERVATION CONFLICT
-    let c = run(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+    let c = run(&mut ch, Request::read(0, 1, DmaBuf::alloc(512).unwrap(), 1));
     assert_eq!(c.status, IoStatus::Failed(IoError::ScsiStatus(0x18)));
     s.handle
         .faults
         .inject(Fault::ScsiResponse(response::TARGET_FAILURE));
-    let c = run(&mut ch, Request::write(0, dma(&[1; 512]), 2));
+    let c = run(&mut ch, Request::write(0, 1, dma(&[1; 512]), 2));
     assert_eq!(
         c.status,
         IoStatus::Failed(IoError::ScsiResponse(response::TARGET_FAILURE))
@@ -501,7 +514,7 @@ fn target_hang_up_mid_io_fails_every_outstanding_request_of_every_lun_and_the_ne
     let n = 14u64;
     for i in 0..n {
         let ch = &mut chans[(i % 2) as usize];
-        ch.submit(Request::read(i * 8, DmaBuf::alloc(4096).unwrap(), i))
+        ch.submit(Request::read(i * 8, 8, DmaBuf::alloc(4096).unwrap(), i))
             .unwrap();
     }
     let start = Instant::now();
@@ -549,7 +562,7 @@ fn a_target_that_stops_answering_io_times_out_and_fails_the_controller() {
     let mut ch = b.open_channel().unwrap();
     s.handle.faults.inject(Fault::StopAnswering);
     let start = Instant::now();
-    let st = status_of(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+    let st = status_of(&mut ch, Request::read(0, 1, DmaBuf::alloc(512).unwrap(), 1));
     assert_eq!(st, IoStatus::Failed(IoError::TimedOut));
     let took = start.elapsed();
     assert!(
@@ -587,7 +600,7 @@ fn garbage_in_the_used_ring_is_a_protocol_error_and_a_bad_length_fails_one_reque
         let b = ctrl.bdev("Gt0").unwrap();
         let mut ch = b.open_channel().unwrap();
         s.handle.faults.inject(Fault::BadUsed(bad));
-        let st = status_of(&mut ch, Request::read(0, DmaBuf::alloc(512).unwrap(), 1));
+        let st = status_of(&mut ch, Request::read(0, 1, DmaBuf::alloc(512).unwrap(), 1));
         match (bad, st) {
             (
                 BadUsed::IdOutOfRange,

@@ -21,7 +21,7 @@ pub fn malloc_bdev(name: &str, num_blocks: u64, block_size: u32, fill: u8) -> Bd
         while lba < num_blocks {
             let n = per.min(num_blocks - lba);
             let buf = dma(&vec![fill; (n * u64::from(block_size)) as usize]);
-            let c = run(&mut ch, Request::write(lba, buf, 0));
+            let c = run(&mut ch, Request::write(lba, n, buf, 0));
             assert_eq!(c.status, IoStatus::Success);
             lba += n;
         }
@@ -102,7 +102,15 @@ pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usiz
         asc: 0x11,
         ascq: 0x00,
     });
-    let c = run(ch, Request::read(0, DmaBuf::alloc(len).unwrap(), 1));
+    let c = run(
+        ch,
+        Request::read(
+            0,
+            len as u64 / u64::from(ch.block_size()),
+            DmaBuf::alloc(len).unwrap(),
+            1,
+        ),
+    );
     match c.status {
         IoStatus::Failed(IoError::ScsiCheckCondition { sense }) => {
             let sense = sense.sense();
@@ -116,13 +124,29 @@ pub fn read_injected_medium_error(faults: &Faults, ch: &mut IoChannel, len: usiz
 
 /// Writes `data` at block `lba` and checks the completion.
 pub fn write(ch: &mut IoChannel, lba: u64, data: &[u8]) {
-    let c = run(ch, Request::write(lba, dma(data), lba));
+    let c = run(
+        ch,
+        Request::write(
+            lba,
+            data.len() as u64 / u64::from(ch.block_size()),
+            dma(data),
+            lba,
+        ),
+    );
     assert_eq!(c.status, IoStatus::Success, "write at block {lba}");
 }
 
 /// Reads `len` bytes at block `lba`.
 pub fn read(ch: &mut IoChannel, lba: u64, len: usize) -> Vec<u8> {
-    let c = run(ch, Request::read(lba, DmaBuf::alloc(len).unwrap(), lba));
+    let c = run(
+        ch,
+        Request::read(
+            lba,
+            len as u64 / u64::from(ch.block_size()),
+            DmaBuf::alloc(len).unwrap(),
+            lba,
+        ),
+    );
     assert_eq!(c.status, IoStatus::Success, "read at block {lba}");
     c.buf.expect("read buffer back").to_vec()
 }
