@@ -82,35 +82,34 @@
 //!   frontend starts with fresh rings and must resubmit its own.
 //! - Split rings only; no dirty-page logging (migration), no postcopy.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserDaemon, VringT};
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard,
+    GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 use crate::fast::{LastChain, Requests, Ring, RingAddrs, Segments};
 use crate::fault::{BadUsed, Decision, Fault, Faults};
 
-mod backend;
-mod completer;
-mod device;
-mod handle;
 mod vring;
 
-pub use backend::config_reply;
-pub use completer::Completer;
-pub use device::{
-    Chain, Device, Error, MAX_QUEUE_SIZE, MAX_QUEUES, Mem, Quirks, Result, ServeOptions,
-};
-pub use handle::TargetHandle;
-use handle::{Conn, Control, lock, remove_socket};
 use vring::Vring;
 
 const TARGET: &str = "vbdev::target";
@@ -121,6 +120,467 @@ const BATCH: usize = 32;
 /// On the fast path, when the driver has nothing queued behind a batch, `used.idx` is
 /// stored after every this many requests of it (see `Session::serve_fast`).
 const EARLY_USED: u16 = 8;
+
+/// The frontend's memory as the target maps it.
+pub type Mem = GuestMemoryMmap<()>;
+
+/// A descriptor chain taken off a request queue.
+pub type Chain = DescriptorChain<GuestMemoryLoadGuard<Mem>>;
+
+/// Most request queues a target can have.
+pub const MAX_QUEUES: u16 = 64;
+
+/// Largest split virtqueue (virtio 1.2 §2.7).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Result with this module's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errors of starting a target.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A target option is out of range.
+    #[error("invalid target option {option}: {why}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The socket path is taken by something that is not a socket.
+    #[error("{} exists and is not a socket", path.display())]
+    PathInUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Binding the listening socket failed.
+    #[error("cannot listen on {}", path.display())]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A SCSI LUN could not be added, removed or resized.
+    #[error("scsi target {target}")]
+    Lun {
+        /// The SCSI target id.
+        target: u8,
+        /// Cause.
+        #[source]
+        source: crate::scsi::LunError,
+    },
+    /// Opening the channels to the served bdev failed.
+    #[error("cannot open a channel on bdev {bdev}")]
+    Bdev {
+        /// The bdev name.
+        bdev: String,
+        /// Cause.
+        #[source]
+        source: vbdev_bdev::Error,
+    },
+    /// A system call failed.
+    #[error("{op} failed")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A device type the server can run: what vhost-user needs to know about it, and how it
+/// serves one request.
+///
+/// One value serves every frontend of a target, one after the other; [`Device::reset`]
+/// runs before and after each. [`Device::serve`] and [`Device::serve_fast`] are called
+/// for queue `q` one request (or batch) at a time, from the thread that serves the
+/// queue (a polling thread serves several), or, for a request a `Delay` fault set aside
+/// on a polling queue, from the thread that stops the ring.
+pub trait Device: Send + Sync + 'static {
+    /// Virtqueues, request queues and others (1 to [`MAX_QUEUES`]).
+    fn num_queues(&self) -> u16;
+
+    /// Largest queue size a frontend may set up (a power of two up to [`MAX_QUEUE_SIZE`]).
+    fn max_queue_size(&self) -> u16;
+
+    /// Virtio feature bits offered: device bits plus `VERSION_1` and the ring features
+    /// the device handles. The server adds `VHOST_USER_F_PROTOCOL_FEATURES`.
+    fn features(&self) -> u64;
+
+    /// The whole device configuration space, as the device type defines it. The server
+    /// answers `GET_CONFIG` from it ([`config_reply`]).
+    fn config(&self) -> Vec<u8>;
+
+    /// Writes the configuration space (`SET_CONFIG`).
+    ///
+    /// # Errors
+    /// When the range is not writable; the default refuses everything.
+    fn set_config(&self, offset: u32, data: &[u8]) -> io::Result<()> {
+        let _ = (offset, data);
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "configuration space is read-only",
+        ))
+    }
+
+    /// Back to the power-on state, before a new frontend is served and after one is
+    /// gone. Drops any [`Completer`] and kept chain of the old connection.
+    fn reset(&self) {}
+
+    /// The feature bits the driver accepted (`SET_FEATURES`), transport bits included.
+    fn set_features(&self, features: u64) {
+        let _ = features;
+    }
+
+    /// Whether `queue` carries requests (the default: all do). Faults apply, and
+    /// polling spins, only on request queues; the others are served on kicks.
+    fn is_request_queue(&self, queue: u16) -> bool {
+        let _ = queue;
+        true
+    }
+
+    /// Gives the device `queue`'s [`Completer`] for this connection, before the
+    /// queue's first chain is served. Default: dropped (the device keeps no chains).
+    fn queue_ready(&self, queue: u16, completer: Completer) {
+        let _ = (queue, completer);
+    }
+
+    /// Serves one request of queue `queue`: reads it from `chain`, does it, writes the
+    /// answer into the chain's writable buffers and returns the used length (bytes
+    /// written, status included), which the server puts on the used ring. `None` keeps
+    /// the chain off the used ring: the device completes it later with the queue's
+    /// [`Completer`] (a virtio-scsi event queue holds its buffers until an event), or
+    /// never.
+    ///
+    /// `fault` is the fault [`Faults::decide`] chose for this request; the device applies
+    /// the ones that concern it (`BlkStatus`, `ScsiSense`) and ignores the rest, which
+    /// the server handles.
+    fn serve(&self, queue: u16, mem: &Mem, chain: Chain, fault: Option<Fault>) -> Option<u32>;
+
+    /// The frontend stopped `queue` (`GET_VRING_BASE`: a device reset, or a stop before
+    /// the ring is handed over). The device lets go of every chain of `queue` it kept
+    /// ([`Device::serve`] returned `None`) and returns how many; those must be the last
+    /// chains taken off the queue's avail ring. The server gives them back to the ring:
+    /// the base it reports points at the first of them, so a frontend that restarts the
+    /// ring from there hands them out again, and one that resets the device forgets
+    /// them with the old ring (a kept chain completed on the new ring would write into
+    /// freed memory and name a descriptor the driver never made). Default: 0.
+    fn queue_stopped(&self, queue: u16) -> u16 {
+        let _ = queue;
+        0
+    }
+
+    /// Whether the device has a fast path ([`Device::serve_fast`]); polling request
+    /// queues then use it while no fault is armed. Default: no.
+    fn has_fast_path(&self) -> bool {
+        false
+    }
+
+    /// Serves a batch of polling request queue `queue`'s requests from their resolved
+    /// buffers ([`crate::fast`]): takes each with [`Requests::next`] and completes it with
+    /// [`Requests::complete`] and its used length, as [`Device::serve`] returns it.
+    /// Returning with a request taken and not completed declines it: the server then
+    /// serves it through [`Device::serve`]. A device declines before it has done anything
+    /// with the request. One call per batch (up to 32 requests), so per-queue state is
+    /// locked once per batch: an atomic read-modify-write per request would wait, each
+    /// time, for the cache misses on the driver's ring before it. Default: declines the
+    /// first request.
+    fn serve_fast(&self, queue: u16, mem: &Mem, requests: &mut dyn Requests) {
+        let _ = (queue, mem, requests.next());
+    }
+}
+
+/// Where and how to serve a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// The Unix socket path to listen on. A stale socket there is replaced.
+    pub socket: PathBuf,
+    /// Busy-poll the request queues instead of waiting for kicks.
+    pub poll: bool,
+    /// Polling threads: the request queues are shared out among them, queue `i` of the
+    /// request queues to thread `i % poll_threads`, and each thread polls all of its
+    /// queues in turn. From 1 to the number of request queues; ignored without `poll`.
+    pub poll_threads: u16,
+    /// Behave like another target where initiators notice ([`Quirks`]).
+    pub quirks: Quirks,
+}
+
+/// Ways in which other vhost-user targets differ from ours, which an initiator must
+/// cope with: the target offers less, or answers slowly. For regression tests of
+/// interoperability (a stand-in, never the proof: the proof is a run against the real
+/// target). Default: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Offer no `VHOST_USER_PROTOCOL_F_CONFIG`: the configuration space cannot be read
+    /// (SPDK's vhost-scsi, every version).
+    pub no_config: bool,
+    /// Offer no `VHOST_USER_PROTOCOL_F_MQ`: the frontend cannot ask how many queues
+    /// there are (`GET_QUEUE_NUM`).
+    pub no_mq: bool,
+    /// Offer no `VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS`: memory can only be shared
+    /// with `SET_MEM_TABLE` (DPDK's vhost library, under SPDK's targets).
+    pub no_mem_slots: bool,
+    /// Offer no `VIRTIO_RING_F_EVENT_IDX`: notifications are governed by the ring flags
+    /// alone (SPDK's targets).
+    pub no_event_idx: bool,
+    /// Hold each memory-table reply (`SET_MEM_TABLE`, `ADD_MEM_REG`) this many
+    /// microseconds per MiB of memory in the table. SPDK's targets map every region
+    /// with `MAP_POPULATE` and look each 4 KiB page up in `/proc/self/pagemap`: about
+    /// 5 ms per MiB on a 2-core VM.
+    pub mem_table_us_per_mib: u32,
+    /// Answer a completed LOGICAL UNIT RESET or I_T NEXUS RESET with
+    /// `VIRTIO_SCSI_S_FUNCTION_SUCCEEDED` instead of FUNCTION COMPLETE (Linux's
+    /// vhost-scsi does).
+    pub tmf_succeeded: bool,
+}
+
+impl Quirks {
+    /// SPDK's vhost-scsi target (v24.01 to v26.05, on DPDK's vhost library): no
+    /// CONFIG, no memory slots, no EVENT_IDX, a slow memory table.
+    pub fn spdk_scsi() -> Self {
+        Self {
+            no_config: true,
+            ..Self::spdk_blk()
+        }
+    }
+
+    /// SPDK's vhost-blk target: as [`Quirks::spdk_scsi`], with CONFIG.
+    pub fn spdk_blk() -> Self {
+        Self {
+            no_config: false,
+            no_mq: false,
+            no_mem_slots: true,
+            no_event_idx: true,
+            mem_table_us_per_mib: 5000,
+            tmf_succeeded: false,
+        }
+    }
+}
+
+/// Completes chains a device kept ([`Device::serve`] returned `None`), from any thread:
+/// writes the answer, puts the chain on the used ring and signals the driver if it
+/// asked for it. Valid for one connection: once it is closing, or the ring is stopped
+/// or disabled, nothing more is completed.
+#[derive(Clone)]
+pub struct Completer {
+    queue: u16,
+    vring: Vring,
+    mem: GuestMemoryAtomic<Mem>,
+    conn: Arc<Conn>,
+}
+
+impl std::fmt::Debug for Completer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completer")
+            .field("queue", &self.queue)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Completer {
+    /// The queue this completer completes chains of.
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Whether chains can still be completed: the connection is open and the ring is
+    /// ready and enabled.
+    pub fn is_live(&self) -> bool {
+        !self.conn.is_closing() && self.vring.is_running()
+    }
+
+    /// Writes `data` at the start of `chain`'s writable buffers, through the current
+    /// memory map, then puts the chain on the used ring with the bytes written as its
+    /// length and signals the driver when it asked for it (virtio 1.2 §2.7.8, §2.7.10).
+    /// Returns whether the chain was completed; `false` (chain dropped) when the
+    /// completer is no longer live, the writable buffers are outside the driver's
+    /// memory or shorter than `data`.
+    pub fn complete(&self, chain: Chain, data: &[u8]) -> bool {
+        use std::io::Write;
+        let head = chain.head_index();
+        let mem = self.mem.memory();
+        let mut w = match Writer::new(&*mem, chain) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(target: TARGET, queue = self.queue, head, error = %e, "kept chain outside the shared memory");
+                return false;
+            }
+        };
+        if w.available_bytes() < data.len() || w.write_all(data).is_err() {
+            tracing::debug!(target: TARGET, queue = self.queue, head, len = data.len(), "kept chain too short");
+            return false;
+        }
+        // Fits: data.len() <= available_bytes(), which is at most a chain's u32 lengths
+        // summed by virtio-queue into a usize checked against u32.
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        {
+            // Under the ring's write lock, so a GET_VRING_BASE (which marks the queue not
+            // ready under the same lock) is either before this check or after the entry.
+            let mut state = self.vring.get_mut();
+            if self.conn.is_closing() || !state.is_enabled() || !state.get_queue().ready() {
+                return false;
+            }
+            if let Err(e) = state.get_queue_mut().add_used(&*mem, head, len) {
+                tracing::warn!(target: TARGET, queue = self.queue, head, error = %e, "cannot complete kept chain");
+                return false;
+            }
+        }
+        match self.vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = self.vring.signal_used_queue() {
+                    tracing::warn!(target: TARGET, queue = self.queue, error = %e, "cannot signal the used ring");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(target: TARGET, queue = self.queue, error = %e, "cannot read used_event");
+            }
+        }
+        tracing::trace!(target: TARGET, queue = self.queue, head, len, "kept chain completed");
+        true
+    }
+}
+
+/// A running target. Stopping it (or dropping it) closes the current frontend's
+/// connection, stops every thread of the target and removes the socket file.
+#[derive(Debug)]
+pub struct TargetHandle {
+    /// The socket the target listens on.
+    pub socket: PathBuf,
+    /// The target's fault-injection switchboard (nothing armed at start).
+    pub faults: Arc<Faults>,
+    ctl: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TargetHandle {
+    /// Stops serving: the current frontend (if any) sees a hang-up, the threads end and
+    /// the socket file is removed. Waits for the requests being served to finish (a
+    /// `Delay` fault holds an event-driven target up that long; a polling one drops the
+    /// delayed request). Idempotent.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.ctl.stop.store(true, Ordering::SeqCst);
+        wake(&self.ctl.wake);
+        if let Some(conn) = lock(&self.ctl.current).as_ref() {
+            conn.close("target stopped");
+        }
+        if thread.join().is_err() {
+            tracing::error!(target: TARGET, socket = %self.socket.display(), "server thread panicked");
+        }
+        remove_socket(&self.socket);
+        tracing::info!(target: TARGET, socket = %self.socket.display(), "target stopped");
+    }
+
+    /// Closes the current frontend's connection, as if the target had crashed; the
+    /// target then waits for the next frontend. Does nothing when none is connected.
+    pub fn disconnect(&self) {
+        if let Some(conn) = lock(&self.ctl.current).as_ref() {
+            conn.close("disconnect requested");
+        }
+    }
+
+    /// Whether a frontend is connected now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.ctl.current).is_some()
+    }
+
+    /// Frontends accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.ctl.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TargetHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the handle shares with the server thread.
+#[derive(Debug)]
+struct Control {
+    stop: AtomicBool,
+    /// Wakes the server thread out of its wait for a connection.
+    wake: OwnedFd,
+    /// The connection being served.
+    current: Mutex<Option<Arc<Conn>>>,
+    connections: AtomicU64,
+}
+
+/// One frontend connection: lets any thread close it.
+#[derive(Default)]
+struct Conn {
+    /// Set once the connection is being closed: the queues stop serving.
+    closing: AtomicBool,
+    slot: Mutex<ConnSlot>,
+}
+
+#[derive(Default)]
+struct ConnSlot {
+    /// Known once the daemon has accepted the connection.
+    shutdown: Option<ShutdownHandle>,
+    /// A close was asked for before the handle was known.
+    close_requested: bool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("closing", &self.closing.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    fn attach(&self, shutdown: Option<ShutdownHandle>) {
+        let mut s = lock(&self.slot);
+        if s.close_requested {
+            if let Some(h) = &shutdown {
+                h.shutdown();
+            }
+        }
+        s.shutdown = shutdown;
+    }
+
+    /// Shuts the socket down: the frontend sees a hang-up, the daemon's request loop ends.
+    fn close(&self, why: &'static str) {
+        if !self.closing.swap(true, Ordering::SeqCst) {
+            tracing::info!(target: TARGET, why, "closing the frontend connection");
+        }
+        let mut s = lock(&self.slot);
+        s.close_requested = true;
+        if let Some(h) = &s.shutdown {
+            h.shutdown();
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wake(fd: &OwnedFd) {
+    // Only fails when the counter would overflow, and then the reader wakes anyway.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+fn remove_socket(path: &std::path::Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
 
 /// Starts serving `device` on `opts.socket` in a background thread.
 ///
@@ -1039,6 +1499,184 @@ fn write_bad_used(
         .map_err(err)?;
     queue.set_next_used(next.wrapping_add(1));
     Ok(())
+}
+
+/// The `GET_CONFIG` reply for `size` bytes from `offset` of `space`: the bytes that lie in
+/// the space, then zeros up to `size`; `None` when `offset` is beyond the space.
+///
+/// A frontend may ask for more than the device type's struct: SPDK's virtio-user
+/// initiator always asks for 256 bytes from 0 (`VHOST_USER_MAX_CONFIG_SIZE`) and wants a
+/// reply of exactly that size, as SPDK's and QEMU's targets give it. The vhost-user spec
+/// lets the reply carry the requested size (vhost-user, "VHOST_USER_GET_CONFIG"); bytes
+/// past the struct read as zero, as reserved fields do (virtio 1.2 §2.5). The `vhost`
+/// crate bounds `offset + size` by `VHOST_USER_CONFIG_SIZE` before this is called.
+pub fn config_reply(space: &[u8], offset: u32, size: u32) -> Option<Vec<u8>> {
+    let start = usize::try_from(offset).ok()?;
+    if start >= space.len() {
+        return None;
+    }
+    let size = usize::try_from(size).ok()?;
+    let mut reply = vec![0u8; size];
+    let have = (space.len() - start).min(size);
+    reply[..have].copy_from_slice(&space[start..start + have]);
+    Some(reply)
+}
+
+impl<D: Device> VhostUserBackend for Session<D> {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.device.num_queues())
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.device.max_queue_size())
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = self.device.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.quirks.no_event_idx {
+            f &= !vbdev_virtio::device::features::RING_EVENT_IDX;
+        }
+        f
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut f = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.quirks.no_config {
+            f.remove(VhostUserProtocolFeatures::CONFIG);
+        }
+        if self.quirks.no_mem_slots {
+            f.remove(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        }
+        if self.quirks.no_mq {
+            f.remove(VhostUserProtocolFeatures::MQ);
+        }
+        f
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.device.set_features(features);
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The daemon sets it on each vring, which is all that uses it.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        match config_reply(&self.device.config(), offset, size) {
+            Some(v) => v,
+            None => {
+                tracing::warn!(target: TARGET, offset, size, "GET_CONFIG outside the configuration space");
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        self.device.set_config(offset, buf)
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        // The daemon updated the GuestMemoryAtomic this session shares with it; the
+        // pollers' kept maps are stale from now on.
+        self.mem_epoch.fetch_add(1, Ordering::Release);
+        if self.quirks.mem_table_us_per_mib > 0 {
+            use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+            let mib = mem.memory().iter().map(|r| r.len()).sum::<u64>() >> 20;
+            let us = mib.saturating_mul(u64::from(self.quirks.mem_table_us_per_mib));
+            tracing::debug!(target: TARGET, mib, us, "memory table: slow registration (quirk)");
+            // The stand-in for SPDK's page-by-page registration: the reply is late by
+            // design, there is nothing to wait for.
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // At most MAX_QUEUES (64) queues: each fits in the mask.
+        self.threads
+            .iter()
+            .map(|t| t.iter().fold(0u64, |m, &q| m | 1u64 << q))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without one the daemon cannot stop its workers (and its drop would wait forever).
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::error!(target: TARGET, error = %e, "cannot create a worker exit eventfd");
+                None
+            }
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The ring is no longer ready, so no new request comes off it; wait for the one
+        // being served, if any.
+        let (Some(busy), Ok(q)) = (
+            self.busy.get(queue_index as usize),
+            u16::try_from(queue_index),
+        ) else {
+            return Ok(());
+        };
+        let mut busy = lock(busy);
+        if let Some(h) = busy.take() {
+            // A request a Delay fault holds up on a polling queue: served once its delay
+            // is over, as a worker sleeping the delay would serve it before this lock.
+            std::thread::sleep(h.until.saturating_duration_since(Instant::now()));
+            if let Some(v) = self.rings.get(usize::from(q)).and_then(OnceLock::get) {
+                self.finish_chain(q, v, &h.mem, h.chain, h.decision);
+            }
+        }
+        // The daemon reads next_avail for the GET_VRING_BASE reply after this returns:
+        // chains the device kept go back to the avail ring (vhost-user "Starting and
+        // stopping rings": the base is where the back-end would continue).
+        let kept = self.device.queue_stopped(q);
+        if kept > 0 {
+            // A device keeps chains only of a queue it was served, so the ring is known.
+            if let Some(v) = self.rings.get(usize::from(q)).and_then(OnceLock::get) {
+                let mut state = v.get_mut();
+                let queue = state.get_queue_mut();
+                // kept <= chains taken off this ring, as the device promises.
+                let next = queue.next_avail().wrapping_sub(kept);
+                queue.set_next_avail(next);
+                tracing::debug!(target: TARGET, queue = q, kept, next_avail = next, "kept chains given back to the avail ring");
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // The thread's rings are its queues' (`threads[thread_id]`), in the same order;
+        // event `i` is the kick of ring `i`.
+        let i = usize::from(device_event);
+        let queues = self.threads.get(thread_id).map_or(&[][..], |t| &t[..]);
+        let (Some(&q), Some(vring)) = (queues.get(i), vrings.get(i)) else {
+            return Ok(());
+        };
+        if self.conn.is_closing() {
+            return Ok(());
+        }
+        self.ring_seen(q, vring);
+        if self.poll && self.device.is_request_queue(q) {
+            self.poll_queues(queues, vrings);
+        } else {
+            self.drain_queue(q, vring);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
