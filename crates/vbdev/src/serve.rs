@@ -10,10 +10,6 @@
 //! virtio device (its queues stopped, the ring state read back with GET_VRING_BASE) and
 //! remove the sockets.
 
-mod daemon;
-mod ini;
-mod rpc;
-
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
@@ -22,8 +18,7 @@ use signal_hook::iterator::Signals;
 
 use crate::Failure;
 use crate::cli::ServeArgs;
-use daemon::Daemon;
-use rpc::{Handler, RpcOptions, RpcServer};
+use vbdev_daemon::{Daemon, Handler, RpcOptions, RpcServer, daemon, ini};
 
 /// Runs `vbdev serve` until SIGINT/SIGTERM; `vhost_dma`: the DMA memory for vhost-user
 /// attaches when it is not the default (unless the daemon is set up for PCI).

@@ -313,6 +313,12 @@ impl Daemon {
         })
     }
 
+    /// The bdev `name`, local or of a virtio device, for a program that embeds the
+    /// daemon: it opens channels on it as on any bdev. `None` when there is none.
+    pub fn bdev(&self, name: &str) -> Option<Bdev> {
+        lock(&self.state).bdev(name)
+    }
+
     /// Replays an SPDK JSON config (`{"subsystems": [...]}`): every call of every
     /// subsystem in order (batches flattened). Stops at the first failing call.
     ///

@@ -1,0 +1,148 @@
+//! The daemon driven in-process, as a program that embeds it would: its calls straight
+//! through [`Handler::call`], its bdevs opened as any bdev, and its JSON-RPC server on a
+//! socket of the test's own. The binary's tests (`crates/vbdev/tests`) drive the same
+//! daemon through `vbdev serve` and SPDK's client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use vbdev_bdev::{Bdev, DmaBuf, IoStatus, Request};
+use vbdev_daemon::{Daemon, Handler, RpcOptions, RpcServer};
+
+fn call(d: &Daemon, method: &str, params: Value) -> Value {
+    d.call(method, Some(params))
+        .unwrap_or_else(|e| panic!("{method}: {} (code {})", e.message, e.code))
+}
+
+/// Writes `data` at `lba` of `bdev` and waits for it.
+fn write(bdev: &Bdev, lba: u64, data: &[u8]) {
+    let mut ch = bdev.open_channel().unwrap();
+    let mut buf = DmaBuf::alloc(data.len()).unwrap();
+    buf.copy_from_slice(data);
+    let blocks = data.len() as u64 / u64::from(bdev.block_size());
+    ch.submit(Request::write(lba, blocks, buf, 1))
+        .map_err(|r| r.error)
+        .unwrap();
+    assert_eq!(ch.wait_one().unwrap().status, IoStatus::Success);
+}
+
+/// Reads `len` bytes at `lba` of `bdev`.
+fn read(bdev: &Bdev, lba: u64, len: usize) -> Vec<u8> {
+    let mut ch = bdev.open_channel().unwrap();
+    let blocks = len as u64 / u64::from(bdev.block_size());
+    ch.submit(Request::read(lba, blocks, DmaBuf::alloc(len).unwrap(), 2))
+        .map_err(|r| r.error)
+        .unwrap();
+    let c = ch.wait_one().unwrap();
+    assert_eq!(c.status, IoStatus::Success);
+    c.buf.unwrap().to_vec()
+}
+
+#[test]
+fn a_virtio_bdev_of_the_daemon_reaches_a_bdev_its_own_vhost_controller_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
+    call(
+        &d,
+        "bdev_malloc_create",
+        json!({"name": "Malloc0", "num_blocks": 2048, "block_size": 512}),
+    );
+    call(
+        &d,
+        "vhost_create_blk_controller",
+        json!({"ctrlr": "vhost.0", "dev_name": "Malloc0"}),
+    );
+    let socket = dir.path().join("vhost.0");
+    let names = call(
+        &d,
+        "bdev_virtio_attach_controller",
+        json!({"name": "VirtioBlk0", "trtype": "user", "traddr": socket,
+               "dev_type": "blk", "vq_count": 1, "vq_size": 128}),
+    );
+    assert_eq!(names, json!(["VirtioBlk0"]));
+
+    // The virtio bdev is the malloc bdev, seen through the daemon's own target.
+    let virtio = d.bdev("VirtioBlk0").expect("attached bdev");
+    let malloc = d.bdev("Malloc0").expect("local bdev");
+    assert_eq!(
+        (virtio.num_blocks(), virtio.block_size()),
+        (malloc.num_blocks(), malloc.block_size())
+    );
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    write(&virtio, 100, &data);
+    assert_eq!(read(&malloc, 100, data.len()), data);
+    write(&malloc, 300, &data[..512]);
+    assert_eq!(read(&virtio, 300, 512), data[..512]);
+
+    // What the methods report agrees: the malloc bdev is claimed by the controller and
+    // cannot be deleted from under it; the virtio bdev counts the I/O it did.
+    let b = call(&d, "bdev_get_bdevs", json!({"name": "Malloc0"}));
+    assert_eq!(b[0]["claimed"], json!(true), "{b}");
+    let e = d
+        .call("bdev_malloc_delete", Some(json!({"name": "Malloc0"})))
+        .unwrap_err();
+    assert_eq!(e.code, -16, "{}", e.message);
+    assert!(e.message.contains("vhost.0"), "{}", e.message);
+    let st = call(&d, "bdev_get_iostat", json!({"name": "VirtioBlk0"}));
+    let st = &st["bdevs"][0];
+    assert_eq!(st["bytes_written"], json!(8192), "{st}");
+    assert_eq!(st["bytes_read"], json!(512), "{st}");
+
+    // Detached first, the controller can go, then the bdev.
+    call(
+        &d,
+        "bdev_virtio_detach_controller",
+        json!({"name": "VirtioBlk0"}),
+    );
+    assert!(d.bdev("VirtioBlk0").is_none());
+    call(&d, "vhost_delete_controller", json!({"ctrlr": "vhost.0"}));
+    assert!(!socket.exists(), "socket removed with its controller");
+    call(&d, "bdev_malloc_delete", json!({"name": "Malloc0"}));
+    assert_eq!(call(&d, "bdev_get_bdevs", json!({})), json!([]));
+    d.shutdown();
+}
+
+#[test]
+fn the_rpc_server_answers_spdk_requests_for_the_daemon_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
+    let handler: Arc<dyn Handler> = d.clone();
+    let path = dir.path().join("rpc.sock");
+    let mut server = RpcServer::start(
+        &path,
+        handler,
+        RpcOptions {
+            max_request: 1 << 20,
+        },
+    )
+    .unwrap();
+    let mut s = UnixStream::connect(server.path()).unwrap();
+    let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
+    // Two requests back to back, the first pretty-printed over lines (SPDK's client).
+    s.write_all(
+        b"{\n  \"jsonrpc\": \"2.0\",\n  \"id\": 1,\n  \"method\": \"bdev_null_create\",\n  \
+          \"params\": {\"name\": \"Null0\", \"num_blocks\": 64, \"block_size\": 4096}\n}\
+          {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"bdev_get_bdevs\",\"params\":{\"name\":\"Null0\"}}",
+    )
+    .unwrap();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first, json!({"jsonrpc": "2.0", "id": 1, "result": "Null0"}));
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["id"], json!(2));
+    assert_eq!(second["result"][0]["block_size"], json!(4096), "{second}");
+    assert_eq!(second["result"][0]["num_blocks"], json!(64), "{second}");
+    // The call went to this daemon: its bdev is there in-process.
+    assert_eq!(d.bdev("Null0").map(|b| b.num_blocks()), Some(64));
+    // An unknown method: SPDK's code, the connection stays usable.
+    s.write_all(br#"{"jsonrpc":"2.0","id":3,"method":"no_such_method"}"#)
+        .unwrap();
+    let third: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(third["error"]["code"], json!(-32601), "{third}");
+    drop(s);
+    server.stop();
+    assert!(!path.exists(), "socket removed at stop");
+    d.shutdown();
+}
