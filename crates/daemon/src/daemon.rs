@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use vbdev_bdev::attach::{Attached as VirtioDev, QueueOptions, Target};
 use vbdev_bdev::{Bdev, malloc, null};
 use vbdev_pci::PciOptions;
-use vbdev_pci::sysfs::{Bdf, DeviceType, PciFunction, Sysfs};
+use vbdev_pci::sysfs::{Bdf, PciFunction, Sysfs};
 use vbdev_target::{BlkTargetConfig, ScsiHandle, ScsiTargetConfig, TargetHandle};
 use vbdev_virtio::DeviceType as VirtioType;
 use vbdev_virtio::transport::vhost_user::VhostUserOptions;

@@ -42,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use vbdev_virtio::DeviceType;
+
 use super::{
     DEVICE_ID_LAST, MODERN_DEVICE_ID_BASE, TRANSITIONAL_DEVICE_ID_FIRST, VIRTIO_VENDOR_ID,
 };
@@ -292,37 +294,6 @@ impl fmt::Display for Driver {
     }
 }
 
-/// A virtio device type (virtio 1.2 §5), from the PCI IDs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeviceType {
-    /// Block device (ID 2).
-    Blk,
-    /// SCSI host (ID 8).
-    Scsi,
-    /// Any other virtio device ID (network, console, ...).
-    Other(u16),
-}
-
-impl DeviceType {
-    /// From a virtio device ID.
-    pub fn from_virtio_id(id: u16) -> Self {
-        match id {
-            2 => DeviceType::Blk,
-            8 => DeviceType::Scsi,
-            n => DeviceType::Other(n),
-        }
-    }
-
-    /// `blk`, `scsi`, or `virtio-<id>`.
-    pub fn name(self) -> String {
-        match self {
-            DeviceType::Blk => "blk".into(),
-            DeviceType::Scsi => "scsi".into(),
-            DeviceType::Other(n) => format!("virtio-{n}"),
-        }
-    }
-}
-
 /// The IOMMU group of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IommuGroup {
@@ -340,8 +311,10 @@ pub struct PciFunction {
     pub bdf: Bdf,
     /// PCI device ID.
     pub device_id: u16,
-    /// The virtio device type.
-    pub device_type: DeviceType,
+    /// The virtio device ID (virtio 1.2 §5), from the PCI device ID.
+    pub virtio_id: u16,
+    /// The virtio device type, when it is one vbdev drives (blk, scsi).
+    pub device_type: Option<DeviceType>,
     /// A transitional device ID (0x1000-0x103f): the function may also offer the legacy
     /// interface.
     pub transitional: bool,
@@ -354,6 +327,14 @@ pub struct PciFunction {
 }
 
 impl PciFunction {
+    /// `blk`, `scsi`, or `virtio-<id>` for the types vbdev does not drive.
+    pub fn type_name(&self) -> String {
+        match self.device_type {
+            Some(t) => t.name().into(),
+            None => format!("virtio-{}", self.virtio_id),
+        }
+    }
+
     /// Bound to `vfio-pci` or `uio_pci_generic`.
     pub fn is_user_space_bound(&self) -> bool {
         self.driver
@@ -551,7 +532,8 @@ impl Sysfs {
         Ok(Some(PciFunction {
             bdf,
             device_id,
-            device_type: DeviceType::from_virtio_id(virtio_id),
+            virtio_id,
+            device_type: DeviceType::from_id(virtio_id),
             transitional,
             driver,
             iommu_group,

@@ -48,7 +48,7 @@ impl From<&PciFunction> for FunctionJson {
     fn from(f: &PciFunction) -> Self {
         Self {
             bdf: f.bdf.to_string(),
-            device_type: f.device_type.name(),
+            device_type: f.type_name(),
             pci_id: format!("1af4:{:04x}", f.device_id),
             transitional: f.transitional,
             driver: f.driver.clone(),
@@ -162,7 +162,7 @@ fn list(sysfs: &Sysfs, json: bool) -> Result<(), Failure> {
         let line = format!(
             "{:<13} {:<9} {:<10} {:<16} {:<12} {:<4}{}",
             f.bdf.to_string(),
-            f.device_type.name(),
+            f.type_name(),
             format!("1af4:{:04x}", f.device_id),
             f.driver.as_deref().unwrap_or("-"),
             group,

@@ -31,6 +31,24 @@ impl DeviceType {
         }
     }
 
+    /// The type of virtio device ID `id`; `None` for the types this crate does not
+    /// drive (network, console, ...).
+    pub fn from_id(id: u16) -> Option<Self> {
+        match id {
+            2 => Some(Self::Blk),
+            8 => Some(Self::Scsi),
+            _ => None,
+        }
+    }
+
+    /// `blk` or `scsi`, as the command line and SPDK's `dev_type` say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Blk => "blk",
+            Self::Scsi => "scsi",
+        }
+    }
+
     /// The name of feature `bit` (a mask) for this device type: a device-independent
     /// name, the type's own, or `"unknown"`.
     pub fn feature_name(self, bit: u64) -> &'static str {

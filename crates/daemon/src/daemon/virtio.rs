@@ -144,9 +144,7 @@ pub(super) struct AttachSpec {
 /// A function `[VirtioPci] Enable` attaches: modern virtio-blk or virtio-scsi, bound to
 /// a user-space driver (SPDK took 0x1042 and 0x1048 only).
 pub(super) fn attachable(f: &PciFunction) -> bool {
-    !f.transitional
-        && matches!(f.device_type, DeviceType::Blk | DeviceType::Scsi)
-        && f.is_user_space_bound()
+    !f.transitional && f.device_type.is_some() && f.is_user_space_bound()
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,7 +400,7 @@ impl Daemon {
         })?;
         let mut names = Vec::new();
         for f in fns.iter().filter(|f| attachable(f)) {
-            let scsi = f.device_type == DeviceType::Scsi;
+            let scsi = f.device_type == Some(VirtioType::Scsi);
             if let Some(name) = self.attach_auto(f.bdf, scsi)? {
                 names.push(name);
             }
@@ -544,7 +542,7 @@ impl Daemon {
         // To attach: the modern virtio-blk ones among them.
         let usable: Vec<&PciFunction> = fns
             .iter()
-            .filter(|f| f.device_type == DeviceType::Blk && attachable(f))
+            .filter(|f| f.device_type == Some(VirtioType::Blk) && attachable(f))
             .collect();
         let gone: Vec<Virtio> = {
             let mut s = lock(&self.state);

@@ -251,7 +251,7 @@ fn lists_virtio_functions_with_kind_driver_group_and_node() {
     fs::create_dir_all(sys.root().join("bus/pci/devices/not-a-bdf")).unwrap();
 
     let fns = sys.sysfs().virtio_functions().unwrap();
-    let got: Vec<(String, DeviceType, bool, Option<&str>)> = fns
+    let got: Vec<(String, Option<DeviceType>, bool, Option<&str>)> = fns
         .iter()
         .map(|f| {
             (
@@ -267,24 +267,24 @@ fn lists_virtio_functions_with_kind_driver_group_and_node() {
         vec![
             (
                 "0000:00:01.0".into(),
-                DeviceType::Blk,
+                Some(DeviceType::Blk),
                 false,
                 Some("vfio-pci")
             ),
             (
                 "0000:00:02.0".into(),
-                DeviceType::Scsi,
+                Some(DeviceType::Scsi),
                 false,
                 Some("vfio-pci")
             ),
-            ("0000:00:03.0".into(), DeviceType::Blk, true, None),
+            ("0000:00:03.0".into(), Some(DeviceType::Blk), true, None),
             (
                 "0000:00:04.0".into(),
-                DeviceType::Scsi,
+                Some(DeviceType::Scsi),
                 true,
                 Some("virtio-pci")
             ),
-            ("0000:00:05.0".into(), DeviceType::Other(1), false, None),
+            ("0000:00:05.0".into(), None, false, None),
         ]
     );
     assert_eq!(
@@ -307,7 +307,7 @@ fn lists_virtio_functions_with_kind_driver_group_and_node() {
     assert!(fns[0].is_user_space_bound());
     assert!(!fns[3].is_user_space_bound());
     assert!(!fns[2].is_user_space_bound());
-    assert_eq!(fns[4].device_type.name(), "virtio-1");
+    assert_eq!(fns[4].type_name(), "virtio-1");
 }
 
 #[test]
