@@ -2,6 +2,21 @@
 
 use vbdev_bdev::{Completion, DmaBuf, IoChannel, Request};
 
+const MIB: u64 = 1 << 20;
+
+/// Writes of 512 B to 4 MiB at block-aligned, never page-aligned byte offsets of a disk
+/// of 64 MiB of 512-byte blocks, as (offset, length): the request sizes and alignments a
+/// round-trip test of any blk path covers (the last block of the disk too).
+pub const ODD_OFFSET_SIZES_64MIB: [(u64, usize); 7] = [
+    (512, 512),
+    (3 * 512, 1024),
+    (9 * 512, 4096 + 512),
+    (MIB + 512, 64 << 10),
+    (5 * MIB + 1536, 1 << 20),
+    (17 * MIB + 512, 4 << 20),
+    (63 * MIB - 512, 512),
+];
+
 /// Deterministic test data: a different byte sequence for every `seed` (xorshift64).
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

@@ -20,16 +20,8 @@ fn writes_from_512_bytes_to_4_mib_read_back_and_land_in_the_image() {
     assert_eq!(bdev.block_size(), 512);
     assert_eq!(bdev.num_blocks(), 64 * MIB / 512);
     let mut ch = bdev.open_channel().unwrap();
-    // Block aligned, never page aligned: offsets of 512 * odd numbers.
-    let cases: Vec<(u64, usize)> = vec![
-        (512, 512),
-        (3 * 512, 1024),
-        (9 * 512, 4096 + 512),
-        (MIB + 512, 64 << 10),
-        (5 * MIB + 1536, 1 << 20),
-        (17 * MIB + 512, 4 << 20),
-        (63 * MIB - 512, 512),
-    ];
+    // Block aligned, never page aligned.
+    let cases = vbdev_testkit::data::ODD_OFFSET_SIZES_64MIB;
     for (i, &(off, len)) in cases.iter().enumerate() {
         let data = pattern(i as u64, len);
         let c = run(

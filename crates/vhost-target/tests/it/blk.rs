@@ -17,15 +17,7 @@ fn sizes_round_trip(t: &Target, queues: u16) {
     assert_eq!(bdev.block_size(), 512);
     assert_eq!(bdev.num_blocks(), 64 * MIB / 512);
     let mut ch = bdev.open_channel().unwrap();
-    let cases: &[(u64, usize)] = &[
-        (512, 512),
-        (3 * 512, 1024),
-        (9 * 512, 4096 + 512),
-        (MIB + 512, 64 << 10),
-        (5 * MIB + 1536, 1 << 20),
-        (17 * MIB + 512, 4 << 20),
-        (63 * MIB - 512, 512),
-    ];
+    let cases = vbdev_testkit::data::ODD_OFFSET_SIZES_64MIB;
     for (i, &(off, len)) in cases.iter().enumerate() {
         let data = pattern(i as u64, len);
         write(&mut ch, off / 512, &data);
