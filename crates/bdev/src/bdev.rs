@@ -8,6 +8,33 @@ use crate::error::Result;
 pub use crate::io::{BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
 use crate::iostat::{BdevStats, IoStat};
 
+/// Where a bdev's device stands ([`Bdev::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceState {
+    /// The device is there: requests go to it.
+    Connected,
+    /// The device is gone (its target hung up or died, it was hot-removed or detached):
+    /// every request fails as removed until it is detached and attached again.
+    Failed,
+}
+
+impl DeviceState {
+    /// `connected` or `failed`, as `bdev_get_bdevs` and `vbdev io info` say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A device behind a [`Bdev`]: implemented by each module (`virtio_blk`, ...).
 pub trait BdevBackend: Send + Sync + fmt::Debug {
     /// The bdev's description.
@@ -128,6 +155,16 @@ impl Bdev {
     /// The device is gone.
     pub fn is_removed(&self) -> bool {
         self.backend.is_removed()
+    }
+
+    /// Where the device stands: [`DeviceState::Failed`] once it is gone (a vhost-user
+    /// target that hung up is noticed at once: the transport watches its socket).
+    pub fn state(&self) -> DeviceState {
+        if self.is_removed() {
+            DeviceState::Failed
+        } else {
+            DeviceState::Connected
+        }
     }
 
     /// Module-specific details.

@@ -57,7 +57,9 @@ pub mod virtio_blk;
 pub mod virtio_scsi;
 
 pub use attach::{Attached, QueueOptions, Target};
-pub use bdev::{Bdev, BdevBackend, BdevInfo, Completion, IoError, IoOp, IoStatus, Request};
+pub use bdev::{
+    Bdev, BdevBackend, BdevInfo, Completion, DeviceState, IoError, IoOp, IoStatus, Request,
+};
 pub use channel::{ChannelBackend, IoChannel, Rejected};
 pub use direct::{DirectError, ReadDest, WriteSrc};
 pub use error::{Error, RejectReason, Result};

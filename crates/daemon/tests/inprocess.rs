@@ -6,10 +6,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vbdev_bdev::{Bdev, DmaBuf, IoStatus, Request};
+use vbdev_bdev::{Bdev, DeviceState, DmaBuf, IoStatus, RejectReason, Request};
 use vbdev_daemon::{Daemon, Handler, RpcOptions, RpcServer};
 
 fn call(d: &Daemon, method: &str, params: Value) -> Value {
@@ -91,15 +91,40 @@ fn a_virtio_bdev_of_the_daemon_reaches_a_bdev_its_own_vhost_controller_serves() 
     assert_eq!(st["bytes_written"], json!(8192), "{st}");
     assert_eq!(st["bytes_read"], json!(512), "{st}");
 
-    // Detached first, the controller can go, then the bdev.
+    let state = |d: &Daemon| {
+        call(d, "bdev_get_bdevs", json!({"name": "VirtioBlk0"}))[0]["driver_specific"]["virtio"]
+            ["state"]
+            .clone()
+    };
+    assert_eq!(state(&d), json!("connected"));
+
+    // The controller goes while VirtioBlk0 is its frontend: VirtioBlk0 is listed as
+    // failed (not as a healthy bdev whose every request fails), and refuses requests.
+    call(&d, "vhost_delete_controller", json!({"ctrlr": "vhost.0"}));
+    assert!(!socket.exists(), "socket removed with its controller");
+    // The initiator's connection thread sees the hang-up on its own; bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&d) != json!("failed") {
+        assert!(Instant::now() < deadline, "still {} after 10 s", state(&d));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(virtio.state(), DeviceState::Failed);
+    match virtio.open_channel() {
+        Ok(mut ch) => {
+            let r = ch
+                .submit(Request::read(0, 1, DmaBuf::alloc(512).unwrap(), 3))
+                .unwrap_err();
+            assert_eq!(r.error, RejectReason::Removed);
+        }
+        Err(e) => assert!(matches!(e, vbdev_bdev::Error::Removed(_)), "{e}"),
+    }
+    assert_eq!(malloc.state(), DeviceState::Connected);
     call(
         &d,
         "bdev_virtio_detach_controller",
         json!({"name": "VirtioBlk0"}),
     );
     assert!(d.bdev("VirtioBlk0").is_none());
-    call(&d, "vhost_delete_controller", json!({"ctrlr": "vhost.0"}));
-    assert!(!socket.exists(), "socket removed with its controller");
     call(&d, "bdev_malloc_delete", json!({"name": "Malloc0"}));
     assert_eq!(call(&d, "bdev_get_bdevs", json!({})), json!([]));
     d.shutdown();

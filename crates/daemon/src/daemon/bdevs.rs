@@ -54,7 +54,15 @@ pub(super) struct DiskParams {
 pub(super) fn bdev_json(b: &Bdev, v: Option<&Virtio>, claimed: bool) -> Value {
     let i = b.info();
     let driver_specific = match v {
-        Some(v) => json!({"virtio": v.virtio_json()}),
+        Some(v) => {
+            let mut virtio = v.virtio_json();
+            // vbdev's extension: a device whose target went away is listed as failed,
+            // not as a healthy bdev whose every request fails.
+            if let Some(m) = virtio.as_object_mut() {
+                m.insert("state".into(), json!(b.state().as_str()));
+            }
+            json!({"virtio": virtio})
+        }
         None => json!({}),
     };
     let mut o = json!({

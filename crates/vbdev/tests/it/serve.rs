@@ -576,3 +576,37 @@ fn a_daemon_socket_is_never_created_over_a_file() {
     f.read_to_string(&mut keep).unwrap();
     assert_eq!(keep, "keep me");
 }
+
+#[test]
+fn a_virtio_bdev_whose_target_died_is_listed_as_failed() {
+    // The case of issue 17: qemu-storage-daemon killed under an attached bdev. Until
+    // reconnecting exists, the bdev must at least not look healthy.
+    let mut qsd = QsdBuilder::new(Backend::Null { size: 64 * MIB }).start();
+    let scsi = scsi_target();
+    let s = Serve::start(&[]);
+    s.ok(&attach(path(qsd.socket()), "blk", "VirtioBlk0", &[]));
+    s.ok(&attach(path(scsi.socket()), "scsi", "VirtioScsi0", &[]));
+    let state = |name: &str| {
+        s.json(&["bdev_get_bdevs", "-b", name])[0]["driver_specific"]["virtio"]["state"].clone()
+    };
+    assert_eq!(state("VirtioBlk0"), json!("connected"));
+    assert_eq!(state("VirtioScsi0t0"), json!("connected"));
+    qsd.kill();
+    // vbdev's connection thread notices the hang-up by itself; the RPC reads what it
+    // set. Bounded, polled from outside the daemon.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while state("VirtioBlk0") != json!("failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VirtioBlk0 still {} 10 s after its target was killed",
+            state("VirtioBlk0")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The other device is untouched, and the failed one can be detached.
+    assert_eq!(state("VirtioScsi0t0"), json!("connected"));
+    s.ok(&["bdev_virtio_detach_controller", "VirtioBlk0"]);
+    let left = names(&s.json(&["bdev_get_bdevs"]));
+    assert!(!left.iter().any(|n| n == "VirtioBlk0"), "{left:?}");
+    assert!(left.iter().any(|n| n == "VirtioScsi0t0"), "{left:?}");
+}
