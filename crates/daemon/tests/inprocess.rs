@@ -166,6 +166,25 @@ fn the_rpc_server_answers_spdk_requests_for_the_daemon_in_process() {
         .unwrap();
     let third: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(third["error"]["code"], json!(-32601), "{third}");
+    // A vhost controller named like the RPC socket (both live in the directory) is
+    // refused: the socket is live. The RPC socket stays and keeps answering.
+    let e = d
+        .call(
+            "vhost_create_blk_controller",
+            Some(json!({"ctrlr": "rpc.sock", "dev_name": "Null0"})),
+        )
+        .unwrap_err();
+    assert!(
+        e.message.contains("another process listens"),
+        "{}",
+        e.message
+    );
+    assert_eq!(call(&d, "vhost_get_controllers", json!({})), json!([]));
+    s.write_all(br#"{"jsonrpc":"2.0","id":4,"method":"spdk_get_version"}"#)
+        .unwrap();
+    let fourth: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(fourth["id"], json!(4), "{fourth}");
+    assert!(fourth.get("result").is_some(), "{fourth}");
     drop(s);
     server.stop();
     assert!(!path.exists(), "socket removed at stop");

@@ -154,6 +154,13 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// Another process listens on the socket path (another target, a daemon's RPC
+    /// socket): it is left alone. A stale socket (nobody listening) is replaced.
+    #[error("{} is in use: another process listens on it", path.display())]
+    SocketInUse {
+        /// The path.
+        path: PathBuf,
+    },
     /// Binding the listening socket failed.
     #[error("cannot listen on {}", path.display())]
     Listen {
@@ -454,6 +461,9 @@ pub struct TargetHandle {
     pub socket: PathBuf,
     /// The target's fault-injection switchboard (nothing armed at start).
     pub faults: Arc<Faults>,
+    /// Device and inode of the socket file this target bound: it removes that file,
+    /// never one another process put there since.
+    ident: Option<(u64, u64)>,
     ctl: Arc<Control>,
     thread: Option<JoinHandle<()>>,
 }
@@ -475,7 +485,7 @@ impl TargetHandle {
         if thread.join().is_err() {
             tracing::error!(target: TARGET, socket = %self.socket.display(), "server thread panicked");
         }
-        remove_socket(&self.socket);
+        remove_own_socket(&self.socket, self.ident);
         tracing::info!(target: TARGET, socket = %self.socket.display(), "target stopped");
     }
 
@@ -576,9 +586,30 @@ fn wake(fd: &OwnedFd) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
-fn remove_socket(path: &std::path::Path) {
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+/// Device and inode of the socket file at `path`, if there is one.
+fn socket_ident(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_socket())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket file at `path` if it is still the one this target bound
+/// (`ident`): another process may have replaced a socket it found stale.
+fn remove_own_socket(path: &std::path::Path, ident: Option<(u64, u64)>) {
+    if ident.is_some() && socket_ident(path) == ident {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Whether a process listens on the socket at `path`: a connect succeeds (or finds the
+/// backlog full). Refused: a stale socket file whose listener is gone. The probe is an
+/// accepted-and-closed connection for the listener, as a frontend that gave up at once.
+fn socket_is_live(path: &std::path::Path) -> bool {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
     }
 }
 
@@ -622,7 +653,13 @@ pub fn serve<D: Device>(
     }
     let path = opts.socket.clone();
     match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_socket() => remove_socket(&path),
+        Ok(m) if m.file_type().is_socket() => {
+            if socket_is_live(&path) {
+                return Err(Error::SocketInUse { path });
+            }
+            // Stale: its listener is gone.
+            let _ = std::fs::remove_file(&path);
+        }
         Ok(_) => return Err(Error::PathInUse { path }),
         Err(_) => {}
     }
@@ -630,11 +667,12 @@ pub fn serve<D: Device>(
         path: path.clone(),
         source,
     })?;
+    let ident = socket_ident(&path);
     let started = start_thread(device, &opts, &path, listener, Arc::clone(&faults));
     let (ctl, thread) = match started {
         Ok(v) => v,
         Err(e) => {
-            remove_socket(&path);
+            remove_own_socket(&path, ident);
             return Err(e);
         }
     };
@@ -642,6 +680,7 @@ pub fn serve<D: Device>(
     Ok(TargetHandle {
         socket: path,
         faults,
+        ident,
         ctl,
         thread: Some(thread),
     })

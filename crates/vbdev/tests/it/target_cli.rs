@@ -178,6 +178,19 @@ fn read_only_and_4096_byte_targets_show_through_vbdev_io() {
 }
 
 #[test]
+fn a_second_target_on_a_live_socket_is_refused_and_the_first_keeps_it() {
+    let mut first = Target::start(&["--malloc", "1M"]);
+    let sock = path(first.socket()).to_owned();
+    vbdev(&["target", "--socket", &sock, "--null", "1M"])
+        .expect_failure(1, &["is in use: another process listens on it"]);
+    // The refused one neither took the socket over nor removed it on its way out.
+    let info: InfoJson = io(first.socket(), &["info", "--json"]).json();
+    assert_eq!(info.num_blocks, MIB / 512);
+    assert_eq!(first.signal(libc::SIGTERM), 0);
+    assert!(!first.socket().exists(), "socket removed on exit");
+}
+
+#[test]
 fn target_usage_errors_exit_2() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let sock = dir.path().join("x.sock");

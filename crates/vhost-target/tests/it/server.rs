@@ -132,6 +132,43 @@ fn a_stale_socket_is_replaced_but_another_file_is_not() {
 }
 
 #[test]
+fn a_live_socket_is_never_taken_over_nor_removed_by_another_target() {
+    let mut first = Target::start(2048, 512, 0, |_| {});
+    let socket = first.socket().to_owned();
+    // A second target on the first one's live socket is refused; the first serves on.
+    let other = malloc_bdev("other", 64, 512, 0);
+    let e = start_blk(other.clone(), BlkTargetConfig::new(&socket)).unwrap_err();
+    assert!(matches!(e, Error::SocketInUse { .. }), "{e}");
+    assert!(e.to_string().contains("another process listens"), "{e}");
+    let bdev = first.attach("a", 1, 64);
+    let mut ch = bdev.open_channel().unwrap();
+    write(&mut ch, 7, &[9u8; 512]);
+    assert_eq!(read(&mut ch, 7, 512), vec![9u8; 512]);
+    drop(ch);
+    bdev.detach();
+    // A listener that is not a target counts the same (a daemon's RPC socket).
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = dir.path().join("rpc.sock");
+    let listener = UnixListener::bind(&rpc).unwrap();
+    let e = start_blk(other.clone(), BlkTargetConfig::new(&rpc)).unwrap_err();
+    assert!(matches!(e, Error::SocketInUse { .. }), "{e}");
+    drop(listener);
+
+    // The first target's file removed behind its back and a second target on the path:
+    // stopping the first leaves the second's socket alone.
+    std::fs::remove_file(&socket).unwrap();
+    let second = start_blk(other, BlkTargetConfig::new(&socket)).expect("path free again");
+    first.handle.stop();
+    assert!(socket.exists(), "the second target's socket was removed");
+    let bdev = virtio_blk::attach_vhost_user("b", &socket, &AttachOptions::default())
+        .expect("the second target still serves");
+    assert_eq!(bdev.num_blocks(), 64);
+    bdev.detach();
+    drop(second);
+    assert!(!socket.exists(), "each target removes its own socket");
+}
+
+#[test]
 fn bad_options_are_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let bdev = malloc_bdev("o", 64, 512, 0);
