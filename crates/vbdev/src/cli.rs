@@ -280,8 +280,8 @@ pub struct PerfArgs {
     /// Size of the embedded target's RAM disk (memory is taken as it is written).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
     pub malloc: u64,
-    /// Block size of the embedded target's RAM disk.
-    #[arg(long, default_value_t = 512)]
+    /// Block size of the embedded target's RAM disk: a power of two from 512 to 65536.
+    #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
     pub block_size: u32,
     /// Test hook: make the embedded target inject this fault.
     #[arg(long, value_enum, hide = true)]
@@ -320,8 +320,8 @@ pub struct TargetArgs {
     /// Serve a raw image file (O_DIRECT where the file system allows it).
     #[arg(long, value_name = "PATH", group = "backing")]
     pub file: Option<PathBuf>,
-    /// Logical block size in bytes.
-    #[arg(long, default_value_t = 512)]
+    /// Logical block size in bytes: a power of two from 512 to 65536.
+    #[arg(long, default_value_t = 512, value_parser = parse_block_size)]
     pub block_size: u32,
     /// Request queues offered (a frontend may use fewer). QEMU's vhost-user-blk-pci asks
     /// for one per vCPU unless its `num-queues` is set, and refuses a target that offers
@@ -349,6 +349,21 @@ pub struct TargetArgs {
 }
 
 /// Parses `on` or `off` (qemu's spelling of a boolean option).
+/// Parses a block size: a power of two from 512 to 65536 bytes, as every bdev module
+/// takes (SPDK's malloc and null bdevs take the same).
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !n.is_power_of_two() || !(512..=65536).contains(&n) {
+        return Err(format!(
+            "{n} is not a block size: a power of two from 512 to 65536"
+        ));
+    }
+    Ok(n)
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" => Ok(true),
@@ -515,6 +530,17 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn block_sizes_are_powers_of_two_from_512_to_65536() {
+        for n in 0..=70_000u32 {
+            let want = n.is_power_of_two() && (512..=65536).contains(&n);
+            assert_eq!(parse_block_size(&n.to_string()).is_ok(), want, "{n}");
+        }
+        for s in ["", "-512", "512.0", "4k", "99999999999", " 4096 "] {
+            assert_eq!(parse_block_size(s).is_ok(), s == " 4096 ", "{s:?}");
+        }
     }
 
     #[test]

@@ -381,7 +381,7 @@ fn unmap_write_zeroes_and_flush_run_on_qemu_storage_daemon() {
 
 #[test]
 fn usage_errors_exit_2_naming_the_option() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["-q", "4", "-o", "1000", "-w", "read", "-t", "1"],
             "-o 1000",
@@ -399,6 +399,37 @@ fn usage_errors_exit_2_naming_the_option() {
         (
             &["-q", "4", "-o", "4k", "-w", "read", "-t", "1", "-m", "0xzz"],
             "-m",
+        ),
+        // The embedded target's block size: 0 divided by zero (a panic) before.
+        (
+            &[
+                "-q",
+                "4",
+                "-o",
+                "4k",
+                "-w",
+                "read",
+                "-t",
+                "1",
+                "--block-size",
+                "0",
+            ],
+            "is not a block size",
+        ),
+        (
+            &[
+                "-q",
+                "4",
+                "-o",
+                "4k",
+                "-w",
+                "read",
+                "-t",
+                "1",
+                "--block-size",
+                "1000",
+            ],
+            "is not a block size",
         ),
     ];
     for (args, needle) in cases {

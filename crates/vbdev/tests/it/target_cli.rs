@@ -200,6 +200,13 @@ fn target_usage_errors_exit_2() {
     vbdev(&["target", "--socket", s, "--malloc", "1000"])
         .expect_failure(2, &["--malloc 1000", "block size 512"]);
     vbdev(&["target", "--socket", s, "--malloc", "1M", "--null", "1M"]).expect_code(2);
+    // A block size of 0 divided the disk size (a panic); 768 is not a block size.
+    for bs in ["0", "768", "131072"] {
+        for disk in ["--malloc", "--null"] {
+            vbdev(&["target", "--socket", s, disk, "1M", "--block-size", bs])
+                .expect_failure(2, &["is not a block size"]);
+        }
+    }
     vbdev(&["target", "--socket", s, "--malloc", "12X"]).expect_code(2);
     vbdev(&[
         "target",
