@@ -233,22 +233,37 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
             pattern,
             length,
         } => {
-            let (buf, len, len_flag) = match (input, pattern, length) {
+            // The range is checked before anything is read or allocated: a length or a
+            // file far beyond the disk is refused, not loaded into memory first.
+            let (buf, len) = match (input, pattern, length) {
                 (Some(path), _, _) => {
-                    let data = std::fs::read(path)
-                        .with_context(|| format!("cannot read {}", path.display()))
-                        .map_err(Failure::usage)?;
-                    if data.is_empty() {
+                    let cannot_read = |e: std::io::Error| {
+                        Failure::usage(anyhow!("cannot read {}: {e}", path.display()))
+                    };
+                    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+                    let size = file.metadata().map_err(cannot_read)?.len();
+                    if size == 0 {
                         return Err(Failure::usage(anyhow!("{} is empty", path.display())));
                     }
-                    let mut buf = alloc(data.len() as u64)?;
-                    buf.copy_from_slice(&data);
-                    (buf, data.len() as u64, "--in file size")
+                    range_of(bdev, *offset, "--in file size", size)?;
+                    let mut buf = alloc(size)?;
+                    // A file that changes size meanwhile is refused rather than written
+                    // in part.
+                    std::io::Read::read_exact(&mut file, &mut buf).map_err(cannot_read)?;
+                    let mut more = [0u8; 1];
+                    if std::io::Read::read(&mut file, &mut more).map_err(cannot_read)? != 0 {
+                        return Err(Failure::usage(anyhow!(
+                            "{} grew while it was read",
+                            path.display()
+                        )));
+                    }
+                    (buf, size)
                 }
                 (None, Some(p), Some(len)) => {
-                    let mut buf = alloc((*len).max(1))?;
+                    range_of(bdev, *offset, "--length", *len)?;
+                    let mut buf = alloc(*len)?;
                     buf.fill(*p);
-                    (buf, *len, "--length")
+                    (buf, *len)
                 }
                 _ => {
                     return Err(Failure::usage(anyhow!(
@@ -256,7 +271,7 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                     )));
                 }
             };
-            let (off, n) = range_of(bdev, *offset, len_flag, len)?;
+            let (off, n) = range_of(bdev, *offset, "--length", len)?;
             let (_, t) = one(&mut ch, Request::write(off, n, buf, 0))?;
             report(json, "write", *offset, len, t, None)
         }

@@ -220,6 +220,39 @@ fn bad_input_files_are_usage_errors() {
         2,
         &["--in file size 1000 is not a multiple of the block size 512"],
     );
+
+    // Far more than the disk holds, and more than this machine's memory (24 GiB): the
+    // range is refused before anything is read or allocated. Both were loaded first
+    // (a 3 GiB file took 6.3 GB of memory before its refusal; 1 TiB of pattern failed
+    // in the allocation).
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge)
+        .and_then(|f| f.set_len(64 << 30))
+        .expect("sparse 64 GiB file");
+    io(
+        qsd.socket(),
+        &["write", "--offset", "0", "--in", path(&huge)],
+    )
+    .expect_failure(
+        2,
+        &["range 0+68719476736 exceeds the device size of 67108864 bytes"],
+    );
+    io(
+        qsd.socket(),
+        &[
+            "write",
+            "--offset",
+            "0",
+            "--pattern",
+            "7",
+            "--length",
+            "1099511627776",
+        ],
+    )
+    .expect_failure(
+        2,
+        &["range 0+1099511627776 exceeds the device size of 67108864 bytes"],
+    );
 }
 
 #[test]
