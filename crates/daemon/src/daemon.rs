@@ -79,6 +79,10 @@ const HOTPLUG_PERIOD_DEFAULT_US: u64 = 100_000;
 const HOTPLUG_PERIOD_MAX_US: u64 = 10_000_000;
 /// Environment variable naming the sysfs mount point (tests); `/sys` without it.
 const SYSFS_ROOT_ENV: &str = "VBDEV_SYSFS_ROOT";
+/// The longest a call may be asked to wait, in milliseconds (`bdev_get_bdevs`'
+/// `timeout`, `bdev_virtio_attach_controller`'s `timeout_ms`): one hour. A waiting call
+/// also ends when its client hangs up or the daemon stops.
+const MAX_WAIT_MS: u64 = 3_600_000;
 /// JSON-RPC invalid params, SPDK's usual code for a failed call.
 const INVALID_PARAMS: i32 = -32602;
 /// SPDK's code for params that do not decode (`spdk_json_decode_object failed`).
@@ -184,6 +188,8 @@ pub struct Daemon {
     monitor: Mutex<Option<Monitor>>,
     /// This daemon, for the monitor thread.
     me: Weak<Daemon>,
+    /// Set by [`Daemon::begin_shutdown`]: calls that wait stop waiting.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Every method, for `rpc_get_methods`.
@@ -310,6 +316,7 @@ impl Daemon {
             vhost_timeout,
             monitor: Mutex::new(None),
             me: me.clone(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -418,10 +425,24 @@ impl Daemon {
         }
     }
 
+    /// Tells calls that wait (`bdev_get_bdevs` with a `timeout`) to stop waiting and
+    /// answer now: the first step of a shutdown, before the RPC server waits for the
+    /// calls in progress. [`Daemon::shutdown`] does it too.
+    pub fn begin_shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Daemon::begin_shutdown`] was called.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Stops everything: vhost controllers first (they use the bdevs), then the virtio
     /// devices (each detach stops its queues and reads back the ring state), then the
     /// local bdevs.
     pub fn shutdown(&self) {
+        self.begin_shutdown();
         // First, so that nothing is attached behind our back.
         if let Some(m) = self
             .monitor

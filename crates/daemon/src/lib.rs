@@ -7,9 +7,11 @@
 //! What the binary adds around it (`crates/vbdev/src/serve.rs`): the command line, the
 //! DMA memory set-up, signals, and the order of start-up and shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod daemon;
 pub mod ini;
 pub mod rpc;
 
 pub use daemon::{Daemon, read_json};
-pub use rpc::{Handler, RpcError, RpcOptions, RpcServer};
+pub use rpc::{Handler, RpcError, RpcOptions, RpcServer, client_gone};

@@ -38,6 +38,11 @@ const TARGET: &str = "vbdev::rpc";
 /// Bytes asked for per `read` on a connection.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long [`RpcServer::stop`] lets the calls in progress finish and write their
+/// answers before it shuts their connections down whole. Calls that wait (a
+/// `bdev_get_bdevs` timeout) stop waiting when the daemon begins its shutdown.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Listen backlog of the socket.
 const BACKLOG: i32 = 128;
 
@@ -233,11 +238,26 @@ impl RpcServer {
             warn!(target: TARGET, "RPC accept thread panicked");
         }
         let conns: Vec<Conn> = running.conns.lock().drain().map(|(_, c)| c).collect();
+        let me = thread::current().id();
+        // Reading ends first: a connection waiting for its next request ends now, one
+        // whose call is running writes that call's answer, then ends. Writing ends too
+        // for what is still there after a grace period: a client that does not read
+        // its answers cannot hold the stop.
         for conn in &conns {
             // ENOTCONN: the peer is already gone; the thread ends by itself.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+        }
+        let grace = std::time::Instant::now() + STOP_GRACE;
+        while std::time::Instant::now() < grace
+            && conns
+                .iter()
+                .any(|c| c.thread.thread().id() != me && !c.thread.is_finished())
+        {
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for conn in &conns {
             let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
-        let me = thread::current().id();
         for conn in conns {
             if conn.thread.thread().id() != me && conn.thread.join().is_err() {
                 warn!(target: TARGET, "RPC connection thread panicked");
@@ -454,9 +474,46 @@ fn next_frame(buf: &[u8]) -> Frame {
     }
 }
 
+thread_local! {
+    /// The connection whose request this thread is answering, for [`client_gone`].
+    static CLIENT: std::cell::RefCell<Option<UnixStream>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the client of the request being answered on this thread has hung up: a
+/// handler that waits (`bdev_get_bdevs` with a `timeout`) stops waiting for nobody. A
+/// client that sent more requests behind this one, or only shut its sending side
+/// (`nc -N`), is still there: only a full hang-up counts (`POLLHUP`). `false` outside
+/// a connection thread (an in-process call has no client to lose).
+pub fn client_gone() -> bool {
+    CLIENT.with(|c| {
+        let c = c.borrow();
+        let Some(stream) = c.as_ref() else {
+            return false;
+        };
+        // HUP and ERR are reported whatever is asked for.
+        let mut fds = [PollFd::new(stream, PollFlags::empty())];
+        match poll(&mut fds, Some(&Timespec::default())) {
+            Ok(0) => false,
+            Ok(_) => fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR),
+            Err(_) => false,
+        }
+    })
+}
+
 /// Reads, answers and writes on one connection until it closes, fails or breaks the
 /// protocol.
 fn serve_connection(stream: &UnixStream, handler: &dyn Handler, max_request: usize, conn: u64) {
+    // What `client_gone` looks at while this thread answers; gone with the connection.
+    struct Client;
+    impl Drop for Client {
+        fn drop(&mut self) {
+            CLIENT.with(|c| c.borrow_mut().take());
+        }
+    }
+    let _client = stream.try_clone().ok().map(|s| {
+        CLIENT.with(|c| *c.borrow_mut() = Some(s));
+        Client
+    });
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {

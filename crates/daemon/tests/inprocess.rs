@@ -190,3 +190,98 @@ fn the_rpc_server_answers_spdk_requests_for_the_daemon_in_process() {
     assert!(!path.exists(), "socket removed at stop");
     d.shutdown();
 }
+
+#[test]
+fn a_waiting_call_is_bounded_and_ends_when_its_client_leaves_or_the_daemon_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
+    // Beyond the bound (one hour): refused at once, as a huge attach timeout is.
+    let e = d
+        .call(
+            "bdev_get_bdevs",
+            Some(json!({"name": "Nope0", "timeout": u64::MAX})),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, -32602, "{}", e.message);
+    let e = d
+        .call(
+            "bdev_virtio_attach_controller",
+            Some(
+                json!({"name": "V0", "trtype": "user", "traddr": "/nonexistent",
+                        "dev_type": "blk", "timeout_ms": 3_600_001u64}),
+            ),
+        )
+        .unwrap_err();
+    assert!(e.message.contains("beyond the limit"), "{}", e.message);
+
+    // The daemon behind a handler that reports each call's outcome when it returns.
+    struct Reporting {
+        daemon: Arc<Daemon>,
+        done: std::sync::Mutex<std::sync::mpsc::Sender<Result<Value, vbdev_daemon::RpcError>>>,
+    }
+    impl Handler for Reporting {
+        fn call(
+            &self,
+            method: &str,
+            params: Option<Value>,
+        ) -> Result<Value, vbdev_daemon::RpcError> {
+            let r = self.daemon.call(method, params);
+            let _ = self.done.lock().unwrap().send(r.clone());
+            r
+        }
+    }
+    let (tx, returned) = std::sync::mpsc::channel();
+    let handler: Arc<dyn Handler> = Arc::new(Reporting {
+        daemon: Arc::clone(&d),
+        done: std::sync::Mutex::new(tx),
+    });
+    let path = dir.path().join("rpc.sock");
+    let mut server = RpcServer::start(
+        &path,
+        handler,
+        RpcOptions {
+            max_request: 1 << 20,
+        },
+    )
+    .unwrap();
+    let wait_for = |ms: u64, id: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"bdev_get_bdevs","params":{{"name":"Nope0","timeout":{ms}}}}}"#
+        )
+    };
+    // A client that only shut its sending side still gets its answer (after the wait).
+    let mut half = UnixStream::connect(&path).unwrap();
+    half.write_all(wait_for(200, 1).as_bytes()).unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer: Value =
+        serde_json::from_str(&BufReader::new(&half).lines().next().unwrap().unwrap()).unwrap();
+    assert_eq!(answer["error"]["code"], json!(-19), "{answer}");
+    let first = returned.recv().unwrap().unwrap_err();
+    assert!(
+        first.message.contains("not found") || first.code == -19,
+        "{first:?}"
+    );
+    // A client that asks for ten minutes and leaves: its call ends with it (the server
+    // still runs), instead of holding a thread for ten minutes.
+    let mut gone = UnixStream::connect(&path).unwrap();
+    gone.write_all(wait_for(600_000, 2).as_bytes()).unwrap();
+    drop(gone);
+    let ended = returned
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call of a client that left ended")
+        .unwrap_err();
+    assert!(ended.message.contains("stopped waiting"), "{ended:?}");
+    server.stop();
+    // In-process, nobody can leave: the daemon's stop ends the wait.
+    let d2 = Arc::clone(&d);
+    let waiter = std::thread::spawn(move || {
+        d2.call(
+            "bdev_get_bdevs",
+            Some(json!({"name": "Nope0", "timeout": 600_000})),
+        )
+    });
+    d.begin_shutdown();
+    let e = waiter.join().unwrap().unwrap_err();
+    assert!(e.message.contains("stopped waiting"), "{}", e.message);
+    d.shutdown();
+}

@@ -82,6 +82,9 @@ pub fn run(args: ServeArgs, vhost_dma: Option<vbdev_virtio::DmaConfig>) -> Resul
     );
     let sig = signals.forever().next().unwrap_or(SIGTERM);
     tracing::info!(target: "vbdev::serve", signal = sig, "shutting down");
+    // Calls that wait stop waiting first, so the server's stop (which waits for the
+    // calls in progress) is not held up by one.
+    daemon.begin_shutdown();
     server.stop();
     daemon.shutdown();
     eprintln!("vbdev serve: stopped");

@@ -124,7 +124,13 @@ impl Daemon {
     pub(super) fn get_bdevs(&self, params: Option<Value>) -> Result<Value, RpcError> {
         const M: &str = "bdev_get_bdevs";
         let p: GetBdevsParams = decode(M, params, INVALID_PARAMS)?;
-        let deadline = Instant::now() + Duration::from_millis(p.timeout.unwrap_or(0));
+        let wait = p.timeout.unwrap_or(0);
+        if wait > MAX_WAIT_MS {
+            return Err(RpcError::invalid_params(format!(
+                "{M}: timeout {wait} ms is beyond the limit of {MAX_WAIT_MS} ms (one hour)"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_millis(wait);
         loop {
             {
                 let s = lock(&self.state);
@@ -138,6 +144,16 @@ impl Daemon {
                     None => return Ok(Value::Array(out)),
                     Some(_) if !out.is_empty() => return Ok(Value::Array(out)),
                     Some(n) if Instant::now() >= deadline => return Err(not_found("bdev", n)),
+                    // Nobody to answer, or the daemon is stopping: waiting on would hold a
+                    // thread (and the shutdown) for nothing.
+                    Some(n) if self.is_stopping() || crate::rpc::client_gone() => {
+                        return Err(RpcError::new(
+                            ENODEV,
+                            format!(
+                                "{M}: stopped waiting for bdev {n}: the daemon is stopping or the client left"
+                            ),
+                        ));
+                    }
                     Some(_) => {}
                 }
             }

@@ -267,6 +267,15 @@ impl Daemon {
                     format!("{ATTACH} {}: timeout_ms must be positive", p.name),
                 ));
             }
+            Some(t) if t > MAX_WAIT_MS => {
+                return Err(RpcError::new(
+                    EINVAL,
+                    format!(
+                        "{ATTACH} {}: timeout_ms {t} is beyond the limit of {MAX_WAIT_MS} (one hour)",
+                        p.name
+                    ),
+                ));
+            }
             t => t,
         };
         let pci = p.trtype == "pci";

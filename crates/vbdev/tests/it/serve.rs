@@ -610,3 +610,39 @@ fn a_virtio_bdev_whose_target_died_is_listed_as_failed() {
     assert!(!left.iter().any(|n| n == "VirtioBlk0"), "{left:?}");
     assert!(left.iter().any(|n| n == "VirtioScsi0t0"), "{left:?}");
 }
+
+#[test]
+fn sigterm_stops_the_daemon_while_a_client_waits_for_a_bdev() {
+    // bdev_get_bdevs waiting for a bdev that never comes held the daemon's shutdown for
+    // the whole timeout (60 s for 60000 ms; forever for 2^64-1 ms, now refused).
+    let mut s = Serve::start(&[]);
+    let r = s.raw(
+        br#"{"jsonrpc":"2.0","id":1,"method":"bdev_get_bdevs","params":{"name":"Nope0","timeout":18446744073709551615}}"#,
+    );
+    assert_eq!(r["error"]["code"], json!(-32602), "{r}");
+    let mut waiting = UnixStream::connect(s.sock()).unwrap();
+    waiting
+        .write_all(
+            br#"{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs","params":{"name":"Nope0","timeout":600000}}"#,
+        )
+        .unwrap();
+    // Whether the daemon has read the request when the signal comes or reads it while
+    // it stops (a stop ends reading only once what was sent is read), the call answers
+    // at once: `signal` allows 20 s, the call asked for 600.
+    assert_eq!(s.signal(libc::SIGTERM), 0);
+    // The waiting client got an answer before the daemon went, not a hang-up.
+    let mut answer = String::new();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    BufReader::new(&waiting).read_line(&mut answer).unwrap();
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["id"], json!(2), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stopped waiting"),
+        "{v}"
+    );
+}
