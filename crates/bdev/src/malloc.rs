@@ -26,18 +26,47 @@ const SHARD_BYTES: usize = 1 << 20;
 
 /// Creates RAM disk `name` of `num_blocks` blocks of `block_size` bytes, all zero.
 ///
-/// Memory is taken as blocks are written, up to the disk size.
+/// Memory is taken as blocks are written, up to the disk size; the disk may not be
+/// larger than the machine's memory (`MemTotal`), which it could never hold. Its
+/// bookkeeping costs about 32 bytes per MiB of disk up front.
 ///
 /// # Errors
 /// [`Error::InvalidOption`] when `block_size` is not a power of two from 512 to 65536,
-/// `num_blocks` is 0, or the disk would not fit in the address space.
+/// `num_blocks` is 0, or the disk is larger than the machine's memory.
 pub fn create(name: &str, num_blocks: u64, block_size: u32) -> Result<Bdev> {
     local::check_block_size(block_size)?;
     let bytes = local::disk_bytes(num_blocks, block_size)?;
+    if let Some(total) = memory_total() {
+        if bytes > total {
+            return Err(Error::InvalidOption {
+                option: "num_blocks",
+                why: format!(
+                    "a RAM disk of {bytes} bytes is larger than this machine's memory ({total} bytes)"
+                ),
+            });
+        }
+    }
     let disk = MallocDisk::new(bytes)?;
     let info = local::info(name, "Malloc disk", "malloc", block_size, num_blocks, false);
     tracing::info!(target: TARGET, name, blocks = num_blocks, block_size, "malloc bdev created");
     Ok(LocalBdev::bdev(info, disk))
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), when it can be read.
+fn memory_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total(&text)
+}
+
+/// `MemTotal` of `/proc/meminfo`'s text, in bytes.
+fn parse_mem_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => kib.checked_mul(1024),
+        _ => None,
+    }
 }
 
 /// One shard: `None` while all zero, else its bytes.

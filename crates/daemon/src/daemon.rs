@@ -249,6 +249,33 @@ fn decode<T: DeserializeOwned>(
 }
 
 /// For methods without params: any params are an error (-32602, as SPDK).
+/// Longest name of a bdev, virtio device or vhost controller, in bytes (a file name's
+/// limit: a controller's name is its socket's file name).
+const NAME_MAX: usize = 255;
+
+/// Checks a name a call gives a bdev, a virtio device or a vhost controller: not empty
+/// or blank, at most [`NAME_MAX`] bytes, no control characters (newline, NUL, ...) and
+/// no `/`, so that it shows on one line in every listing and can be a file name.
+fn check_name(method: &str, what: &str, name: &str) -> Result<(), RpcError> {
+    let why = if name.trim().is_empty() {
+        "is empty or blank"
+    } else if name.len() > NAME_MAX {
+        "is longer than 255 bytes"
+    } else if name.chars().any(char::is_control) {
+        "holds a control character"
+    } else if name.contains('/') || name == "." || name == ".." {
+        "is not a plain file name (a '/', or . or ..)"
+    } else {
+        return Ok(());
+    };
+    // The name itself, cut and escaped: it may be a megabyte of newlines.
+    let shown: String = name.chars().take(40).collect();
+    Err(RpcError::new(
+        EINVAL,
+        format!("{method}: {what} name {shown:?} {why}"),
+    ))
+}
+
 fn no_params(method: &str, params: Option<Value>) -> Result<(), RpcError> {
     match params {
         None => Ok(()),

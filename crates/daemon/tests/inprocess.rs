@@ -285,3 +285,60 @@ fn a_waiting_call_is_bounded_and_ends_when_its_client_leaves_or_the_daemon_stops
     assert!(e.message.contains("stopped waiting"), "{}", e.message);
     d.shutdown();
 }
+
+#[test]
+fn bad_names_and_impossible_sizes_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
+    let long = "x".repeat(1 << 20);
+    let bad = ["", "   ", "a/b", "..", "new\nline", "nul\0", &long];
+    for name in bad {
+        for (method, params) in [
+            (
+                "bdev_malloc_create",
+                json!({"name": name, "num_blocks": 16, "block_size": 512}),
+            ),
+            (
+                "bdev_null_create",
+                json!({"name": name, "num_blocks": 16, "block_size": 512}),
+            ),
+            (
+                "bdev_virtio_attach_controller",
+                json!({"name": name, "trtype": "user", "traddr": "/nonexistent", "dev_type": "blk"}),
+            ),
+            ("vhost_create_scsi_controller", json!({"ctrlr": name})),
+        ] {
+            let e = d.call(method, Some(params)).unwrap_err();
+            assert_eq!(
+                e.code,
+                -22,
+                "{method} {:?}: {}",
+                &name[..name.len().min(8)],
+                e.message
+            );
+            // The message shows a cut name, never the megabyte.
+            assert!(e.message.len() < 300, "{method}: {} bytes", e.message.len());
+        }
+    }
+    // 64 TiB of RAM disk: refused at once, nothing allocated for it.
+    let e = d
+        .call(
+            "bdev_malloc_create",
+            Some(json!({"name": "Huge0", "num_blocks": (64u64 << 40) / 512, "block_size": 512})),
+        )
+        .unwrap_err();
+    assert!(
+        e.message.contains("larger than this machine's memory"),
+        "{}",
+        e.message
+    );
+    assert_eq!(call(&d, "bdev_get_bdevs", json!({})), json!([]));
+    assert_eq!(call(&d, "vhost_get_controllers", json!({})), json!([]));
+    // What is fine still is.
+    call(
+        &d,
+        "bdev_malloc_create",
+        json!({"name": "Malloc-0.a_b", "num_blocks": 16, "block_size": 512}),
+    );
+    d.shutdown();
+}

@@ -223,3 +223,28 @@ fn channels_on_several_threads_see_each_others_writes() {
         w.join().expect("worker");
     }
 }
+
+#[test]
+fn a_disk_larger_than_the_machine_is_refused_before_any_bookkeeping() {
+    // 64 TiB took 2 GiB of shard bookkeeping and 7 s before it was ever written.
+    let e = create("Huge0", (64u64 << 40) / 512, 512).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidOption { option: "num_blocks", why } if why.contains("larger than this machine's memory")),
+        "{e}"
+    );
+    let total = memory_total().expect("/proc/meminfo has MemTotal");
+    assert!(create("Fits0", total / 2 / 4096, 4096).is_ok());
+    assert!(create("Over0", total / 4096 + 1, 4096).is_err());
+}
+
+#[test]
+fn mem_total_is_read_in_kib_or_not_at_all() {
+    assert_eq!(
+        parse_mem_total("MemTotal:       24594112 kB\nMemFree:  1 kB\n"),
+        Some(24_594_112 * 1024)
+    );
+    assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+    assert_eq!(parse_mem_total("MemTotal: lots kB\n"), None);
+    assert_eq!(parse_mem_total("MemTotal: 12 MB\n"), None);
+    assert_eq!(parse_mem_total("MemTotal: 18446744073709551615 kB\n"), None);
+}

@@ -235,6 +235,7 @@ impl Daemon {
             }
             None => return Err(RpcError::invalid_params(format!("{m}: name is required"))),
         };
+        check_name(m, "bdev", &name)?;
         self.reserve(&name)?;
         let made = if malloc {
             malloc::create(&name, p.num_blocks, p.block_size)

@@ -158,12 +158,7 @@ pub(super) fn scsi_ctrlr<'a>(
 
 impl Daemon {
     pub(super) fn socket_for(&self, ctrlr: &str) -> Result<PathBuf, RpcError> {
-        if ctrlr.is_empty() || ctrlr.contains('/') || ctrlr == "." || ctrlr == ".." {
-            return Err(RpcError::new(
-                EINVAL,
-                format!("controller name {ctrlr:?} is not a file name"),
-            ));
-        }
+        check_name("vhost controller", "controller", ctrlr)?;
         Ok(self.vhost_dir.join(ctrlr))
     }
 

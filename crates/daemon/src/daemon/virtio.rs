@@ -257,9 +257,7 @@ impl Daemon {
                 ));
             }
         };
-        if p.name.is_empty() {
-            return Err(RpcError::new(EINVAL, format!("{ATTACH}: name is empty")));
-        }
+        check_name(ATTACH, "device", &p.name)?;
         let timeout_ms = match p.timeout_ms {
             Some(0) => {
                 return Err(RpcError::new(

@@ -622,6 +622,16 @@ fn sigterm_stops_the_daemon_while_a_client_waits_for_a_bdev() {
     assert_eq!(r["error"]["code"], json!(-32602), "{r}");
     let mut waiting = UnixStream::connect(s.sock()).unwrap();
     waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut lines = BufReader::new(waiting.try_clone().unwrap()).lines();
+    // An answered first request: the daemon has accepted this connection and serves it
+    // (a connection still in the listen backlog would just be closed by the stop).
+    waiting
+        .write_all(br#"{"jsonrpc":"2.0","id":1,"method":"spdk_get_version"}"#)
+        .unwrap();
+    assert!(lines.next().unwrap().unwrap().contains(r#""id":1"#));
+    waiting
         .write_all(
             br#"{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs","params":{"name":"Nope0","timeout":600000}}"#,
         )
@@ -631,12 +641,7 @@ fn sigterm_stops_the_daemon_while_a_client_waits_for_a_bdev() {
     // at once: `signal` allows 20 s, the call asked for 600.
     assert_eq!(s.signal(libc::SIGTERM), 0);
     // The waiting client got an answer before the daemon went, not a hang-up.
-    let mut answer = String::new();
-    waiting
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    BufReader::new(&waiting).read_line(&mut answer).unwrap();
-    let v: Value = serde_json::from_str(&answer).unwrap();
+    let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(v["id"], json!(2), "{v}");
     assert!(
         v["error"]["message"]
