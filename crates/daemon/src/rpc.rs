@@ -110,6 +110,22 @@ pub trait Handler: Send + Sync + 'static {
 pub struct RpcOptions {
     /// Largest request accepted, in bytes.
     pub max_request: usize,
+    /// Connections served at once (a thread each). One more is answered with an error
+    /// (-32603, `id: null`) and closed. Default 64, SPDK's limit.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long while no call of its own runs is
+    /// closed, so that silent clients cannot hold the connections. Default 30 s.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for RpcOptions {
+    fn default() -> Self {
+        Self {
+            max_request: 4 << 20,
+            max_connections: 64,
+            idle_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// A running server: an accept thread and one thread per connection.
@@ -183,6 +199,9 @@ impl RpcServer {
     /// # Errors
     /// When the path is taken or cannot be bound.
     pub fn start(path: &Path, handler: Arc<dyn Handler>, opts: RpcOptions) -> anyhow::Result<Self> {
+        if opts.max_connections == 0 || opts.idle_timeout.is_zero() {
+            bail!("RPC options: max_connections and idle_timeout must be positive");
+        }
         let listener = bind(path)?;
         let socket = fs::symlink_metadata(path)
             .map(|m| FileId::of(&m))
@@ -191,10 +210,9 @@ impl RpcServer {
             let (wake_rx, wake) = pipe_with(PipeFlags::CLOEXEC).context("cannot create a pipe")?;
             let conns = Arc::new(Registry::default());
             let registry = Arc::clone(&conns);
-            let max_request = opts.max_request;
             let accept = thread::Builder::new()
                 .name("vbdev-rpc".into())
-                .spawn(move || accept_loop(&listener, &wake_rx, &handler, max_request, &registry))
+                .spawn(move || accept_loop(&listener, &wake_rx, &handler, &opts, &registry))
                 .context("cannot start the RPC accept thread")?;
             Ok(Running {
                 wake,
@@ -351,7 +369,7 @@ fn accept_loop(
     listener: &UnixListener,
     wake: &OwnedFd,
     handler: &Arc<dyn Handler>,
-    max_request: usize,
+    opts: &RpcOptions,
     registry: &Arc<Registry>,
 ) {
     let mut next_conn: u64 = 0;
@@ -378,7 +396,11 @@ fn accept_loop(
             Ok((stream, _)) => {
                 let conn = next_conn;
                 next_conn = next_conn.wrapping_add(1);
-                spawn_connection(stream, conn, handler, max_request, registry);
+                if registry.lock().len() >= opts.max_connections {
+                    refuse_connection(&stream, opts.max_connections, conn);
+                    continue;
+                }
+                spawn_connection(stream, conn, handler, opts, registry);
             }
             Err(e)
                 if matches!(
@@ -400,16 +422,33 @@ fn accept_loop(
 }
 
 /// Starts the thread of connection `conn` and registers it.
+/// Answers a connection beyond `max` with an error and closes it.
+fn refuse_connection(stream: &UnixStream, max: usize, conn: u64) {
+    warn!(target: TARGET, conn, max, "too many RPC connections; refusing one");
+    // Blocking, bounded: a full socket buffer cannot hold the accept thread.
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(100)));
+    let error = RpcError::internal(format!(
+        "too many connections ({max} open); try again when one closes"
+    ));
+    let _ = write_answer(stream, &Answer::One(Response::failure(Value::Null, error)));
+}
+
 fn spawn_connection(
     stream: UnixStream,
     conn: u64,
     handler: &Arc<dyn Handler>,
-    max_request: usize,
+    opts: &RpcOptions,
     registry: &Arc<Registry>,
 ) {
-    // Linux's accept(2) does not pass O_NONBLOCK on, but say what the reader needs.
-    if let Err(e) = stream.set_nonblocking(false) {
-        warn!(target: TARGET, conn, error = %e, "cannot make an RPC connection blocking");
+    let max_request = opts.max_request;
+    // Linux's accept(2) does not pass O_NONBLOCK on, but say what the reader needs. The
+    // read timeout closes a connection that stays silent (see `RpcOptions::idle_timeout`).
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(opts.idle_timeout)))
+    {
+        warn!(target: TARGET, conn, error = %e, "cannot set up an RPC connection");
         return;
     }
     let shutdown_handle = match stream.try_clone() {
@@ -560,6 +599,15 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler, max_request: usi
             }
             Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                debug!(target: TARGET, conn, "RPC connection idle too long; closing it");
+                return;
+            }
             Err(e) => {
                 debug!(target: TARGET, conn, error = %e, "RPC connection read failed");
                 return;

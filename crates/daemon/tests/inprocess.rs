@@ -141,6 +141,7 @@ fn the_rpc_server_answers_spdk_requests_for_the_daemon_in_process() {
         handler,
         RpcOptions {
             max_request: 1 << 20,
+            ..RpcOptions::default()
         },
     )
     .unwrap();
@@ -241,6 +242,7 @@ fn a_waiting_call_is_bounded_and_ends_when_its_client_leaves_or_the_daemon_stops
         handler,
         RpcOptions {
             max_request: 1 << 20,
+            ..RpcOptions::default()
         },
     )
     .unwrap();
@@ -340,5 +342,82 @@ fn bad_names_and_impossible_sizes_are_refused_and_change_nothing() {
         "bdev_malloc_create",
         json!({"name": "Malloc-0.a_b", "num_blocks": 16, "block_size": 512}),
     );
+    d.shutdown();
+}
+
+#[test]
+fn silent_clients_cannot_hold_the_rpc_server() {
+    // 2,000 stalled clients made 2,003 threads: connections are capped, a silent one is
+    // closed after the idle timeout, and the server answers again.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
+    let handler: Arc<dyn Handler> = d.clone();
+    let path = dir.path().join("rpc.sock");
+    let mut server = RpcServer::start(
+        &path,
+        handler,
+        RpcOptions {
+            max_connections: 8,
+            idle_timeout: Duration::from_millis(300),
+            ..RpcOptions::default()
+        },
+    )
+    .unwrap();
+    let version = br#"{"jsonrpc":"2.0","id":7,"method":"spdk_get_version"}"#;
+    let ask = |expect_refusal: bool| {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // A refused client's request may meet a closed socket: that is the refusal.
+        let _ = c.write_all(version);
+        let line = BufReader::new(&c).lines().next().unwrap().unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if expect_refusal {
+            assert_eq!(v["error"]["code"], json!(-32603), "{v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("too many connections"),
+                "{v}"
+            );
+        } else {
+            assert_eq!(v["id"], json!(7), "{v}");
+            assert!(v.get("result").is_some(), "{v}");
+        }
+    };
+    ask(false);
+    // Eight silent clients, each answered once so that it holds its connection.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(version).unwrap();
+        let mut lines = BufReader::new(c.try_clone().unwrap()).lines();
+        assert!(lines.next().unwrap().unwrap().contains(r#""id":7"#));
+        silent.push(c);
+    }
+    // A ninth is refused with a reason, at once.
+    ask(true);
+    // The silent ones are closed after the idle timeout: the server sees to it (their
+    // reads end), and a new client is answered again.
+    for c in &silent {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut &*c, &mut rest).unwrap();
+        assert!(rest.is_empty(), "closed without a word");
+    }
+    // The server's threads end after closing; a new client may race the last one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(version);
+        let line = BufReader::new(&c).lines().next().unwrap().unwrap();
+        if line.contains(r#""id":7"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {line}");
+        std::thread::yield_now();
+    }
+    server.stop();
     d.shutdown();
 }

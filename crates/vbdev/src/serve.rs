@@ -67,6 +67,7 @@ pub fn run(args: ServeArgs, vhost_dma: Option<vbdev_virtio::DmaConfig>) -> Resul
     let handler: Arc<dyn Handler> = daemon.clone();
     let opts = RpcOptions {
         max_request: args.max_request,
+        ..RpcOptions::default()
     };
     let mut server = match RpcServer::start(&args.rpc_socket, handler, opts) {
         Ok(s) => s,

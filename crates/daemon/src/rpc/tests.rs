@@ -74,7 +74,10 @@ impl Fixture {
         let server = RpcServer::start(
             &dir.path().join("rpc.sock"),
             handler.clone(),
-            RpcOptions { max_request },
+            RpcOptions {
+                max_request,
+                ..RpcOptions::default()
+            },
         )
         .unwrap();
         Self {
@@ -409,7 +412,10 @@ fn start_refuses_to_replace_a_regular_file() {
     let err = RpcServer::start(
         &path,
         Arc::new(TestHandler::default()),
-        RpcOptions { max_request: 1024 },
+        RpcOptions {
+            max_request: 1024,
+            ..RpcOptions::default()
+        },
     )
     .unwrap_err();
     let message = format!("{err:#}");
@@ -424,7 +430,10 @@ fn start_refuses_a_live_socket() {
     let err = RpcServer::start(
         f.server.path(),
         Arc::new(TestHandler::default()),
-        RpcOptions { max_request: 1024 },
+        RpcOptions {
+            max_request: 1024,
+            ..RpcOptions::default()
+        },
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("already in use"), "{err:#}");
@@ -444,7 +453,10 @@ fn start_replaces_a_stale_socket() {
     let server = RpcServer::start(
         &path,
         Arc::new(TestHandler::default()),
-        RpcOptions { max_request: 1024 },
+        RpcOptions {
+            max_request: 1024,
+            ..RpcOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(
