@@ -132,7 +132,9 @@ fn range_of(bdev: &Bdev, offset: u64, len_flag: &str, length: u64) -> Result<(u6
         .checked_add(len)
         .is_none_or(|end| end > bdev.num_blocks())
     {
-        return Err(Failure::usage(anyhow!(
+        // A runtime failure (exit 1): the command line is well formed, the device is
+        // smaller than it asks for (only the device can say).
+        return Err(Failure::run(anyhow!(
             "range {offset}+{length} exceeds the device size of {size} bytes"
         )));
     }

@@ -37,6 +37,10 @@ use crate::Failure;
 use crate::attach::{Attach, Attached, SCSI_NAME};
 use crate::cli::{DevType, EmbeddedFault, PerfArgs, Workload};
 
+/// Largest queue depth per job: each in-flight I/O has its buffers (two with verify), so
+/// `-q 100000` took 430 MB; a device queue holds at most 32768 requests anyway.
+const MAX_QUEUE_DEPTH: u32 = 32768;
+
 /// Where the bdevs come from.
 #[derive(Debug)]
 enum Source {
@@ -170,8 +174,11 @@ impl TryFrom<&PerfArgs> for PerfConfig {
     type Error = Failure;
     fn try_from(a: &PerfArgs) -> Result<Self, Failure> {
         let usage = |m: String| Failure::usage(anyhow!(m));
-        if a.queue_depth == 0 {
-            return Err(usage("-q must be at least 1".into()));
+        if a.queue_depth == 0 || a.queue_depth > MAX_QUEUE_DEPTH {
+            return Err(usage(format!(
+                "-q {} is not from 1 to {MAX_QUEUE_DEPTH} (each I/O slot has its buffers)",
+                a.queue_depth
+            )));
         }
         if a.time == 0 {
             return Err(usage("-t must be at least 1 second".into()));

@@ -33,7 +33,8 @@ fn backing(args: &TargetArgs, name: &str) -> Result<Bdev, Failure> {
         };
         null::create_with(name, blocks(size, "--null")?, args.block_size, opts)
     } else if let Some(path) = &args.file {
-        file::open(
+        // A file that is missing, unreadable or too small is the world's answer.
+        return file::open(
             name,
             path,
             FileOptions {
@@ -42,6 +43,7 @@ fn backing(args: &TargetArgs, name: &str) -> Result<Bdev, Failure> {
                 ..FileOptions::default()
             },
         )
+        .map_err(Failure::run);
     } else {
         return Err(Failure::usage(anyhow!(
             "a target needs a disk: --malloc SIZE, --null SIZE or --file PATH"
@@ -56,9 +58,25 @@ fn wait_for_signal(signals: &mut Signals) -> i32 {
     signals.forever().next().unwrap_or(SIGTERM)
 }
 
+/// Longest socket path a Unix socket takes (`sun_path`, 108 bytes with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 pub fn run(args: TargetArgs) -> Result<(), Failure> {
-    if args.queues == 0 {
-        return Err(Failure::usage(anyhow!("--queues must be at least 1")));
+    // What the command line alone decides is a usage error (exit 2); what the world
+    // answers (a missing file, a socket in use) is a runtime failure (exit 1).
+    let max_queues = vbdev_target::server::MAX_QUEUES;
+    if args.queues == 0 || args.queues > max_queues {
+        return Err(Failure::usage(anyhow!(
+            "--queues {} is not from 1 to {max_queues}",
+            args.queues
+        )));
+    }
+    let path_len = args.socket.as_os_str().len();
+    if path_len > SOCKET_PATH_MAX {
+        return Err(Failure::usage(anyhow!(
+            "--socket {} is {path_len} bytes long; a Unix socket path holds at most {SOCKET_PATH_MAX}",
+            args.socket.display()
+        )));
     }
     if let Some(n) = args.poll_threads {
         if n == 0 || n > args.queues {

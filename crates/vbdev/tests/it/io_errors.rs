@@ -83,8 +83,10 @@ fn zero_length_is_usage_error() {
     }
 }
 
+/// A range beyond the device is a runtime failure (exit 1): the command line is well
+/// formed, only the device can say it is smaller.
 #[test]
-fn range_beyond_device_size_is_usage_error() {
+fn range_beyond_device_size_fails_with_exit_1() {
     let size = 64 * MIB;
     let qsd = QsdBuilder::new(Backend::File { size }).start();
     let last = (size - 512).to_string();
@@ -93,17 +95,17 @@ fn range_beyond_device_size_is_usage_error() {
     for cmd in RANGE_CMDS {
         // Straddling the end.
         io(qsd.socket(), &range_args(cmd, &last, "1024")).expect_failure(
-            2,
+            1,
             &[&format!(
                 "vbdev: range {last}+1024 exceeds the device size of {size} bytes"
             )],
         );
         // Starting at the end.
         io(qsd.socket(), &range_args(cmd, &end, "512"))
-            .expect_failure(2, &["exceeds the device size of 67108864 bytes"]);
+            .expect_failure(1, &["exceeds the device size of 67108864 bytes"]);
         // Far beyond.
         io(qsd.socket(), &range_args(cmd, &huge, "1024"))
-            .expect_failure(2, &["exceeds the device size"]);
+            .expect_failure(1, &["exceeds the device size"]);
     }
     // The last block itself is fine.
     io(
@@ -234,7 +236,7 @@ fn bad_input_files_are_usage_errors() {
         &["write", "--offset", "0", "--in", path(&huge)],
     )
     .expect_failure(
-        2,
+        1,
         &["range 0+68719476736 exceeds the device size of 67108864 bytes"],
     );
     io(
@@ -250,7 +252,7 @@ fn bad_input_files_are_usage_errors() {
         ],
     )
     .expect_failure(
-        2,
+        1,
         &["range 0+1099511627776 exceeds the device size of 67108864 bytes"],
     );
 }

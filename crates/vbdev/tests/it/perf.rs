@@ -381,7 +381,7 @@ fn unmap_write_zeroes_and_flush_run_on_qemu_storage_daemon() {
 
 #[test]
 fn usage_errors_exit_2_naming_the_option() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["-q", "4", "-o", "1000", "-w", "read", "-t", "1"],
             "-o 1000",
@@ -394,6 +394,11 @@ fn usage_errors_exit_2_naming_the_option() {
             "-M 101",
         ),
         (&["-q", "0", "-o", "4k", "-w", "read", "-t", "1"], "-q"),
+        // It ran with 430 MB of buffers.
+        (
+            &["-q", "100000", "-o", "4k", "-w", "read", "-t", "1"],
+            "-q 100000 is not from 1 to 32768",
+        ),
         (&["-q", "4", "-o", "4k", "-w", "read", "-t", "0"], "-t"),
         (&["-q", "4", "-o", "4k", "-w", "bogus", "-t", "1"], "bogus"),
         (

@@ -367,7 +367,7 @@ fn luns_with_4096_byte_blocks_work() {
             "0",
         ],
     )
-    .expect_failure(2, &["exceeds the device size"]);
+    .expect_failure(1, &["exceeds the device size"]);
 }
 
 #[test]

@@ -230,8 +230,17 @@ fn target_usage_errors_exit_2() {
     .expect_failure(2, &["not on or off"]);
     vbdev(&["target", "--socket", s, "--malloc", "1M", "--queues", "0"])
         .expect_failure(2, &["--queues"]);
+    // Decided by the command line alone: usage errors (they exited 1 before).
+    vbdev(&[
+        "target", "--socket", s, "--malloc", "1M", "--queues", "65535",
+    ])
+    .expect_failure(2, &["--queues 65535 is not from 1 to 64"]);
+    let long = dir.path().join("s".repeat(120));
+    vbdev(&["target", "--socket", path(&long), "--malloc", "1M"])
+        .expect_failure(2, &["a Unix socket path holds at most 107"]);
+    // Answered by the world: a runtime failure (it exited 2 before).
     vbdev(&["target", "--socket", s, "--file", "/nonexistent/disk.raw"])
-        .expect_failure(2, &["/nonexistent/disk.raw"]);
+        .expect_failure(1, &["/nonexistent/disk.raw"]);
     vbdev(&[
         "target",
         "--socket",
