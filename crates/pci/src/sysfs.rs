@@ -460,6 +460,49 @@ impl Sysfs {
         }
     }
 
+    /// The kernel block devices of function `bdf` (its disks and their partitions, as
+    /// `vda`, `vda1`, `sdb`), found under its sysfs directory: a virtio-blk disk at
+    /// `virtioN/block/<disk>`, a virtio-scsi LUN's a few levels further down.
+    pub fn block_devices(&self, bdf: Bdf) -> Vec<String> {
+        let mut out = Vec::new();
+        collect_block_devices(&self.device_dir(bdf), 0, &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Why function `bdf` must not be taken from the kernel, as SPDK's `setup.sh` checks
+    /// it: each of its block devices that is mounted (in `mounts`, `/proc/self/mounts`'
+    /// text), used as swap (in `swaps`, `/proc/swaps`' text) or held by another device
+    /// (`holders/`: LVM, dm-crypt, md). Empty: nothing in the kernel uses it.
+    pub fn kernel_users(&self, bdf: Bdf, mounts: &str, swaps: &str) -> Vec<String> {
+        let devs = self.block_devices(bdf);
+        let mut why = Vec::new();
+        for dev in &devs {
+            let node = format!("/dev/{dev}");
+            for line in mounts.lines() {
+                let mut f = line.split_whitespace();
+                if f.next() == Some(node.as_str()) {
+                    let at = f.next().unwrap_or("?");
+                    why.push(format!("{dev} is mounted at {at}"));
+                }
+            }
+            if swaps
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(node.as_str()))
+            {
+                why.push(format!("{dev} is in use as swap"));
+            }
+            if let Some(dir) = find_dir(&self.device_dir(bdf), dev, 0) {
+                let holders = list_names(&dir.join("holders"));
+                if !holders.is_empty() {
+                    why.push(format!("{dev} is held by {}", holders.join(", ")));
+                }
+            }
+        }
+        why
+    }
+
     /// The driver `bdf` is bound to, if any.
     ///
     /// # Errors
@@ -757,6 +800,77 @@ fn write(path: &Path, value: &str) -> Result<()> {
         .open(path)
         .map_err(err)?;
     f.write_all(value.as_bytes()).map_err(err)
+}
+
+/// Directories deeper than this under a function are not searched for block devices
+/// (a virtio-scsi LUN's disk is six levels down).
+const BLOCK_SEARCH_DEPTH: usize = 8;
+
+/// Adds the disks under `dir` (entries of any `block/` directory found, not following
+/// links) and their partitions (their subdirectories with a `partition` file) to `out`.
+fn collect_block_devices(dir: &Path, depth: usize, out: &mut Vec<String>) {
+    if depth > BLOCK_SEARCH_DEPTH {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if !t.is_dir() {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "block" {
+            for disk in list_names(&e.path()) {
+                let disk_dir = e.path().join(&disk);
+                for part in list_names(&disk_dir) {
+                    if disk_dir.join(&part).join("partition").is_file() {
+                        out.push(part);
+                    }
+                }
+                out.push(disk);
+            }
+        } else if !matches!(
+            name.as_str(),
+            "driver" | "iommu_group" | "subsystem" | "power"
+        ) {
+            collect_block_devices(&e.path(), depth + 1, out);
+        }
+    }
+}
+
+/// The directory of block device `name` under `dir` (a disk under a `block/`
+/// directory, or a partition under its disk).
+fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    if depth > BLOCK_SEARCH_DEPTH + 2 {
+        return None;
+    }
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if e.file_name() == name {
+            return Some(e.path());
+        }
+        if let Some(found) = find_dir(&e.path(), name, depth + 1) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The names in directory `dir`, sorted; empty when it cannot be read.
+fn list_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 #[cfg(test)]

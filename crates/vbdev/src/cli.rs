@@ -141,11 +141,18 @@ pub enum PciCmd {
         /// function back to the kernel.
         #[arg(value_enum)]
         driver: PciDriver,
+        /// Take the function from the kernel even when one of its disks is mounted, used
+        /// as swap or held by another device (refused without it, as SPDK's setup.sh does).
+        #[arg(long)]
+        force: bool,
     },
     /// Unbind a virtio function from its driver and clear its driver_override.
     Unbind {
         /// PCI address, DDDD:BB:DD.F (or BB:DD.F for domain 0000).
         bdf: String,
+        /// As for bind: unbind even a function whose disks the kernel uses.
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow};
 use serde::Serialize;
 use vbdev_pci::sysfs::{Bdf, Driver, PciFunction, Sysfs, SysfsError};
 
@@ -62,9 +62,18 @@ impl From<&PciFunction> for FunctionJson {
 /// What `vbdev pci` was asked, validated.
 #[derive(Debug, PartialEq, Eq)]
 enum Action {
-    List { json: bool },
-    Bind { bdf: Bdf, driver: Driver },
-    Unbind { bdf: Bdf },
+    List {
+        json: bool,
+    },
+    Bind {
+        bdf: Bdf,
+        driver: Driver,
+        force: bool,
+    },
+    Unbind {
+        bdf: Bdf,
+        force: bool,
+    },
 }
 
 impl TryFrom<PciCmd> for Action {
@@ -73,16 +82,18 @@ impl TryFrom<PciCmd> for Action {
     fn try_from(cmd: PciCmd) -> anyhow::Result<Self> {
         Ok(match cmd {
             PciCmd::List { json } => Action::List { json },
-            PciCmd::Bind { bdf, driver } => Action::Bind {
+            PciCmd::Bind { bdf, driver, force } => Action::Bind {
                 bdf: parse_bdf(&bdf)?,
                 driver: match driver {
                     PciDriver::VfioPci => Driver::VfioPci,
                     PciDriver::UioPciGeneric => Driver::UioPciGeneric,
                     PciDriver::VirtioPci => Driver::VirtioPci,
                 },
+                force,
             },
-            PciCmd::Unbind { bdf } => Action::Unbind {
+            PciCmd::Unbind { bdf, force } => Action::Unbind {
                 bdf: parse_bdf(&bdf)?,
+                force,
             },
         })
     }
@@ -104,7 +115,10 @@ pub fn run(args: PciArgs) -> Result<(), Failure> {
     let action = Action::try_from(args.cmd).map_err(Failure::usage)?;
     match action {
         Action::List { json } => list(&sysfs, json),
-        Action::Bind { bdf, driver } => {
+        Action::Bind { bdf, driver, force } => {
+            if driver != Driver::VirtioPci && !force {
+                refuse_if_the_kernel_uses(&sysfs, bdf)?;
+            }
             let out = sysfs.bind(bdf, driver).map_err(failure)?;
             let before = out.previous.as_deref().unwrap_or("no driver");
             if out.unchanged {
@@ -121,7 +135,10 @@ pub fn run(args: PciArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Action::Unbind { bdf } => {
+        Action::Unbind { bdf, force } => {
+            if !force {
+                refuse_if_the_kernel_uses(&sysfs, bdf)?;
+            }
             let old = sysfs.unbind(bdf).map_err(failure)?;
             match old {
                 Some(d) => println!("{bdf}: {d} -> no driver"),
@@ -130,6 +147,29 @@ pub fn run(args: PciArgs) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Refuses to take `bdf` from the kernel while one of its disks is in use there (a
+/// mounted file system, swap, a holder such as LVM): unbinding would pull the disk from
+/// under it. A function not bound to virtio-pci has no kernel disks.
+fn refuse_if_the_kernel_uses(sysfs: &Sysfs, bdf: Bdf) -> Result<(), Failure> {
+    let f = sysfs.function(bdf).map_err(failure)?;
+    if f.driver.as_deref() != Some(Driver::VirtioPci.name()) {
+        return Ok(());
+    }
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {path} to see whether {bdf} is in use"))
+            .map_err(Failure::run)
+    };
+    let users = sysfs.kernel_users(bdf, &read("/proc/self/mounts")?, &read("/proc/swaps")?);
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::run(anyhow!(
+        "{bdf} is in use by the kernel: {}; not taking it away (--force to do it anyway)",
+        users.join("; ")
+    )))
 }
 
 fn list(sysfs: &Sysfs, json: bool) -> Result<(), Failure> {
@@ -207,27 +247,39 @@ mod tests {
             action(&["vbdev", "pci", "bind", "00:02.0", "uio_pci_generic"]).unwrap(),
             Action::Bind {
                 bdf: "0000:00:02.0".parse().unwrap(),
-                driver: Driver::UioPciGeneric
+                driver: Driver::UioPciGeneric,
+                force: false
             }
         );
         assert_eq!(
-            action(&["vbdev", "pci", "bind", "0000:00:02.0", "vfio-pci"]).unwrap(),
+            action(&[
+                "vbdev",
+                "pci",
+                "bind",
+                "0000:00:02.0",
+                "vfio-pci",
+                "--force"
+            ])
+            .unwrap(),
             Action::Bind {
                 bdf: "0000:00:02.0".parse().unwrap(),
-                driver: Driver::VfioPci
+                driver: Driver::VfioPci,
+                force: true
             }
         );
         assert_eq!(
             action(&["vbdev", "pci", "bind", "0000:00:02.0", "virtio-pci"]).unwrap(),
             Action::Bind {
                 bdf: "0000:00:02.0".parse().unwrap(),
-                driver: Driver::VirtioPci
+                driver: Driver::VirtioPci,
+                force: false
             }
         );
         assert_eq!(
             action(&["vbdev", "pci", "unbind", "0000:00:01.0"]).unwrap(),
             Action::Unbind {
-                bdf: "0000:00:01.0".parse().unwrap()
+                bdf: "0000:00:01.0".parse().unwrap(),
+                force: false
             }
         );
     }

@@ -485,3 +485,42 @@ fn a_group_with_devices_on_other_drivers_is_not_viable() {
         .bind("0000:00:1f.2", "pci-stub");
     sys.sysfs().check_vfio_group(bdf("0000:00:02.0")).unwrap();
 }
+
+#[test]
+fn a_function_whose_disks_the_kernel_uses_says_how() {
+    let sys = FakeSys::new();
+    sys.add("0000:00:04.0", 0x1af4, 0x1042)
+        .bind("0000:00:04.0", "virtio-pci");
+    sys.add("0000:00:05.0", 0x1af4, 0x1048)
+        .bind("0000:00:05.0", "virtio-pci");
+    // virtio-blk: virtio1/block/vdz with partitions vdz1 and vdz2; vdz2 held by dm-0.
+    let disk = sys.dev("0000:00:04.0").join("virtio1/block/vdz");
+    for p in ["vdz1", "vdz2"] {
+        fs::create_dir_all(disk.join(p).join("holders")).unwrap();
+        fs::write(disk.join(p).join("partition"), "1\n").unwrap();
+    }
+    fs::create_dir_all(disk.join("holders")).unwrap();
+    fs::create_dir_all(disk.join("vdz2/holders/dm-0")).unwrap();
+    // virtio-scsi: a LUN's disk further down.
+    let lun = sys
+        .dev("0000:00:05.0")
+        .join("virtio2/host0/target0:0:0/0:0:0:0/block/sdq");
+    fs::create_dir_all(lun.join("holders")).unwrap();
+    let s = sys.sysfs();
+    assert_eq!(
+        s.block_devices(bdf("0000:00:04.0")),
+        ["vdz", "vdz1", "vdz2"]
+    );
+    assert_eq!(s.block_devices(bdf("0000:00:05.0")), ["sdq"]);
+    let mounts = "/dev/vdz1 /data ext4 rw 0 0\nproc /proc proc rw 0 0\n";
+    let swaps = "Filename Type Size Used Priority\n/dev/sdq partition 1 0 -2\n";
+    assert_eq!(
+        s.kernel_users(bdf("0000:00:04.0"), mounts, swaps),
+        ["vdz1 is mounted at /data", "vdz2 is held by dm-0"]
+    );
+    assert_eq!(
+        s.kernel_users(bdf("0000:00:05.0"), mounts, swaps),
+        ["sdq is in use as swap"]
+    );
+    assert!(s.kernel_users(bdf("0000:00:05.0"), mounts, "").is_empty());
+}

@@ -185,6 +185,58 @@ fn pci_list_reads_a_sysfs_tree_and_bind_checks_before_writing() {
         .expect_failure(1, &["/nonexistent/bus/pci/devices does not exist"]);
 }
 
+#[test]
+fn pci_bind_and_unbind_refuse_a_function_whose_disk_the_kernel_uses() {
+    // As SPDK's setup.sh: a function whose disk is mounted, swap or held (here by a
+    // device-mapper target) stays with the kernel unless --force.
+    let sys = FakeSys::new();
+    sys.add("0000:00:03.0", "0x1042", Some("virtio-pci"), Some(3));
+    let disk = sys
+        .dir
+        .path()
+        .join("devices/pci0000:00/0000:00:03.0/virtio0/block/vdy");
+    std::fs::create_dir_all(disk.join("holders/dm-3")).unwrap();
+    let root = sys.root();
+    vbdev(&["pci", "bind", "00:03.0", "vfio-pci", "--sysfs-root", root]).expect_failure(
+        1,
+        &[
+            "0000:00:03.0 is in use by the kernel: vdy is held by dm-3",
+            "--force",
+        ],
+    );
+    vbdev(&["pci", "unbind", "00:03.0", "--sysfs-root", root])
+        .expect_failure(1, &["vdy is held by dm-3"]);
+    let override_of = || {
+        std::fs::read_to_string(
+            sys.dir
+                .path()
+                .join("devices/pci0000:00/0000:00:03.0/driver_override"),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        override_of(),
+        "(null)
+",
+        "nothing written"
+    );
+    // --force goes on to the bind itself (which then finds vfio-pci not loaded here).
+    vbdev(&[
+        "pci",
+        "bind",
+        "00:03.0",
+        "vfio-pci",
+        "--force",
+        "--sysfs-root",
+        root,
+    ])
+    .expect_failure(1, &["vfio-pci is not loaded"]);
+    // Released by the kernel, the check passes.
+    std::fs::remove_dir(disk.join("holders/dm-3")).unwrap();
+    vbdev(&["pci", "bind", "00:03.0", "vfio-pci", "--sysfs-root", root])
+        .expect_failure(1, &["vfio-pci is not loaded"]);
+}
+
 /// `vbdev serve` on the host with a fake sysfs: `[VirtioPci] Enable Yes` with no bound
 /// function starts (and says so), the hotplug monitor starts and stops, `save_config`
 /// keeps its setting; without PCI DMA set up the monitor is refused.
