@@ -1,9 +1,10 @@
-//! Fuzzes the REPORT SUPPORTED OPERATION CODES parser: any bytes, no panic, descriptors
-//! never exceed the buffer, timeouts present exactly with CTDP.
+//! Fuzzes the REPORT SUPPORTED OPERATION CODES parsers (all_commands and one_command):
+//! any bytes, no panic, descriptors never exceed the buffer, timeouts present exactly
+//! with CTDP, one_command data parses back to what it encodes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vbdev_scsi::{CommandDescriptor, SupportedOpcodes};
+use vbdev_scsi::{CommandDescriptor, OneCommand, SupportedOpcodes};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = SupportedOpcodes::parse(data) {
@@ -14,5 +15,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(s.supports(c.opcode, c.servactv.then_some(c.service_action)));
         }
         let _ = (s.needed_len(), s.is_truncated());
+    }
+    if let Ok(o) = OneCommand::parse(data) {
+        assert!(4 + o.usage.len() <= data.len());
+        assert_eq!(OneCommand::parse(&o.encode()).as_ref(), Ok(&o));
     }
 });
