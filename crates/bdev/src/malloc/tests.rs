@@ -225,16 +225,44 @@ fn channels_on_several_threads_see_each_others_writes() {
 }
 
 #[test]
-fn a_disk_larger_than_the_machine_is_refused_before_any_bookkeeping() {
-    // 64 TiB took 2 GiB of shard bookkeeping and 7 s before it was ever written.
-    let e = create("Huge0", (64u64 << 40) / 512, 512).unwrap_err();
-    assert!(
-        matches!(&e, Error::InvalidOption { option: "num_blocks", why } if why.contains("larger than this machine's memory")),
-        "{e}"
+fn a_huge_sparse_disk_costs_nothing_until_written() {
+    // 64 TiB: a flat shard table took 2 GiB and 7 s before anything was written.
+    let bdev = create("Huge0", (64u64 << 40) / 512, 512).unwrap();
+    assert_eq!(allocated(&bdev), 0);
+    let mut ch = bdev.open_channel().unwrap();
+    let last = bdev.num_blocks() - 8;
+    write(&mut ch, last, &pattern(4096, 3));
+    assert_eq!(read(&mut ch, last, 4096), pattern(4096, 3));
+    assert_eq!(read(&mut ch, 1 << 30, 4096), vec![0; 4096], "never written");
+    assert_eq!(allocated(&bdev), SHARD_BYTES as u64);
+}
+
+#[test]
+fn writes_beyond_the_memory_limit_fail_with_enospc_and_unmaps_give_it_back() {
+    let bdev = create_limited("Lim0", 8 << 11, 512, 2 * SHARD_BYTES as u64).unwrap();
+    let mut ch = bdev.open_channel().unwrap();
+    let per_shard = (SHARD_BYTES / 512) as u64;
+    write(&mut ch, 0, &[1; 512]);
+    write(&mut ch, per_shard, &[2; 512]);
+    // A third shard would pass the limit: the write fails, nothing is allocated.
+    let c = run(
+        &mut ch,
+        Request::write(2 * per_shard, 1, buf_with(&[3; 512]), 9),
     );
-    let total = memory_total().expect("/proc/meminfo has MemTotal");
-    assert!(create("Fits0", total / 2 / 4096, 4096).is_ok());
-    assert!(create("Over0", total / 4096 + 1, 4096).is_err());
+    assert_eq!(
+        c.status,
+        IoStatus::Failed(crate::IoError::Backend {
+            errno: rustix::io::Errno::NOSPC.raw_os_error()
+        })
+    );
+    assert_eq!(allocated(&bdev), 2 * SHARD_BYTES as u64);
+    // Writes into shards that hold memory go on; an unmap of a whole shard frees it.
+    write(&mut ch, 1, &[4; 512]);
+    let c = run(&mut ch, Request::unmap(0, per_shard, 10));
+    assert_eq!(c.status, IoStatus::Success);
+    write(&mut ch, 2 * per_shard, &[3; 512]);
+    assert_eq!(read(&mut ch, 2 * per_shard, 512), vec![3; 512]);
+    assert_eq!(read(&mut ch, 0, 512), vec![0; 512], "unmapped");
 }
 
 #[test]
