@@ -41,6 +41,11 @@ fn read(bdev: &Bdev, lba: u64, len: usize) -> Vec<u8> {
     c.buf.unwrap().to_vec()
 }
 
+/// A JSON-RPC server for `handler` on `path`.
+fn rpc_server(path: &std::path::Path, handler: Arc<dyn Handler>, opts: RpcOptions) -> RpcServer {
+    RpcServer::start(path, handler, opts).expect("RPC server starts")
+}
+
 #[test]
 fn a_virtio_bdev_of_the_daemon_reaches_a_bdev_its_own_vhost_controller_serves() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,17 +139,8 @@ fn a_virtio_bdev_of_the_daemon_reaches_a_bdev_its_own_vhost_controller_serves() 
 fn the_rpc_server_answers_spdk_requests_for_the_daemon_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
-    let handler: Arc<dyn Handler> = d.clone();
     let path = dir.path().join("rpc.sock");
-    let mut server = RpcServer::start(
-        &path,
-        handler,
-        RpcOptions {
-            max_request: 1 << 20,
-            ..RpcOptions::default()
-        },
-    )
-    .unwrap();
+    let mut server = rpc_server(&path, d.clone(), RpcOptions::default());
     let mut s = UnixStream::connect(server.path()).unwrap();
     let mut lines = BufReader::new(s.try_clone().unwrap()).lines();
     // Two requests back to back, the first pretty-printed over lines (SPDK's client).
@@ -237,15 +233,7 @@ fn a_waiting_call_is_bounded_and_ends_when_its_client_leaves_or_the_daemon_stops
         done: std::sync::Mutex::new(tx),
     });
     let path = dir.path().join("rpc.sock");
-    let mut server = RpcServer::start(
-        &path,
-        handler,
-        RpcOptions {
-            max_request: 1 << 20,
-            ..RpcOptions::default()
-        },
-    )
-    .unwrap();
+    let mut server = rpc_server(&path, handler, RpcOptions::default());
     let wait_for = |ms: u64, id: u64| {
         format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"bdev_get_bdevs","params":{{"name":"Nope0","timeout":{ms}}}}}"#
@@ -355,18 +343,16 @@ fn silent_clients_cannot_hold_the_rpc_server() {
     // closed after the idle timeout, and the server answers again.
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::new(dir.path().to_path_buf(), false, Duration::from_secs(10));
-    let handler: Arc<dyn Handler> = d.clone();
     let path = dir.path().join("rpc.sock");
-    let mut server = RpcServer::start(
+    let mut server = rpc_server(
         &path,
-        handler,
+        d.clone(),
         RpcOptions {
             max_connections: 8,
             idle_timeout: Duration::from_millis(300),
             ..RpcOptions::default()
         },
-    )
-    .unwrap();
+    );
     let version = br#"{"jsonrpc":"2.0","id":7,"method":"spdk_get_version"}"#;
     let ask = |expect_refusal: bool| {
         let mut c = UnixStream::connect(&path).unwrap();
