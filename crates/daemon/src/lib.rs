@@ -14,4 +14,4 @@ pub mod ini;
 pub mod rpc;
 
 pub use daemon::{Daemon, read_json};
-pub use rpc::{Handler, RpcError, RpcOptions, RpcServer, client_gone};
+pub use rpc::{Handler, RpcError, RpcOptions, RpcServer, answer_stream, client_gone};

@@ -556,19 +556,9 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler, max_request: usi
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        let blank = buf
-            .iter()
-            .position(|&b| !is_json_whitespace(b))
-            .unwrap_or(buf.len());
-        buf.drain(..blank);
-        match next_frame(&buf) {
-            Frame::Value(value, len) => {
-                if len > max_request {
-                    reject_oversized(stream, max_request, conn);
-                    return;
-                }
-                buf.drain(..len);
-                if let Some(answer) = answer_message(handler, value, conn) {
+        match step(&mut buf, handler, max_request, conn) {
+            Step::Answered(answer) => {
+                if let Some(answer) = answer {
                     if let Err(e) = write_answer(stream, &answer) {
                         debug!(target: TARGET, conn, error = %e, "cannot send an RPC answer");
                         return;
@@ -576,18 +566,11 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler, max_request: usi
                 }
                 continue;
             }
-            Frame::Incomplete => {
-                if buf.len() > max_request {
-                    reject_oversized(stream, max_request, conn);
-                    return;
-                }
-            }
-            Frame::Invalid(e) => {
-                warn!(target: TARGET, conn, error = %e, "malformed JSON-RPC request; closing the connection");
-                let answer = Response::failure(Value::Null, RpcError::parse_error(&e));
-                let _ = write_answer(stream, &Answer::One(answer));
+            Step::Close(answer) => {
+                let _ = write_answer(stream, &answer);
                 return;
             }
+            Step::NeedMore => {}
         }
         let mut reader = stream;
         match reader.read(&mut chunk) {
@@ -616,10 +599,74 @@ fn serve_connection(stream: &UnixStream, handler: &dyn Handler, max_request: usi
     }
 }
 
-fn reject_oversized(stream: &UnixStream, max_request: usize, conn: u64) {
-    warn!(target: TARGET, conn, max_request, "JSON-RPC request too large; closing the connection");
-    let error = RpcError::invalid_request(format!("request larger than {max_request} bytes"));
-    let _ = write_answer(stream, &Answer::One(Response::failure(Value::Null, error)));
+/// What [`step`] did with a connection's buffer.
+enum Step {
+    /// A request (or batch) was taken off the buffer and handled; the answer to send, if
+    /// any (notifications get none).
+    Answered(Option<Answer>),
+    /// Nothing complete yet: read more.
+    NeedMore,
+    /// Send this and close: the stream cannot go on (malformed JSON, a request too large).
+    Close(Answer),
+}
+
+/// Takes the next request off `buf` (whitespace before it dropped) and answers it, or
+/// says to read more or to close; the protocol of one connection, without its socket.
+fn step(buf: &mut Vec<u8>, handler: &dyn Handler, max_request: usize, conn: u64) -> Step {
+    let blank = buf
+        .iter()
+        .position(|&b| !is_json_whitespace(b))
+        .unwrap_or(buf.len());
+    buf.drain(..blank);
+    let oversized = || {
+        warn!(target: TARGET, conn, max_request, "JSON-RPC request too large; closing the connection");
+        let error = RpcError::invalid_request(format!("request larger than {max_request} bytes"));
+        Step::Close(Answer::One(Response::failure(Value::Null, error)))
+    };
+    match next_frame(buf) {
+        Frame::Value(_, len) if len > max_request => oversized(),
+        Frame::Value(value, len) => {
+            buf.drain(..len);
+            Step::Answered(answer_message(handler, value, conn))
+        }
+        Frame::Incomplete if buf.len() > max_request => oversized(),
+        Frame::Incomplete => Step::NeedMore,
+        Frame::Invalid(e) => {
+            warn!(target: TARGET, conn, error = %e, "malformed JSON-RPC request; closing the connection");
+            Step::Close(Answer::One(Response::failure(
+                Value::Null,
+                RpcError::parse_error(&e),
+            )))
+        }
+    }
+}
+
+/// Answers `input` as one connection whose client sent it and then closed would be
+/// answered, in memory: every complete request or batch in order, then the answer that
+/// closes the stream if one does (malformed JSON, a request over `max_request`); an
+/// incomplete request at the end gets nothing. Returns the answer lines as sent (each
+/// ends with a newline). For tests and fuzzing of the wire protocol without a socket.
+pub fn answer_stream(input: &[u8], handler: &dyn Handler, max_request: usize) -> Vec<u8> {
+    let mut buf = input.to_vec();
+    let mut out = Vec::new();
+    let mut put = |answer: &Answer| {
+        if let Ok(mut bytes) = serde_json::to_vec(answer) {
+            bytes.push(b'\n');
+            out.extend_from_slice(&bytes);
+        }
+    };
+    loop {
+        match step(&mut buf, handler, max_request, 0) {
+            Step::Answered(Some(answer)) => put(&answer),
+            Step::Answered(None) => {}
+            Step::Close(answer) => {
+                put(&answer);
+                break;
+            }
+            Step::NeedMore => break,
+        }
+    }
+    out
 }
 
 /// A response object; the field order is the member order on the wire.

@@ -518,3 +518,43 @@ fn frames_are_cut_from_a_stream() {
     assert!(matches!(next_frame(b"{\"a\" 1}"), Frame::Invalid(_)));
     assert!(matches!(next_frame(b"}"), Frame::Invalid(_)));
 }
+
+#[test]
+fn a_stream_answered_in_memory_gets_what_a_connection_would() {
+    let h = TestHandler::default();
+    let lines = |out: Vec<u8>| -> Vec<Value> {
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Back to back, pretty-printed, a notification (no answer), a batch, then garbage
+    // that closes the stream: whatever follows it is never read.
+    let input = br#"{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}
+    {
+      "jsonrpc": "2.0", "id": 2, "method": "fail"
+    }{"jsonrpc":"2.0","method":"note","params":{"a":1}}
+    [{"jsonrpc":"2.0","id":3,"method":"echo","params":{"b":2}},{"jsonrpc":"2.0","method":"note"}]
+    }{"jsonrpc":"2.0","id":4,"method":"echo"}"#;
+    let got = lines(answer_stream(input, &h, 1 << 20));
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0], json!({"jsonrpc": "2.0", "id": 1, "result": [1]}));
+    assert_eq!(got[1]["error"]["code"], json!(-19));
+    assert_eq!(
+        got[2],
+        json!([{"jsonrpc": "2.0", "id": 3, "result": {"b": 2}}])
+    );
+    assert_eq!(got[3]["error"]["code"], json!(-32700));
+    assert_eq!(h.notes.lock().unwrap().len(), 2);
+    // A request past the limit closes the stream with -32600; an unfinished one at the
+    // end gets nothing.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"method":"echo","params":"{}"}}"#,
+        "x".repeat(200)
+    );
+    let got = lines(answer_stream(big.as_bytes(), &h, 100));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["error"]["code"], json!(-32600));
+    assert!(answer_stream(br#"{"jsonrpc":"2.0","id":6,"meth"#, &h, 1 << 20).is_empty());
+}
