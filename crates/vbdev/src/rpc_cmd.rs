@@ -56,12 +56,18 @@ struct Request<'a> {
     params: Option<Value>,
 }
 
+/// Longest `--timeout`: a day. A deadline that far is "wait", and `Instant + Duration`
+/// overflows somewhere past it (`-t 9223372036854775807` panicked).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// `--timeout` as a duration.
 fn parse_timeout(seconds: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(seconds)
         .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| anyhow!("--timeout {seconds} is not a positive number of seconds"))
+        .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
+        .ok_or_else(|| {
+            anyhow!("--timeout {seconds} is not a number of seconds above 0 and at most 86400")
+        })
 }
 
 /// Builds `params` from `--params JSON` and the trailing `--key value` pairs (which win

@@ -126,6 +126,11 @@ fn timeout_must_be_positive() {
     assert!(parse_timeout(0.0).is_err());
     assert!(parse_timeout(-1.0).is_err());
     assert!(parse_timeout(f64::NAN).is_err());
+    // Bounded: a day at most (9223372036854775807 s overflowed the deadline: a panic).
+    assert_eq!(parse_timeout(86400.0).unwrap(), Duration::from_secs(86400));
+    assert!(parse_timeout(86400.5).is_err());
+    assert!(parse_timeout(9.223_372_036_854_776e18).is_err());
+    assert!(parse_timeout(f64::INFINITY).is_err());
 }
 
 #[test]

@@ -5,6 +5,7 @@ mod guest_kernel;
 mod io_errors;
 mod io_info;
 mod io_rw;
+mod numeric;
 mod pci;
 mod pci_admin;
 mod perf;
