@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ use rustix::pipe::{PipeFlags, pipe_with};
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{debug, info, warn};
+use vbdev_target::socket_path::{self, Existing, SocketId};
 
 const TARGET: &str = "vbdev::rpc";
 
@@ -147,23 +148,7 @@ struct Running {
     accept: JoinHandle<()>,
     conns: Arc<Registry>,
     /// The bound socket file, so that `stop()` removes only the file it created.
-    socket: FileId,
-}
-
-/// Device and inode of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    fn of(meta: &fs::Metadata) -> Self {
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
+    socket: SocketId,
 }
 
 /// The open connections, by connection number. A connection thread removes its own
@@ -203,8 +188,7 @@ impl RpcServer {
             bail!("RPC options: max_connections and idle_timeout must be positive");
         }
         let listener = bind(path)?;
-        let socket = fs::symlink_metadata(path)
-            .map(|m| FileId::of(&m))
+        let socket = SocketId::of(path)
             .with_context(|| format!("{}: cannot stat the new socket", path.display()));
         let started = socket.and_then(|socket| {
             let (wake_rx, wake) = pipe_with(PipeFlags::CLOEXEC).context("cannot create a pipe")?;
@@ -282,7 +266,7 @@ impl RpcServer {
             }
         }
         match fs::symlink_metadata(&self.path) {
-            Ok(m) if FileId::of(&m) == running.socket => {
+            Ok(m) if SocketId::from_metadata(&m) == Some(running.socket) => {
                 if let Err(e) = fs::remove_file(&self.path) {
                     warn!(target: TARGET, path = %self.path.display(), error = %e,
                         "cannot remove the RPC socket");
@@ -310,22 +294,17 @@ impl Drop for RpcServer {
 /// Creates the listening socket at `path`, mode 0600.
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let shown = path.display();
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => bail!("{shown}: already in use by a running server"),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                info!(target: TARGET, path = %shown, "removing stale RPC socket");
-                fs::remove_file(path)
-                    .with_context(|| format!("{shown}: cannot remove the stale socket"))?;
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("{shown}: cannot check the existing socket"));
-            }
-        },
-        Ok(_) => bail!("{shown}: exists and is not a socket; not replacing it"),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("{shown}: cannot stat")),
+    let existing = socket_path::existing(path)
+        .with_context(|| format!("{shown}: cannot check the existing socket"))?;
+    match existing {
+        Existing::Live => bail!("{shown}: already in use by a running server"),
+        Existing::Stale => {
+            info!(target: TARGET, path = %shown, "removing stale RPC socket");
+            fs::remove_file(path)
+                .with_context(|| format!("{shown}: cannot remove the stale socket"))?;
+        }
+        Existing::NotSocket => bail!("{shown}: exists and is not a socket; not replacing it"),
+        Existing::Nothing => {}
     }
     let addr = SocketAddrUnix::new(path).with_context(|| format!("{shown}: not a socket path"))?;
     let fd = rustix::net::socket_with(

@@ -23,6 +23,7 @@ pub mod fast;
 pub mod fault;
 pub mod scsi;
 pub mod server;
+pub mod socket_path;
 pub mod vscsi;
 
 pub use blk::{BlkTargetConfig, start_blk};

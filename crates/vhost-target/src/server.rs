@@ -84,7 +84,6 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,6 +106,7 @@ use vmm_sys_util::event::{
 
 use crate::fast::{LastChain, Requests, Ring, RingAddrs, Segments};
 use crate::fault::{BadUsed, Decision, Fault, Faults};
+use crate::socket_path::{self, Existing, SocketId};
 
 mod vring;
 
@@ -463,7 +463,7 @@ pub struct TargetHandle {
     pub faults: Arc<Faults>,
     /// Device and inode of the socket file this target bound: it removes that file,
     /// never one another process put there since.
-    ident: Option<(u64, u64)>,
+    ident: Option<SocketId>,
     ctl: Arc<Control>,
     thread: Option<JoinHandle<()>>,
 }
@@ -485,7 +485,9 @@ impl TargetHandle {
         if thread.join().is_err() {
             tracing::error!(target: TARGET, socket = %self.socket.display(), "server thread panicked");
         }
-        remove_own_socket(&self.socket, self.ident);
+        if let Some(id) = self.ident {
+            id.remove_if_at(&self.socket);
+        }
         tracing::info!(target: TARGET, socket = %self.socket.display(), "target stopped");
     }
 
@@ -586,33 +588,6 @@ fn wake(fd: &OwnedFd) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
-/// Device and inode of the socket file at `path`, if there is one.
-fn socket_ident(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .filter(|m| m.file_type().is_socket())
-        .map(|m| (m.dev(), m.ino()))
-}
-
-/// Removes the socket file at `path` if it is still the one this target bound
-/// (`ident`): another process may have replaced a socket it found stale.
-fn remove_own_socket(path: &std::path::Path, ident: Option<(u64, u64)>) {
-    if ident.is_some() && socket_ident(path) == ident {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Whether a process listens on the socket at `path`: a connect succeeds (or finds the
-/// backlog full). Refused: a stale socket file whose listener is gone. The probe is an
-/// accepted-and-closed connection for the listener, as a frontend that gave up at once.
-fn socket_is_live(path: &std::path::Path) -> bool {
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-    }
-}
-
 /// Starts serving `device` on `opts.socket` in a background thread.
 ///
 /// # Errors
@@ -652,27 +627,26 @@ pub fn serve<D: Device>(
         }
     }
     let path = opts.socket.clone();
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if socket_is_live(&path) {
-                return Err(Error::SocketInUse { path });
-            }
-            // Stale: its listener is gone.
-            let _ = std::fs::remove_file(&path);
-        }
-        Ok(_) => return Err(Error::PathInUse { path }),
-        Err(_) => {}
-    }
-    let listener = UnixListener::bind(&path).map_err(|source| Error::Listen {
+    let listen_error = |source| Error::Listen {
         path: path.clone(),
         source,
-    })?;
-    let ident = socket_ident(&path);
+    };
+    match socket_path::existing(&path).map_err(listen_error)? {
+        Existing::Live => return Err(Error::SocketInUse { path }),
+        // Its listener is gone.
+        Existing::Stale => std::fs::remove_file(&path).map_err(listen_error)?,
+        Existing::NotSocket => return Err(Error::PathInUse { path }),
+        Existing::Nothing => {}
+    }
+    let listener = UnixListener::bind(&path).map_err(listen_error)?;
+    let ident = SocketId::of(&path);
     let started = start_thread(device, &opts, &path, listener, Arc::clone(&faults));
     let (ctl, thread) = match started {
         Ok(v) => v,
         Err(e) => {
-            remove_own_socket(&path, ident);
+            if let Some(id) = ident {
+                id.remove_if_at(&path);
+            }
             return Err(e);
         }
     };

@@ -1,5 +1,7 @@
 use super::*;
 
+use std::os::unix::fs::FileTypeExt;
+
 use std::io::{BufRead, BufReader};
 use std::sync::Condvar;
 use std::sync::atomic::{AtomicBool, Ordering};
