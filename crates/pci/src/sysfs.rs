@@ -464,10 +464,18 @@ impl Sysfs {
     /// `vda`, `vda1`, `sdb`), found under its sysfs directory: a virtio-blk disk at
     /// `virtioN/block/<disk>`, a virtio-scsi LUN's a few levels further down.
     pub fn block_devices(&self, bdf: Bdf) -> Vec<String> {
+        self.block_device_dirs(bdf)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// [`Self::block_devices`] with each one's sysfs directory, sorted by name.
+    fn block_device_dirs(&self, bdf: Bdf) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
         collect_block_devices(&self.device_dir(bdf), 0, &mut out);
         out.sort();
-        out.dedup();
+        out.dedup_by(|a, b| a.0 == b.0);
         out
     }
 
@@ -476,9 +484,8 @@ impl Sysfs {
     /// text), used as swap (in `swaps`, `/proc/swaps`' text) or held by another device
     /// (`holders/`: LVM, dm-crypt, md). Empty: nothing in the kernel uses it.
     pub fn kernel_users(&self, bdf: Bdf, mounts: &str, swaps: &str) -> Vec<String> {
-        let devs = self.block_devices(bdf);
         let mut why = Vec::new();
-        for dev in &devs {
+        for (dev, dir) in self.block_device_dirs(bdf) {
             let node = format!("/dev/{dev}");
             for line in mounts.lines() {
                 let mut f = line.split_whitespace();
@@ -493,11 +500,9 @@ impl Sysfs {
             {
                 why.push(format!("{dev} is in use as swap"));
             }
-            if let Some(dir) = find_dir(&self.device_dir(bdf), dev, 0) {
-                let holders = list_names(&dir.join("holders"));
-                if !holders.is_empty() {
-                    why.push(format!("{dev} is held by {}", holders.join(", ")));
-                }
+            let holders = list_names(&dir.join("holders"));
+            if !holders.is_empty() {
+                why.push(format!("{dev} is held by {}", holders.join(", ")));
             }
         }
         why
@@ -807,8 +812,9 @@ fn write(path: &Path, value: &str) -> Result<()> {
 const BLOCK_SEARCH_DEPTH: usize = 8;
 
 /// Adds the disks under `dir` (entries of any `block/` directory found, not following
-/// links) and their partitions (their subdirectories with a `partition` file) to `out`.
-fn collect_block_devices(dir: &Path, depth: usize, out: &mut Vec<String>) {
+/// links) and their partitions (their subdirectories with a `partition` file) to `out`,
+/// each with its directory.
+fn collect_block_devices(dir: &Path, depth: usize, out: &mut Vec<(String, PathBuf)>) {
     if depth > BLOCK_SEARCH_DEPTH {
         return;
     }
@@ -825,11 +831,12 @@ fn collect_block_devices(dir: &Path, depth: usize, out: &mut Vec<String>) {
             for disk in list_names(&e.path()) {
                 let disk_dir = e.path().join(&disk);
                 for part in list_names(&disk_dir) {
-                    if disk_dir.join(&part).join("partition").is_file() {
-                        out.push(part);
+                    let part_dir = disk_dir.join(&part);
+                    if part_dir.join("partition").is_file() {
+                        out.push((part, part_dir));
                     }
                 }
-                out.push(disk);
+                out.push((disk, disk_dir));
             }
         } else if !matches!(
             name.as_str(),
@@ -838,26 +845,6 @@ fn collect_block_devices(dir: &Path, depth: usize, out: &mut Vec<String>) {
             collect_block_devices(&e.path(), depth + 1, out);
         }
     }
-}
-
-/// The directory of block device `name` under `dir` (a disk under a `block/`
-/// directory, or a partition under its disk).
-fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
-    if depth > BLOCK_SEARCH_DEPTH + 2 {
-        return None;
-    }
-    for e in fs::read_dir(dir).ok()?.flatten() {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if e.file_name() == name {
-            return Some(e.path());
-        }
-        if let Some(found) = find_dir(&e.path(), name, depth + 1) {
-            return Some(found);
-        }
-    }
-    None
 }
 
 /// The names in directory `dir`, sorted; empty when it cannot be read.

@@ -237,7 +237,7 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
         } => {
             // The range is checked before anything is read or allocated: a length or a
             // file far beyond the disk is refused, not loaded into memory first.
-            let (buf, len) = match (input, pattern, length) {
+            let (buf, len, (off, n)) = match (input, pattern, length) {
                 (Some(path), _, _) => {
                     let cannot_read = |e: std::io::Error| {
                         Failure::usage(anyhow!("cannot read {}: {e}", path.display()))
@@ -247,7 +247,7 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                     if size == 0 {
                         return Err(Failure::usage(anyhow!("{} is empty", path.display())));
                     }
-                    range_of(bdev, *offset, "--in file size", size)?;
+                    let range = range_of(bdev, *offset, "--in file size", size)?;
                     let mut buf = alloc(size)?;
                     // A file that changes size meanwhile is refused rather than written
                     // in part.
@@ -259,13 +259,13 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                             path.display()
                         )));
                     }
-                    (buf, size)
+                    (buf, size, range)
                 }
                 (None, Some(p), Some(len)) => {
-                    range_of(bdev, *offset, "--length", *len)?;
+                    let range = range_of(bdev, *offset, "--length", *len)?;
                     let mut buf = alloc(*len)?;
                     buf.fill(*p);
-                    (buf, *len)
+                    (buf, *len, range)
                 }
                 _ => {
                     return Err(Failure::usage(anyhow!(
@@ -273,7 +273,6 @@ fn execute(bdev: &Bdev, args: &IoArgs) -> Result<(), Failure> {
                     )));
                 }
             };
-            let (off, n) = range_of(bdev, *offset, "--length", len)?;
             let (_, t) = one(&mut ch, Request::write(off, n, buf, 0))?;
             report(json, "write", *offset, len, t, None)
         }
